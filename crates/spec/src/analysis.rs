@@ -1,0 +1,461 @@
+//! The analysis spec, `caas.toml`: what an analysis is, what it runs in, how it is run.
+//!
+//! DESIGN.md's minimal file is a user-facing contract; every key added later is optional.
+//! Unknown keys and bad values are errors that name the file, the line and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::AnalysisName;
+use crate::units::{ByteSize, HumanDuration};
+use crate::SpecError;
+
+/// The default task timeout when `[run] timeout` is not given: nothing runs forever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The default in-container io dir.
+pub const DEFAULT_IO_DIR: &str = "/io";
+/// The placeholders the run command may use.
+pub const PLACEHOLDERS: [&str; 6] = ["data", "config", "results", "group", "job", "dataset"];
+
+/// A parsed, checked `caas.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// `[analysis]`: identity.
+    pub analysis: AnalysisSection,
+    /// `[environment]`: the image, pinned or built.
+    pub environment: EnvironmentSection,
+    /// `[run]`: the entry command.
+    pub run: RunSection,
+    /// `[resources]`: limits enforced on the container.
+    #[serde(default)]
+    pub resources: ResourcesSection,
+    /// `[io]`: where inputs, configs and results appear in the container.
+    #[serde(default)]
+    pub io: IoSection,
+    /// `[inputs]`: rules checked before any compute is spent.
+    #[serde(default)]
+    pub inputs: InputsSection,
+}
+
+/// `[analysis]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSection {
+    /// Lowercase, digits and `-`.
+    pub name: AnalysisName,
+    /// Free-form version string, recorded in every job.
+    pub version: String,
+    /// One line for humans.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `[environment]`: an `image` to run, and/or a `dockerfile` that `caas build` builds (and tags
+/// as `image`, or `caas/<name>:<version>` when no image is named).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSection {
+    /// A pinned image reference.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A Dockerfile, relative to the folder of `caas.toml`.
+    #[serde(default)]
+    pub dockerfile: Option<PathBuf>,
+    /// The build context, relative to the folder of `caas.toml` (default: that folder).
+    #[serde(default)]
+    pub context: Option<PathBuf>,
+}
+
+/// `[run]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// The entry command, with `{data}`, `{config}`, `{results}`, `{group}`, `{job}`,
+    /// `{dataset}` placeholders. A string is run with `sh -c`.
+    pub command: Command,
+    /// Wall-clock limit of one task (default 24h).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Extra environment variables for the task.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `uid[:gid]` to run as; default: the image's non-root user, else an unprivileged one.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// The entry command: an argv list, or one shell string.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Command {
+    /// Run as given.
+    Argv(Vec<String>),
+    /// Run with `sh -c`.
+    Shell(String),
+}
+
+/// `[resources]`
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSection {
+    /// CPU cores (fractions allowed).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Memory limit (no swap beyond it).
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// GPUs (requested from the engine's device drivers).
+    #[serde(default)]
+    pub gpus: Option<u32>,
+}
+
+/// `[io]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoSection {
+    /// The in-container io dir (absolute), holding `inputs/`, `configs/`, `results/`.
+    #[serde(default = "default_io_dir")]
+    pub dir: String,
+}
+
+impl Default for IoSection {
+    fn default() -> Self {
+        Self {
+            dir: default_io_dir(),
+        }
+    }
+}
+
+fn default_io_dir() -> String {
+    DEFAULT_IO_DIR.to_string()
+}
+
+/// `[inputs]`: checked before compute is spent.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputsSection {
+    /// Basename patterns a dataset must match (`*` and `?` wildcards), e.g. `["*.csv"]`.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// The largest dataset accepted (a folder dataset counts all its files).
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+}
+
+impl AnalysisSpec {
+    /// Read and check `caas.toml` from a file.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check the text of a `caas.toml`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
+        let spec: Self = toml::from_str(text).map_err(|e| SpecError::Toml {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        spec.check(text, path)?;
+        Ok(spec)
+    }
+
+    fn check(&self, text: &str, path: &Path) -> Result<(), SpecError> {
+        let invalid = |key: &str, message: String| SpecError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of_key(text, key),
+            key: key.to_string(),
+            message,
+        };
+        if self.analysis.version.trim().is_empty() {
+            return Err(invalid("version", "the version must not be empty".into()));
+        }
+        if self.environment.image.is_none() && self.environment.dockerfile.is_none() {
+            return Err(invalid(
+                "environment",
+                "give `image = \"...\"` (a pinned image) or `dockerfile = \"Dockerfile\"` (built by `caas build`)".into(),
+            ));
+        }
+        if let Some(image) = &self.environment.image
+            && (image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid("image", format!("{image:?} is not an image reference")));
+        }
+        let argv = self.argv_template();
+        if argv.is_empty() || argv[0].trim().is_empty() {
+            return Err(invalid("command", "the command must not be empty".into()));
+        }
+        for arg in &argv {
+            check_placeholders(arg).map_err(|m| invalid("command", m))?;
+        }
+        if let Some(t) = self.run.timeout
+            && t.0.is_zero()
+        {
+            return Err(invalid("timeout", "the timeout must be longer than 0s".into()));
+        }
+        if let Some(cpus) = self.resources.cpus
+            && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
+        {
+            return Err(invalid("cpus", format!("{cpus} is not a number of CPUs (e.g. 0.5, 1, 4)")));
+        }
+        if let Some(mem) = self.resources.memory
+            && mem.0 < 6 << 20
+        {
+            return Err(invalid(
+                "memory",
+                format!("{mem} is below the 6MiB the Docker engine accepts"),
+            ));
+        }
+        if !self.io.dir.starts_with('/') || self.io.dir.split('/').any(|s| s == "..") {
+            return Err(invalid("dir", format!("{:?} must be an absolute path without '..'", self.io.dir)));
+        }
+        for key in self.run.env.keys() {
+            if key.is_empty() || key.contains('=') || key.starts_with("CAAS_") {
+                return Err(invalid(
+                    "env",
+                    format!("{key:?} cannot be set: names must be non-empty, without '=', and CAAS_* is reserved"),
+                ));
+            }
+        }
+        if let Some(user) = &self.run.user
+            && !valid_user(user)
+        {
+            return Err(invalid("user", format!("{user:?} is not `uid`, `uid:gid` or a user name")));
+        }
+        Ok(())
+    }
+
+    /// The command as an argv template (a shell string becomes `sh -c STRING`).
+    pub fn argv_template(&self) -> Vec<String> {
+        match &self.run.command {
+            Command::Argv(v) => v.clone(),
+            Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+        }
+    }
+
+    /// The task timeout.
+    pub fn timeout(&self) -> Duration {
+        self.run.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0)
+    }
+
+    /// The image tag this analysis runs by default: `[environment] image`, or the tag
+    /// `caas build` gives a Dockerfile-only analysis.
+    pub fn default_image(&self) -> String {
+        self.environment.image.clone().unwrap_or_else(|| {
+            format!(
+                "caas/{}:{}",
+                self.analysis.name,
+                sanitize_tag(&self.analysis.version)
+            )
+        })
+    }
+
+    /// Check a dataset's basename against `[inputs] patterns`.
+    pub fn accepts_name(&self, basename: &str) -> bool {
+        self.inputs.patterns.is_empty()
+            || self.inputs.patterns.iter().any(|p| glob_match(p, basename))
+    }
+}
+
+fn valid_user(user: &str) -> bool {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    match user.split_once(':') {
+        Some((u, g)) => ok(u) && ok(g),
+        None => ok(user),
+    }
+}
+
+/// A Docker tag may hold `[A-Za-z0-9_.-]`, up to 128 characters.
+pub fn sanitize_tag(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    if t.is_empty() { "latest".into() } else { t }
+}
+
+/// Check `{name}` placeholders: known names only; `{{` and `}}` are literal braces.
+fn check_placeholders(arg: &str) -> Result<(), String> {
+    let mut rest = arg;
+    while let Some(i) = rest.find(['{', '}']) {
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('}') {
+            return Err(format!("unmatched '}}' in {arg:?} (write '}}}}' for a literal brace)"));
+        }
+        let Some(end) = tail.find('}') else {
+            return Err(format!("unclosed '{{' in {arg:?} (write '{{{{' for a literal brace)"));
+        };
+        let name = &tail[1..end];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}} in {arg:?}; known: {}",
+                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            ));
+        }
+        rest = &tail[end + 1..];
+    }
+    Ok(())
+}
+
+/// Replace the placeholders of one argv element (already checked by [`AnalysisSpec::parse`]).
+pub fn fill_placeholders(arg: &str, values: &BTreeMap<&str, String>) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") {
+            out.push('{');
+            rest = &tail[2..];
+        } else if tail.starts_with("}}") {
+            out.push('}');
+            rest = &tail[2..];
+        } else if let (true, Some(end)) = (tail.starts_with('{'), tail.find('}')) {
+            match values.get(&tail[1..end]) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&tail[..=end]),
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push_str(&tail[..1]);
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `*` and `?` wildcard match of a whole name.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// The 1-based line where `key =` (or `[key]`) first appears, for messages about values that
+/// parsed but do not make sense.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        let t = l.trim_start();
+        t.strip_prefix(key)
+            .is_some_and(|r| r.trim_start().starts_with('='))
+            || t == format!("[{key}]")
+    })
+    .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[analysis]
+name = "pca"                 # lowercase, digits, '-'; the job folder is job__<name>_<timestamp>
+version = "0.1.0"
+
+[environment]
+image = "local/busybox:test" # a pinned image, OR:
+# dockerfile = "Dockerfile"  # built by `caas build` (context = this folder)
+
+[run]
+command = ["sh", "-c", "wc -l {data} > {results}/lines.txt"]
+timeout = "10m"              # humantime durations
+
+[resources]                  # optional
+cpus = 1
+memory = "512MiB"            # bytes with IEC/SI units
+"#;
+
+    fn parse(text: &str) -> Result<AnalysisSpec, SpecError> {
+        AnalysisSpec::parse(text, Path::new("/x/caas.toml"))
+    }
+
+    #[test]
+    fn design_minimal_file_parses() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.analysis.name.as_str(), "pca");
+        assert_eq!(s.timeout(), Duration::from_secs(600));
+        assert_eq!(s.resources.memory, Some(ByteSize(512 << 20)));
+        assert_eq!(s.resources.cpus, Some(1.0));
+        assert_eq!(s.default_image(), "local/busybox:test");
+        assert_eq!(s.io.dir, "/io");
+    }
+
+    #[test]
+    fn unknown_key_names_key_file_and_line() {
+        let text = MINIMAL.replace("cpus = 1", "cpus = 1\ncpu_count = 2");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("/x/caas.toml"), "{err}");
+        assert!(err.contains("cpu_count"), "{err}");
+        assert!(err.contains("line 16"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let err = parse(&MINIMAL.replace("\"10m\"", "\"ten minutes\"")).unwrap_err().to_string();
+        assert!(err.contains("line 12") && err.contains("not a duration"), "{err}");
+        let err = parse(&MINIMAL.replace("\"512MiB\"", "\"lots\"")).unwrap_err().to_string();
+        assert!(err.contains("line 16") && err.contains("not a size"), "{err}");
+        let err = parse(&MINIMAL.replace("version = \"0.1.0\"\n", "")).unwrap_err().to_string();
+        assert!(err.contains("missing field `version`"), "{err}");
+        let err = parse(&MINIMAL.replace("{results}", "{output}")).unwrap_err().to_string();
+        assert!(err.contains("unknown placeholder {output}") && err.contains("line 11"), "{err}");
+        let err = parse(&MINIMAL.replace("\"pca\"", "\"../pca\"")).unwrap_err().to_string();
+        assert!(err.contains("analysis name"), "{err}");
+    }
+
+    #[test]
+    fn placeholders_fill() {
+        let mut v = BTreeMap::new();
+        v.insert("data", "/io/inputs/a.csv".to_string());
+        assert_eq!(fill_placeholders("wc {data} {{x}}", &v), "wc /io/inputs/a.csv {x}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.csv", "trace.csv"));
+        assert!(!glob_match("*.csv", "trace.npy"));
+        assert!(glob_match("rec?_*", "rec1_a.bin"));
+    }
+}

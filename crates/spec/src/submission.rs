@@ -1,0 +1,142 @@
+//! `submit.json`: the trigger a user drops into `<group>/submissions/` (or `caas run` builds).
+//!
+//! Fields the manager does not know are ignored, as NeuroCAAS did; the ones it knows are
+//! checked here so a bad submission is refused with a message the user can act on.
+
+use serde_json::Value;
+
+use crate::names::{GroupName, JobTimestamp, StoreKey};
+use crate::SpecError;
+
+/// The largest submit.json read (a submission is a few hundred bytes).
+pub const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
+
+/// A checked submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submission {
+    /// One task per dataset, all with the same config.
+    pub datasets: Vec<StoreKey>,
+    /// The config's key.
+    pub config: StoreKey,
+    /// Names the job folder.
+    pub timestamp: JobTimestamp,
+}
+
+impl Submission {
+    /// Parse the bytes of a submit.json found under `group`'s prefix; every path must stay
+    /// inside that group's prefix.
+    pub fn parse(bytes: &[u8], group: &GroupName) -> Result<Self, SpecError> {
+        let bad = |m: String| Err(SpecError::Submission(m));
+        if bytes.len() > MAX_SUBMISSION_BYTES {
+            return bad(format!(
+                "the submit file is {} bytes; a submission is at most {} bytes",
+                bytes.len(),
+                MAX_SUBMISSION_BYTES
+            ));
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return bad("the submit file is not UTF-8 text (is it a binary file?)".into());
+        };
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return bad(format!("the submit file is not valid JSON: {e}")),
+        };
+        let Some(obj) = value.as_object() else {
+            return bad("the submit file must be a JSON object with dataname, configname and timestamp".into());
+        };
+        let field = |name: &str, what: &str| match obj.get(name) {
+            Some(v) => Ok(v),
+            None => Err(SpecError::Submission(format!(
+                "INPUT ERROR: Submit file does not contain field '{name}', needed to {what}."
+            ))),
+        };
+        let data = field("dataname", "analyze data")?;
+        let datanames: Vec<&Value> = match data {
+            Value::Array(items) if !items.is_empty() => items.iter().collect(),
+            Value::Array(_) => return bad("'dataname' is an empty list: name at least one dataset".into()),
+            other => vec![other],
+        };
+        let mut datasets = Vec::with_capacity(datanames.len());
+        for d in datanames {
+            let Some(s) = d.as_str() else {
+                return bad(format!("every 'dataname' entry must be a string, found {d}"));
+            };
+            datasets.push(in_group(s, group, "inputs")?);
+        }
+        let config = match field("configname", "configure the analysis")? {
+            Value::String(s) => in_group(s, group, "configs")?,
+            other => return bad(format!("'configname' must be a string, found {other}")),
+        };
+        if config.is_folder() {
+            return bad(format!("'configname' {config} names a folder, not a config file"));
+        }
+        let timestamp = match field("timestamp", "name the job")? {
+            Value::String(s) => s.parse()?,
+            Value::Number(n) => n.to_string().parse()?,
+            other => return bad(format!("'timestamp' must be a string, found {other}")),
+        };
+        Ok(Self {
+            datasets,
+            config,
+            timestamp,
+        })
+    }
+}
+
+/// A key that must lie under `<group>/<folder>/`.
+pub fn in_group(key: &str, group: &GroupName, folder: &str) -> Result<StoreKey, SpecError> {
+    let k = StoreKey::parse(key)?;
+    let segs = k.segments();
+    if segs.len() < 3 || segs[0].as_str() != group.as_str() || segs[1].as_str() != folder {
+        return Err(SpecError::Submission(format!(
+            "{key:?} is outside this group's {folder}: it must start with '{group}/{folder}/'"
+        )));
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g() -> GroupName {
+        "grp".parse().unwrap()
+    }
+
+    #[test]
+    fn single_and_list() {
+        let s = Submission::parse(
+            br#"{"dataname":"grp/inputs/a.npy","configname":"grp/configs/c.yaml","timestamp":"16:52:06.836494x","exitcode":0}"#,
+            &g(),
+        )
+        .unwrap();
+        assert_eq!(s.datasets.len(), 1);
+        assert_eq!(s.timestamp.as_str(), "16:52:06.836494x");
+        let s = Submission::parse(
+            br#"{"dataname":["grp/inputs/a.npy","grp/inputs/d/"],"configname":"grp/configs/c.yaml","timestamp":"1"}"#,
+            &g(),
+        )
+        .unwrap();
+        assert!(s.datasets[1].is_folder());
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let cases: [(&[u8], &str); 8] = [
+            (br#"{"configname":"grp/configs/c.yaml","timestamp":"1"}"#, "does not contain field 'dataname'"),
+            (br#"{"dataname":"grp/inputs/a","timestamp":"1"}"#, "field 'configname'"),
+            (br#"{"dataname":"grp/inputs/a","configname":"grp/configs/c.yaml"}"#, "field 'timestamp'"),
+            (br#"{"dataname":"grp/inputs/../../x","configname":"grp/configs/c.yaml","timestamp":"1"}"#, "store path"),
+            (br#"{"dataname":"other/inputs/a","configname":"grp/configs/c.yaml","timestamp":"1"}"#, "outside this group"),
+            (b"not json", "not valid JSON"),
+            (b"\xff\xfe\x00", "not UTF-8"),
+            (br#"{"dataname":[1],"configname":"grp/configs/c.yaml","timestamp":"1"}"#, "must be a string"),
+        ];
+        for (bytes, want) in cases {
+            let err = Submission::parse(bytes, &g()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} lacks {want}");
+        }
+        let huge = vec![b' '; MAX_SUBMISSION_BYTES + 1];
+        assert!(Submission::parse(&huge, &g()).unwrap_err().to_string().contains("at most"));
+    }
+}

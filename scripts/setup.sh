@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# setup.sh - make this machine ready to run caas and its tests (idempotent, root, Debian 12).
+#
+# Brings up what caas needs and cannot pull from a registry:
+#   1. the Docker engine (Debian's docker.io), started with dockerd when `docker info` fails;
+#   2. the base image local/busybox:test, made with `docker import` from Debian's busybox-static
+#      (no registry is reachable here, so every image caas's examples and tests use starts from it).
+# A second run with nothing to do takes well under a second.
+set -euo pipefail
+
+BASE_IMAGE=${CAAS_BASE_IMAGE:-local/busybox:test}
+log() { printf '[caas setup] %s\n' "$*" >&2; }
+
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends "$@" >/tmp/caas-setup-apt.log 2>&1; then
+    apt-get update >/tmp/caas-setup-apt-update.log 2>&1
+    apt-get install -y --no-install-recommends "$@" >/tmp/caas-setup-apt.log 2>&1 || {
+      cat /tmp/caas-setup-apt.log >&2; exit 1; }
+  fi
+}
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { log "missing ${need_pkgs[*]}; run this script as root to install them"; exit 1; }
+  log "installing ${need_pkgs[*]}"
+  apt_install "${need_pkgs[@]}"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  # setsid + no inherited stdio: the daemon must not hold CI's output pipes open.
+  ( setsid dockerd </dev/null >/var/log/caas-dockerd.log 2>&1 & )
+  for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/caas-dockerd.log"; tail -20 /var/log/caas-dockerd.log >&2; exit 1; }
+fi
+
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  log "building $BASE_IMAGE from busybox-static"
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  mkdir -p "$root"/{bin,etc,tmp,root,home/user} "$root"/usr/bin
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
+  done
+  ln -s ../../bin/env "$root/usr/bin/env"
+  printf 'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n' >"$root/etc/group"
+  chown 1000:1000 "$root/home/user"
+  tar -C "$root" -c . | docker import \
+    --change 'ENV PATH=/bin:/usr/bin' --change 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
+  rm -rf "$root"; trap - EXIT
+fi
+log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE"
