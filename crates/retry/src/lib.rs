@@ -1,0 +1,114 @@
+//! One retry helper for every call that crosses to the Docker engine or a store.
+//!
+//! Each caller says which of its errors are transient (a connection reset, a 503, a timeout)
+//! through [`Transient`]; permanent errors (not found, conflict, bad request) come back at once,
+//! transient ones are retried with capped exponential backoff and logged.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Errors that know whether trying again may help.
+pub trait Transient {
+    /// True when the same call may succeed if repeated.
+    fn is_transient(&self) -> bool;
+}
+
+/// How often and how long to retry.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    /// Delay before the second attempt; doubled each time.
+    pub first_delay: Duration,
+    /// Upper bound of one delay.
+    pub max_delay: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Run `op` until it succeeds, fails permanently, or `policy.attempts` are used up.
+pub async fn retry<T, E, F, Fut>(policy: Policy, what: &str, mut op: F) -> Result<T, E>
+where
+    E: Transient + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = policy.first_delay;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempt < policy.attempts.max(1) => {
+                tracing::warn!(attempt, what, error = %e, "transient error, retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(policy.max_delay);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[derive(Debug)]
+    struct E(bool);
+    impl Transient for E {
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+    }
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "e{}", self.0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_then_succeeds() {
+        let calls = Cell::new(0);
+        let r: Result<u32, E> = retry(Policy::default(), "t", || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 3 { Err(E(true)) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_return_at_once() {
+        let calls = Cell::new(0);
+        let r: Result<(), E> = retry(Policy::default(), "t", || {
+            calls.set(calls.get() + 1);
+            async { Err(E(false)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_attempts() {
+        let calls = Cell::new(0);
+        let p = Policy { attempts: 3, ..Policy::default() };
+        let r: Result<(), E> = retry(p, "t", || {
+            calls.set(calls.get() + 1);
+            async { Err(E(true)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 3);
+    }
+}
