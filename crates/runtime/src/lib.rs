@@ -1,1 +1,174 @@
-//! placeholder
+//! Executors: run one labelled container with limits, stream its output as it comes, wait with a
+//! deadline or a cancellation, report a typed outcome and usage, and always remove it.
+//!
+//! The Docker executor talks to the Docker Engine API through `bollard` (also Podman's API
+//! socket). Infrastructure failures are [`RuntimeError`]s; how the task itself ended is an
+//! [`Outcome`], so "the engine is down" and "the analysis exited 3" never mix.
+
+mod build;
+mod docker;
+
+pub use build::{BuildEvent, BuildOptions};
+pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// How a container's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It exited by itself with this code.
+    Exited(i64),
+    /// The kernel killed it for exceeding its memory limit.
+    OomKilled {
+        /// The exit code seen (usually 137).
+        exit_code: i64,
+    },
+    /// It outlived its deadline and was stopped.
+    TimedOut,
+    /// It was stopped on request (Ctrl-C, `caas cancel`).
+    Cancelled,
+}
+
+/// What the executor measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// Run time of the container.
+    pub wall: Duration,
+    /// CPU seconds (user + system) last seen.
+    pub cpu_seconds: f64,
+    /// Highest memory use seen, bytes.
+    pub peak_memory_bytes: u64,
+}
+
+/// One run's report.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Usage.
+    pub measured: Measured,
+    /// The (now removed) container's id.
+    pub container_id: String,
+}
+
+/// Which stream a chunk of output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A chunk of container output, in order within its stream.
+#[derive(Clone, Debug)]
+pub struct OutputChunk {
+    /// stdout or stderr.
+    pub stream: StreamKind,
+    /// The bytes (usually one line).
+    pub bytes: Bytes,
+}
+
+/// A bind mount.
+#[derive(Clone, Debug)]
+pub struct BindMount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Everything needed to create a task container.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    /// Container name (unique on the engine).
+    pub name: String,
+    /// Image reference or id.
+    pub image: String,
+    /// argv.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Labels (the executor adds its own `caas.deadline`).
+    pub labels: BTreeMap<String, String>,
+    /// Bind mounts.
+    pub mounts: Vec<BindMount>,
+    /// `uid[:gid]` or a user name.
+    pub user: Option<String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// CPU limit in cores.
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes (swap is not allowed beyond it).
+    pub memory_bytes: Option<u64>,
+    /// GPUs to request.
+    pub gpus: Option<u32>,
+    /// Wall-clock limit of the run.
+    pub timeout: Duration,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// Infrastructure failures: the engine, the image, the API. Never "the task failed".
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine cannot be reached.
+    #[error(
+        "cannot reach the Docker engine at {endpoint}: {message}\n\
+         Start it (e.g. `sudo dockerd &`, `sudo systemctl start docker`, or `bash scripts/setup.sh` in the caas repository), \
+         or point DOCKER_HOST at a running engine."
+    )]
+    EngineUnavailable {
+        /// The socket or URL tried.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The image does not exist on the engine.
+    #[error("image {image:?} was not found on the Docker engine; build it (`caas build`) or load it (`docker load`) first")]
+    ImageNotFound {
+        /// The reference.
+        image: String,
+    },
+    /// An image build failed; `step` and `output` say where and why.
+    #[error("image build failed{}: {message}{}", step.as_ref().map(|s| format!(" at {s}")).unwrap_or_default(), if output.is_empty() { String::new() } else { format!("\n--- output of the failing step ---\n{output}") })]
+    BuildFailed {
+        /// The failing Dockerfile step, when known.
+        step: Option<String>,
+        /// The engine's message.
+        message: String,
+        /// The step's last output lines.
+        output: String,
+    },
+    /// Reading the build context failed.
+    #[error("cannot read build context {}: {source}", path.display())]
+    Context {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Any other engine error.
+    #[error("Docker engine: {what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// bollard's error.
+        source: bollard::errors::Error,
+    },
+}
+
+impl caas_retry::Transient for RuntimeError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { source, .. } => docker::is_transient(source),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The Docker executor: one container per task, through the Engine API (`bollard`), with the
+//! API version negotiated (Debian's engine speaks 1.41), labels on every container, a deadline
+//! label so orphans are found after a crash, and removal on every path out.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::container::LogOutput;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use caas_retry::{Policy, retry};
+
+use crate::{ContainerSpec, Measured, Outcome, OutputChunk, RunReport, RuntimeError, StreamKind};
+
+/// Label: the job folder a container belongs to.
+pub const LABEL_JOB: &str = "caas.job";
+/// Label: the task id.
+pub const LABEL_TASK: &str = "caas.task";
+/// Label: the analysis name.
+pub const LABEL_ANALYSIS: &str = "caas.analysis";
+/// Label: unix time after which the container is an orphan that any caas may remove.
+pub const LABEL_DEADLINE: &str = "caas.deadline";
+
+/// A connected Docker engine.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    client: bollard::Docker,
+    endpoint: String,
+    policy: Policy,
+}
+
+/// What caas needs to know of an image.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    /// `sha256:...`.
+    pub id: String,
+    /// The image's configured user (empty for root).
+    pub user: String,
+}
+
+pub(crate) fn is_transient(e: &BollardError) -> bool {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => {
+            matches!(status_code, 500 | 502 | 503 | 504) && !is_permanent_500(e)
+        }
+        BollardError::HyperResponseError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::IOError { .. } => true,
+        _ => false,
+    }
+}
+
+/// Some engine errors come back as 500 but will not change on retry.
+fn is_permanent_500(e: &BollardError) -> bool {
+    let BollardError::DockerResponseServerError { message, .. } = e else {
+        return false;
+    };
+    let m = message.to_ascii_lowercase();
+    ["no such", "not found", "invalid", "executable file not found", "permission denied", "oci runtime create failed"]
+        .iter()
+        .any(|s| m.contains(s))
+}
+
+fn status_of(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Api { what, source }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Docker {
+    /// Connect to `DOCKER_HOST` or the local socket, negotiate the API version, and ping.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let endpoint = std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+        let unavailable = |message: String| RuntimeError::EngineUnavailable {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        let client = bollard::Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
+        // Long enough for slow engine calls; waits and log streams are not bounded by it.
+        let client = client.with_timeout(Duration::from_secs(300));
+        let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+            .await
+            .map_err(|_| unavailable("no answer within 10s".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(10), client.ping())
+            .await
+            .map_err(|_| unavailable("no answer to ping within 10s".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Self {
+            client,
+            endpoint,
+            policy: Policy::default(),
+        })
+    }
+
+    /// The underlying client, for the developer commands (build, exec, commit).
+    pub fn client(&self) -> &bollard::Docker {
+        &self.client
+    }
+
+    /// Where the engine was reached.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Inspect an image; `None` when the engine does not have it.
+    pub async fn image_info(&self, image: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        let r = retry(self.policy, "inspect image", || async {
+            self.client
+                .inspect_image(image)
+                .await
+                .map_err(api(format!("inspect image {image}")))
+        })
+        .await;
+        match r {
+            Ok(info) => Ok(Some(ImageInfo {
+                id: info.id.unwrap_or_default(),
+                user: info.config.and_then(|c| c.user).unwrap_or_default(),
+            })),
+            Err(RuntimeError::Api { source, .. }) if status_of(&source) == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Run one container to its end: create, start, stream output into `output`, wait until it
+    /// exits, its deadline passes, or `cancel` fires; then collect the outcome and usage and
+    /// remove the container, whatever happened.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &CancellationToken,
+        on_started: impl FnOnce(&str),
+    ) -> Result<RunReport, RuntimeError> {
+        let id = self.create(spec).await?;
+        let result = self.run_created(&id, spec, output, cancel, on_started).await;
+        // Always remove, even when the run failed or was cancelled; a failed removal is
+        // reported but does not hide the run's own error.
+        if let Err(e) = self.remove(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove container");
+        }
+        result
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let deadline = unix_now() + spec.timeout.as_secs() + spec.stop_grace.as_secs() + 60;
+        let mut labels: HashMap<String, String> =
+            spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.insert(LABEL_DEADLINE.into(), deadline.to_string());
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| Mount {
+                target: Some(m.target.clone()),
+                source: Some(m.source.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let memory = spec.memory_bytes.and_then(|m| i64::try_from(m).ok());
+        let host_config = HostConfig {
+            mounts: Some(mounts),
+            memory,
+            memory_swap: memory, // no swap beyond the limit: OOM is OOM
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            init: Some(true),
+            network_mode: None,
+            device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {
+                vec![DeviceRequest {
+                    count: Some(i64::from(g)),
+                    capabilities: Some(vec![vec!["gpu".to_string()]]),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.command.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            user: spec.user.clone(),
+            working_dir: spec.workdir.clone(),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let created = retry(self.policy, "create container", || async {
+            self.client
+                .create_container(Some(opts.clone()), body.clone())
+                .await
+                .map_err(api(format!("create container {}", spec.name)))
+        })
+        .await;
+        match created {
+            Ok(r) => Ok(r.id),
+            Err(RuntimeError::Api { source, .. })
+                if status_of(&source) == Some(404) =>
+            {
+                Err(RuntimeError::ImageNotFound {
+                    image: spec.image.clone(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run_created(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &CancellationToken,
+        on_started: impl FnOnce(&str),
+    ) -> Result<RunReport, RuntimeError> {
+        // The wait is registered before the start so a very short run cannot be missed.
+        let wait_opts = WaitContainerOptionsBuilder::new().condition("next-exit").build();
+        let mut wait = Box::pin(self.client.wait_container(id, Some(wait_opts)));
+        if cancel.is_cancelled() {
+            return Ok(RunReport {
+                outcome: Outcome::Cancelled,
+                measured: Measured::default(),
+                container_id: id.to_string(),
+            });
+        }
+        self.client
+            .start_container(id, None)
+            .await
+            .map_err(api(format!("start container {}", spec.name)))?;
+        let started = Instant::now();
+        on_started(id);
+
+        let logs = tokio::spawn(forward_logs(self.client.clone(), id.to_string(), output));
+        let stats_stop = CancellationToken::new();
+        let stats = tokio::spawn(sample_stats(self.client.clone(), id.to_string(), stats_stop.clone()));
+
+        let deadline = tokio::time::sleep(spec.timeout);
+        tokio::pin!(deadline);
+        let mut stopped_for: Option<Outcome> = None;
+        loop {
+            tokio::select! {
+                r = wait.next() => match r {
+                    // Non-zero exits come back as a wait "error" that carries the code.
+                    Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) | None => break,
+                    Some(Err(e)) if is_transient(&e) => {
+                        // Re-register the wait; the container may still be running.
+                        tracing::debug!(error = %e, "wait interrupted, waiting again");
+                        let o = WaitContainerOptionsBuilder::new().condition("not-running").build();
+                        wait = Box::pin(self.client.wait_container(id, Some(o)));
+                    }
+                    Some(Err(e)) => {
+                        stats_stop.cancel();
+                        return Err(RuntimeError::Api { what: format!("wait for container {}", spec.name), source: e });
+                    }
+                },
+                () = &mut deadline, if stopped_for.is_none() => {
+                    tracing::info!(container = %id, "deadline reached, stopping");
+                    stopped_for = Some(Outcome::TimedOut);
+                    self.stop(id, spec.stop_grace).await;
+                }
+                () = cancel.cancelled(), if stopped_for.is_none() => {
+                    tracing::info!(container = %id, "cancelled, stopping");
+                    stopped_for = Some(Outcome::Cancelled);
+                    self.stop(id, spec.stop_grace).await;
+                }
+            }
+        }
+        let wall = started.elapsed();
+        stats_stop.cancel();
+        let sampled = stats.await.unwrap_or_default();
+        // The log stream ends when the container stops; give it a moment to drain.
+        if tokio::time::timeout(Duration::from_secs(10), logs).await.is_err() {
+            tracing::warn!(container = %id, "log stream did not end within 10s after exit");
+        }
+        let inspect = retry(self.policy, "inspect container", || async {
+            self.client
+                .inspect_container(id, None)
+                .await
+                .map_err(api(format!("inspect container {}", spec.name)))
+        })
+        .await?;
+        let state = inspect.state.unwrap_or_default();
+        let exit_code = state.exit_code.unwrap_or(-1);
+        let outcome = match stopped_for {
+            Some(o) => o,
+            None if state.oom_killed == Some(true) => Outcome::OomKilled { exit_code },
+            None => Outcome::Exited(exit_code),
+        };
+        Ok(RunReport {
+            outcome,
+            measured: Measured {
+                wall,
+                cpu_seconds: sampled.0,
+                peak_memory_bytes: sampled.1,
+            },
+            container_id: id.to_string(),
+        })
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; errors are logged (the container may be gone).
+    pub async fn stop(&self, id: &str, grace: Duration) {
+        let opts = StopContainerOptionsBuilder::new()
+            .t(i32::try_from(grace.as_secs()).unwrap_or(10))
+            .build();
+        if let Err(e) = self.client.stop_container(id, Some(opts)).await
+            && status_of(&e) != Some(304)
+            && status_of(&e) != Some(404)
+        {
+            tracing::warn!(container = %id, error = %e, "stop failed, killing");
+            let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+            let _ = self.client.kill_container(id, Some(kill)).await;
+        }
+    }
+
+    /// Remove a container (forcefully; a missing container is not an error).
+    pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let r = retry(self.policy, "remove container", || async {
+            self.client
+                .remove_container(id, Some(opts.clone()))
+                .await
+                .map_err(api(format!("remove container {id}")))
+        })
+        .await;
+        match r {
+            Err(RuntimeError::Api { source, .. }) if status_of(&source) == Some(404) => Ok(()),
+            // 409: removal already in progress.
+            Err(RuntimeError::Api { source, .. }) if status_of(&source) == Some(409) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Containers (running or not) carrying `label` (`key` or `key=value`): id, name, labels.
+    pub async fn list_by_label(
+        &self,
+        label: &str,
+    ) -> Result<Vec<(String, String, HashMap<String, String>)>, RuntimeError> {
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![label]);
+        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let list = retry(self.policy, "list containers", || async {
+            self.client
+                .list_containers(Some(opts.clone()))
+                .await
+                .map_err(api("list containers"))
+        })
+        .await?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string();
+                (c.id.unwrap_or_default(), name, c.labels.unwrap_or_default())
+            })
+            .collect())
+    }
+
+    /// Remove caas containers whose deadline label has passed (left behind by a crash or
+    /// `kill -9`); returns their names.
+    pub async fn reap_expired(&self) -> Result<Vec<String>, RuntimeError> {
+        let now = unix_now();
+        let mut reaped = Vec::new();
+        for (id, name, labels) in self.list_by_label(LABEL_DEADLINE).await? {
+            let expired = labels
+                .get(LABEL_DEADLINE)
+                .and_then(|d| d.parse::<u64>().ok())
+                .is_some_and(|d| d < now);
+            if expired {
+                self.remove(&id).await?;
+                reaped.push(name);
+            }
+        }
+        Ok(reaped)
+    }
+}
+
+/// Follow the container's output from its first byte and forward it; ends when the container
+/// stops (or the receiver is gone).
+async fn forward_logs(client: bollard::Docker, id: String, tx: mpsc::Sender<OutputChunk>) {
+    let opts = LogsOptionsBuilder::new()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = client.logs(&id, Some(opts));
+    while let Some(item) = stream.next().await {
+        let chunk = match item {
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => OutputChunk {
+                stream: StreamKind::Stdout,
+                bytes: message,
+            },
+            Ok(LogOutput::StdErr { message }) => OutputChunk {
+                stream: StreamKind::Stderr,
+                bytes: message,
+            },
+            Ok(LogOutput::StdIn { .. }) => continue,
+            Err(e) => {
+                tracing::debug!(container = %id, error = %e, "log stream ended");
+                break;
+            }
+        };
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Sample CPU time and peak memory until told to stop; returns (cpu seconds, peak bytes).
+async fn sample_stats(client: bollard::Docker, id: String, stop: CancellationToken) -> (f64, u64) {
+    let opts = StatsOptionsBuilder::new().stream(true).build();
+    let mut stream = client.stats(&id, Some(opts));
+    let (mut cpu_ns, mut peak) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            item = stream.next() => match item {
+                Some(Ok(s)) => {
+                    if let Some(total) = s.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage) {
+                        cpu_ns = cpu_ns.max(total);
+                    }
+                    if let Some(m) = s.memory_stats {
+                        peak = peak.max(m.max_usage.unwrap_or(0)).max(m.usage.unwrap_or(0));
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    (cpu_ns as f64 / 1e9, peak)
+}
