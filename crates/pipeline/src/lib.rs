@@ -1,1 +1,82 @@
-//! placeholder
+//! The one task pipeline of caas, shared by `caas run` (a developer, locally), `caas serve` (the
+//! service) and the Slurm node agent: claim the job, validate, stage inputs, run the container,
+//! stream its output to the store as it comes, wait with a deadline, collect the exit code and
+//! usage, move or upload the results, write the status, remove the container.
+//!
+//! Every state change is written to the store (job.json, certificate, per-dataset status files)
+//! before caas acts on it, and every job ends in a terminal state with `end.txt` written.
+
+mod job;
+mod logs;
+mod task;
+
+pub use job::{JobOutcome, JobRequest, run_job};
+
+use std::path::PathBuf;
+
+use caas_runtime::StreamKind;
+use caas_spec::FileName;
+
+/// Failures of the machinery (not of the analysis, which is a task outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The job folder already exists: timestamps must be unique per analysis and group.
+    #[error(
+        "job {job} already exists at {location} (created {created}); nothing was changed. \
+         Use another timestamp (--timestamp) for a new job."
+    )]
+    JobExists {
+        /// The job folder name.
+        job: String,
+        /// Where it is.
+        location: String,
+        /// When the existing job was created, from its job.json.
+        created: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] caas_store::StoreError),
+    /// The engine failed.
+    #[error(transparent)]
+    Runtime(#[from] caas_runtime::RuntimeError),
+    /// A spec error.
+    #[error(transparent)]
+    Spec(#[from] caas_spec::SpecError),
+    /// Local file handling failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// What.
+        what: &'static str,
+        /// serde_json's error.
+        source: serde_json::Error,
+    },
+}
+
+/// Who watches a job run: `caas run` prints to the terminal, `caas serve` logs.
+pub trait Observer: Send + Sync {
+    /// Raw output of a task's container, as it comes.
+    fn output(&self, _dataset: &FileName, _stream: StreamKind, _bytes: &[u8]) {}
+    /// A line of the job manager's log (also written to the certificate).
+    fn progress(&self, _line: &str) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Observer for Quiet {}
+
+pub(crate) fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PipelineError {
+    let path = path.into();
+    move |source| PipelineError::Io { what, path, source }
+}

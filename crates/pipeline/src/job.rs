@@ -1,0 +1,434 @@
+//! One job: claim it exactly once, validate everything before compute is spent, run its tasks,
+//! and finish with a terminal state, the certificate and `end.txt` — on every path.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use caas_runtime::{BindMount, Docker};
+use caas_spec::layout::{END_MARKER_BODY, JobPaths};
+use caas_spec::record::{Certificate, dataset_status_json};
+use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord, Usage};
+use caas_store::Store;
+
+use crate::{Observer, PipelineError};
+
+/// The largest config read for validation.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Lines of output kept for the `std` field of a status file.
+pub(crate) const STD_TAIL_LINES: usize = 40;
+
+/// Everything one job needs.
+#[derive(Clone, Debug)]
+pub struct JobRequest {
+    /// The analysis.
+    pub spec: AnalysisSpec,
+    /// The group whose prefix holds inputs and results.
+    pub group: GroupName,
+    /// Names the job folder.
+    pub timestamp: JobTimestamp,
+    /// One task per dataset.
+    pub datasets: Vec<StoreKey>,
+    /// The config.
+    pub config: StoreKey,
+    /// The image to run.
+    pub image: String,
+    /// Who asked (`caas run`, `caas serve`), for the record.
+    pub origin: String,
+    /// Extra bind mounts (e.g. the analysis source in `caas run --dev`).
+    pub extra_mounts: Vec<BindMount>,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Scratch space for staging (for a local store, inside it, so results move by rename).
+    pub work_root: PathBuf,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug)]
+pub struct JobOutcome {
+    /// The final record (also in the store as job.json).
+    pub record: JobRecord,
+    /// Where its files are.
+    pub paths: JobPaths,
+}
+
+impl JobOutcome {
+    /// The exit code a CLI should end with: 0 on success, the task's exit code when it failed
+    /// with one, 124 for a timeout, 130 when cancelled, 137 for OOM, 2 for a rejection, 1 else.
+    pub fn exit_code(&self) -> i32 {
+        match self.record.state {
+            State::Succeeded => 0,
+            State::Rejected => 2,
+            State::TimedOut => 124,
+            State::Cancelled => 130,
+            _ => {
+                let failed = self.record.tasks.iter().find(|t| t.state == State::Failed);
+                match failed {
+                    Some(t) if t.oom_killed => 137,
+                    Some(t) => t
+                        .exit_code
+                        .and_then(|c| i32::try_from(c).ok())
+                        .filter(|c| *c != 0)
+                        .unwrap_or(1),
+                    None => 1,
+                }
+            }
+        }
+    }
+}
+
+/// Live, in-memory view of a task while it runs (bounded).
+#[derive(Debug, Default)]
+pub(crate) struct TaskLive {
+    pub std: VecDeque<String>,
+    pub last_line: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub record: JobRecord,
+    pub cert: Certificate,
+    pub live: Vec<TaskLive>,
+}
+
+/// Writes a job's files; all writes go through it, one at a time.
+pub(crate) struct JobWriter {
+    pub store: Store,
+    pub paths: JobPaths,
+    pub keys: Vec<StoreKey>,
+    pub shared: tokio::sync::Mutex<Shared>,
+    pub observer: Arc<dyn Observer>,
+}
+
+fn encode(what: &'static str, v: &impl serde::Serialize) -> Result<Vec<u8>, PipelineError> {
+    let mut bytes = serde_json::to_vec_pretty(v).map_err(|source| PipelineError::Encode { what, source })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+impl JobWriter {
+    /// Add a line to the certificate's setup log (and tell the observer), then write it.
+    pub async fn log(&self, line: &str) -> Result<(), PipelineError> {
+        self.observer.progress(line);
+        let mut s = self.shared.lock().await;
+        s.cert.log(Utc::now(), line);
+        self.write_certificate(&s).await
+    }
+
+    /// Change a task and write job.json, its status file and the certificate.
+    pub async fn update_task(
+        &self,
+        idx: usize,
+        change: impl FnOnce(&mut TaskRecord, &mut TaskLive),
+    ) -> Result<(), PipelineError> {
+        let mut guard = self.shared.lock().await;
+        let s = &mut *guard;
+        change(&mut s.record.tasks[idx], &mut s.live[idx]);
+        let combined = s.record.combined_state();
+        if !s.record.state.is_terminal() && s.record.tasks.iter().any(|t| t.state != State::Queued) {
+            s.record.state = combined;
+        }
+        self.write_job(&s.record).await?;
+        self.write_status(s, idx).await?;
+        self.write_certificate(s).await
+    }
+
+    /// Change the job record and write job.json.
+    pub async fn update_job(&self, change: impl FnOnce(&mut JobRecord)) -> Result<(), PipelineError> {
+        let mut s = self.shared.lock().await;
+        change(&mut s.record);
+        self.write_job(&s.record).await
+    }
+
+    async fn write_job(&self, record: &JobRecord) -> Result<(), PipelineError> {
+        self.store.put(&self.paths.job_json(), encode("job.json", record)?).await?;
+        Ok(())
+    }
+
+    async fn write_status(&self, s: &Shared, idx: usize) -> Result<(), PipelineError> {
+        let task = &s.record.tasks[idx];
+        let lines: Vec<String> = s.live[idx].std.iter().cloned().collect();
+        let json = dataset_status_json(task, &lines, &self.keys[idx]);
+        self.store
+            .put(&self.paths.dataset_status(&task.dataset_name), encode("status", &json)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_certificate(&self, s: &Shared) -> Result<(), PipelineError> {
+        let rows: Vec<_> = s
+            .record
+            .tasks
+            .iter()
+            .zip(&self.keys)
+            .zip(&s.live)
+            .map(|((t, k), l)| (t, k, l.last_line.as_deref()))
+            .collect();
+        let text = s.cert.render(&rows, Utc::now());
+        self.store.put(&self.paths.certificate(), text).await?;
+        Ok(())
+    }
+
+    /// Write every status file (used when the whole job is rejected or finished).
+    pub async fn write_all(&self) -> Result<(), PipelineError> {
+        let s = self.shared.lock().await;
+        self.write_job(&s.record).await?;
+        for idx in 0..s.record.tasks.len() {
+            self.write_status(&s, idx).await?;
+        }
+        self.write_certificate(&s).await
+    }
+}
+
+/// Run one job to a terminal state. Errors are returned only when caas cannot record what
+/// happened (the job already exists, or the store fails); everything the analysis or its
+/// inputs did wrong is in the returned record, the certificate and the status files.
+pub async fn run_job(
+    store: &Store,
+    docker: &Docker,
+    req: JobRequest,
+    observer: Arc<dyn Observer>,
+    cancel: &CancellationToken,
+) -> Result<JobOutcome, PipelineError> {
+    let started = Utc::now();
+    let job_id = JobId {
+        analysis: req.spec.analysis.name.clone(),
+        timestamp: req.timestamp.clone(),
+    };
+    let paths = JobPaths::new(&req.group, &job_id);
+    let tasks: Vec<TaskRecord> = req
+        .datasets
+        .iter()
+        .enumerate()
+        .map(|(i, key)| TaskRecord {
+            task_id: format!("{}.{i}", job_id.folder()),
+            dataset: key.to_string(),
+            dataset_name: key.basename().clone(),
+            state: State::Queued,
+            reason: None,
+            exit_code: None,
+            oom_killed: false,
+            container_id: None,
+            command: Vec::new(),
+            started: None,
+            finished: None,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+        })
+        .collect();
+    let record = JobRecord {
+        format: 1,
+        job_id: job_id.folder(),
+        analysis: job_id.analysis.clone(),
+        analysis_version: req.spec.analysis.version.clone(),
+        group: req.group.clone(),
+        timestamp: req.timestamp.to_string(),
+        image: req.image.clone(),
+        image_id: None,
+        config: req.config.to_string(),
+        state: State::Submitted,
+        reason: None,
+        origin: req.origin.clone(),
+        created: started,
+        finished: None,
+        tasks,
+    };
+
+    // The claim: job.json is created exactly once. An existing job is never touched.
+    if !store.create(&paths.job_json(), encode("job.json", &record)?).await? {
+        let created = match store.get_small(&paths.job_json(), 16 << 20).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes)
+                .map(|r| r.created.to_rfc3339())
+                .unwrap_or_else(|_| "at an unknown time".into()),
+            _ => "at an unknown time".into(),
+        };
+        return Err(PipelineError::JobExists {
+            job: job_id.folder(),
+            location: store.display_key(paths.root()),
+            created,
+        });
+    }
+
+    let n = record.tasks.len();
+    let writer = Arc::new(JobWriter {
+        store: store.clone(),
+        paths: paths.clone(),
+        keys: req.datasets.clone(),
+        shared: tokio::sync::Mutex::new(Shared {
+            cert: Certificate::new(started, &job_id, &req.spec.analysis.version),
+            record,
+            live: (0..n).map(|_| TaskLive::default()).collect(),
+        }),
+        observer,
+    });
+
+    writer.log("[Job Manager] Detected new job: starting up.").await?;
+    writer.log("[Job Manager] STEP 1/4 (Initialization): DONE").await?;
+    writer.update_job(|r| r.state = State::Validating).await?;
+
+    match validate(store, docker, &req).await? {
+        Err(problem) => {
+            writer
+                .log(&format!("[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {problem}"))
+                .await?;
+            finish_rejected(&writer, &problem).await?;
+        }
+        Ok(image_id) => {
+            writer.log("[Job Manager] STEP 2/4 (Validation): DONE").await?;
+            writer
+                .update_job(|r| {
+                    r.image_id = Some(image_id.clone());
+                    r.state = State::Queued;
+                })
+                .await?;
+            writer
+                .log(&format!("[Job Manager] STEP 3/4 (Environment Setup): image {} ({image_id}): DONE", req.image))
+                .await?;
+            writer
+                .log(&format!(
+                    "[Job Manager] STEP 4/4 (Initialize Processing): {n} dataset(s), {} at a time: DONE",
+                    req.concurrency.max(1)
+                ))
+                .await?;
+            let ctx = Arc::new(crate::task::TaskCtx {
+                store: store.clone(),
+                docker: docker.clone(),
+                req: req.clone(),
+                job: job_id.clone(),
+                writer: writer.clone(),
+                cancel: cancel.clone(),
+            });
+            let results: Vec<Result<(), PipelineError>> = futures::stream::iter(0..n)
+                .map(|idx| {
+                    let ctx = ctx.clone();
+                    async move { crate::task::run_task(&ctx, idx).await }
+                })
+                .buffer_unordered(req.concurrency.max(1))
+                .collect()
+                .await;
+            // A store failure while recording a task is reported after the other tasks end.
+            for r in &results {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "recording a task failed");
+                }
+            }
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                let _ = finish(&writer, Some(format!("caas could not record a task: {e}"))).await;
+                return Err(e);
+            }
+            finish(&writer, None).await?;
+        }
+    }
+    let record = writer.shared.lock().await.record.clone();
+    let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
+    Ok(JobOutcome { record, paths })
+}
+
+/// Check every input before compute is spent; the outer error is caas's own failure, the inner
+/// one the user's problem (written to the certificate).
+async fn validate(store: &Store, docker: &Docker, req: &JobRequest) -> Result<Result<String, String>, PipelineError> {
+    let mut names = BTreeSet::new();
+    for key in &req.datasets {
+        let base = key.basename().as_str();
+        if !names.insert(base.to_string()) {
+            return Ok(Err(format!(
+                "two datasets are named {base:?}; status and log files are per dataset name, so names must differ"
+            )));
+        }
+        if !req.spec.accepts_name(base) {
+            return Ok(Err(format!(
+                "dataset {key} does not match the analysis' input patterns {:?}",
+                req.spec.inputs.patterns
+            )));
+        }
+        let size = if key.is_folder() {
+            let objs = store.list(&key.as_path()).await?;
+            if objs.is_empty() {
+                return Ok(Err(format!("dataset folder {key} does not exist or is empty")));
+            }
+            objs.iter().map(|o| o.size).sum::<u64>()
+        } else {
+            match store.head(&key.as_path()).await? {
+                Some(meta) => meta.size,
+                None => {
+                    let is_folder = !store.list(&key.as_path()).await?.is_empty();
+                    let hint = if is_folder { " (it is a folder: end the name with '/')" } else { "" };
+                    return Ok(Err(format!("dataset {key} does not exist{hint}")));
+                }
+            }
+        };
+        if let Some(max) = req.spec.inputs.max_size
+            && size > max.0
+        {
+            return Ok(Err(format!(
+                "dataset {key} is {} bytes, more than the analysis accepts ({max})",
+                size
+            )));
+        }
+    }
+    let config = match store.get_small(&req.config.as_path(), MAX_CONFIG_BYTES).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(Err(format!("config {} does not exist", req.config))),
+        Err(caas_store::StoreError::TooLarge { size, max, .. }) => {
+            return Ok(Err(format!("config {} is {size} bytes; configs are at most {max} bytes", req.config)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Err(e) = caas_spec::config::parse_config(req.config.basename().as_str(), &config) {
+        return Ok(Err(e.to_string()));
+    }
+    match docker.image_info(&req.image).await? {
+        Some(info) => Ok(Ok(info.id)),
+        None => Ok(Err(format!(
+            "image {:?} was not found on the Docker engine; build it with `caas build` first",
+            req.image
+        ))),
+    }
+}
+
+async fn finish_rejected(writer: &JobWriter, problem: &str) -> Result<(), PipelineError> {
+    {
+        let mut s = writer.shared.lock().await;
+        let now = Utc::now();
+        for t in &mut s.record.tasks {
+            t.state = State::Rejected;
+            t.reason = Some(problem.to_string());
+            t.finished = Some(now);
+        }
+        s.record.state = State::Rejected;
+        s.record.reason = Some(problem.to_string());
+    }
+    writer.log("[Job Manager] Shutting down job.").await?;
+    finish(writer, None).await
+}
+
+/// Write the terminal state, the last certificate lines and `end.txt`.
+async fn finish(writer: &JobWriter, extra_reason: Option<String>) -> Result<(), PipelineError> {
+    let state = {
+        let mut s = writer.shared.lock().await;
+        if !s.record.state.is_terminal() || s.record.state == State::Rejected {
+            let combined = s.record.combined_state();
+            if s.record.state != State::Rejected {
+                s.record.state = combined;
+            }
+        }
+        if let Some(r) = extra_reason {
+            s.record.state = State::Failed;
+            s.record.reason = Some(r);
+        }
+        if s.record.reason.is_none() && s.record.state != State::Succeeded {
+            s.record.reason = s.record.tasks.iter().find_map(|t| t.reason.clone());
+        }
+        s.record.finished = Some(Utc::now());
+        s.record.state
+    };
+    writer
+        .log(&format!("[Job Manager] Job finished: {} ({}).", state.neurocaas_word(), state))
+        .await?;
+    writer.write_all().await?;
+    writer.store.put(&writer.paths.end_marker(), END_MARKER_BODY).await?;
+    Ok(())
+}

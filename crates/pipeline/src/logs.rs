@@ -1,0 +1,118 @@
+//! A task's output on its way to the store: appended to `logs/<dataset>.stdout.log` and
+//! `.stderr.log` as it comes (never re-read), split into lines for the status file's bounded
+//! `std` tail. On a local store the log files are written in place; on a remote store they are
+//! spooled to a local file and uploaded whole every few seconds and at the end.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use caas_runtime::StreamKind;
+use caas_store::Store;
+
+use crate::{PipelineError, io_err};
+
+/// The longest line kept in the status tail (longer lines are cut, the log files keep all).
+const MAX_LINE: usize = 2000;
+
+struct StreamFile {
+    file: std::fs::File,
+    path: PathBuf,
+    key: String,
+    partial: Vec<u8>,
+    dirty: bool,
+}
+
+/// The two log files of one task.
+pub(crate) struct LogSink {
+    streams: [StreamFile; 2],
+    remote: bool,
+}
+
+impl LogSink {
+    /// Open (create or append to) the two log files of a task.
+    pub fn open(store: &Store, keys: [String; 2], spool_dir: &std::path::Path) -> Result<Self, PipelineError> {
+        let remote = store.local_root().is_none();
+        let open = |key: String, name: &str| -> Result<StreamFile, PipelineError> {
+            let path = match store.local_path(&key) {
+                Some(p) => p,
+                None => spool_dir.join(name),
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err("open", &path))?;
+            Ok(StreamFile {
+                file,
+                path,
+                key,
+                partial: Vec::new(),
+                dirty: false,
+            })
+        };
+        let [out, err] = keys;
+        Ok(Self {
+            streams: [open(out, "stdout.log")?, open(err, "stderr.log")?],
+            remote,
+        })
+    }
+
+    /// Append a chunk; returns the lines it completed (for the status tail).
+    pub fn write(&mut self, stream: StreamKind, bytes: &[u8]) -> Result<Vec<String>, PipelineError> {
+        let s = &mut self.streams[match stream {
+            StreamKind::Stdout => 0,
+            StreamKind::Stderr => 1,
+        }];
+        s.file.write_all(bytes).map_err(io_err("write", &s.path))?;
+        s.dirty = true;
+        let mut lines = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                lines.push(take_line(&mut s.partial));
+            } else if s.partial.len() < MAX_LINE {
+                s.partial.push(b);
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Upload changed spool files (remote stores only).
+    pub async fn sync(&mut self, store: &Store) -> Result<(), PipelineError> {
+        if !self.remote {
+            return Ok(());
+        }
+        for s in &mut self.streams {
+            if s.dirty {
+                s.file.flush().map_err(io_err("flush", &s.path))?;
+                store.upload_file(&s.path, &s.key).await?;
+                s.dirty = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush everything, returning unterminated last lines.
+    pub async fn finish(mut self, store: &Store) -> Result<Vec<String>, PipelineError> {
+        let mut rest = Vec::new();
+        for s in &mut self.streams {
+            if !s.partial.is_empty() {
+                rest.push(take_line(&mut s.partial));
+            }
+            s.file.flush().map_err(io_err("flush", &s.path))?;
+            if self.remote {
+                s.dirty = true;
+            }
+        }
+        self.sync(store).await?;
+        Ok(rest)
+    }
+}
+
+fn take_line(buf: &mut Vec<u8>) -> String {
+    let line = String::from_utf8_lossy(buf).trim_end_matches('\r').to_string();
+    buf.clear();
+    line
+}

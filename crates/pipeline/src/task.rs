@@ -1,0 +1,555 @@
+//! One task: one container run for one dataset of a job, from staging to the ledger entry.
+//!
+//! On a local store inputs are bind-mounted read-only in place and results are moved into the
+//! job folder with a rename; on a remote store they are downloaded and uploaded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use caas_runtime::{BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Outcome, OutputChunk};
+use caas_spec::analysis::fill_placeholders;
+use caas_spec::layout::{active_entry, ledger_entry};
+use caas_spec::{JobId, State, StoreKey};
+use caas_store::Store;
+
+use crate::job::{JobRequest, JobWriter, STD_TAIL_LINES};
+use crate::logs::LogSink;
+use crate::{PipelineError, io_err};
+
+/// How often a running task's status file and certificate row are refreshed.
+const LIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// SIGTERM → SIGKILL grace when a task is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub(crate) struct TaskCtx {
+    pub store: Store,
+    pub docker: Docker,
+    pub req: JobRequest,
+    pub job: JobId,
+    pub writer: Arc<JobWriter>,
+    pub cancel: CancellationToken,
+}
+
+/// Run task `idx` to a terminal state; only a failure to record it is an error.
+pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
+    let work = ctx.req.work_root.join(ctx.job.folder()).join(idx.to_string());
+    let result = run_task_inner(ctx, idx, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    match result {
+        Ok(()) => Ok(()),
+        // Anything that went wrong in staging or the engine is the task's failure, recorded
+        // where the user looks; only the store failing leaves us unable to record it.
+        Err(e @ PipelineError::Store(_)) => Err(e),
+        Err(e) => {
+            let reason = format!("caas could not run this task: {e}");
+            ctx.writer
+                .log(&format!("[Job Manager] dataset {}: {reason}", ctx.req.datasets[idx]))
+                .await?;
+            ctx.writer
+                .update_task(idx, |t, _| {
+                    if !t.state.is_terminal() {
+                        t.state = State::Failed;
+                        t.reason = Some(reason);
+                        t.finished = Some(Utc::now());
+                        t.container_id = None;
+                    }
+                })
+                .await
+        }
+    }
+}
+
+fn stage_error(e: std::io::Error, path: &Path) -> PipelineError {
+    PipelineError::Io {
+        what: "stage",
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+/// Where an input is on this machine: in place for a local store, downloaded otherwise.
+async fn stage_input(store: &Store, key: &StoreKey, dest: &Path) -> Result<PathBuf, PipelineError> {
+    if let Some(p) = store.local_path(&key.as_path()) {
+        return Ok(p);
+    }
+    if key.is_folder() {
+        let prefix = key.as_path();
+        for obj in store.list(&prefix).await? {
+            let rel = obj.location.as_ref().strip_prefix(prefix.as_str()).unwrap_or_default();
+            let rel = rel.trim_start_matches('/');
+            if rel.is_empty() || rel.split('/').any(|s| s == ".." || s.is_empty()) {
+                continue;
+            }
+            store.download_file(obj.location.as_ref(), &dest.join(rel)).await?;
+        }
+    } else {
+        store.download_file(&key.as_path(), dest).await?;
+    }
+    Ok(dest.to_path_buf())
+}
+
+/// The user the container runs as: `[run] user`, else the image's own non-root user, else
+/// caas's own uid (when not root), else `nobody`.
+fn choose_user(configured: Option<&str>, image_user: &str) -> (Option<String>, bool) {
+    if let Some(u) = configured {
+        return (Some(u.to_string()), false);
+    }
+    let root_like = image_user.is_empty() || image_user == "root" || image_user.split(':').next() == Some("0");
+    if !root_like {
+        return (None, false);
+    }
+    // SAFETY-free: getuid/getgid cannot fail.
+    let (uid, gid) = current_ids();
+    if uid != 0 {
+        (Some(format!("{uid}:{gid}")), true)
+    } else {
+        (Some("65534:65534".to_string()), true)
+    }
+}
+
+fn current_ids() -> (u32, u32) {
+    // Read from /proc to stay free of unsafe code; fall back to root.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+fn container_name(job: &JobId, idx: usize) -> String {
+    let raw = format!("caas-{}-{}-{idx}", job.analysis, job.timestamp);
+    let mut name: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .take(100)
+        .collect();
+    // Two stores may hold jobs of the same name; the engine is shared.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    name.push_str(&format!("-{nonce:08x}"));
+    name
+}
+
+async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), PipelineError> {
+    let req = &ctx.req;
+    let key = &req.datasets[idx];
+    let dataset = key.basename().clone();
+    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let paths = ctx.writer.paths.clone();
+
+    if ctx.cancel.is_cancelled() {
+        return cancel_before_start(ctx, idx).await;
+    }
+    ctx.writer.update_task(idx, |t, _| t.state = State::Staging).await?;
+
+    // Stage.
+    let results_dir = work.join("results");
+    std::fs::create_dir_all(&results_dir).map_err(io_err("create", &results_dir))?;
+    set_mode(&results_dir, 0o777)?;
+    let data_src = stage_input(&ctx.store, key, &work.join("inputs").join(dataset.as_str())).await?;
+    let config_src = stage_input(&ctx.store, &req.config, &work.join("configs").join(req.config.basename().as_str())).await?;
+
+    let io = req.spec.io.dir.trim_end_matches('/');
+    let data_in = format!("{io}/inputs/{dataset}");
+    let config_in = format!("{io}/configs/{}", req.config.basename());
+    let results_in = format!("{io}/results");
+    let mut values = BTreeMap::new();
+    values.insert("data", data_in.clone());
+    values.insert("config", config_in.clone());
+    values.insert("results", results_in.clone());
+    values.insert("group", req.group.to_string());
+    values.insert("job", ctx.job.folder());
+    values.insert("dataset", dataset.to_string());
+    let command: Vec<String> = req
+        .spec
+        .argv_template()
+        .iter()
+        .map(|a| fill_placeholders(a, &values))
+        .collect();
+
+    let image_user = ctx
+        .docker
+        .image_info(&req.image)
+        .await?
+        .map(|i| i.user)
+        .unwrap_or_default();
+    let (user, unprivileged_default) = choose_user(req.spec.run.user.as_deref(), &image_user);
+    let mut env = req.spec.run.env.clone();
+    for (k, v) in [
+        ("CAAS_DATA", &data_in),
+        ("CAAS_CONFIG", &config_in),
+        ("CAAS_RESULTS", &results_in),
+        ("CAAS_GROUP", &req.group.to_string()),
+        ("CAAS_JOB", &ctx.job.folder()),
+        ("CAAS_DATASET", &dataset.to_string()),
+    ] {
+        env.insert(k.to_string(), v.clone());
+    }
+    if unprivileged_default {
+        env.entry("HOME".into()).or_insert_with(|| "/tmp".into());
+    }
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_JOB.to_string(), ctx.job.folder());
+    labels.insert(LABEL_TASK.to_string(), task_id.clone());
+    labels.insert(LABEL_ANALYSIS.to_string(), req.spec.analysis.name.to_string());
+    labels.insert("caas.group".to_string(), req.group.to_string());
+    labels.insert("caas.store".to_string(), ctx.store.location().to_string());
+    let mut mounts = vec![
+        BindMount { source: data_src, target: data_in, read_only: true },
+        BindMount { source: config_src, target: config_in, read_only: true },
+        BindMount { source: results_dir.clone(), target: results_in, read_only: false },
+    ];
+    mounts.extend(req.extra_mounts.iter().cloned());
+    let spec = ContainerSpec {
+        name: container_name(&ctx.job, idx),
+        image: req.image.clone(),
+        command: command.clone(),
+        env,
+        labels,
+        mounts,
+        user,
+        workdir: None,
+        cpus: req.spec.resources.cpus,
+        memory_bytes: req.spec.resources.memory.map(|m| m.0),
+        gpus: req.spec.resources.gpus,
+        timeout: req.spec.timeout(),
+        stop_grace: STOP_GRACE,
+    };
+
+    // Record the task as running before the container exists, so a crash leaves a trace.
+    let start = Utc::now();
+    ctx.store
+        .put(
+            &active_entry(&task_id),
+            serde_json::to_vec_pretty(&ledger_json(ctx, idx, start, None, 0.0)).unwrap_or_default(),
+        )
+        .await?;
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = State::Running;
+            t.command = command.clone();
+            t.started = Some(start);
+        })
+        .await?;
+    ctx.writer
+        .log(&format!("[Job Manager] dataset {key}: container started: {}", command.join(" ")))
+        .await?;
+
+    // Output: to the log files, the observer and the status tail, as it comes.
+    let mut sink = LogSink::open(
+        &ctx.store,
+        [paths.stream_log(&dataset, "stdout"), paths.stream_log(&dataset, "stderr")],
+        work,
+    )?;
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
+    let writer = ctx.writer.clone();
+    let store = ctx.store.clone();
+    let observer = ctx.writer.observer.clone();
+    let ds = dataset.clone();
+    let consumer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIVE_INTERVAL);
+        tick.tick().await;
+        let mut pending: Vec<String> = Vec::new();
+        let mut failure: Option<PipelineError> = None;
+        loop {
+            tokio::select! {
+                chunk = rx.recv() => match chunk {
+                    Some(c) => {
+                        observer.output(&ds, c.stream, &c.bytes);
+                        match sink.write(c.stream, &c.bytes) {
+                            Ok(lines) => pending.extend(lines),
+                            Err(e) => { failure.get_or_insert(e); }
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = sink.sync(&store).await { failure.get_or_insert(e); }
+                    let lines = std::mem::take(&mut pending);
+                    if !lines.is_empty() {
+                        let r = writer.update_task(idx, |_, live| push_lines(live, lines)).await;
+                        if let Err(e) = r { failure.get_or_insert(e); }
+                    }
+                }
+            }
+        }
+        match sink.finish(&store).await {
+            Ok(rest) => pending.extend(rest),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+        (pending, failure)
+    });
+
+    let run = ctx.docker.run(&spec, tx, &ctx.cancel, |_| {}).await;
+    let (tail, log_failure) = consumer.await.unwrap_or_else(|_| (Vec::new(), None));
+    let report = match run {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            ctx.writer.update_task(idx, |_, live| push_lines(live, tail)).await?;
+            return Err(e.into());
+        }
+    };
+    if let Some(e) = log_failure {
+        tracing::warn!(error = %e, "writing logs failed");
+    }
+
+    // Results.
+    ctx.writer
+        .update_task(idx, |t, live| {
+            t.state = State::Uploading;
+            t.container_id = None;
+            push_lines(live, tail);
+        })
+        .await?;
+    let dest = if req.datasets.len() > 1 {
+        format!("{}/{}", paths.results(), dataset)
+    } else {
+        paths.results()
+    };
+    let moved = collect_results(&ctx.store, &results_dir, &dest).await?;
+    copy_config(&ctx.store, &req.config, &paths.results()).await?;
+
+    let finished = Utc::now();
+    let limit = req.spec.resources.memory;
+    let timeout = req.spec.timeout();
+    let (state, reason, exit_code, oom) = match report.outcome {
+        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
+        Outcome::Exited(code) => (State::Failed, Some(format!("the analysis exited with code {code}")), Some(code), false),
+        Outcome::OomKilled { exit_code } => (
+            State::Failed,
+            Some(format!(
+                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
+                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
+            )),
+            Some(exit_code),
+            true,
+        ),
+        Outcome::TimedOut => (
+            State::TimedOut,
+            Some(format!("timed out after {}; the container was stopped", humanize(timeout))),
+            None,
+            false,
+        ),
+        Outcome::Cancelled => (State::Cancelled, Some("cancelled; the container was stopped".to_string()), None, false),
+    };
+    let usage = caas_spec::Usage {
+        wall_seconds: report.measured.wall.as_secs_f64(),
+        cpu_seconds: report.measured.cpu_seconds,
+        peak_memory_bytes: report.measured.peak_memory_bytes,
+    };
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = state;
+            t.reason = reason.clone();
+            t.exit_code = exit_code;
+            t.oom_killed = oom;
+            t.finished = Some(finished);
+            t.usage = usage.clone();
+        })
+        .await?;
+    ctx.writer
+        .log(&format!(
+            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
+            state.neurocaas_word(),
+            state,
+            reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+        ))
+        .await?;
+
+    let ledger = ledger_json(ctx, idx, start, Some((finished, &usage)), 0.0);
+    ctx.store
+        .put(
+            &ledger_entry(&req.group, &task_id),
+            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode { what: "ledger", source })?,
+        )
+        .await?;
+    ctx.store.delete(&active_entry(&task_id)).await?;
+    Ok(())
+}
+
+async fn cancel_before_start(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = State::Cancelled;
+            t.reason = Some("cancelled before it started".into());
+            t.finished = Some(Utc::now());
+        })
+        .await
+}
+
+fn push_lines(live: &mut crate::job::TaskLive, lines: Vec<String>) {
+    for l in lines {
+        if !l.trim().is_empty() {
+            live.last_line = Some(l.clone());
+        }
+        live.std.push_back(l);
+        while live.std.len() > STD_TAIL_LINES {
+            live.std.pop_front();
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    humantime_like(d.as_secs())
+}
+
+fn humantime_like(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), PipelineError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+/// Move (local store) or upload (remote store) everything the analysis wrote; returns the
+/// number of files.
+async fn collect_results(store: &Store, results_dir: &Path, dest_key: &str) -> Result<usize, PipelineError> {
+    let mut count = 0;
+    if let Some(dest) = store.local_path(dest_key) {
+        std::fs::create_dir_all(&dest).map_err(io_err("create", &dest))?;
+        let entries = std::fs::read_dir(results_dir).map_err(io_err("read", results_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", results_dir))?;
+            let target = dest.join(entry.file_name());
+            count += count_files(&entry.path());
+            if target.exists() {
+                // Never overwrite: keep both, the newcomer with a suffix.
+                let mut alt = target.clone();
+                let mut n = 1;
+                while alt.exists() {
+                    alt = dest.join(format!("{}.{n}", entry.file_name().to_string_lossy()));
+                    n += 1;
+                }
+                std::fs::rename(entry.path(), &alt).map_err(|e| stage_error(e, &alt))?;
+            } else {
+                std::fs::rename(entry.path(), &target).map_err(|e| stage_error(e, &target))?;
+            }
+        }
+        return Ok(count);
+    }
+    let mut stack = vec![results_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
+            let entry = entry.map_err(io_err("read", &dir))?;
+            let path = entry.path();
+            let ft = entry.file_type().map_err(io_err("stat", &path))?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let rel = path.strip_prefix(results_dir).unwrap_or(&path);
+                let rel = rel.to_string_lossy();
+                store.upload_file(&path, &format!("{dest_key}/{rel}")).await?;
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+fn count_files(path: &Path) -> usize {
+    if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| count_files(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        1
+    }
+}
+
+/// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
+async fn copy_config(store: &Store, config: &StoreKey, results_key: &str) -> Result<(), PipelineError> {
+    let dest = format!("{results_key}/{}", config.basename());
+    if store.head(&dest).await?.is_some() {
+        return Ok(());
+    }
+    if let Some(bytes) = store.get(&config.as_path()).await? {
+        store.put(&dest, bytes).await?;
+    }
+    Ok(())
+}
+
+/// A ledger record with NeuroCAAS' field names and caas's usage.
+fn ledger_json(
+    ctx: &TaskCtx,
+    idx: usize,
+    start: chrono::DateTime<Utc>,
+    end: Option<(chrono::DateTime<Utc>, &caas_spec::Usage)>,
+    price_per_hour: f64,
+) -> serde_json::Value {
+    let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "instance-id": format!("{}.{idx}", ctx.job.folder()),
+        "instance-type": "local-docker",
+        "spot": false,
+        "price": price_per_hour,
+        "databucket": ctx.store.location(),
+        "datapath": ctx.req.datasets[idx].to_string(),
+        "configpath": ctx.req.config.to_string(),
+        "jobpath": ctx.writer.paths.root(),
+        "start": fmt(start),
+        "end": end.map(|(e, _)| fmt(e)),
+        "usage": end.map(|(_, u)| json!({
+            "wall_seconds": u.wall_seconds,
+            "cpu_seconds": u.cpu_seconds,
+            "peak_memory_bytes": u.peak_memory_bytes,
+        })),
+        "cost_usd": end.map(|(_, u)| price_per_hour * u.wall_seconds / 3600.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_choice() {
+        assert_eq!(choose_user(Some("1000"), "").0.as_deref(), Some("1000"));
+        assert_eq!(choose_user(None, "analyst").0, None);
+        let (u, default) = choose_user(None, "root");
+        assert!(default && u.is_some());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(humantime_like(300), "5m");
+        assert_eq!(humantime_like(3), "3s");
+        assert_eq!(humantime_like(3725), "1h2m5s");
+    }
+
+    #[test]
+    fn container_names_are_valid() {
+        let job = JobId { analysis: "pca".parse().unwrap(), timestamp: "16:52:06.8".parse().unwrap() };
+        let n = container_name(&job, 0);
+        assert!(n.starts_with("caas-pca-16-52-06.8-0-"), "{n}");
+        assert!(n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+    }
+}
