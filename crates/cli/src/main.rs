@@ -1,1 +1,84 @@
-fn main() {}
+//! The `caas` binary: parses the command line, runs one command, and maps its result to an exit
+//! code. All the work is in the library crates; this file only wires them to a terminal.
+
+mod build;
+mod errors;
+mod run;
+mod upload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use errors::UserError;
+
+/// caas — cloud analysis as a service.
+///
+/// Package a scientist's analysis once as an immutable container environment (`caas.toml` +
+/// a Docker image) and run it on anyone's data, with results, logs and status in a store
+/// (a local folder, or an S3 bucket) that stays compatible with NeuroCAAS' bucket protocol.
+#[derive(Debug, Parser)]
+#[command(name = "caas", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an analysis on one dataset exactly as the service runs it, on a local store.
+    Run(run::RunArgs),
+    /// Build the analysis' image from its Dockerfile.
+    Build(build::BuildArgs),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,caas=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Build(args) => build::build(args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caas: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("caas: error: {e:#}");
+            if e.downcast_ref::<UserError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use caas_runtime::{BindMount, Docker};
 use caas_spec::layout::{END_MARKER_BODY, JobPaths};
 use caas_spec::record::{Certificate, dataset_status_json};
-use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord, Usage};
+use caas_spec::{
+    AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord, Usage,
+};
 use caas_store::Store;
 
 use crate::{Observer, PipelineError};
@@ -104,7 +106,8 @@ pub(crate) struct JobWriter {
 }
 
 fn encode(what: &'static str, v: &impl serde::Serialize) -> Result<Vec<u8>, PipelineError> {
-    let mut bytes = serde_json::to_vec_pretty(v).map_err(|source| PipelineError::Encode { what, source })?;
+    let mut bytes =
+        serde_json::to_vec_pretty(v).map_err(|source| PipelineError::Encode { what, source })?;
     bytes.push(b'\n');
     Ok(bytes)
 }
@@ -128,7 +131,8 @@ impl JobWriter {
         let s = &mut *guard;
         change(&mut s.record.tasks[idx], &mut s.live[idx]);
         let combined = s.record.combined_state();
-        if !s.record.state.is_terminal() && s.record.tasks.iter().any(|t| t.state != State::Queued) {
+        if !s.record.state.is_terminal() && s.record.tasks.iter().any(|t| t.state != State::Queued)
+        {
             s.record.state = combined;
         }
         self.write_job(&s.record).await?;
@@ -137,14 +141,19 @@ impl JobWriter {
     }
 
     /// Change the job record and write job.json.
-    pub async fn update_job(&self, change: impl FnOnce(&mut JobRecord)) -> Result<(), PipelineError> {
+    pub async fn update_job(
+        &self,
+        change: impl FnOnce(&mut JobRecord),
+    ) -> Result<(), PipelineError> {
         let mut s = self.shared.lock().await;
         change(&mut s.record);
         self.write_job(&s.record).await
     }
 
     async fn write_job(&self, record: &JobRecord) -> Result<(), PipelineError> {
-        self.store.put(&self.paths.job_json(), encode("job.json", record)?).await?;
+        self.store
+            .put(&self.paths.job_json(), encode("job.json", record)?)
+            .await?;
         Ok(())
     }
 
@@ -153,7 +162,10 @@ impl JobWriter {
         let lines: Vec<String> = s.live[idx].std.iter().cloned().collect();
         let json = dataset_status_json(task, &lines, &self.keys[idx]);
         self.store
-            .put(&self.paths.dataset_status(&task.dataset_name), encode("status", &json)?)
+            .put(
+                &self.paths.dataset_status(&task.dataset_name),
+                encode("status", &json)?,
+            )
             .await?;
         Ok(())
     }
@@ -238,7 +250,10 @@ pub async fn run_job(
     };
 
     // The claim: job.json is created exactly once. An existing job is never touched.
-    if !store.create(&paths.job_json(), encode("job.json", &record)?).await? {
+    if !store
+        .create(&paths.job_json(), encode("job.json", &record)?)
+        .await?
+    {
         let created = match store.get_small(&paths.job_json(), 16 << 20).await {
             Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes)
                 .map(|r| r.created.to_rfc3339())
@@ -265,19 +280,27 @@ pub async fn run_job(
         observer,
     });
 
-    writer.log("[Job Manager] Detected new job: starting up.").await?;
-    writer.log("[Job Manager] STEP 1/4 (Initialization): DONE").await?;
+    writer
+        .log("[Job Manager] Detected new job: starting up.")
+        .await?;
+    writer
+        .log("[Job Manager] STEP 1/4 (Initialization): DONE")
+        .await?;
     writer.update_job(|r| r.state = State::Validating).await?;
 
     match validate(store, docker, &req).await? {
         Err(problem) => {
             writer
-                .log(&format!("[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {problem}"))
+                .log(&format!(
+                    "[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {problem}"
+                ))
                 .await?;
             finish_rejected(&writer, &problem).await?;
         }
         Ok(image_id) => {
-            writer.log("[Job Manager] STEP 2/4 (Validation): DONE").await?;
+            writer
+                .log("[Job Manager] STEP 2/4 (Validation): DONE")
+                .await?;
             writer
                 .update_job(|r| {
                     r.image_id = Some(image_id.clone());
@@ -285,7 +308,10 @@ pub async fn run_job(
                 })
                 .await?;
             writer
-                .log(&format!("[Job Manager] STEP 3/4 (Environment Setup): image {} ({image_id}): DONE", req.image))
+                .log(&format!(
+                    "[Job Manager] STEP 3/4 (Environment Setup): image {} ({image_id}): DONE",
+                    req.image
+                ))
                 .await?;
             writer
                 .log(&format!(
@@ -329,7 +355,11 @@ pub async fn run_job(
 
 /// Check every input before compute is spent; the outer error is caas's own failure, the inner
 /// one the user's problem (written to the certificate).
-async fn validate(store: &Store, docker: &Docker, req: &JobRequest) -> Result<Result<String, String>, PipelineError> {
+async fn validate(
+    store: &Store,
+    docker: &Docker,
+    req: &JobRequest,
+) -> Result<Result<String, String>, PipelineError> {
     let mut names = BTreeSet::new();
     for key in &req.datasets {
         let base = key.basename().as_str();
@@ -347,7 +377,9 @@ async fn validate(store: &Store, docker: &Docker, req: &JobRequest) -> Result<Re
         let size = if key.is_folder() {
             let objs = store.list(&key.as_path()).await?;
             if objs.is_empty() {
-                return Ok(Err(format!("dataset folder {key} does not exist or is empty")));
+                return Ok(Err(format!(
+                    "dataset folder {key} does not exist or is empty"
+                )));
             }
             objs.iter().map(|o| o.size).sum::<u64>()
         } else {
@@ -355,7 +387,11 @@ async fn validate(store: &Store, docker: &Docker, req: &JobRequest) -> Result<Re
                 Some(meta) => meta.size,
                 None => {
                     let is_folder = !store.list(&key.as_path()).await?.is_empty();
-                    let hint = if is_folder { " (it is a folder: end the name with '/')" } else { "" };
+                    let hint = if is_folder {
+                        " (it is a folder: end the name with '/')"
+                    } else {
+                        ""
+                    };
                     return Ok(Err(format!("dataset {key} does not exist{hint}")));
                 }
             }
@@ -369,11 +405,17 @@ async fn validate(store: &Store, docker: &Docker, req: &JobRequest) -> Result<Re
             )));
         }
     }
-    let config = match store.get_small(&req.config.as_path(), MAX_CONFIG_BYTES).await {
+    let config = match store
+        .get_small(&req.config.as_path(), MAX_CONFIG_BYTES)
+        .await
+    {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(Err(format!("config {} does not exist", req.config))),
         Err(caas_store::StoreError::TooLarge { size, max, .. }) => {
-            return Ok(Err(format!("config {} is {size} bytes; configs are at most {max} bytes", req.config)));
+            return Ok(Err(format!(
+                "config {} is {size} bytes; configs are at most {max} bytes",
+                req.config
+            )));
         }
         Err(e) => return Err(e.into()),
     };
@@ -426,9 +468,16 @@ async fn finish(writer: &JobWriter, extra_reason: Option<String>) -> Result<(), 
         s.record.state
     };
     writer
-        .log(&format!("[Job Manager] Job finished: {} ({}).", state.neurocaas_word(), state))
+        .log(&format!(
+            "[Job Manager] Job finished: {} ({}).",
+            state.neurocaas_word(),
+            state
+        ))
         .await?;
     writer.write_all().await?;
-    writer.store.put(&writer.paths.end_marker(), END_MARKER_BODY).await?;
+    writer
+        .store
+        .put(&writer.paths.end_marker(), END_MARKER_BODY)
+        .await?;
     Ok(())
 }

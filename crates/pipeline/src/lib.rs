@@ -76,7 +76,10 @@ pub struct Quiet;
 
 impl Observer for Quiet {}
 
-pub(crate) fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PipelineError {
+pub(crate) fn io_err(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> PipelineError {
     let path = path.into();
     move |source| PipelineError::Io { what, path, source }
 }

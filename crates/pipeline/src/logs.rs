@@ -30,7 +30,11 @@ pub(crate) struct LogSink {
 
 impl LogSink {
     /// Open (create or append to) the two log files of a task.
-    pub fn open(store: &Store, keys: [String; 2], spool_dir: &std::path::Path) -> Result<Self, PipelineError> {
+    pub fn open(
+        store: &Store,
+        keys: [String; 2],
+        spool_dir: &std::path::Path,
+    ) -> Result<Self, PipelineError> {
         let remote = store.local_root().is_none();
         let open = |key: String, name: &str| -> Result<StreamFile, PipelineError> {
             let path = match store.local_path(&key) {
@@ -61,7 +65,11 @@ impl LogSink {
     }
 
     /// Append a chunk; returns the lines it completed (for the status tail).
-    pub fn write(&mut self, stream: StreamKind, bytes: &[u8]) -> Result<Vec<String>, PipelineError> {
+    pub fn write(
+        &mut self,
+        stream: StreamKind,
+        bytes: &[u8],
+    ) -> Result<Vec<String>, PipelineError> {
         let s = &mut self.streams[match stream {
             StreamKind::Stdout => 0,
             StreamKind::Stderr => 1,
@@ -112,7 +120,9 @@ impl LogSink {
 }
 
 fn take_line(buf: &mut Vec<u8>) -> String {
-    let line = String::from_utf8_lossy(buf).trim_end_matches('\r').to_string();
+    let line = String::from_utf8_lossy(buf)
+        .trim_end_matches('\r')
+        .to_string();
     buf.clear();
     line
 }

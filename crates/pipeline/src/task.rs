@@ -13,7 +13,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use caas_runtime::{BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Outcome, OutputChunk};
+use caas_runtime::{
+    BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Outcome, OutputChunk,
+};
 use caas_spec::analysis::fill_placeholders;
 use caas_spec::layout::{active_entry, ledger_entry};
 use caas_spec::{JobId, State, StoreKey};
@@ -39,7 +41,11 @@ pub(crate) struct TaskCtx {
 
 /// Run task `idx` to a terminal state; only a failure to record it is an error.
 pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
-    let work = ctx.req.work_root.join(ctx.job.folder()).join(idx.to_string());
+    let work = ctx
+        .req
+        .work_root
+        .join(ctx.job.folder())
+        .join(idx.to_string());
     let result = run_task_inner(ctx, idx, &work).await;
     let _ = std::fs::remove_dir_all(&work);
     match result {
@@ -50,7 +56,10 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
         Err(e) => {
             let reason = format!("caas could not run this task: {e}");
             ctx.writer
-                .log(&format!("[Job Manager] dataset {}: {reason}", ctx.req.datasets[idx]))
+                .log(&format!(
+                    "[Job Manager] dataset {}: {reason}",
+                    ctx.req.datasets[idx]
+                ))
                 .await?;
             ctx.writer
                 .update_task(idx, |t, _| {
@@ -82,12 +91,18 @@ async fn stage_input(store: &Store, key: &StoreKey, dest: &Path) -> Result<PathB
     if key.is_folder() {
         let prefix = key.as_path();
         for obj in store.list(&prefix).await? {
-            let rel = obj.location.as_ref().strip_prefix(prefix.as_str()).unwrap_or_default();
+            let rel = obj
+                .location
+                .as_ref()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default();
             let rel = rel.trim_start_matches('/');
             if rel.is_empty() || rel.split('/').any(|s| s == ".." || s.is_empty()) {
                 continue;
             }
-            store.download_file(obj.location.as_ref(), &dest.join(rel)).await?;
+            store
+                .download_file(obj.location.as_ref(), &dest.join(rel))
+                .await?;
         }
     } else {
         store.download_file(&key.as_path(), dest).await?;
@@ -101,7 +116,8 @@ fn choose_user(configured: Option<&str>, image_user: &str) -> (Option<String>, b
     if let Some(u) = configured {
         return (Some(u.to_string()), false);
     }
-    let root_like = image_user.is_empty() || image_user == "root" || image_user.split(':').next() == Some("0");
+    let root_like =
+        image_user.is_empty() || image_user == "root" || image_user.split(':').next() == Some("0");
     if !root_like {
         return (None, false);
     }
@@ -132,7 +148,13 @@ fn container_name(job: &JobId, idx: usize) -> String {
     let raw = format!("caas-{}-{}-{idx}", job.analysis, job.timestamp);
     let mut name: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(100)
         .collect();
     // Two stores may hold jobs of the same name; the engine is shared.
@@ -154,14 +176,22 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     if ctx.cancel.is_cancelled() {
         return cancel_before_start(ctx, idx).await;
     }
-    ctx.writer.update_task(idx, |t, _| t.state = State::Staging).await?;
+    ctx.writer
+        .update_task(idx, |t, _| t.state = State::Staging)
+        .await?;
 
     // Stage.
     let results_dir = work.join("results");
     std::fs::create_dir_all(&results_dir).map_err(io_err("create", &results_dir))?;
     set_mode(&results_dir, 0o777)?;
-    let data_src = stage_input(&ctx.store, key, &work.join("inputs").join(dataset.as_str())).await?;
-    let config_src = stage_input(&ctx.store, &req.config, &work.join("configs").join(req.config.basename().as_str())).await?;
+    let data_src =
+        stage_input(&ctx.store, key, &work.join("inputs").join(dataset.as_str())).await?;
+    let config_src = stage_input(
+        &ctx.store,
+        &req.config,
+        &work.join("configs").join(req.config.basename().as_str()),
+    )
+    .await?;
 
     let io = req.spec.io.dir.trim_end_matches('/');
     let data_in = format!("{io}/inputs/{dataset}");
@@ -205,13 +235,28 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_JOB.to_string(), ctx.job.folder());
     labels.insert(LABEL_TASK.to_string(), task_id.clone());
-    labels.insert(LABEL_ANALYSIS.to_string(), req.spec.analysis.name.to_string());
+    labels.insert(
+        LABEL_ANALYSIS.to_string(),
+        req.spec.analysis.name.to_string(),
+    );
     labels.insert("caas.group".to_string(), req.group.to_string());
     labels.insert("caas.store".to_string(), ctx.store.location().to_string());
     let mut mounts = vec![
-        BindMount { source: data_src, target: data_in, read_only: true },
-        BindMount { source: config_src, target: config_in, read_only: true },
-        BindMount { source: results_dir.clone(), target: results_in, read_only: false },
+        BindMount {
+            source: data_src,
+            target: data_in,
+            read_only: true,
+        },
+        BindMount {
+            source: config_src,
+            target: config_in,
+            read_only: true,
+        },
+        BindMount {
+            source: results_dir.clone(),
+            target: results_in,
+            read_only: false,
+        },
     ];
     mounts.extend(req.extra_mounts.iter().cloned());
     let spec = ContainerSpec {
@@ -246,13 +291,19 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         })
         .await?;
     ctx.writer
-        .log(&format!("[Job Manager] dataset {key}: container started: {}", command.join(" ")))
+        .log(&format!(
+            "[Job Manager] dataset {key}: container started: {}",
+            command.join(" ")
+        ))
         .await?;
 
     // Output: to the log files, the observer and the status tail, as it comes.
     let mut sink = LogSink::open(
         &ctx.store,
-        [paths.stream_log(&dataset, "stdout"), paths.stream_log(&dataset, "stderr")],
+        [
+            paths.stream_log(&dataset, "stdout"),
+            paths.stream_log(&dataset, "stderr"),
+        ],
         work,
     )?;
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
@@ -302,7 +353,9 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         Ok(r) => r,
         Err(e) => {
             let _ = ctx.store.delete(&active_entry(&task_id)).await;
-            ctx.writer.update_task(idx, |_, live| push_lines(live, tail)).await?;
+            ctx.writer
+                .update_task(idx, |_, live| push_lines(live, tail))
+                .await?;
             return Err(e.into());
         }
     };
@@ -331,7 +384,12 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let timeout = req.spec.timeout();
     let (state, reason, exit_code, oom) = match report.outcome {
         Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
-        Outcome::Exited(code) => (State::Failed, Some(format!("the analysis exited with code {code}")), Some(code), false),
+        Outcome::Exited(code) => (
+            State::Failed,
+            Some(format!("the analysis exited with code {code}")),
+            Some(code),
+            false,
+        ),
         Outcome::OomKilled { exit_code } => (
             State::Failed,
             Some(format!(
@@ -343,11 +401,19 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         ),
         Outcome::TimedOut => (
             State::TimedOut,
-            Some(format!("timed out after {}; the container was stopped", humanize(timeout))),
+            Some(format!(
+                "timed out after {}; the container was stopped",
+                humanize(timeout)
+            )),
             None,
             false,
         ),
-        Outcome::Cancelled => (State::Cancelled, Some("cancelled; the container was stopped".to_string()), None, false),
+        Outcome::Cancelled => (
+            State::Cancelled,
+            Some("cancelled; the container was stopped".to_string()),
+            None,
+            false,
+        ),
     };
     let usage = caas_spec::Usage {
         wall_seconds: report.measured.wall.as_secs_f64(),
@@ -369,7 +435,10 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
             state.neurocaas_word(),
             state,
-            reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         ))
         .await?;
 
@@ -377,7 +446,10 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     ctx.store
         .put(
             &ledger_entry(&req.group, &task_id),
-            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode { what: "ledger", source })?,
+            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
+                what: "ledger",
+                source,
+            })?,
         )
         .await?;
     ctx.store.delete(&active_entry(&task_id)).await?;
@@ -427,12 +499,17 @@ fn humantime_like(secs: u64) -> String {
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), PipelineError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))
 }
 
 /// Move (local store) or upload (remote store) everything the analysis wrote; returns the
 /// number of files.
-async fn collect_results(store: &Store, results_dir: &Path, dest_key: &str) -> Result<usize, PipelineError> {
+async fn collect_results(
+    store: &Store,
+    results_dir: &Path,
+    dest_key: &str,
+) -> Result<usize, PipelineError> {
     let mut count = 0;
     if let Some(dest) = store.local_path(dest_key) {
         std::fs::create_dir_all(&dest).map_err(io_err("create", &dest))?;
@@ -467,7 +544,9 @@ async fn collect_results(store: &Store, results_dir: &Path, dest_key: &str) -> R
             } else if ft.is_file() {
                 let rel = path.strip_prefix(results_dir).unwrap_or(&path);
                 let rel = rel.to_string_lossy();
-                store.upload_file(&path, &format!("{dest_key}/{rel}")).await?;
+                store
+                    .upload_file(&path, &format!("{dest_key}/{rel}"))
+                    .await?;
                 count += 1;
             }
         }
@@ -486,7 +565,11 @@ fn count_files(path: &Path) -> usize {
 }
 
 /// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
-async fn copy_config(store: &Store, config: &StoreKey, results_key: &str) -> Result<(), PipelineError> {
+async fn copy_config(
+    store: &Store,
+    config: &StoreKey,
+    results_key: &str,
+) -> Result<(), PipelineError> {
     let dest = format!("{results_key}/{}", config.basename());
     if store.head(&dest).await?.is_some() {
         return Ok(());
@@ -547,9 +630,15 @@ mod tests {
 
     #[test]
     fn container_names_are_valid() {
-        let job = JobId { analysis: "pca".parse().unwrap(), timestamp: "16:52:06.8".parse().unwrap() };
+        let job = JobId {
+            analysis: "pca".parse().unwrap(),
+            timestamp: "16:52:06.8".parse().unwrap(),
+        };
         let n = container_name(&job, 0);
         assert!(n.starts_with("caas-pca-16-52-06.8-0-"), "{n}");
-        assert!(n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)));
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        );
     }
 }

@@ -102,7 +102,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gives_up_after_attempts() {
         let calls = Cell::new(0);
-        let p = Policy { attempts: 3, ..Policy::default() };
+        let p = Policy {
+            attempts: 3,
+            ..Policy::default()
+        };
         let r: Result<(), E> = retry(p, "t", || {
             calls.set(calls.get() + 1);
             async { Err(E(true)) }

@@ -49,9 +49,9 @@ impl Docker {
             .forcerm(true)
             .labels(&opts.labels)
             .build();
-        let mut stream = self
-            .client()
-            .build_image(options, None, Some(bollard::body_full(tar.into())));
+        let mut stream =
+            self.client()
+                .build_image(options, None, Some(bollard::body_full(tar.into())));
         let mut step: Option<String> = None;
         let mut tail: Vec<String> = Vec::new();
         while let Some(item) = stream.next().await {
@@ -88,7 +88,9 @@ impl Docker {
                     } else if line.trim() == "---> Using cache" {
                         BuildEvent::Cached
                     } else {
-                        if line.trim_start().starts_with("--->") || line.starts_with("Successfully ") {
+                        if line.trim_start().starts_with("--->")
+                            || line.starts_with("Successfully ")
+                        {
                             continue;
                         }
                         tail.push(line.to_string());
@@ -101,12 +103,12 @@ impl Docker {
                 }
             }
         }
-        let info = self
-            .image_info(&opts.tag)
-            .await?
-            .ok_or_else(|| RuntimeError::ImageNotFound {
-                image: opts.tag.clone(),
-            })?;
+        let info =
+            self.image_info(&opts.tag)
+                .await?
+                .ok_or_else(|| RuntimeError::ImageNotFound {
+                    image: opts.tag.clone(),
+                })?;
         Ok(info.id)
     }
 }

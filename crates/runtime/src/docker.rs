@@ -5,16 +5,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType,
-};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
-use bollard::container::LogOutput;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,9 +65,16 @@ fn is_permanent_500(e: &BollardError) -> bool {
         return false;
     };
     let m = message.to_ascii_lowercase();
-    ["no such", "not found", "invalid", "executable file not found", "permission denied", "oci runtime create failed"]
-        .iter()
-        .any(|s| m.contains(s))
+    [
+        "no such",
+        "not found",
+        "invalid",
+        "executable file not found",
+        "permission denied",
+        "oci runtime create failed",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
 }
 
 fn status_of(e: &BollardError) -> Option<u16> {
@@ -99,7 +104,8 @@ impl Docker {
             endpoint: endpoint.clone(),
             message,
         };
-        let client = bollard::Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
+        let client =
+            bollard::Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
         // Long enough for slow engine calls; waits and log streams are not bounded by it.
         let client = client.with_timeout(Duration::from_secs(300));
         let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
@@ -157,7 +163,9 @@ impl Docker {
         on_started: impl FnOnce(&str),
     ) -> Result<RunReport, RuntimeError> {
         let id = self.create(spec).await?;
-        let result = self.run_created(&id, spec, output, cancel, on_started).await;
+        let result = self
+            .run_created(&id, spec, output, cancel, on_started)
+            .await;
         // Always remove, even when the run failed or was cancelled; a failed removal is
         // reported but does not hide the run's own error.
         if let Err(e) = self.remove(&id).await {
@@ -168,8 +176,11 @@ impl Docker {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let deadline = unix_now() + spec.timeout.as_secs() + spec.stop_grace.as_secs() + 60;
-        let mut labels: HashMap<String, String> =
-            spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         labels.insert(LABEL_DEADLINE.into(), deadline.to_string());
         let mounts = spec
             .mounts
@@ -212,7 +223,9 @@ impl Docker {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
         let created = retry(self.policy, "create container", || async {
             self.client
                 .create_container(Some(opts.clone()), body.clone())
@@ -222,9 +235,7 @@ impl Docker {
         .await;
         match created {
             Ok(r) => Ok(r.id),
-            Err(RuntimeError::Api { source, .. })
-                if status_of(&source) == Some(404) =>
-            {
+            Err(RuntimeError::Api { source, .. }) if status_of(&source) == Some(404) => {
                 Err(RuntimeError::ImageNotFound {
                     image: spec.image.clone(),
                 })
@@ -242,7 +253,9 @@ impl Docker {
         on_started: impl FnOnce(&str),
     ) -> Result<RunReport, RuntimeError> {
         // The wait is registered before the start so a very short run cannot be missed.
-        let wait_opts = WaitContainerOptionsBuilder::new().condition("next-exit").build();
+        let wait_opts = WaitContainerOptionsBuilder::new()
+            .condition("next-exit")
+            .build();
         let mut wait = Box::pin(self.client.wait_container(id, Some(wait_opts)));
         if cancel.is_cancelled() {
             return Ok(RunReport {
@@ -260,7 +273,11 @@ impl Docker {
 
         let logs = tokio::spawn(forward_logs(self.client.clone(), id.to_string(), output));
         let stats_stop = CancellationToken::new();
-        let stats = tokio::spawn(sample_stats(self.client.clone(), id.to_string(), stats_stop.clone()));
+        let stats = tokio::spawn(sample_stats(
+            self.client.clone(),
+            id.to_string(),
+            stats_stop.clone(),
+        ));
 
         let deadline = tokio::time::sleep(spec.timeout);
         tokio::pin!(deadline);
@@ -297,7 +314,10 @@ impl Docker {
         stats_stop.cancel();
         let sampled = stats.await.unwrap_or_default();
         // The log stream ends when the container stops; give it a moment to drain.
-        if tokio::time::timeout(Duration::from_secs(10), logs).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), logs)
+            .await
+            .is_err()
+        {
             tracing::warn!(container = %id, "log stream did not end within 10s after exit");
         }
         let inspect = retry(self.policy, "inspect container", || async {
@@ -342,7 +362,10 @@ impl Docker {
 
     /// Remove a container (forcefully; a missing container is not an error).
     pub async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
         let r = retry(self.policy, "remove container", || async {
             self.client
                 .remove_container(id, Some(opts.clone()))
@@ -365,7 +388,10 @@ impl Docker {
     ) -> Result<Vec<(String, String, HashMap<String, String>)>, RuntimeError> {
         let mut filters = HashMap::new();
         filters.insert("label", vec![label]);
-        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
         let list = retry(self.policy, "list containers", || async {
             self.client
                 .list_containers(Some(opts.clone()))

@@ -131,7 +131,9 @@ pub enum RuntimeError {
         message: String,
     },
     /// The image does not exist on the engine.
-    #[error("image {image:?} was not found on the Docker engine; build it (`caas build`) or load it (`docker load`) first")]
+    #[error(
+        "image {image:?} was not found on the Docker engine; build it (`caas build`) or load it (`docker load`) first"
+    )]
     ImageNotFound {
         /// The reference.
         image: String,

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::SpecError;
 use crate::names::AnalysisName;
 use crate::units::{ByteSize, HumanDuration};
-use crate::SpecError;
 
 /// The default task timeout when `[run] timeout` is not given: nothing runs forever.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -183,9 +183,13 @@ impl AnalysisSpec {
             ));
         }
         if let Some(image) = &self.environment.image
-            && (image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+            && (image.trim().is_empty()
+                || image.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
-            return Err(invalid("image", format!("{image:?} is not an image reference")));
+            return Err(invalid(
+                "image",
+                format!("{image:?} is not an image reference"),
+            ));
         }
         let argv = self.argv_template();
         if argv.is_empty() || argv[0].trim().is_empty() {
@@ -197,12 +201,18 @@ impl AnalysisSpec {
         if let Some(t) = self.run.timeout
             && t.0.is_zero()
         {
-            return Err(invalid("timeout", "the timeout must be longer than 0s".into()));
+            return Err(invalid(
+                "timeout",
+                "the timeout must be longer than 0s".into(),
+            ));
         }
         if let Some(cpus) = self.resources.cpus
             && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
         {
-            return Err(invalid("cpus", format!("{cpus} is not a number of CPUs (e.g. 0.5, 1, 4)")));
+            return Err(invalid(
+                "cpus",
+                format!("{cpus} is not a number of CPUs (e.g. 0.5, 1, 4)"),
+            ));
         }
         if let Some(mem) = self.resources.memory
             && mem.0 < 6 << 20
@@ -213,20 +223,28 @@ impl AnalysisSpec {
             ));
         }
         if !self.io.dir.starts_with('/') || self.io.dir.split('/').any(|s| s == "..") {
-            return Err(invalid("dir", format!("{:?} must be an absolute path without '..'", self.io.dir)));
+            return Err(invalid(
+                "dir",
+                format!("{:?} must be an absolute path without '..'", self.io.dir),
+            ));
         }
         for key in self.run.env.keys() {
             if key.is_empty() || key.contains('=') || key.starts_with("CAAS_") {
                 return Err(invalid(
                     "env",
-                    format!("{key:?} cannot be set: names must be non-empty, without '=', and CAAS_* is reserved"),
+                    format!(
+                        "{key:?} cannot be set: names must be non-empty, without '=', and CAAS_* is reserved"
+                    ),
                 ));
             }
         }
         if let Some(user) = &self.run.user
             && !valid_user(user)
         {
-            return Err(invalid("user", format!("{user:?} is not `uid`, `uid:gid` or a user name")));
+            return Err(invalid(
+                "user",
+                format!("{user:?} is not `uid`, `uid:gid` or a user name"),
+            ));
         }
         Ok(())
     }
@@ -301,10 +319,14 @@ fn check_placeholders(arg: &str) -> Result<(), String> {
             continue;
         }
         if tail.starts_with('}') {
-            return Err(format!("unmatched '}}' in {arg:?} (write '}}}}' for a literal brace)"));
+            return Err(format!(
+                "unmatched '}}' in {arg:?} (write '}}}}' for a literal brace)"
+            ));
         }
         let Some(end) = tail.find('}') else {
-            return Err(format!("unclosed '{{' in {arg:?} (write '{{{{' for a literal brace)"));
+            return Err(format!(
+                "unclosed '{{' in {arg:?} (write '{{{{' for a literal brace)"
+            ));
         };
         let name = &tail[1..end];
         if !PLACEHOLDERS.contains(&name) {
@@ -376,13 +398,14 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// The 1-based line where `key =` (or `[key]`) first appears, for messages about values that
 /// parsed but do not make sense.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let t = l.trim_start();
-        t.strip_prefix(key)
-            .is_some_and(|r| r.trim_start().starts_with('='))
-            || t == format!("[{key}]")
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+                || t == format!("[{key}]")
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -433,15 +456,34 @@ memory = "512MiB"            # bytes with IEC/SI units
 
     #[test]
     fn bad_values_name_the_line() {
-        let err = parse(&MINIMAL.replace("\"10m\"", "\"ten minutes\"")).unwrap_err().to_string();
-        assert!(err.contains("line 12") && err.contains("not a duration"), "{err}");
-        let err = parse(&MINIMAL.replace("\"512MiB\"", "\"lots\"")).unwrap_err().to_string();
-        assert!(err.contains("line 16") && err.contains("not a size"), "{err}");
-        let err = parse(&MINIMAL.replace("version = \"0.1.0\"\n", "")).unwrap_err().to_string();
+        let err = parse(&MINIMAL.replace("\"10m\"", "\"ten minutes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 12") && err.contains("not a duration"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("\"512MiB\"", "\"lots\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 16") && err.contains("not a size"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("version = \"0.1.0\"\n", ""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing field `version`"), "{err}");
-        let err = parse(&MINIMAL.replace("{results}", "{output}")).unwrap_err().to_string();
-        assert!(err.contains("unknown placeholder {output}") && err.contains("line 11"), "{err}");
-        let err = parse(&MINIMAL.replace("\"pca\"", "\"../pca\"")).unwrap_err().to_string();
+        let err = parse(&MINIMAL.replace("{results}", "{output}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown placeholder {output}") && err.contains("line 11"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("\"pca\"", "\"../pca\""))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("analysis name"), "{err}");
     }
 
@@ -449,7 +491,10 @@ memory = "512MiB"            # bytes with IEC/SI units
     fn placeholders_fill() {
         let mut v = BTreeMap::new();
         v.insert("data", "/io/inputs/a.csv".to_string());
-        assert_eq!(fill_placeholders("wc {data} {{x}}", &v), "wc /io/inputs/a.csv {x}");
+        assert_eq!(
+            fill_placeholders("wc {data} {{x}}", &v),
+            "wc /io/inputs/a.csv {x}"
+        );
     }
 
     #[test]

@@ -272,7 +272,10 @@ impl StoreKey {
             })
         };
         if key.starts_with('/') {
-            return refuse("it is absolute; give it relative to the store, e.g. 'group/inputs/data.csv'".into());
+            return refuse(
+                "it is absolute; give it relative to the store, e.g. 'group/inputs/data.csv'"
+                    .into(),
+            );
         }
         let is_folder = key.ends_with('/');
         let trimmed = key.strip_suffix('/').unwrap_or(key);
@@ -284,7 +287,10 @@ impl StoreKey {
             match part.parse::<FileName>() {
                 Ok(seg) => segments.push(seg),
                 Err(SpecError::InvalidName { reason, .. }) => {
-                    return refuse(format!("segment {:?}: {reason}", part.escape_debug().to_string()));
+                    return refuse(format!(
+                        "segment {:?}: {reason}",
+                        part.escape_debug().to_string()
+                    ));
                 }
                 Err(e) => return Err(e),
             }
@@ -361,7 +367,9 @@ mod tests {
     fn group_names_refuse_traversal_and_reserved() {
         assert!("lab-1".parse::<GroupName>().is_ok());
         assert!("reviewers.2021".parse::<GroupName>().is_ok());
-        for bad in ["", "..", "../x", "a/b", "a\0b", "logs", ".hidden", "a b", "-x"] {
+        for bad in [
+            "", "..", "../x", "a/b", "a\0b", "logs", ".hidden", "a b", "-x",
+        ] {
             let err = bad.parse::<GroupName>().expect_err(bad);
             assert!(err.to_string().contains("group name"), "{err}");
         }
@@ -387,7 +395,14 @@ mod tests {
         let f = StoreKey::parse("grp/inputs/session1/").unwrap();
         assert!(f.is_folder());
         assert_eq!(f.to_string(), "grp/inputs/session1/");
-        for bad in ["/etc/passwd", "grp/../x", "grp//x", "", "/", "grp/inputs/\0"] {
+        for bad in [
+            "/etc/passwd",
+            "grp/../x",
+            "grp//x",
+            "",
+            "/",
+            "grp/inputs/\0",
+        ] {
             assert!(StoreKey::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

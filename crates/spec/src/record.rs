@@ -194,7 +194,13 @@ impl JobRecord {
                 .find(|s| !s.is_terminal())
                 .unwrap_or(State::Running);
         }
-        for s in [State::Cancelled, State::TimedOut, State::Failed, State::Lost, State::Rejected] {
+        for s in [
+            State::Cancelled,
+            State::TimedOut,
+            State::Failed,
+            State::Lost,
+            State::Rejected,
+        ] {
             if self.tasks.iter().any(|t| t.state == s) {
                 return s;
             }
@@ -205,7 +211,10 @@ impl JobRecord {
 
 /// Format a time as NeuroCAAS' status files do: `%Y-%m-%dT%H:%M:%SZ`, or `N/A`.
 pub fn neurocaas_time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(|| "N/A".to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    t.map_or_else(
+        || "N/A".to_string(),
+        |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )
 }
 
 /// The per-dataset status file `logs/DATASET_NAME:<basename>_STATUS.txt`: NeuroCAAS' keys in
@@ -219,7 +228,10 @@ pub fn dataset_status_json(
     m.insert("instance".into(), Value::String(task.task_id.clone()));
     m.insert("command".into(), Value::String(task.command.join(" ")));
     m.insert("input".into(), Value::String(dataset_key.to_string()));
-    m.insert("status".into(), Value::String(task.state.neurocaas_word().into()));
+    m.insert(
+        "status".into(),
+        Value::String(task.state.neurocaas_word().into()),
+    );
     let reason = if task.state.is_terminal() {
         match (&task.reason, task.exit_code) {
             (Some(r), _) => Value::String(r.clone()),
@@ -240,8 +252,14 @@ pub fn dataset_status_json(
         0.0
     };
     m.insert("cpu_usage".into(), Value::String(format!("{cpu_pct:.0} %")));
-    m.insert("job_start".into(), Value::String(neurocaas_time(task.started)));
-    m.insert("job_finish".into(), Value::String(neurocaas_time(task.finished)));
+    m.insert(
+        "job_start".into(),
+        Value::String(neurocaas_time(task.started)),
+    );
+    m.insert(
+        "job_finish".into(),
+        Value::String(neurocaas_time(task.finished)),
+    );
     let std: Map<String, Value> = std_lines
         .iter()
         .enumerate()
@@ -278,8 +296,15 @@ impl Certificate {
             request_start.format("%Y-%m-%d %H:%M:%S"),
             request_start.timestamp_subsec_millis() / 10
         ));
-        c.header.push(format!("ANALYSIS VERSION ID: {version}\t {}", c.since(request_start)));
-        c.header.push(format!("JOB ID: {}\t {}", job.timestamp, c.since(request_start)));
+        c.header.push(format!(
+            "ANALYSIS VERSION ID: {version}\t {}",
+            c.since(request_start)
+        ));
+        c.header.push(format!(
+            "JOB ID: {}\t {}",
+            job.timestamp,
+            c.since(request_start)
+        ));
         c
     }
 
@@ -304,7 +329,11 @@ impl Certificate {
     }
 
     /// Render with the current per-dataset rows.
-    pub fn render(&self, tasks: &[(&TaskRecord, &StoreKey, Option<&str>)], now: DateTime<Utc>) -> String {
+    pub fn render(
+        &self,
+        tasks: &[(&TaskRecord, &StoreKey, Option<&str>)],
+        now: DateTime<Utc>,
+    ) -> String {
         let mut out = String::from("PER ENVIRONMENT MONITORING:\n================\n");
         for (task, key, last) in tasks {
             let cpu = if task.usage.wall_seconds > 0.0 {
@@ -364,7 +393,18 @@ mod tests {
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             keys[..10],
-            ["instance", "command", "input", "status", "reason", "memory_usage", "cpu_usage", "job_start", "job_finish", "std"]
+            [
+                "instance",
+                "command",
+                "input",
+                "status",
+                "reason",
+                "memory_usage",
+                "cpu_usage",
+                "job_start",
+                "job_finish",
+                "std"
+            ]
         );
         assert_eq!(v["status"], "FAILED");
         assert_eq!(v["reason"], "exit code 3");
@@ -401,14 +441,23 @@ mod tests {
     #[test]
     fn certificate_shape() {
         let t0 = Utc::now();
-        let id = JobId { analysis: "pca".parse().unwrap(), timestamp: "ts1".parse().unwrap() };
+        let id = JobId {
+            analysis: "pca".parse().unwrap(),
+            timestamp: "ts1".parse().unwrap(),
+        };
         let mut c = Certificate::new(t0, &id, "0.1.0");
-        c.log(t0 + chrono::Duration::milliseconds(61_250), "[Job Manager] STEP 1/4 (Initialization): DONE");
+        c.log(
+            t0 + chrono::Duration::milliseconds(61_250),
+            "[Job Manager] STEP 1/4 (Initialization): DONE",
+        );
         let key = StoreKey::parse("g/inputs/a.csv").unwrap();
         let t = task(State::Running);
         let text = c.render(&[(&t, &key, Some("sh -c x"))], t0);
         assert!(text.starts_with("PER ENVIRONMENT MONITORING:\n================\nDATANAME: g/inputs/a.csv | STATUS: IN PROGRESS"));
         assert!(text.contains("JOB ID: ts1\t [+0:00:00.00]"));
-        assert!(text.contains("STEP 1/4 (Initialization): DONE\t [+0:01:01.25]"), "{text}");
+        assert!(
+            text.contains("STEP 1/4 (Initialization): DONE\t [+0:01:01.25]"),
+            "{text}"
+        );
     }
 }

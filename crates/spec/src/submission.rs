@@ -5,8 +5,8 @@
 
 use serde_json::Value;
 
-use crate::names::{GroupName, JobTimestamp, StoreKey};
 use crate::SpecError;
+use crate::names::{GroupName, JobTimestamp, StoreKey};
 
 /// The largest submit.json read (a submission is a few hundred bytes).
 pub const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
@@ -42,7 +42,10 @@ impl Submission {
             Err(e) => return bad(format!("the submit file is not valid JSON: {e}")),
         };
         let Some(obj) = value.as_object() else {
-            return bad("the submit file must be a JSON object with dataname, configname and timestamp".into());
+            return bad(
+                "the submit file must be a JSON object with dataname, configname and timestamp"
+                    .into(),
+            );
         };
         let field = |name: &str, what: &str| match obj.get(name) {
             Some(v) => Ok(v),
@@ -53,13 +56,17 @@ impl Submission {
         let data = field("dataname", "analyze data")?;
         let datanames: Vec<&Value> = match data {
             Value::Array(items) if !items.is_empty() => items.iter().collect(),
-            Value::Array(_) => return bad("'dataname' is an empty list: name at least one dataset".into()),
+            Value::Array(_) => {
+                return bad("'dataname' is an empty list: name at least one dataset".into());
+            }
             other => vec![other],
         };
         let mut datasets = Vec::with_capacity(datanames.len());
         for d in datanames {
             let Some(s) = d.as_str() else {
-                return bad(format!("every 'dataname' entry must be a string, found {d}"));
+                return bad(format!(
+                    "every 'dataname' entry must be a string, found {d}"
+                ));
             };
             datasets.push(in_group(s, group, "inputs")?);
         }
@@ -68,7 +75,9 @@ impl Submission {
             other => return bad(format!("'configname' must be a string, found {other}")),
         };
         if config.is_folder() {
-            return bad(format!("'configname' {config} names a folder, not a config file"));
+            return bad(format!(
+                "'configname' {config} names a folder, not a config file"
+            ));
         }
         let timestamp = match field("timestamp", "name the job")? {
             Value::String(s) => s.parse()?,
@@ -137,6 +146,11 @@ mod tests {
             assert!(err.contains(want), "{err} lacks {want}");
         }
         let huge = vec![b' '; MAX_SUBMISSION_BYTES + 1];
-        assert!(Submission::parse(&huge, &g()).unwrap_err().to_string().contains("at most"));
+        assert!(
+            Submission::parse(&huge, &g())
+                .unwrap_err()
+                .to_string()
+                .contains("at most")
+        );
     }
 }

@@ -51,7 +51,12 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
             if self.0 >= size && self.0 % size == 0 {
                 return write!(f, "{}{name}", self.0 / size);
@@ -94,9 +99,9 @@ pub struct HumanDuration(pub Duration);
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(Self)
-            .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"90s\", \"10m\" or \"2h\""))
+        humantime::parse_duration(s.trim()).map(Self).map_err(|e| {
+            format!("{s:?} is not a duration ({e}); write e.g. \"90s\", \"10m\" or \"2h\"")
+        })
     }
 }
 
@@ -136,7 +141,10 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("10m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(600));
+        assert_eq!(
+            "10m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(600)
+        );
         assert!("ten minutes".parse::<HumanDuration>().is_err());
     }
 }

@@ -102,10 +102,14 @@ impl Store {
             let endpoint = std::env::var("AWS_ENDPOINT_URL")
                 .or_else(|_| std::env::var("AWS_ENDPOINT"))
                 .ok();
-            if endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+            if endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"))
+            {
                 builder = builder.with_allow_http(true);
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
                 builder = builder.with_region("us-east-1");
             }
             let s3 = builder.build().map_err(|e| open_err(e.to_string()))?;
@@ -164,7 +168,10 @@ impl Store {
         ObjPath::from(key)
     }
 
-    fn backend<'a>(op: &'static str, key: &'a str) -> impl Fn(object_store::Error) -> StoreError + 'a {
+    fn backend<'a>(
+        op: &'static str,
+        key: &'a str,
+    ) -> impl Fn(object_store::Error) -> StoreError + 'a {
         move |source| StoreError::Backend {
             op,
             key: key.to_string(),
@@ -195,7 +202,11 @@ impl Store {
         };
         let r = retry(self.policy, "store create", || async {
             self.inner
-                .put_opts(&Self::path(key), PutPayload::from(bytes.clone()), opts.clone())
+                .put_opts(
+                    &Self::path(key),
+                    PutPayload::from(bytes.clone()),
+                    opts.clone(),
+                )
                 .await
                 .map_err(Self::backend("create", key))
         })
@@ -203,7 +214,8 @@ impl Store {
         match r {
             Ok(_) => Ok(true),
             Err(StoreError::Backend {
-                source: object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+                source:
+                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
                 ..
             }) => Ok(false),
             Err(e) => Err(e),
@@ -298,14 +310,22 @@ impl Store {
 
     /// Stream a local file to `key` (multipart for large files); returns the bytes written.
     pub async fn upload_file(&self, local: &Path, key: &str) -> Result<u64, StoreError> {
+        if let Some(dest) = self.local_path(key) {
+            return link_or_copy(local, &dest).await;
+        }
         let io = |op, source| StoreError::Io {
             op,
             path: local.to_path_buf(),
             source,
         };
-        let mut file = tokio::fs::File::open(local).await.map_err(|e| io("open", e))?;
-        let mut writer =
-            object_store::buffered::BufWriter::with_capacity(self.inner.clone(), Self::path(key), 8 << 20);
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| io("open", e))?;
+        let mut writer = object_store::buffered::BufWriter::with_capacity(
+            self.inner.clone(),
+            Self::path(key),
+            8 << 20,
+        );
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
         loop {
@@ -313,11 +333,30 @@ impl Store {
             if n == 0 {
                 break;
             }
-            writer.write_all(&buf[..n]).await.map_err(|e| io("upload", e))?;
+            writer
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| io("upload", e))?;
             total += n as u64;
         }
         writer.shutdown().await.map_err(|e| io("upload", e))?;
         Ok(total)
+    }
+
+    /// SHA-256 of `key`'s content (streamed); `None` when it does not exist.
+    pub async fn sha256(&self, key: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        use sha2::Digest;
+        let got = match self.inner.get(&Self::path(key)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Self::backend("get", key)(e)),
+        };
+        let mut stream = got.into_stream();
+        let mut hasher = sha2::Sha256::new();
+        while let Some(chunk) = stream.try_next().await.map_err(Self::backend("get", key))? {
+            hasher.update(&chunk);
+        }
+        Ok(Some(hasher.finalize().into()))
     }
 
     /// Stream `key` into a local file (written beside it, then renamed into place).
@@ -328,7 +367,9 @@ impl Store {
             source,
         };
         if let Some(parent) = local.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|e| io("create", e))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| io("create", e))?;
         }
         let tmp = local.with_extension("caas-partial");
         let got = retry(self.policy, "store get", || async {
@@ -339,7 +380,9 @@ impl Store {
         })
         .await?;
         let mut stream = got.into_stream();
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io("create", e))?;
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| io("create", e))?;
         let mut total = 0u64;
         while let Some(chunk) = stream.try_next().await.map_err(Self::backend("get", key))? {
             file.write_all(&chunk).await.map_err(|e| io("write", e))?;
@@ -347,9 +390,75 @@ impl Store {
         }
         file.flush().await.map_err(|e| io("write", e))?;
         drop(file);
-        tokio::fs::rename(&tmp, local).await.map_err(|e| io("rename", e))?;
+        tokio::fs::rename(&tmp, local)
+            .await
+            .map_err(|e| io("rename", e))?;
         Ok(total)
     }
+}
+
+/// Files at least this large are hard-linked into a local store instead of copied.
+pub const LINK_THRESHOLD: u64 = 64 << 20;
+
+/// Put a local file into a local store through a temporary file renamed into place: a copy, or
+/// for large files (datasets of tens of GB) a hard link when on the same filesystem.
+async fn link_or_copy(src: &Path, dest: &Path) -> Result<u64, StoreError> {
+    let io = |op, path: &Path, source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io("create", parent, e))?;
+    }
+    let size = tokio::fs::metadata(src)
+        .await
+        .map_err(|e| io("stat", src, e))?
+        .len();
+    let tmp = dest.with_file_name(format!(
+        ".{}.caas-partial",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let _ = tokio::fs::remove_file(&tmp).await;
+    if size < LINK_THRESHOLD || tokio::fs::hard_link(src, &tmp).await.is_err() {
+        tokio::fs::copy(src, &tmp)
+            .await
+            .map_err(|e| io("copy", src, e))?;
+    }
+    tokio::fs::rename(&tmp, dest)
+        .await
+        .map_err(|e| io("rename", dest, e))?;
+    Ok(size)
+}
+
+/// SHA-256 of a local file.
+pub async fn sha256_file(path: &Path) -> Result<[u8; 32], StoreError> {
+    use sha2::Digest;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| StoreError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).await.map_err(|source| StoreError::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
 }
 
 #[cfg(test)]
@@ -380,9 +489,15 @@ mod tests {
         let src = dir.path().join("src.bin");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&src, &data).unwrap();
-        assert_eq!(store.upload_file(&src, "g/inputs/src.bin").await.unwrap(), data.len() as u64);
+        assert_eq!(
+            store.upload_file(&src, "g/inputs/src.bin").await.unwrap(),
+            data.len() as u64
+        );
         let back = dir.path().join("back/src.bin");
-        store.download_file("g/inputs/src.bin", &back).await.unwrap();
+        store
+            .download_file("g/inputs/src.bin", &back)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), data);
     }
 }

@@ -1,0 +1,110 @@
+//! `caas build`: build the analysis' image from its Dockerfile through the Engine API, showing
+//! each step and whether the layer cache served it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use caas_runtime::{BuildEvent, BuildOptions, Docker};
+use caas_spec::AnalysisSpec;
+
+use crate::errors::user;
+
+/// Arguments of `caas build`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  caas build
+  caas build --analysis examples/spike-detect --tag mylab/spikes:dev")]
+pub struct BuildArgs {
+    /// The analysis folder (holding caas.toml and the Dockerfile).
+    #[arg(long, default_value = ".")]
+    analysis: PathBuf,
+    /// Tag for the image (default: `[environment] image`, or caas/<name>:<version>).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
+    let spec_path = args.analysis.join("caas.toml");
+    let spec = AnalysisSpec::load(&spec_path).map_err(|e| user(e.to_string()))?;
+    let Some(dockerfile) = spec.environment.dockerfile.clone() else {
+        return Err(user(format!(
+            "{} has no `[environment] dockerfile`; it runs the pinned image {}",
+            spec_path.display(),
+            spec.default_image()
+        )));
+    };
+    let context = args.analysis.join(
+        spec.environment
+            .context
+            .clone()
+            .unwrap_or_else(|| ".".into()),
+    );
+    if !context.join(&dockerfile).is_file() {
+        return Err(user(format!(
+            "Dockerfile {} does not exist",
+            context.join(&dockerfile).display()
+        )));
+    }
+    let tag = args.tag.clone().unwrap_or_else(|| spec.default_image());
+    let docker = Docker::connect().await?;
+    let mut labels = HashMap::new();
+    labels.insert("caas.analysis".to_string(), spec.analysis.name.to_string());
+    labels.insert("caas.version".to_string(), spec.analysis.version.clone());
+    let opts = BuildOptions {
+        context,
+        dockerfile: dockerfile.to_string_lossy().into_owned(),
+        tag: tag.clone(),
+        labels,
+    };
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let (mut steps, mut cached) = (0usize, 0usize);
+    let mut current: Option<String> = None;
+    let finish_step = |bar: &ProgressBar, step: &Option<String>, was_cached: bool| {
+        if let Some(s) = step {
+            bar.println(format!("{s}{}", if was_cached { "  (cached)" } else { "" }));
+        }
+    };
+    let mut current_cached = false;
+    let result = docker
+        .build_image(&opts, |event| match event {
+            BuildEvent::Step(s) => {
+                finish_step(&bar, &current, current_cached);
+                steps += 1;
+                current = Some(s.clone());
+                current_cached = false;
+                bar.set_message(s.clone());
+            }
+            BuildEvent::Cached => {
+                current_cached = true;
+                cached += 1;
+            }
+            BuildEvent::Output(line) => bar.println(format!("    {line}")),
+        })
+        .await;
+    finish_step(&bar, &current, current_cached);
+    bar.finish_and_clear();
+    let id = result.map_err(|e| match e {
+        caas_runtime::RuntimeError::BuildFailed { .. } => user(e.to_string()),
+        other => other.into(),
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"image": tag, "id": id, "steps": steps, "cached": cached})
+        );
+    } else {
+        eprintln!("caas: built {tag} ({id}): {steps} step(s), {cached} from cache");
+    }
+    Ok(0)
+}

@@ -1,0 +1,217 @@
+//! `caas run`: a developer runs their analysis on one dataset exactly as the service will —
+//! same pipeline, same store layout — with the container's output streamed to the terminal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use caas_pipeline::{JobRequest, Observer, run_job};
+use caas_runtime::{Docker, StreamKind};
+use caas_spec::layout::{configs_prefix, inputs_prefix};
+use caas_spec::{AnalysisSpec, FileName, GroupName, JobTimestamp};
+use caas_store::Store;
+
+use crate::errors::user;
+use crate::upload::put_input;
+
+/// Arguments of `caas run`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  caas run --data sample/trace.csv --config sample/config.yaml
+  caas run --analysis examples/spike-detect --data rec1.csv --config params.yaml --group mylab
+  caas run --data sessions/day1/ --config c.json --timestamp day1-rerun --json
+
+The dataset and config are copied into <store>/<group>/inputs and <group>/configs (identical
+content already there is reused; different content is never replaced). Results go to
+<store>/<group>/results/job__<analysis>_<timestamp>/. Exit code: the task's own exit code when it
+failed, 124 when it timed out, 130 when cancelled (Ctrl-C), 137 when killed for memory,
+2 for bad input, 1 for other errors.")]
+pub struct RunArgs {
+    /// The analysis folder (holding caas.toml).
+    #[arg(long, default_value = ".")]
+    analysis: PathBuf,
+    /// The dataset: a file, or a folder (staged as one dataset).
+    #[arg(long)]
+    data: PathBuf,
+    /// The config (parameters) file; .json and .yaml are checked before running.
+    #[arg(long)]
+    config: PathBuf,
+    /// The store: a local folder.
+    #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
+    store: String,
+    /// The group (top-level prefix); default: your user name, or `default`.
+    #[arg(long)]
+    group: Option<String>,
+    /// Names the job folder; default: now. A timestamp that was used before is refused.
+    #[arg(long)]
+    timestamp: Option<String>,
+    /// Run this image instead of the analysis' own.
+    #[arg(long)]
+    image: Option<String>,
+    /// Print a JSON summary on stdout (the container's output then goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Streams container output to the terminal and job-manager lines to stderr.
+struct Terminal {
+    json: bool,
+}
+
+impl Observer for Terminal {
+    fn output(&self, _dataset: &FileName, stream: StreamKind, bytes: &[u8]) {
+        if stream == StreamKind::Stdout && !self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(bytes);
+            let _ = out.flush();
+        } else {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(bytes);
+            let _ = err.flush();
+        }
+    }
+
+    fn progress(&self, line: &str) {
+        eprintln!("caas: {line}");
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let spec_path = args.analysis.join("caas.toml");
+    let spec = AnalysisSpec::load(&spec_path).map_err(|e| user(e.to_string()))?;
+    let group = match &args.group {
+        Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
+        None => GroupName::default_for_user(std::env::var("USER").ok().as_deref()),
+    };
+    let timestamp = match &args.timestamp {
+        Some(t) => t.parse::<JobTimestamp>().map_err(|e| user(e.to_string()))?,
+        None => JobTimestamp::now(),
+    };
+    for (what, path) in [("dataset", &args.data), ("config", &args.config)] {
+        if !path.exists() {
+            return Err(user(format!("{what} {} does not exist", path.display())));
+        }
+    }
+    if args.store.contains("://") {
+        return Err(user(
+            "caas run works on a local folder store; to use S3, submit to `caas serve`".to_string(),
+        ));
+    }
+    let store = Store::open(&args.store)?;
+    let docker = Docker::connect().await?;
+    match docker.reap_expired().await {
+        Ok(reaped) if !reaped.is_empty() => {
+            eprintln!(
+                "caas: removed {} container(s) left past their deadline: {}",
+                reaped.len(),
+                reaped.join(", ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not look for orphaned containers"),
+    }
+    let image = args.image.clone().unwrap_or_else(|| spec.default_image());
+
+    let data = put_input(&store, &args.data, &inputs_prefix(&group), "dataset").await?;
+    let config = put_input(&store, &args.config, &configs_prefix(&group), "config").await?;
+    if config.is_folder() {
+        return Err(user(format!(
+            "config {} is a folder; give a file",
+            args.config.display()
+        )));
+    }
+
+    let work_root = store
+        .local_root()
+        .map(|r| r.join(".caas").join("work"))
+        .context("a local store has a root folder")?;
+    let req = JobRequest {
+        spec,
+        group,
+        timestamp,
+        datasets: vec![data],
+        config,
+        image,
+        origin: "caas run".into(),
+        extra_mounts: Vec::new(),
+        concurrency: 1,
+        work_root,
+    };
+
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        eprintln!(
+            "\ncaas: interrupted: stopping the container and recording the job as cancelled..."
+        );
+        on_signal.cancel();
+    });
+
+    let observer = Arc::new(Terminal { json: args.json });
+    let outcome = run_job(&store, &docker, req, observer, &cancel).await?;
+    let code = outcome.exit_code();
+    let rec = &outcome.record;
+    let paths = &outcome.paths;
+    let status_files: Vec<String> = rec
+        .tasks
+        .iter()
+        .map(|t| store.display_key(&paths.dataset_status(&t.dataset_name)))
+        .collect();
+    if args.json {
+        let summary = json!({
+            "job": rec.job_id,
+            "state": rec.state,
+            "reason": rec.reason,
+            "exit_code": code,
+            "job_folder": store.display_key(paths.root()),
+            "results": store.display_key(&paths.results()),
+            "certificate": store.display_key(&paths.certificate()),
+            "status": status_files,
+            "job_json": store.display_key(&paths.job_json()),
+            "tasks": rec.tasks,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!();
+        eprintln!(
+            "caas: job {} {} ({})",
+            rec.job_id,
+            rec.state.neurocaas_word(),
+            rec.state
+        );
+        if let Some(reason) = &rec.reason {
+            eprintln!("caas: reason: {reason}");
+        }
+        eprintln!("  results:     {}", store.display_key(&paths.results()));
+        eprintln!("  certificate: {}", store.display_key(&paths.certificate()));
+        for s in &status_files {
+            eprintln!("  status:      {s}");
+        }
+        for t in &rec.tasks {
+            eprintln!(
+                "  logs:        {}",
+                store.display_key(&paths.stream_log(&t.dataset_name, "stdout"))
+            );
+            eprintln!(
+                "               {}",
+                store.display_key(&paths.stream_log(&t.dataset_name, "stderr"))
+            );
+        }
+        eprintln!("  record:      {}", store.display_key(&paths.job_json()));
+    }
+    Ok(code)
+}

@@ -1,0 +1,117 @@
+//! Putting a user's local dataset or config into the store under `<group>/inputs` or
+//! `<group>/configs` without ever replacing different content that is already there.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use caas_spec::{FileName, StoreKey};
+use caas_store::{Store, sha256_file};
+
+use crate::errors::user;
+
+/// The checked basename of a local path.
+pub fn basename(path: &Path, what: &str) -> anyhow::Result<FileName> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| user(format!("{what} {} has no file name", path.display())))?;
+    let name = name.to_str().ok_or_else(|| {
+        user(format!(
+            "{what} {} has a name that is not UTF-8",
+            path.display()
+        ))
+    })?;
+    name.parse::<FileName>()
+        .map_err(|e| user(format!("{what} {}: {e}; rename the file", path.display())))
+}
+
+/// Put `local` (a file or a folder) at `<prefix>/<basename>` and return its key. Content that
+/// is already stored under that key is reused when identical and never replaced when not.
+pub async fn put_input(
+    store: &Store,
+    local: &Path,
+    prefix: &str,
+    what: &str,
+) -> anyhow::Result<StoreKey> {
+    let meta = std::fs::metadata(local)
+        .map_err(|e| user(format!("{what} {} cannot be read: {e}", local.display())))?;
+    let name = basename(local, what)?;
+    let base = format!("{prefix}/{name}");
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        walk(local, local, &mut files)?;
+        if files.is_empty() {
+            return Err(user(format!("{what} folder {} is empty", local.display())));
+        }
+        for rel in &files {
+            let mut key = base.clone();
+            for part in rel.iter() {
+                let part = part.to_str().unwrap_or_default();
+                let seg: FileName = part.parse().map_err(|e| {
+                    user(format!(
+                        "{what} {}: file {}: {e}",
+                        local.display(),
+                        rel.display()
+                    ))
+                })?;
+                key.push('/');
+                key.push_str(seg.as_str());
+            }
+            put_file(store, &local.join(rel), &key).await?;
+        }
+        Ok(StoreKey::parse(&format!("{base}/"))?)
+    } else {
+        put_file(store, local, &base).await?;
+        Ok(StoreKey::parse(&base)?)
+    }
+}
+
+async fn put_file(store: &Store, local: &Path, key: &str) -> anyhow::Result<()> {
+    // Already the stored file itself (a dataset given by its path inside a local store).
+    if let Some(stored) = store.local_path(key)
+        && let (Ok(a), Ok(b)) = (stored.canonicalize(), local.canonicalize())
+        && a == b
+    {
+        return Ok(());
+    }
+    if let Some(meta) = store.head(key).await? {
+        let local_size = std::fs::metadata(local)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
+        let same =
+            meta.size == local_size && store.sha256(key).await? == Some(sha256_file(local).await?);
+        if same {
+            return Ok(());
+        }
+        return Err(user(format!(
+            "the store already holds a different {} ({} bytes); caas never replaces stored data. \
+             Rename your file, or remove the stored one if it is no longer needed.",
+            store.display_key(key),
+            meta.size
+        )));
+    }
+    store.upload_file(local, key).await.with_context(|| {
+        format!(
+            "uploading {} to {}",
+            local.display(),
+            store.display_key(key)
+        )
+    })?;
+    Ok(())
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+        }
+    }
+    Ok(())
+}
