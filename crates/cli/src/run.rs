@@ -162,7 +162,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     });
 
     let observer = Arc::new(Terminal { json: args.json });
-    let outcome = run_job(&store, &docker, req, observer, &cancel).await?;
+    let outcome = match run_job(&store, &docker, req, observer, &cancel).await {
+        Ok(o) => o,
+        Err(e @ caas_pipeline::PipelineError::JobExists { .. }) => return Err(user(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
     let code = outcome.exit_code();
     let rec = &outcome.record;
     let paths = &outcome.paths;

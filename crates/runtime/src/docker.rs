@@ -252,9 +252,10 @@ impl Docker {
         cancel: &CancellationToken,
         on_started: impl FnOnce(&str),
     ) -> Result<RunReport, RuntimeError> {
-        // The wait is registered before the start so a very short run cannot be missed.
+        // The wait request is sent when first polled, after the start: "not-running" returns at
+        // once for a container that already exited, so a very short run cannot be missed.
         let wait_opts = WaitContainerOptionsBuilder::new()
-            .condition("next-exit")
+            .condition("not-running")
             .build();
         let mut wait = Box::pin(self.client.wait_container(id, Some(wait_opts)));
         if cancel.is_cancelled() {

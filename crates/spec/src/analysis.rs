@@ -309,33 +309,41 @@ pub fn sanitize_tag(s: &str) -> String {
     if t.is_empty() { "latest".into() } else { t }
 }
 
-/// Check `{name}` placeholders: known names only; `{{` and `}}` are literal braces.
+/// A `{name}` at the start of `tail` (an identifier between braces), if there is one.
+fn placeholder_at(tail: &str) -> Option<&str> {
+    let inner = tail.strip_prefix('{')?;
+    let end = inner.find('}')?;
+    let name = &inner[..end];
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic() || first == '_')
+        .then_some(())
+        .filter(|()| chars.all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .map(|()| name)
+}
+
+/// Check `{name}` placeholders: an identifier between braces must be a known placeholder
+/// (this catches typos such as `{result}`); other braces, as in awk or shell code, are
+/// literal, and `{{`/`}}` are literal braces.
 fn check_placeholders(arg: &str) -> Result<(), String> {
     let mut rest = arg;
-    while let Some(i) = rest.find(['{', '}']) {
+    while let Some(i) = rest.find('{') {
         let tail = &rest[i..];
-        if tail.starts_with("{{") || tail.starts_with("}}") {
-            rest = &tail[2..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            rest = after;
             continue;
         }
-        if tail.starts_with('}') {
-            return Err(format!(
-                "unmatched '}}' in {arg:?} (write '}}}}' for a literal brace)"
-            ));
+        if let Some(name) = placeholder_at(tail) {
+            if !PLACEHOLDERS.contains(&name) {
+                return Err(format!(
+                    "unknown placeholder {{{name}}} in {arg:?}; known: {} (write {{{{{name}}}}} for literal braces)",
+                    PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+                ));
+            }
+            rest = &tail[name.len() + 2..];
+        } else {
+            rest = &tail[1..];
         }
-        let Some(end) = tail.find('}') else {
-            return Err(format!(
-                "unclosed '{{' in {arg:?} (write '{{{{' for a literal brace)"
-            ));
-        };
-        let name = &tail[1..end];
-        if !PLACEHOLDERS.contains(&name) {
-            return Err(format!(
-                "unknown placeholder {{{name}}} in {arg:?}; known: {}",
-                PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
-            ));
-        }
-        rest = &tail[end + 1..];
     }
     Ok(())
 }
@@ -347,18 +355,17 @@ pub fn fill_placeholders(arg: &str, values: &BTreeMap<&str, String>) -> String {
     while let Some(i) = rest.find(['{', '}']) {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
+        if let Some(after) = tail.strip_prefix("{{") {
             out.push('{');
-            rest = &tail[2..];
-        } else if tail.starts_with("}}") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
             out.push('}');
-            rest = &tail[2..];
-        } else if let (true, Some(end)) = (tail.starts_with('{'), tail.find('}')) {
-            match values.get(&tail[1..end]) {
-                Some(v) => out.push_str(v),
-                None => out.push_str(&tail[..=end]),
-            }
-            rest = &tail[end + 1..];
+            rest = after;
+        } else if let Some(v) =
+            placeholder_at(tail).and_then(|name| values.get(name).map(|v| (name, v)))
+        {
+            out.push_str(v.1);
+            rest = &tail[v.0.len() + 2..];
         } else {
             out.push_str(&tail[..1]);
             rest = &tail[1..];

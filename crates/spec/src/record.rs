@@ -269,7 +269,7 @@ pub fn dataset_status_json(
     m.insert("state".into(), Value::String(task.state.as_str().into()));
     m.insert(
         "exit_code".into(),
-        task.exit_code.map_or(Value::Null, |c| Value::from(c)),
+        task.exit_code.map_or(Value::Null, Value::from),
     );
     Value::Object(m)
 }
