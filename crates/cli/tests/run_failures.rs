@@ -38,7 +38,7 @@ fn non_zero_exit_is_the_exit_code_with_the_reason_everywhere() {
         std::fs::read_to_string(sb.job_dir("crash", "c1").join("logs/data.csv.stderr.log"))
             .unwrap();
     assert_eq!(stderr_log, "oops\n");
-    assert!(containers_of_job("job__crash_c1").is_empty());
+    assert!(containers_of_job(&sb.store(), "job__crash_c1").is_empty());
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn out_of_memory_is_reported_as_oom() {
     assert!(st["reason"].as_str().unwrap().contains("32MiB"), "{st}");
     let job = sb.job_json("hungry", "m1");
     assert_eq!(job["tasks"][0]["oom_killed"], true);
-    assert!(containers_of_job("job__hungry_m1").is_empty());
+    assert!(containers_of_job(&sb.store(), "job__hungry_m1").is_empty());
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn a_task_past_its_timeout_is_stopped_and_marked_timed_out() {
         sb.certificate("sleepy", "t1")
             .contains("timed out after 2s")
     );
-    assert!(containers_of_job("job__sleepy_t1").is_empty());
+    assert!(containers_of_job(&sb.store(), "job__sleepy_t1").is_empty());
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn ctrl_c_stops_and_removes_the_container_and_records_cancelled() {
         .unwrap();
     // Wait until the container runs.
     let t0 = Instant::now();
-    while containers_of_job("job__longrun_x1").is_empty() {
+    while containers_of_job(&sb.store(), "job__longrun_x1").is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "container never started"
@@ -148,7 +148,7 @@ fn ctrl_c_stops_and_removes_the_container_and_records_cancelled() {
             .join("process_results/end.txt")
             .is_file()
     );
-    assert!(containers_of_job("job__longrun_x1").is_empty());
+    assert!(containers_of_job(&sb.store(), "job__longrun_x1").is_empty());
 }
 
 #[test]

@@ -110,7 +110,7 @@ fn example_analysis_writes_results_status_certificate_and_end_marker() {
             .count(),
         0
     );
-    assert!(containers_of_job("job__spike-detect_t1").is_empty());
+    assert!(containers_of_job(&sb.store(), "job__spike-detect_t1").is_empty());
 }
 
 #[test]

@@ -179,8 +179,9 @@ command = ["sh", "-c", {script:?}]
     )
 }
 
-/// Containers on the engine labelled with this job folder (running or not).
-pub fn containers_of_job(job_folder: &str) -> Vec<String> {
+/// Containers on the engine labelled with this job folder of this store (running or not).
+pub fn containers_of_job(store: &Path, job_folder: &str) -> Vec<String> {
+    let store = store.canonicalize().unwrap_or_else(|_| store.to_path_buf());
     let out = Command::new("docker")
         .args([
             "ps",
@@ -189,6 +190,7 @@ pub fn containers_of_job(job_folder: &str) -> Vec<String> {
             "--filter",
             &format!("label=caas.job={job_folder}"),
         ])
+        .args(["--filter", &format!("label=caas.store={}", store.display())])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
