@@ -99,11 +99,8 @@ fn ctrl_c_stops_and_removes_the_container_and_records_cancelled() {
         "echo working; sleep 600",
         "timeout = \"10m\"",
     ));
-    let child = caas()
-        .current_dir(sb.path())
-        .arg("run")
-        .arg("--analysis")
-        .arg(&a)
+    let child = sb
+        .caas_run(&a)
         .args([
             "--data",
             "data.csv",
@@ -114,8 +111,6 @@ fn ctrl_c_stops_and_removes_the_container_and_records_cancelled() {
             "--timestamp",
             "x1",
         ])
-        .arg("--store")
-        .arg(sb.store())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -225,18 +220,7 @@ fn a_missing_image_is_rejected_with_what_to_do() {
 fn missing_files_and_bad_names_are_refused_before_anything_is_stored() {
     let sb = Sandbox::new();
     let a = sb.analysis(&shell_analysis("names", "true", ""));
-    let run = |args: &[&str]| {
-        caas()
-            .current_dir(sb.path())
-            .arg("run")
-            .arg("--analysis")
-            .arg(&a)
-            .arg("--store")
-            .arg(sb.store())
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| sb.caas_run(&a).args(args).output().unwrap();
     let cases: [(&[&str], &str); 6] = [
         (
             &["--data", "nope.csv", "--config", "config.yaml"],
@@ -369,15 +353,12 @@ fn malformed_caas_toml_names_file_line_and_key() {
 fn an_engine_that_is_not_running_says_how_to_start_it() {
     let sb = Sandbox::new();
     let a = sb.analysis(&shell_analysis("noengine", "true", ""));
-    let out = caas()
-        .current_dir(sb.path())
+    let out = sb
+        .caas_run(&a)
         .env(
             "DOCKER_HOST",
             format!("unix://{}/no-docker.sock", sb.path().display()),
         )
-        .arg("run")
-        .arg("--analysis")
-        .arg(&a)
         .args([
             "--data",
             "data.csv",
@@ -386,8 +367,6 @@ fn an_engine_that_is_not_running_says_how_to_start_it() {
             "--group",
             "lab",
         ])
-        .arg("--store")
-        .arg(sb.store())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -175,11 +175,8 @@ fn output_reaches_the_store_while_the_task_runs() {
         "echo first-line; sleep 4; echo second-line",
         "timeout = \"1m\"",
     ));
-    let mut child = caas()
-        .current_dir(sb.path())
-        .arg("run")
-        .arg("--analysis")
-        .arg(&a)
+    let mut child = sb
+        .caas_run(&a)
         .args([
             "--data",
             "data.csv",
@@ -190,8 +187,6 @@ fn output_reaches_the_store_while_the_task_runs() {
             "--timestamp",
             "s1",
         ])
-        .arg("--store")
-        .arg(sb.store())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -252,11 +247,8 @@ fn folder_dataset_is_mounted_as_a_directory() {
         "cat {data}/a.txt {data}/sub/b.txt | wc -l > {results}/n",
         "",
     ));
-    let out = caas()
-        .current_dir(sb.path())
-        .arg("run")
-        .arg("--analysis")
-        .arg(&a)
+    let out = sb
+        .caas_run(&a)
         .args([
             "--data",
             "session1",
@@ -267,8 +259,6 @@ fn folder_dataset_is_mounted_as_a_directory() {
             "--timestamp",
             "f1",
         ])
-        .arg("--store")
-        .arg(sb.store())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -146,17 +146,7 @@ fn current_ids() -> (u32, u32) {
 
 fn container_name(job: &JobId, idx: usize) -> String {
     let raw = format!("caas-{}-{}-{idx}", job.analysis, job.timestamp);
-    let mut name: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(100)
-        .collect();
+    let mut name = caas_spec::analysis::docker_safe(&raw, 100);
     // Two stores may hold jobs of the same name; the engine is shared.
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

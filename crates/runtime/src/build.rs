@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
 
+use caas_spec::analysis::glob_match;
+
 use crate::{Docker, RuntimeError};
 
 /// What to build.
@@ -161,31 +163,9 @@ fn match_segments(pat: &[String], path: &[&str]) -> bool {
         (Some(p), _) if p == "**" => {
             match_segments(&pat[1..], path) || (!path.is_empty() && match_segments(pat, &path[1..]))
         }
-        (Some(p), Some(s)) => glob(p, s) && match_segments(&pat[1..], &path[1..]),
+        (Some(p), Some(s)) => glob_match(p, s) && match_segments(&pat[1..], &path[1..]),
         _ => false,
     }
-}
-
-fn glob(p: &str, s: &str) -> bool {
-    let (p, s): (Vec<char>, Vec<char>) = (p.chars().collect(), s.chars().collect());
-    let (mut pi, mut si, mut star, mut mark) = (0, 0, None, 0);
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// Tar the build context in memory (contexts of analyses are code, not data; data is excluded

@@ -293,10 +293,10 @@ fn valid_user(user: &str) -> bool {
     }
 }
 
-/// A Docker tag may hold `[A-Za-z0-9_.-]`, up to 128 characters.
-pub fn sanitize_tag(s: &str) -> String {
-    let t: String = s
-        .chars()
+/// Docker tags and container names may hold `[A-Za-z0-9_.-]`: every other character becomes
+/// `-`, and the result is cut to `max` characters.
+pub fn docker_safe(s: &str, max: usize) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
                 c
@@ -304,8 +304,13 @@ pub fn sanitize_tag(s: &str) -> String {
                 '-'
             }
         })
-        .take(128)
-        .collect();
+        .take(max)
+        .collect()
+}
+
+/// A Docker tag from a version string (up to 128 characters).
+pub fn sanitize_tag(s: &str) -> String {
+    let t = docker_safe(s, 128);
     if t.is_empty() { "latest".into() } else { t }
 }
 

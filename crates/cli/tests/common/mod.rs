@@ -97,13 +97,21 @@ impl Sandbox {
         self.path().join("store")
     }
 
-    /// `caas run` of `analysis` on data.csv/config.yaml with a fixed timestamp.
-    pub fn run(&self, analysis: &Path, timestamp: &str, extra: &[&str]) -> Output {
-        caas()
-            .current_dir(self.path())
+    /// A `caas run` command for `analysis` on this sandbox's store, run from its folder.
+    pub fn caas_run(&self, analysis: &Path) -> Command {
+        let mut c = caas();
+        c.current_dir(self.path())
             .arg("run")
             .arg("--analysis")
             .arg(analysis)
+            .arg("--store")
+            .arg(self.store());
+        c
+    }
+
+    /// `caas run` of `analysis` on data.csv/config.yaml in group `lab` with a fixed timestamp.
+    pub fn run(&self, analysis: &Path, timestamp: &str, extra: &[&str]) -> Output {
+        self.caas_run(analysis)
             .args([
                 "--data",
                 "data.csv",
@@ -112,8 +120,6 @@ impl Sandbox {
                 "--group",
                 "lab",
             ])
-            .arg("--store")
-            .arg(self.store())
             .args(["--timestamp", timestamp])
             .args(extra)
             .output()
