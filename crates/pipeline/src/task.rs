@@ -312,7 +312,13 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
                     Some(c) => {
                         observer.output(&ds, c.stream, &c.bytes);
                         match sink.write(c.stream, &c.bytes) {
-                            Ok(lines) => pending.extend(lines),
+                            Ok(lines) => {
+                                pending.extend(lines);
+                                // Only the tail is shown; keep memory bounded between refreshes.
+                                if pending.len() > 2 * STD_TAIL_LINES {
+                                    pending.drain(..pending.len() - STD_TAIL_LINES);
+                                }
+                            }
                             Err(e) => { failure.get_or_insert(e); }
                         }
                     }
