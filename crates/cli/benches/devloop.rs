@@ -1,0 +1,2 @@
+//! Dev-loop benchmark (written below).
+fn main() {}
