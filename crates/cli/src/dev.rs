@@ -335,10 +335,7 @@ async fn ensure_dev(
     env.insert("CAAS_IO".to_string(), io.clone());
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_DEV.to_string(), a.hash.clone());
-    labels.insert(
-        LABEL_ANALYSIS.to_string(),
-        a.spec.analysis.name.to_string(),
-    );
+    labels.insert(LABEL_ANALYSIS.to_string(), a.spec.analysis.name.to_string());
     let id = docker
         .create_dev(&DevSpec {
             name: name.clone(),
@@ -622,10 +619,7 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<i32> {
         });
     let mut labels = HashMap::new();
     labels.insert(LABEL_FOLDER.to_string(), a.hash.clone());
-    labels.insert(
-        LABEL_ANALYSIS.to_string(),
-        a.spec.analysis.name.to_string(),
-    );
+    labels.insert(LABEL_ANALYSIS.to_string(), a.spec.analysis.name.to_string());
     let message = args.message.clone().unwrap_or_default();
     let id = docker
         .commit(&c.id, &repo, &tag, &message, &parent, labels)
@@ -696,6 +690,9 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         let out = json!({
             "analysis": a.spec.analysis.name,
             "folder": a.dir,
+            "folder_hash": a.hash,
+            "dev_container_name": a.dev_container(),
+            "image_repo": a.image_repo(),
             "active": st.active,
             "dev_container": dev.map(|(d, present)| json!({"name": d.name, "id": d.id, "image": d.image, "present": present})),
             "history": entries,

@@ -45,7 +45,8 @@ pub struct NewArgs {
 }
 
 const SAMPLE_DATA: &str = "time_ms,value\n0,1.0\n1,2.5\n2,0.5\n3,4.0\n4,3.5\n";
-const SAMPLE_CONFIG: &str = "# Parameters of the analysis; the entry script reads them.\nscale: 2\n";
+const SAMPLE_CONFIG: &str =
+    "# Parameters of the analysis; the entry script reads them.\nscale: 2\n";
 const DOCKERIGNORE: &str = "# Not part of the image: caas's own state, sample data and local stores.\n.caas/\nsample/\ncaas-store/\n.git/\n*.pyc\n__pycache__/\n";
 
 fn caas_toml(name: &str, t: Template) -> String {

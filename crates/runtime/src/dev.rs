@@ -95,7 +95,10 @@ fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
 
 impl Docker {
     /// The state of a container by name or id; `None` when the engine does not have it.
-    pub async fn container_state(&self, name: &str) -> Result<Option<ContainerState>, RuntimeError> {
+    pub async fn container_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerState>, RuntimeError> {
         match self.client().inspect_container(name, None).await {
             Ok(c) => Ok(Some(ContainerState {
                 id: c.id.unwrap_or_default(),
