@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use caas_runtime::{BuildEvent, BuildOptions, Docker, LABEL_FOLDER};
+use caas_runtime::{BuildEvent, BuildOptions, Docker};
 
 use crate::errors::user;
 use crate::state::{Analysis, BuildSummary, Entry, ImageRef};
@@ -56,10 +56,10 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
     let tag = args.tag.clone().unwrap_or_else(|| analysis.build_tag());
     let mut state = analysis.state()?;
     let docker = Docker::connect().await?;
-    let mut labels = HashMap::new();
-    labels.insert("caas.analysis".to_string(), spec.analysis.name.to_string());
-    labels.insert("caas.version".to_string(), spec.analysis.version.clone());
-    labels.insert(LABEL_FOLDER.to_string(), analysis.hash.clone());
+    // No build-time labels: the legacy builder (engine 20.10) turns each into an extra,
+    // uncached LABEL step, which costs more than the code change itself. The image is tied to
+    // the analysis through its tag and the history instead.
+    let labels = HashMap::new();
     let opts = BuildOptions {
         context,
         dockerfile: dockerfile.to_string_lossy().into_owned(),

@@ -801,10 +801,23 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<i32> {
     let active = st.active.as_ref().map(|x| x.id.clone());
     let mut images = Vec::new();
     let mut kept = Vec::new();
-    for (id, _) in docker
+    // Untagged images of this folder: saved ones carry its label; built ones are found
+    // through the history.
+    let mut candidates: Vec<String> = docker
         .images_by_label(&format!("{LABEL_FOLDER}={}", a.hash), true)
         .await?
-    {
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for e in &st.history {
+        if let Some(d) = docker.image_details(&e.image.id).await?
+            && d.tags.is_empty()
+            && !candidates.contains(&d.id)
+        {
+            candidates.push(d.id);
+        }
+    }
+    for id in candidates {
         if Some(&id) == active.as_ref() {
             continue;
         }

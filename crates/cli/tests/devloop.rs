@@ -32,6 +32,11 @@ impl Dev {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
+        // Unique code per test, so no two tests share an image through the layer cache.
+        let main = dir.join("src/main.sh");
+        let mut script = std::fs::read_to_string(&main).unwrap();
+        script.push_str(&format!("# test copy in {}\n", dir.display()));
+        std::fs::write(&main, script).unwrap();
         Self { _tmp: tmp, dir }
     }
 
@@ -103,20 +108,24 @@ impl Drop for Dev {
                 h["dev_container_name"].as_str().unwrap_or("none"),
             ])
             .output();
-        for (kind, label) in [("ps", "caas.dev"), ("images", "caas.folder")] {
-            let mut c = Command::new("docker");
-            c.arg(kind);
-            if kind == "ps" {
-                c.arg("-a");
-            }
-            let ids = c
-                .args(["-q", "--filter", &format!("label={label}={hash}")])
-                .output()
-                .map(|o| stdout(&o))
-                .unwrap_or_default();
-            for id in ids.lines() {
-                let rm = if kind == "ps" { "rm" } else { "rmi" };
-                let _ = Command::new("docker").args([rm, "-f", id]).output();
+        let ids = Command::new("docker")
+            .args([
+                "images",
+                "-q",
+                "--filter",
+                &format!("label=caas.folder={hash}"),
+            ])
+            .output()
+            .map(|o| stdout(&o))
+            .unwrap_or_default();
+        let mut ids: Vec<String> = ids.lines().map(String::from).collect();
+        for e in h["history"].as_array().into_iter().flatten().rev() {
+            ids.push(e["image"]["id"].as_str().unwrap_or("none").to_string());
+        }
+        // Twice: a parent image goes only after the images saved from it.
+        for _ in 0..2 {
+            for id in &ids {
+                let _ = Command::new("docker").args(["rmi", "-f", id]).output();
             }
         }
     }
@@ -495,9 +504,24 @@ fn same_basename_in_two_places_does_not_collide() {
         let out = d.ok(&["exec", "--", "cat", "/opt/who"]);
         assert_eq!(stdout(&out), format!("{word}\n"));
     }
-    // prune of one leaves the other's images and containers alone.
+    // prune of one removes its untagged images and leaves the other's alone.
+    b.ok(&["exec", "--", "sh", "-c", "echo beta2 > /opt/who2"]);
+    b.ok(&["save", "--tag", "mine", "--force"]);
     let pb = b.ok(&["prune", "--json"]);
-    assert!(stdout(&pb).contains("removed_images"));
+    let pruned: serde_json::Value = serde_json::from_str(&stdout(&pb)).unwrap();
+    assert_eq!(
+        pruned["removed_images"].as_array().unwrap().len(),
+        1,
+        "{pruned}"
+    );
+    let hb = b.history();
+    let present: Vec<bool> = hb["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["present"] == true)
+        .collect();
+    assert_eq!(present, [true, false, true], "{hb}");
     let out = a.ok(&["exec", "--", "cat", "/opt/who"]);
     assert_eq!(stdout(&out), "alpha\n");
     assert!(
