@@ -155,6 +155,7 @@ fn main() -> Result<(), String> {
     let active_tag = format!("caas/bench-{}:0.1.0", folder_hash(caas, &a)?);
 
     let (mut ta, mut tb, mut tc, mut td) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut plain_ids = vec![image_id(PLAIN_TAG)];
     println!(
         "round  (a) run --dev  (b) build+run  (c) docker build+run  (d) docker run  a/d    b/c"
     );
@@ -167,6 +168,7 @@ fn main() -> Result<(), String> {
             * 1e3;
         let c_ms =
             time(&mut [docker_build(), docker_run(&a, false, PLAIN_TAG)])?.as_secs_f64() * 1e3;
+        plain_ids.push(image_id(PLAIN_TAG));
         println!(
             "{i:5}  {a_ms:13.0}  {b_ms:13.0}  {c_ms:20.0}  {d_ms:14.0}  {:5.2}  {:5.2}",
             a_ms / d_ms,
@@ -204,8 +206,18 @@ fn main() -> Result<(), String> {
             let _ = Command::new("docker").args(["rmi", "-f", &id]).output();
         }
     }
-    let _ = Command::new("docker").args(["rmi", PLAIN_TAG]).output();
+    for id in plain_ids.iter().rev() {
+        let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+    }
     Ok(())
+}
+
+fn image_id(reference: &str) -> String {
+    Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", reference])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 fn history_json(caas: &str, a: &Path) -> Result<serde_json::Value, String> {
