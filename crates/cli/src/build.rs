@@ -54,7 +54,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
         )));
     }
     let tag = args.tag.clone().unwrap_or_else(|| analysis.build_tag());
-    let mut state = analysis.state()?;
+    // A damaged state file stops the build before it starts.
+    analysis.state()?;
     let docker = Docker::connect().await?;
     // No build-time labels: the legacy builder (engine 20.10) turns each into an extra,
     // uncached LABEL step, which costs more than the code change itself. The image is tied to
@@ -106,20 +107,21 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
         tag: tag.clone(),
         id: id.clone(),
     };
-    // A rebuild that changed nothing is not a new history entry.
-    if state.history.last().map(|e| &e.image) != Some(&image) {
-        state.history.push(Entry {
-            kind: "build".into(),
-            image: image.clone(),
-            parent: None,
-            time: chrono::Utc::now(),
-            message: None,
-            diff: None,
-            build: Some(BuildSummary { steps, cached }),
-        });
-    }
-    state.active = Some(image);
-    analysis.write_state(&state)?;
+    analysis.update(|state| {
+        // A rebuild that changed nothing is not a new history entry.
+        if state.history.last().map(|e| &e.image) != Some(&image) {
+            state.history.push(Entry {
+                kind: "build".into(),
+                image: image.clone(),
+                parent: None,
+                time: chrono::Utc::now(),
+                message: None,
+                diff: None,
+                build: Some(BuildSummary { steps, cached }),
+            });
+        }
+        state.active = Some(image.clone());
+    })?;
     if args.json {
         println!(
             "{}",

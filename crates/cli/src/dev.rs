@@ -354,8 +354,7 @@ async fn ensure_dev(
         saved_diff: None,
     };
     // Record before starting, so a failure after this point still leaves it findable.
-    st.dev_container = Some(dev.clone());
-    a.write_state(st)?;
+    *st = a.update(|s| s.dev_container = Some(dev.clone()))?;
     docker.start(&id).await?;
     eprintln!(
         "caas: started development container {} from {} ({})",
@@ -424,19 +423,35 @@ pub async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
         "-c".to_string(),
         "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi".to_string(),
     ];
-    let (exec, mut output, mut input) = docker
-        .exec_attached(
-            &dev.id,
-            cmd,
-            tty,
-            vec![format!("TERM={term}")],
-            Some(workdir),
-        )
-        .await?;
     eprintln!(
         "caas: shell in {} (exit to leave; `caas save` keeps what you changed)",
         dev.name
     );
+    attach(
+        &docker,
+        &dev.id,
+        cmd,
+        vec![format!("TERM={term}")],
+        Some(workdir),
+        tty,
+    )
+    .await
+}
+
+/// Run `cmd` in the container with stdin forwarded and its output on ours; with `tty`, in a
+/// terminal of its own: ours goes raw (Ctrl-C reaches the container's process) and its size
+/// follows our window. Returns the command's exit code.
+async fn attach(
+    docker: &Docker,
+    container: &str,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    workdir: Option<String>,
+    tty: bool,
+) -> anyhow::Result<i32> {
+    let (exec, mut output, mut input) = docker
+        .exec_attached(container, cmd, tty, true, env, workdir)
+        .await?;
     let raw = if tty { Some(RawMode::enter()?) } else { None };
     if tty && let Some((cols, rows)) = window_size() {
         let _ = docker.resize_exec(&exec, cols, rows).await;
@@ -477,6 +492,9 @@ pub async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
     loop {
         tokio::select! {
             item = output.next() => match item {
+                Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
+                    let _ = std::io::stderr().write_all(&message);
+                }
                 Some(Ok(chunk)) => {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(&chunk.into_bytes());
@@ -509,8 +527,28 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
         args.credentials.as_deref(),
     )
     .await?;
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        // Interactive, as `docker exec -it`: a terminal, so Ctrl-C reaches the command.
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        return attach(
+            &docker,
+            &dev.id,
+            args.command.clone(),
+            vec![format!("TERM={term}")],
+            None,
+            true,
+        )
+        .await;
+    }
     let (exec, mut output, _input) = docker
-        .exec_attached(&dev.id, args.command.clone(), false, Vec::new(), None)
+        .exec_attached(
+            &dev.id,
+            args.command.clone(),
+            false,
+            false,
+            Vec::new(),
+            None,
+        )
         .await?;
     while let Some(item) = output.next().await {
         match item {
@@ -558,7 +596,7 @@ fn tag_ref(a: &Analysis, tag: &str) -> anyhow::Result<(String, String)> {
 pub async fn save(args: SaveArgs) -> anyhow::Result<i32> {
     let a = Analysis::load(&args.analysis.analysis)?;
     let docker = Docker::connect().await?;
-    let mut st = a.state()?;
+    let st = a.state()?;
     let Some(mut dev) = st.dev_container.clone() else {
         return Err(user(
             "there is no development container to save; start one with `caas shell` (or `caas exec -- CMD`)",
@@ -629,19 +667,20 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<i32> {
         tag: reference.clone(),
         id: id.clone(),
     };
-    st.history.push(Entry {
-        kind: "save".into(),
-        image: image.clone(),
-        parent: Some(dev.image.clone()),
-        time: Utc::now(),
-        message: args.message.clone(),
-        diff: Some(summary.clone()),
-        build: None,
-    });
-    st.active = Some(image);
     dev.saved_diff = Some(diff_fingerprint(&changes));
-    st.dev_container = Some(dev.clone());
-    a.write_state(&st)?;
+    a.update(|st| {
+        st.history.push(Entry {
+            kind: "save".into(),
+            image: image.clone(),
+            parent: Some(dev.image.clone()),
+            time: Utc::now(),
+            message: args.message.clone(),
+            diff: Some(summary.clone()),
+            build: None,
+        });
+        st.active = Some(image.clone());
+        st.dev_container = Some(dev.clone());
+    })?;
     if args.json {
         println!(
             "{}",
@@ -751,7 +790,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
 pub async fn reset(args: ResetArgs) -> anyhow::Result<i32> {
     let a = Analysis::load(&args.analysis.analysis)?;
     let docker = Docker::connect().await?;
-    let mut st = a.state()?;
+    let st = a.state()?;
     let Some(dev) = st.dev_container.clone() else {
         eprintln!("caas: there is no development container; nothing to reset");
         return Ok(0);
@@ -771,8 +810,7 @@ pub async fn reset(args: ResetArgs) -> anyhow::Result<i32> {
         }
         docker.remove(&c.id).await?;
     }
-    st.dev_container = None;
-    a.write_state(&st)?;
+    a.update(|st| st.dev_container = None)?;
     eprintln!("caas: removed development container {}", dev.name);
     Ok(0)
 }

@@ -96,6 +96,29 @@ impl Analysis {
         }
     }
 
+    /// Change the state under an exclusive lock (`.caas/state.lock`): read it afresh, apply
+    /// `change`, write it atomically; two caas commands on one folder never lose an entry.
+    pub fn update(&self, change: impl FnOnce(&mut State)) -> anyhow::Result<State> {
+        let dir = self.dir.join(".caas");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        let lock_path = dir.join("state.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| anyhow::anyhow!("cannot lock {}: {e}", lock_path.display()))?;
+        let mut state = self.state()?;
+        change(&mut state);
+        self.write_state(&state)?;
+        // The lock goes with the file handle.
+        drop(lock);
+        Ok(state)
+    }
+
     /// Write the state atomically: temp file in the same folder, fsync, rename.
     pub fn write_state(&self, state: &State) -> anyhow::Result<()> {
         let path = self.state_path();

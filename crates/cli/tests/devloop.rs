@@ -166,6 +166,15 @@ impl Pty {
         assert!(st.success());
     }
 
+    fn resize(&self, cols: u16, rows: u16) {
+        let st = Command::new("tmux")
+            .args(["-L", &self.socket, "resize-window", "-t", "t"])
+            .args(["-x", &cols.to_string(), "-y", &rows.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
     fn screen(&self) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
@@ -301,6 +310,22 @@ fn full_loop_new_build_shell_save_run_history() {
     pty.expect("made-42");
     pty.send(&["ls /io/inputs", "Enter"]);
     pty.expect("data.csv");
+    // A real terminal: its size, and then the window's new size.
+    pty.send(&["echo size=$(stty size)", "Enter"]);
+    pty.expect("size=40 120");
+    pty.resize(100, 30);
+    pty.send(&["echo size=$(stty size)", "Enter"]);
+    pty.expect("size=30 100");
+    // Ctrl-C goes to the container's shell, which stays.
+    pty.send(&["sleep 60; echo not-interrupted", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    pty.send(&["C-c"]);
+    pty.send(&["echo still-$((20+1))", "Enter"]);
+    let screen = pty.expect("still-21");
+    assert!(
+        !screen.lines().any(|l| l.trim() == "not-interrupted"),
+        "{screen}"
+    );
     pty.send(&["exit 0", "Enter"]);
     pty.expect("CAAS-EXIT:0");
     drop(pty);
@@ -435,6 +460,42 @@ fn save_refuses_an_existing_tag_and_a_missing_container() {
     // The first v1 image lost its tag but not its place in the history.
     assert_ne!(hist[1]["image"]["id"], hist[2]["image"]["id"]);
 
+    // Unsaved changes: reset refuses, --force throws them away.
+    dev.ok(&["exec", "--", "sh", "-c", "echo 3 > /opt/three"]);
+    let out = dev.caas(&["reset"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/opt/three"), "{}", stderr(&out));
+    dev.ok(&["reset", "--force"]);
+    let out = dev.ok(&["exec", "--", "sh", "-c", "ls /opt"]);
+    assert!(!stdout(&out).contains("three"), "{}", stdout(&out));
+    // The new container starts from the active image: the saved changes are there.
+    assert!(
+        stdout(&out).contains("one") && stdout(&out).contains("two"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Without a terminal, `caas shell` reads commands from stdin.
+    let mut child = caas()
+        .current_dir(&dev.dir)
+        .arg("shell")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo piped-$((1+2))\necho to-err >&2\nexit 4\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "piped-3\n");
+    assert!(stderr(&out).contains("to-err"));
+
     // exec returns the command's own exit code.
     let out = dev.caas(&["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 5"]);
     assert_eq!(out.status.code(), Some(5));
@@ -514,6 +575,41 @@ fn same_basename_in_two_places_does_not_collide() {
         1,
         "{pruned}"
     );
+    // A stopped container of b's goes; one of a's stays.
+    let make = |hash: &str| {
+        let out = Command::new("docker")
+            .args([
+                "create",
+                "--label",
+                &format!("caas.dev={hash}"),
+                BASE_IMAGE,
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    let stray_a = make(ha["folder_hash"].as_str().unwrap());
+    let stray_b = make(hb["folder_hash"].as_str().unwrap());
+    let pb = b.ok(&["prune", "--json"]);
+    let pruned: serde_json::Value = serde_json::from_str(&stdout(&pb)).unwrap();
+    assert_eq!(
+        pruned["removed_containers"].as_array().unwrap().len(),
+        1,
+        "{pruned}"
+    );
+    let exists = |id: &str| {
+        Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!exists(&stray_b));
+    assert!(exists(&stray_a));
+    let _ = Command::new("docker").args(["rm", "-f", &stray_a]).output();
     let hb = b.history();
     let present: Vec<bool> = hb["history"]
         .as_array()

@@ -164,13 +164,14 @@ impl Docker {
         }
     }
 
-    /// Start `cmd` in a running container with its output (and, with `tty`, a terminal and
-    /// stdin) attached; returns the exec id and its streams.
+    /// Start `cmd` in a running container with its output (with `stdin`, also its input; with
+    /// `tty`, in a terminal) attached; returns the exec id and its streams.
     pub async fn exec_attached(
         &self,
         container: &str,
         cmd: Vec<String>,
         tty: bool,
+        stdin: bool,
         env: Vec<String>,
         workdir: Option<String>,
     ) -> Result<(String, ExecOutput, ExecInput), RuntimeError> {
@@ -179,7 +180,7 @@ impl Docker {
             .create_exec(
                 container,
                 ExecConfig {
-                    attach_stdin: Some(tty),
+                    attach_stdin: Some(stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     tty: Some(tty),
