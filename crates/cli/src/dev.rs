@@ -427,7 +427,7 @@ pub async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
         "caas: shell in {} (exit to leave; `caas save` keeps what you changed)",
         dev.name
     );
-    attach(
+    let code = attach(
         &docker,
         &dev.id,
         cmd,
@@ -435,7 +435,23 @@ pub async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
         Some(workdir),
         tty,
     )
-    .await
+    .await;
+    stop_if_idle(&docker, &dev).await;
+    code
+}
+
+/// Stop the development container when nothing runs in it any more: it keeps its filesystem
+/// (the next `caas shell` or `caas exec` starts it again) and no idle container is left running.
+async fn stop_if_idle(docker: &Docker, dev: &DevContainer) {
+    match docker.running_execs(&dev.id).await {
+        Ok(0) => {
+            docker
+                .stop(&dev.id, std::time::Duration::from_secs(5))
+                .await
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot tell whether the container is idle"),
+    }
 }
 
 /// Run `cmd` in the container with stdin forwarded and its output on ours; with `tty`, in a
@@ -530,7 +546,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         // Interactive, as `docker exec -it`: a terminal, so Ctrl-C reaches the command.
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-        return attach(
+        let code = attach(
             &docker,
             &dev.id,
             args.command.clone(),
@@ -539,6 +555,8 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
             true,
         )
         .await;
+        stop_if_idle(&docker, &dev).await;
+        return code;
     }
     let (exec, mut output, _input) = docker
         .exec_attached(
@@ -564,6 +582,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
         }
     }
     let code = docker.exec_exit_code(&exec).await?.unwrap_or(0);
+    stop_if_idle(&docker, &dev).await;
     Ok(i32::try_from(code).unwrap_or(1))
 }
 

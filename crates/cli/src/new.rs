@@ -140,7 +140,7 @@ printf '{"rows": %d, "scale": %s}\n' "$rows" "$scale" >"$out/summary.json"
 echo "main: wrote $rows rows"
 "#;
 
-const MAIN_PY: &str = r##"""The entry script. The in-container contract: caas runs
+const MAIN_PY: &str = r##""""The entry script. The in-container contract: caas runs
 
     python3 main.py DATA CONFIG RESULTS_DIR
 

@@ -131,7 +131,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let image = match &args.image {
         Some(i) => i.clone(),
-        None if state.active.is_some() => active_image(&docker, &analysis, &state).await?.id,
+        None if state.active.is_some() => {
+            // By tag while the tag still names the active image (the record then shows both);
+            // by id once the tag has moved on.
+            let active = active_image(&docker, &analysis, &state).await?;
+            match docker.image_info(&active.tag).await? {
+                Some(i) if i.id == active.id => active.tag,
+                _ => active.id,
+            }
+        }
         None => analysis.build_tag(),
     };
     let mut extra_mounts = Vec::new();

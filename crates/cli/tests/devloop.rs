@@ -177,7 +177,17 @@ impl Pty {
 
     fn screen(&self) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "t"])
+            .args([
+                "-L",
+                &self.socket,
+                "capture-pane",
+                "-p",
+                "-J",
+                "-S",
+                "-500",
+                "-t",
+                "t",
+            ])
             .output()
             .unwrap();
         stdout(&out)
@@ -244,6 +254,15 @@ fn new_scaffolds_a_layer_cache_friendly_analysis_and_refuses_a_non_empty_folder(
     );
     let toml = std::fs::read_to_string(d.join("caas.toml")).unwrap();
     assert!(toml.contains("name = \"pyan\"") && toml.contains("source = \"src\""));
+    let py = std::fs::read_to_string(d.join("src/main.py")).unwrap();
+    assert!(py.starts_with("\"\"\"The entry script"), "{py}");
+    // The scaffolded caas.toml is valid (history loads it).
+    let out = caas()
+        .args(["history", "--json", "--analysis"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // Into an existing non-empty folder: refused, nothing touched.
     let busy = tmp.path().join("busy");
@@ -314,8 +333,21 @@ fn full_loop_new_build_shell_save_run_history() {
     pty.send(&["echo size=$(stty size)", "Enter"]);
     pty.expect("size=40 120");
     pty.resize(100, 30);
-    pty.send(&["echo size=$(stty size)", "Enter"]);
-    pty.expect("size=30 100");
+    // The new size reaches the container asynchronously (SIGWINCH, then the engine): ask
+    // until it shows.
+    let t0 = Instant::now();
+    loop {
+        pty.send(&["echo size=$(stty size)", "Enter"]);
+        std::thread::sleep(Duration::from_millis(300));
+        if pty.screen().contains("size=30 100") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the window size did not follow:\n{}",
+            pty.screen()
+        );
+    }
     // Ctrl-C goes to the container's shell, which stays.
     pty.send(&["sleep 60; echo not-interrupted", "Enter"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -329,6 +361,16 @@ fn full_loop_new_build_shell_save_run_history() {
     pty.send(&["exit 0", "Enter"]);
     pty.expect("CAAS-EXIT:0");
     drop(pty);
+    // Nothing runs in it any more: stopped, not left running (its filesystem stays).
+    let name = dev.history()["dev_container_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let running = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", &name])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&running).trim(), "false");
 
     // Unsaved changes: reset refuses.
     let out = dev.caas(&["reset"]);

@@ -231,6 +231,24 @@ impl Docker {
             .exit_code)
     }
 
+    /// How many execs still run in a container (shells and commands of other caas calls).
+    pub async fn running_execs(&self, container: &str) -> Result<usize, RuntimeError> {
+        let c = self
+            .client()
+            .inspect_container(container, None)
+            .await
+            .map_err(api(format!("inspect container {container}")))?;
+        let mut running = 0;
+        for id in c.exec_ids.unwrap_or_default() {
+            if let Ok(e) = self.client().inspect_exec(&id).await
+                && e.running == Some(true)
+            {
+                running += 1;
+            }
+        }
+        Ok(running)
+    }
+
     /// `docker diff`: the files added, changed or deleted in the container's writable layer.
     pub async fn changes(&self, container: &str) -> Result<Vec<FileChange>, RuntimeError> {
         let list = self
