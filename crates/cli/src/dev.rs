@@ -568,17 +568,33 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
             None,
         )
         .await?;
-    while let Some(item) = output.next().await {
-        match item {
-            Ok(bollard::container::LogOutput::StdErr { message }) => {
-                let _ = std::io::stderr().write_all(&message);
-            }
-            Ok(other) => {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&other.into_bytes());
-                let _ = out.flush();
-            }
-            Err(e) => return Err(anyhow::anyhow!("exec output: {e}")),
+    // Ctrl-C (or SIGTERM) is passed on to the command, so it does not keep running in the
+    // container after caas is gone; a second one kills it.
+    let mut interrupts = 0;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let signal = tokio::select! {
+            item = output.next() => match item {
+                Some(Ok(bollard::container::LogOutput::StdErr { message })) => {
+                    let _ = std::io::stderr().write_all(&message);
+                    continue;
+                }
+                Some(Ok(other)) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&other.into_bytes());
+                    let _ = out.flush();
+                    continue;
+                }
+                Some(Err(e)) => return Err(anyhow::anyhow!("exec output: {e}")),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => "INT",
+            _ = term.recv() => "TERM",
+        };
+        interrupts += 1;
+        let signal = if interrupts > 1 { "KILL" } else { signal };
+        if !docker.signal_exec(&dev.id, &exec, signal).await {
+            eprintln!("caas: cannot pass the signal on to the command in the container");
         }
     }
     let code = docker.exec_exit_code(&exec).await?.unwrap_or(0);

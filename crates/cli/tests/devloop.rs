@@ -538,6 +538,40 @@ fn save_refuses_an_existing_tag_and_a_missing_container() {
     assert_eq!(stdout(&out), "piped-3\n");
     assert!(stderr(&out).contains("to-err"));
 
+    // Ctrl-C on `caas exec` reaches the command in the container; it does not keep running.
+    let mut child = caas()
+        .current_dir(&dev.dir)
+        .args(["exec", "--", "sh", "-c"])
+        .arg("trap 'echo got-int; exit 9' INT; echo ready; sleep 60 & wait")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        use std::io::Read;
+        let n = stdout_pipe.read(&mut buf).unwrap();
+        assert!(n > 0, "exec ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let t0 = Instant::now();
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    {
+        use std::io::Read;
+        stdout_pipe.read_to_end(&mut seen).unwrap();
+    }
+    assert_eq!(status.code(), Some(9), "{}", String::from_utf8_lossy(&seen));
+    assert!(String::from_utf8_lossy(&seen).contains("got-int"));
+    assert!(t0.elapsed() < Duration::from_secs(20));
+
     // exec returns the command's own exit code.
     let out = dev.caas(&["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 5"]);
     assert_eq!(out.status.code(), Some(5));

@@ -249,6 +249,45 @@ impl Docker {
         Ok(running)
     }
 
+    /// Send `signal` (e.g. `INT`, `KILL`) to a running exec's process. The engine has no call
+    /// for it: the process's id inside the container is read from the host's /proc (so this
+    /// works with a local engine), and a `kill` is exec'd next to it. Returns whether it was
+    /// sent.
+    pub async fn signal_exec(&self, container: &str, exec: &str, signal: &str) -> bool {
+        let Ok(info) = self.client().inspect_exec(exec).await else {
+            return false;
+        };
+        let Some(pid) = info.pid.filter(|p| *p > 0) else {
+            return false;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return false;
+        };
+        let Some(inner) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last())
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let cmd = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            format!("kill -{signal} {inner}"),
+        ];
+        match self
+            .exec_attached(container, cmd, false, false, Vec::new(), None)
+            .await
+        {
+            Ok((_, output, _)) => {
+                collect_output(output).await;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// `docker diff`: the files added, changed or deleted in the container's writable layer.
     pub async fn changes(&self, container: &str) -> Result<Vec<FileChange>, RuntimeError> {
         let list = self
