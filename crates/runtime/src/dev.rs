@@ -392,11 +392,6 @@ impl Docker {
             Err(e) => Err(api(format!("remove image {image}"))(e)),
         }
     }
-
-    /// Remove a tag (or an image by reference) only if it exists, for tests and `--force`.
-    pub async fn untag(&self, reference: &str) -> Result<(), RuntimeError> {
-        self.remove_image(reference).await.map(|_| ())
-    }
 }
 
 /// Collect an exec's output stream into (stdout, stderr) bytes, for short commands.
