@@ -4,7 +4,8 @@
 # Brings up what caas needs and cannot pull from a registry:
 #   1. the Docker engine (Debian's docker.io), started with dockerd when `docker info` fails;
 #   2. the base image local/busybox:test, made with `docker import` from Debian's busybox-static
-#      (no registry is reachable here, so every image caas's examples and tests use starts from it).
+#      (no registry is reachable here, so every image caas's examples and tests use starts from it);
+#   3. tmux, the pseudo-terminal the `caas shell` tests type into.
 # A second run with nothing to do takes well under a second.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ apt_install() {
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log "missing ${need_pkgs[*]}; run this script as root to install them"; exit 1; }
   log "installing ${need_pkgs[*]}"

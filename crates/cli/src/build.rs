@@ -1,5 +1,6 @@
 //! `caas build`: build the analysis' image from its Dockerfile through the Engine API, showing
-//! each step and whether the layer cache served it.
+//! each step and whether the layer cache served it, and record the image in the analysis'
+//! history as its active image.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,9 +9,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use caas_runtime::{BuildEvent, BuildOptions, Docker};
-use caas_spec::AnalysisSpec;
 
 use crate::errors::user;
+use crate::state::{Analysis, BuildSummary, Entry, ImageRef};
 
 /// Arguments of `caas build`.
 #[derive(Debug, Args)]
@@ -21,7 +22,7 @@ pub struct BuildArgs {
     /// The analysis folder (holding caas.toml and the Dockerfile).
     #[arg(long, default_value = ".")]
     analysis: PathBuf,
-    /// Tag for the image (default: `[environment] image`, or caas/<name>:<version>).
+    /// Tag for the image (default: `[environment] image`, or caas/<name>-<folder hash>:<version>).
     #[arg(long)]
     tag: Option<String>,
     /// Print a JSON summary on stdout.
@@ -30,8 +31,9 @@ pub struct BuildArgs {
 }
 
 pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
-    let spec_path = args.analysis.join("caas.toml");
-    let spec = AnalysisSpec::load(&spec_path).map_err(|e| user(e.to_string()))?;
+    let analysis = Analysis::load(&args.analysis)?;
+    let spec = &analysis.spec;
+    let spec_path = analysis.dir.join("caas.toml");
     let Some(dockerfile) = spec.environment.dockerfile.clone() else {
         return Err(user(format!(
             "{} has no `[environment] dockerfile`; it runs the pinned image {}",
@@ -39,7 +41,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
             spec.default_image()
         )));
     };
-    let context = args.analysis.join(
+    let context = analysis.dir.join(
         spec.environment
             .context
             .clone()
@@ -51,11 +53,14 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
             context.join(&dockerfile).display()
         )));
     }
-    let tag = args.tag.clone().unwrap_or_else(|| spec.default_image());
+    let tag = args.tag.clone().unwrap_or_else(|| analysis.build_tag());
+    // A damaged state file stops the build before it starts.
+    analysis.state()?;
     let docker = Docker::connect().await?;
-    let mut labels = HashMap::new();
-    labels.insert("caas.analysis".to_string(), spec.analysis.name.to_string());
-    labels.insert("caas.version".to_string(), spec.analysis.version.clone());
+    // No build-time labels: the legacy builder (engine 20.10) turns each into an extra,
+    // uncached LABEL step, which costs more than the code change itself. The image is tied to
+    // the analysis through its tag and the history instead.
+    let labels = HashMap::new();
     let opts = BuildOptions {
         context,
         dockerfile: dockerfile.to_string_lossy().into_owned(),
@@ -97,6 +102,25 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
     let id = result.map_err(|e| match e {
         caas_runtime::RuntimeError::BuildFailed { .. } => user(e.to_string()),
         other => other.into(),
+    })?;
+    let image = ImageRef {
+        tag: tag.clone(),
+        id: id.clone(),
+    };
+    analysis.update(|state| {
+        // A rebuild that changed nothing is not a new history entry.
+        if state.history.last().map(|e| &e.image) != Some(&image) {
+            state.history.push(Entry {
+                kind: "build".into(),
+                image: image.clone(),
+                parent: None,
+                time: chrono::Utc::now(),
+                message: None,
+                diff: None,
+                build: Some(BuildSummary { steps, cached }),
+            });
+        }
+        state.active = Some(image.clone());
     })?;
     if args.json {
         println!(

@@ -2,8 +2,11 @@
 //! code. All the work is in the library crates; this file only wires them to a terminal.
 
 mod build;
+mod dev;
 mod errors;
+mod new;
 mod run;
+mod state;
 mod upload;
 
 use std::process::ExitCode;
@@ -33,6 +36,20 @@ enum Command {
     Run(run::RunArgs),
     /// Build the analysis' image from its Dockerfile.
     Build(build::BuildArgs),
+    /// Scaffold a new analysis folder (caas.toml, Dockerfile, entry script, sample data).
+    New(new::NewArgs),
+    /// Open an interactive shell in the analysis' development container.
+    Shell(dev::ShellArgs),
+    /// Run one command in the analysis' development container.
+    Exec(dev::ExecArgs),
+    /// Commit the development container to a new image and make it the active one.
+    Save(dev::SaveArgs),
+    /// List every image built or saved for this analysis.
+    History(dev::HistoryArgs),
+    /// Remove the development container (refused when it holds unsaved changes).
+    Reset(dev::ResetArgs),
+    /// Remove this analysis' stopped containers and untagged images (nothing else).
+    Prune(dev::PruneArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -54,6 +71,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Build(args) => build::build(args).await,
+        Command::New(args) => new::new(args),
+        Command::Shell(args) => dev::shell(args).await,
+        Command::Exec(args) => dev::exec(args).await,
+        Command::Save(args) => dev::save(args).await,
+        Command::History(args) => dev::history(args).await,
+        Command::Reset(args) => dev::reset(args).await,
+        Command::Prune(args) => dev::prune(args).await,
     }
 }
 

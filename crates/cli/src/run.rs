@@ -11,13 +11,19 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{JobRequest, Observer, run_job};
-use caas_runtime::{Docker, StreamKind};
+use caas_runtime::{BindMount, Docker, StreamKind};
 use caas_spec::layout::{configs_prefix, inputs_prefix};
-use caas_spec::{AnalysisSpec, FileName, GroupName, JobTimestamp};
+use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
 
+use crate::dev::{active_image, credentials_file};
 use crate::errors::user;
+use crate::state::Analysis;
 use crate::upload::put_input;
+
+/// Where `caas run` mounts a credentials file (readable by the task's unprivileged user);
+/// `AWS_SHARED_CREDENTIALS_FILE` points at it.
+const RUN_CREDENTIALS_TARGET: &str = "/run/caas/credentials";
 
 /// Arguments of `caas run`.
 #[derive(Debug, Args)]
@@ -50,9 +56,16 @@ pub struct RunArgs {
     /// Names the job folder; default: now. A timestamp that was used before is refused.
     #[arg(long)]
     timestamp: Option<String>,
-    /// Run this image instead of the analysis' own.
+    /// Run this image instead of the analysis' active one (the last built or saved).
     #[arg(long)]
     image: Option<String>,
+    /// Mount the analysis source (`[environment] source`) read-only over the image's copy, so
+    /// a code change needs no rebuild (`caas build` brings the image up to date).
+    #[arg(long)]
+    dev: bool,
+    /// Mount this credentials file read-only (default: the analysis' `[run] credentials`).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
     /// Print a JSON summary on stdout (the container's output then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -82,8 +95,9 @@ impl Observer for Terminal {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let spec_path = args.analysis.join("caas.toml");
-    let spec = AnalysisSpec::load(&spec_path).map_err(|e| user(e.to_string()))?;
+    let analysis = Analysis::load(&args.analysis)?;
+    let mut spec = analysis.spec.clone();
+    let state = analysis.state()?;
     let group = match &args.group {
         Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
         None => GroupName::default_for_user(std::env::var("USER").ok().as_deref()),
@@ -115,7 +129,58 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not look for orphaned containers"),
     }
-    let image = args.image.clone().unwrap_or_else(|| spec.default_image());
+    let image = match &args.image {
+        Some(i) => i.clone(),
+        None if state.active.is_some() => {
+            // By tag while the tag still names the active image (the record then shows both);
+            // by id once the tag has moved on.
+            let active = active_image(&docker, &analysis, &state).await?;
+            match docker.image_info(&active.tag).await? {
+                Some(i) if i.id == active.id => active.tag,
+                _ => active.id,
+            }
+        }
+        None => analysis.build_tag(),
+    };
+    let mut extra_mounts = Vec::new();
+    if args.dev {
+        let Some(src) = analysis.source_dir() else {
+            return Err(user(format!(
+                "--dev needs `[environment] source = \"<folder>\"` in {} (the folder the \
+                 Dockerfile copies to {})",
+                analysis.dir.join("caas.toml").display(),
+                spec.source_target()
+            )));
+        };
+        if !src.is_dir() {
+            return Err(user(format!(
+                "the analysis source {} does not exist",
+                src.display()
+            )));
+        }
+        eprintln!(
+            "caas: --dev: {} is mounted over {} in {image}: code changes need no rebuild; \
+             `caas build` brings the image up to date",
+            src.display(),
+            spec.source_target()
+        );
+        extra_mounts.push(BindMount {
+            source: src,
+            target: spec.source_target().to_string(),
+            read_only: true,
+        });
+    }
+    if let Some(cred) = credentials_file(&analysis, args.credentials.as_deref())? {
+        extra_mounts.push(BindMount {
+            source: cred,
+            target: RUN_CREDENTIALS_TARGET.to_string(),
+            read_only: true,
+        });
+        spec.run.env.insert(
+            "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+            RUN_CREDENTIALS_TARGET.to_string(),
+        );
+    }
 
     let data = put_input(&store, &args.data, &inputs_prefix(&group), "dataset").await?;
     let config = put_input(&store, &args.config, &configs_prefix(&group), "config").await?;
@@ -138,7 +203,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         config,
         image,
         origin: "caas run".into(),
-        extra_mounts: Vec::new(),
+        extra_mounts,
         concurrency: 1,
         work_root,
     };

@@ -77,7 +77,7 @@ fn is_permanent_500(e: &BollardError) -> bool {
     .any(|s| m.contains(s))
 }
 
-fn status_of(e: &BollardError) -> Option<u16> {
+pub(crate) fn status_of(e: &BollardError) -> Option<u16> {
     match e {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,

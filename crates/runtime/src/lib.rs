@@ -6,9 +6,14 @@
 //! [`Outcome`], so "the engine is down" and "the analysis exited 3" never mix.
 
 mod build;
+mod dev;
 mod docker;
 
 pub use build::{BuildEvent, BuildOptions};
+pub use dev::{
+    ContainerState, DevSpec, ExecInput, ExecOutput, FileChange, ImageDetails, LABEL_DEV,
+    LABEL_FOLDER, collect_output,
+};
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
 
 use std::collections::BTreeMap;

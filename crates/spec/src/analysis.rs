@@ -17,6 +17,8 @@ use crate::units::{ByteSize, HumanDuration};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The default in-container io dir.
 pub const DEFAULT_IO_DIR: &str = "/io";
+/// Where the scaffolded Dockerfiles copy the analysis source in the image.
+pub const DEFAULT_SOURCE_TARGET: &str = "/opt/analysis";
 /// The placeholders the run command may use.
 pub const PLACEHOLDERS: [&str; 6] = ["data", "config", "results", "group", "job", "dataset"];
 
@@ -68,6 +70,13 @@ pub struct EnvironmentSection {
     /// The build context, relative to the folder of `caas.toml` (default: that folder).
     #[serde(default)]
     pub context: Option<PathBuf>,
+    /// The analysis source folder, relative to the folder of `caas.toml`, that the Dockerfile
+    /// copies into the image; `caas run --dev` and `caas shell` mount it over the image's copy.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    /// Where the image holds its copy of `source` (default [`DEFAULT_SOURCE_TARGET`]).
+    #[serde(default)]
+    pub source_target: Option<String>,
 }
 
 /// `[run]`
@@ -86,6 +95,10 @@ pub struct RunSection {
     /// `uid[:gid]` to run as; default: the image's non-root user, else an unprivileged one.
     #[serde(default)]
     pub user: Option<String>,
+    /// A credentials file (host path; `~/` is the user's home) the analysis needs; mounted
+    /// read-only by `caas run` and `caas shell`, never copied into an image.
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
 }
 
 /// The entry command: an argv list, or one shell string.
@@ -191,6 +204,28 @@ impl AnalysisSpec {
                 format!("{image:?} is not an image reference"),
             ));
         }
+        if let Some(src) = &self.environment.source
+            && (src.is_absolute()
+                || src
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir)))
+        {
+            return Err(invalid(
+                "source",
+                format!(
+                    "{:?} must be a folder inside the analysis folder (relative, without '..')",
+                    src.display()
+                ),
+            ));
+        }
+        if let Some(t) = &self.environment.source_target
+            && (!t.starts_with('/') || t == "/" || t.split('/').any(|s| s == ".."))
+        {
+            return Err(invalid(
+                "source_target",
+                format!("{t:?} must be an absolute path other than / and without '..'"),
+            ));
+        }
         let argv = self.argv_template();
         if argv.is_empty() || argv[0].trim().is_empty() {
             return Err(invalid("command", "the command must not be empty".into()));
@@ -255,6 +290,14 @@ impl AnalysisSpec {
             Command::Argv(v) => v.clone(),
             Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
         }
+    }
+
+    /// Where the image holds the analysis source (`[environment] source_target`).
+    pub fn source_target(&self) -> &str {
+        self.environment
+            .source_target
+            .as_deref()
+            .unwrap_or(DEFAULT_SOURCE_TARGET)
     }
 
     /// The task timeout.
@@ -497,6 +540,29 @@ memory = "512MiB"            # bytes with IEC/SI units
             .unwrap_err()
             .to_string();
         assert!(err.contains("analysis name"), "{err}");
+    }
+
+    #[test]
+    fn dev_keys_are_optional_and_checked() {
+        let s = parse(MINIMAL).unwrap();
+        assert!(s.environment.source.is_none() && s.run.credentials.is_none());
+        assert_eq!(s.source_target(), DEFAULT_SOURCE_TARGET);
+        let text = MINIMAL.replace(
+            "[run]\n",
+            "source = \"src\"\nsource_target = \"/srv/a\"\n\n[run]\ncredentials = \"~/.aws/credentials\"\n",
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(s.environment.source, Some(PathBuf::from("src")));
+        assert_eq!(s.source_target(), "/srv/a");
+        assert!(s.run.credentials.is_some());
+        let err = parse(&text.replace("\"src\"", "\"../src\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`source`") && err.contains("line 10"), "{err}");
+        let err = parse(&text.replace("\"/srv/a\"", "\"srv\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source_target"), "{err}");
     }
 
     #[test]
