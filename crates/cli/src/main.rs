@@ -4,7 +4,9 @@
 mod build;
 mod errors;
 mod run;
+mod serve;
 mod upload;
+mod user;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,20 @@ enum Command {
     Run(run::RunArgs),
     /// Build the analysis' image from its Dockerfile.
     Build(build::BuildArgs),
+    /// Run the job manager: watch a store's submissions and run them (the service).
+    Serve(serve::ServeArgs),
+    /// Put datasets (or configs) into a store.
+    Upload(user::UploadArgs),
+    /// Submit a job: write <group>/submissions/<timestamp>submit.json.
+    Submit(user::SubmitArgs),
+    /// Show jobs, or one job, from the store.
+    Status(user::StatusArgs),
+    /// Print a job's output (stdout, or --stderr), --follow while it runs.
+    Logs(user::LogsArgs),
+    /// Download a job's results and logs.
+    Results(user::ResultsArgs),
+    /// Ask the manager to cancel a job.
+    Cancel(user::JobArg),
 }
 
 fn init_tracing(verbose: u8) {
@@ -54,6 +70,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Build(args) => build::build(args).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Upload(args) => user::upload(args).await,
+        Command::Submit(args) => user::submit(args).await,
+        Command::Status(args) => user::status(args).await,
+        Command::Logs(args) => user::logs(args).await,
+        Command::Results(args) => user::results(args).await,
+        Command::Cancel(args) => user::cancel(args).await,
     }
 }
 

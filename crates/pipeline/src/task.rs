@@ -37,6 +37,18 @@ pub(crate) struct TaskCtx {
     pub job: JobId,
     pub writer: Arc<JobWriter>,
     pub cancel: CancellationToken,
+    /// Permits held while the task is staged and runs.
+    pub slots: Vec<Arc<tokio::sync::Semaphore>>,
+    /// Resuming after a restart: adopt the task's container if it still exists.
+    pub resume: bool,
+}
+
+/// How the container of a task comes to run.
+enum Exec {
+    /// Created and started now.
+    Fresh(Box<ContainerSpec>),
+    /// Started by an earlier manager process; re-attached by id.
+    Adopt(String),
 }
 
 /// Run task `idx` to a terminal state; only a failure to record it is an error.
@@ -46,7 +58,19 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
         .work_root
         .join(ctx.job.folder())
         .join(idx.to_string());
+    // Wait for a slot (the manager's limits); a cancellation while waiting ends the task.
+    let mut permits = Vec::with_capacity(ctx.slots.len());
+    for slot in &ctx.slots {
+        tokio::select! {
+            p = slot.clone().acquire_owned() => match p {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            },
+            () = ctx.cancel.cancelled() => break,
+        }
+    }
     let result = run_task_inner(ctx, idx, &work).await;
+    drop(permits);
     let _ = std::fs::remove_dir_all(&work);
     match result {
         Ok(()) => Ok(()),
@@ -171,8 +195,44 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
     let task_id = format!("{}.{idx}", ctx.job.folder());
-    let paths = ctx.writer.paths.clone();
 
+    if ctx.resume {
+        let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
+        if task.state.is_terminal() {
+            return Ok(());
+        }
+        let results_dir = work.join("results");
+        if let Some(id) = find_container(ctx, &task_id).await? {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: adopted its running container after a restart"
+                ))
+                .await?;
+            let start = task.started.unwrap_or_else(Utc::now);
+            return supervise_and_finish(ctx, idx, work, &results_dir, start, Exec::Adopt(id))
+                .await;
+        }
+        if matches!(task.state, State::Running | State::Uploading) {
+            let reason = format!(
+                "lost: the job manager stopped while this task was {} and its container is gone, \
+                 so its exit code is unknown; submit it again with a new timestamp",
+                task.state
+            );
+            ctx.writer
+                .log(&format!("[Job Manager] dataset {key}: {reason}"))
+                .await?;
+            ctx.writer
+                .update_task(idx, |t, _| {
+                    t.state = State::Lost;
+                    t.reason = Some(reason);
+                    t.finished = Some(Utc::now());
+                    t.container_id = None;
+                })
+                .await?;
+            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            return Ok(());
+        }
+    }
     if ctx.cancel.is_cancelled() {
         return cancel_before_start(ctx, idx).await;
     }
@@ -297,6 +357,47 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         ))
         .await?;
 
+    supervise_and_finish(
+        ctx,
+        idx,
+        work,
+        &results_dir,
+        start,
+        Exec::Fresh(Box::new(spec)),
+    )
+    .await
+}
+
+/// The task's container by its labels (`caas.task` and this store), if it still exists.
+async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, PipelineError> {
+    let found = ctx
+        .docker
+        .list_by_label(&format!("{LABEL_TASK}={task_id}"))
+        .await?;
+    Ok(found
+        .into_iter()
+        .find(|(_, _, labels)| {
+            labels.get("caas.store").map(String::as_str) == Some(ctx.store.location())
+        })
+        .map(|(id, _, _)| id))
+}
+
+/// Run or adopt the container, stream its output to the store, then record the outcome, the
+/// results, the ledger entry.
+async fn supervise_and_finish(
+    ctx: &TaskCtx,
+    idx: usize,
+    work: &Path,
+    results_dir: &Path,
+    start: chrono::DateTime<Utc>,
+    exec: Exec,
+) -> Result<(), PipelineError> {
+    let req = &ctx.req;
+    let key = &req.datasets[idx];
+    let dataset = key.basename().clone();
+    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let paths = ctx.writer.paths.clone();
+    let adopted = matches!(exec, Exec::Adopt(_));
     // Output: to the log files, the observer and the status tail, as it comes.
     let mut sink = LogSink::open(
         &ctx.store,
@@ -305,6 +406,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             paths.stream_log(&dataset, "stderr"),
         ],
         work,
+        adopted,
     )?;
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
     let writer = ctx.writer.clone();
@@ -347,7 +449,16 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         (pending, failure)
     });
 
-    let run = ctx.docker.run(&spec, tx, &ctx.cancel, |_| {}).await;
+    let run = match &exec {
+        Exec::Fresh(spec) => ctx.docker.run(spec, tx, &ctx.cancel, |_| {}).await,
+        Exec::Adopt(id) => {
+            let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
+            let remaining = req.spec.timeout().saturating_sub(elapsed);
+            ctx.docker
+                .adopt(id, remaining, STOP_GRACE, tx, &ctx.cancel)
+                .await
+        }
+    };
     let (tail, log_failure) = consumer.await.unwrap_or_else(|_| (Vec::new(), None));
     let report = match run {
         Ok(r) => r,
@@ -376,7 +487,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     } else {
         paths.results()
     };
-    let moved = collect_results(&ctx.store, &results_dir, &dest).await?;
+    let moved = collect_results(&ctx.store, results_dir, &dest).await?;
     copy_config(&ctx.store, &req.config, &paths.results()).await?;
 
     let finished = Utc::now();
@@ -415,8 +526,13 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             false,
         ),
     };
+    let wall = if adopted {
+        (finished - start).to_std().unwrap_or_default()
+    } else {
+        report.measured.wall
+    };
     let usage = caas_spec::Usage {
-        wall_seconds: report.measured.wall.as_secs_f64(),
+        wall_seconds: wall.as_secs_f64(),
         cpu_seconds: report.measured.cpu_seconds,
         peak_memory_bytes: report.measured.peak_memory_bytes,
     };
