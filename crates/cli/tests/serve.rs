@@ -289,6 +289,7 @@ fn a_reused_timestamp_is_rejected_and_the_earlier_job_is_untouched() {
     assert_eq!(walk(&job), before, "the earlier job changed");
 }
 
+#[allow(clippy::unwrap_used)]
 fn walk(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
