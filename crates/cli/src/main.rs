@@ -49,6 +49,8 @@ enum Command {
     Results(user::ResultsArgs),
     /// Ask the manager to cancel a job.
     Cancel(user::JobArg),
+    /// Report usage and cost per group from the ledger.
+    Cost(user::CostArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -77,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(args) => user::logs(args).await,
         Command::Results(args) => user::results(args).await,
         Command::Cancel(args) => user::cancel(args).await,
+        Command::Cost(args) => user::cost(args).await,
     }
 }
 

@@ -442,3 +442,115 @@ pub async fn cancel(args: JobArg) -> anyhow::Result<i32> {
     );
     Ok(0)
 }
+
+/// Arguments of `caas cost`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  caas cost --store s3://lab-bucket/pca            # every group
+  caas cost --group mylab --since 2026-11-01 --json
+
+Sums the usage ledger logs/<group>/<task>.json (wall time, CPU seconds, cost in USD =
+usage x the analysis' [pricing] table; 0 on a local engine without one).")]
+pub struct CostArgs {
+    /// The store: a local folder or s3://bucket/prefix.
+    #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
+    store: String,
+    /// Only this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Only tasks started on or after this date (YYYY-MM-DD, or an RFC 3339 time).
+    #[arg(long)]
+    since: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn cost(args: CostArgs) -> anyhow::Result<i32> {
+    let store = Store::open(&args.store)?;
+    let since = match &args.since {
+        None => None,
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .or_else(|_| {
+                    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+                })
+                .map_err(|_| {
+                    user(format!(
+                        "--since {s:?}: give YYYY-MM-DD or an RFC 3339 time"
+                    ))
+                })?,
+        ),
+    };
+    let groups: Vec<String> = match &args.group {
+        Some(g) => vec![
+            g.parse::<GroupName>()
+                .map_err(|e| user(e.to_string()))?
+                .to_string(),
+        ],
+        None => store
+            .list_dir("logs")
+            .await?
+            .0
+            .into_iter()
+            .filter(|g| g.parse::<GroupName>().is_ok() && g != "active")
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for g in groups {
+        let entries = store.list(&format!("logs/{g}")).await?;
+        let values: Vec<Value> = futures::stream::iter(entries)
+            .map(|o| {
+                let store = store.clone();
+                async move {
+                    store
+                        .get_small(o.location.as_ref(), 1 << 20)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                }
+            })
+            .buffer_unordered(32)
+            .filter_map(|v| async move { v })
+            .collect()
+            .await;
+        let (mut tasks, mut usd, mut wall, mut cpu) = (0u64, 0.0, 0.0, 0.0);
+        for v in values {
+            let start = v["start"]
+                .as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+            if let (Some(since), Some(start)) = (since, start)
+                && start < since
+            {
+                continue;
+            }
+            tasks += 1;
+            usd += v["cost_usd"].as_f64().unwrap_or(0.0);
+            wall += v["usage"]["wall_seconds"].as_f64().unwrap_or(0.0);
+            cpu += v["usage"]["cpu_seconds"].as_f64().unwrap_or(0.0);
+        }
+        rows.push(json!({"group": g, "tasks": tasks, "cost_usd": usd, "wall_seconds": wall, "cpu_seconds": cpu}));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<20} {:>8} {:>12} {:>12} {:>12}",
+            "GROUP", "TASKS", "COST (USD)", "WALL (s)", "CPU (s)"
+        );
+        for r in &rows {
+            println!(
+                "{:<20} {:>8} {:>12.4} {:>12.1} {:>12.1}",
+                r["group"].as_str().unwrap_or_default(),
+                r["tasks"],
+                r["cost_usd"].as_f64().unwrap_or(0.0),
+                r["wall_seconds"].as_f64().unwrap_or(0.0),
+                r["cpu_seconds"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(0)
+}

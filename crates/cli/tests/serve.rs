@@ -571,3 +571,71 @@ fn sigterm_with_stop_on_exit_records_running_tasks_as_cancelled() {
     assert_eq!(read_json(&job.join("job.json"))["state"], "cancelled");
     assert!(containers_of_job(&store, "job__svc-term_term1").is_empty());
 }
+
+/// Costs go to the ledger (usage × the analysis' price table); a submission whose estimate
+/// exceeds what the group has left is rejected before compute, with the numbers.
+#[test]
+fn budgets_reject_before_compute_and_caas_cost_reports_the_ledger() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "svc-budget",
+        "echo ran > {results}/ran.txt",
+        "[pricing]\nwall_hour = 3600.0\n\n[budget]\ndefault = 1000\ngroups = { lab = 5 }\n",
+    ));
+    let store = sb.store();
+    setup_inputs(&store);
+    put(&store, "lab/configs/short.yaml", b"__duration__: 0.05\n");
+    put(&store, "lab/configs/long.yaml", b"__duration__: 10\n");
+    let st = store.to_str().unwrap();
+    let _srv = Server::start(st, &[&a], &[], &sb.path().join("serve.log"));
+    put(
+        &store,
+        "lab/submissions/cheapsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/short.yaml", "cheap"),
+    );
+    let cheap = store.join("lab/results/job__svc-budget_cheap");
+    assert!(wait_end(&cheap, LIMIT), "{}", _srv.log_text());
+    let rec = read_json(&cheap.join("job.json"));
+    assert_eq!(rec["state"], "succeeded", "{rec}");
+    let cost = rec["tasks"][0]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{rec}");
+    let cert = std::fs::read_to_string(cheap.join("logs/certificate.txt")).unwrap();
+    assert!(
+        cert.contains("Projected total costs: $3.00. Remaining budget: $5.00"),
+        "{cert}"
+    );
+    let ledger = read_json(&store.join("logs/lab/job__svc-budget_cheap.0.json"));
+    assert_eq!(ledger["cost_usd"].as_f64().unwrap(), cost);
+
+    put(
+        &store,
+        "lab/submissions/dearsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/long.yaml", "dear"),
+    );
+    let dear = store.join("lab/results/job__svc-budget_dear");
+    assert!(wait_end(&dear, LIMIT));
+    let rec = read_json(&dear.join("job.json"));
+    assert_eq!(rec["state"], "rejected", "{rec}");
+    let cert = std::fs::read_to_string(dear.join("logs/certificate.txt")).unwrap();
+    assert!(cert.contains("Projected total costs: $600.00"), "{cert}");
+    assert!(
+        cert.contains("Over budget ($5.00), cancelling job. Contact administrator."),
+        "{cert}"
+    );
+    assert!(!dear.join("process_results/ran.txt").exists());
+
+    let out = caas()
+        .args(["cost", "--store", st, "--group", "lab", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(rows[0]["tasks"], 1);
+    assert!((rows[0]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
+    let out = caas()
+        .args(["cost", "--store", st, "--since", "2999-01-01", "--json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(rows[0]["tasks"], 0, "{rows}");
+}

@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use caas_pipeline::{JobOptions, JobRequest, Observer, PipelineError, run_job_with};
+use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Docker;
 use caas_spec::layout::{END_MARKER_BODY, JobPaths, submissions_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
@@ -79,6 +79,8 @@ struct Inner {
     groups: Mutex<HashMap<GroupName, Arc<Semaphore>>>,
     running: Mutex<HashMap<String, CancellationToken>>,
     jobs: Mutex<JoinSet<()>>,
+    /// What each group has spent (USD), read from the ledger once, then kept up to date.
+    spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
 }
 
 /// A running manager.
@@ -148,6 +150,7 @@ impl Manager {
             groups: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             jobs: Mutex::new(JoinSet::new()),
+            spent: tokio::sync::Mutex::new(HashMap::new()),
             cfg,
         });
 
@@ -298,6 +301,30 @@ impl Inner {
         self.process(group, key, id, false).await
     }
 
+    /// What `group` has spent: the sum of its ledger (`logs/<group>/*.json`), read once.
+    async fn spent(&self, group: &GroupName) -> Result<f64, ManagerError> {
+        let mut spent = self.spent.lock().await;
+        if let Some(s) = spent.get(group) {
+            return Ok(*s);
+        }
+        let mut total = 0.0;
+        for o in self.cfg.store.list(&format!("logs/{group}")).await? {
+            if let Some(b) = self
+                .cfg
+                .store
+                .get_small(o.location.as_ref(), 1 << 20)
+                .await?
+            {
+                total += serde_json::from_slice::<Value>(&b)
+                    .ok()
+                    .and_then(|v| v["cost_usd"].as_f64())
+                    .unwrap_or(0.0);
+            }
+        }
+        spent.insert(group.clone(), total);
+        Ok(total)
+    }
+
     fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
         match raw.and_then(|v| v.get("analysis")) {
             None | Some(Value::Null) => Ok(&self.cfg.analyses[0]),
@@ -428,9 +455,17 @@ impl Inner {
             slots.push(g);
         }
         slots.push(self.global.clone());
+        let budget = match analysis.spec.budget.for_group(group) {
+            Some(total_usd) => Some(Budget {
+                total_usd,
+                spent_usd: self.spent(group).await?,
+            }),
+            None => None,
+        };
         let mut opts = JobOptions {
             slots,
             resume: None,
+            budget,
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?
@@ -477,6 +512,12 @@ impl Inner {
         }
         match r {
             Ok(outcome) => {
+                let cost: f64 = outcome.record.tasks.iter().map(|t| t.cost_usd).sum();
+                if cost > 0.0
+                    && let Some(s) = self.spent.lock().await.get_mut(group)
+                {
+                    *s += cost;
+                }
                 tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
                 Ok(())
             }

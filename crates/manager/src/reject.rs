@@ -95,7 +95,13 @@ pub(crate) async fn write_rejection(
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     json.push(b'\n');
-    if !store.create(&format!("{root}/job.json"), json).await? {
+    if !store.create(&format!("{root}/job.json"), json).await?
+        && store
+            .head(&format!("{root}/process_results/end.txt"))
+            .await?
+            .is_some()
+    {
+        // Written completely before (a resumed manager processing it again).
         return Ok(root);
     }
     let timestamp: JobTimestamp = folder_ts

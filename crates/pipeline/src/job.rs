@@ -60,6 +60,18 @@ pub struct JobOptions {
     /// from the start, its exit collected), a task that never started runs, and a task whose
     /// container is gone is marked `lost` with the reason.
     pub resume: Option<JobRecord>,
+    /// The group's budget and what it has spent so far, USD: a job whose estimated cost is
+    /// more than what is left is rejected before any compute, with the numbers.
+    pub budget: Option<Budget>,
+}
+
+/// A group's budget, for the check before compute.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// The whole budget.
+    pub total_usd: f64,
+    /// Spent by finished tasks (the ledger).
+    pub spent_usd: f64,
 }
 
 /// How a job ended.
@@ -343,7 +355,14 @@ pub async fn run_job_with(
 
     let validated = match known_image {
         Some(id) if past_validation => Ok(id),
-        _ => validate(store, docker, &req).await?,
+        _ => match validate(store, docker, &req, opts.budget).await? {
+            Ok((id, Some(projection))) => {
+                writer.log(&format!("[Job Manager] {projection}")).await?;
+                Ok(id)
+            }
+            Ok((id, None)) => Ok(id),
+            Err(problem) => Err(problem),
+        },
     };
     match validated {
         Err(problem) => {
@@ -457,7 +476,8 @@ async fn validate(
     store: &Store,
     docker: &Docker,
     req: &JobRequest,
-) -> Result<Result<String, String>, PipelineError> {
+    budget: Option<Budget>,
+) -> Result<Result<(String, Option<String>), String>, PipelineError> {
     let mut names = BTreeSet::new();
     for key in &req.datasets {
         let base = key.basename().as_str();
@@ -517,11 +537,40 @@ async fn validate(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Err(e) = caas_spec::config::parse_config(req.config.basename().as_str(), &config) {
-        return Ok(Err(e.to_string()));
-    }
+    let parsed = match caas_spec::config::parse_config(req.config.basename().as_str(), &config) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let projection = match budget {
+        None => None,
+        Some(b) => {
+            // NeuroCAAS' reserved `__duration__` (minutes per task), else the time limit.
+            let hours = parsed
+                .as_ref()
+                .and_then(|v| v.get("__duration__"))
+                .and_then(serde_json::Value::as_f64)
+                .map_or_else(|| req.spec.timeout().as_secs_f64() / 3600.0, |m| m / 60.0);
+            let per_task = req.spec.pricing.estimate(
+                hours,
+                req.spec.resources.cpus.unwrap_or(1.0),
+                req.spec.resources.memory.map_or(0, |m| m.0),
+            );
+            let projected = per_task * req.datasets.len() as f64;
+            let remaining = b.total_usd - b.spent_usd;
+            if projected > remaining {
+                return Ok(Err(format!(
+                    "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}. \
+                     Over budget (${:.2}), cancelling job. Contact administrator.",
+                    b.total_usd
+                )));
+            }
+            Some(format!(
+                "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}"
+            ))
+        }
+    };
     match docker.image_info(&req.image).await? {
-        Some(info) => Ok(Ok(info.id)),
+        Some(info) => Ok(Ok((info.id, projection))),
         None => Ok(Err(format!(
             "image {:?} was not found on the Docker engine; build it with `caas build` first",
             req.image

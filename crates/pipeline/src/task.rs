@@ -340,7 +340,14 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     ctx.store
         .put(
             &active_entry(&task_id),
-            serde_json::to_vec_pretty(&ledger_json(ctx, idx, start, None, 0.0)).unwrap_or_default(),
+            serde_json::to_vec_pretty(&ledger_json(
+                ctx,
+                idx,
+                start,
+                None,
+                req.spec.pricing.wall_hour,
+            ))
+            .unwrap_or_default(),
         )
         .await?;
     ctx.writer
@@ -536,6 +543,7 @@ async fn supervise_and_finish(
         cpu_seconds: report.measured.cpu_seconds,
         peak_memory_bytes: report.measured.peak_memory_bytes,
     };
+    let cost = req.spec.pricing.cost(&usage);
     ctx.writer
         .update_task(idx, |t, _| {
             t.state = state;
@@ -544,6 +552,7 @@ async fn supervise_and_finish(
             t.oom_killed = oom;
             t.finished = Some(finished);
             t.usage = usage.clone();
+            t.cost_usd = cost;
         })
         .await?;
     ctx.writer
@@ -558,7 +567,13 @@ async fn supervise_and_finish(
         ))
         .await?;
 
-    let ledger = ledger_json(ctx, idx, start, Some((finished, &usage)), 0.0);
+    let ledger = ledger_json(
+        ctx,
+        idx,
+        start,
+        Some((finished, &usage)),
+        req.spec.pricing.wall_hour,
+    );
     ctx.store
         .put(
             &ledger_entry(&req.group, &task_id),
@@ -721,7 +736,7 @@ fn ledger_json(
             "cpu_seconds": u.cpu_seconds,
             "peak_memory_bytes": u.peak_memory_bytes,
         })),
-        "cost_usd": end.map(|(_, u)| price_per_hour * u.wall_seconds / 3600.0),
+        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
     })
 }
 
