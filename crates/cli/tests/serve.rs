@@ -639,3 +639,88 @@ fn budgets_reject_before_compute_and_caas_cost_reports_the_ledger() {
     let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(rows[0]["tasks"], 0, "{rows}");
 }
+
+/// `kill -9` of the manager at arbitrary moments (claiming, validating, staging, running,
+/// uploading), restarted each time: every job ends in a terminal state with end.txt, no job is
+/// run twice or rejected as a duplicate, no log line is doubled, no container is left.
+#[test]
+fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "svc-chaos",
+        "echo one; sleep 0.3; echo two; echo r > {results}/r.txt",
+        "",
+    ));
+    let store = sb.store();
+    setup_inputs(&store);
+    let st = store.to_str().unwrap();
+    let n = 6;
+    for i in 0..n {
+        put(
+            &store,
+            &format!("lab/submissions/z{i}submit.json"),
+            &submission(
+                r#"["lab/inputs/a.csv", "lab/inputs/b.csv"]"#,
+                "lab/configs/c.yaml",
+                &format!("z{i}"),
+            ),
+        );
+    }
+    for (round, delay_ms) in [150u64, 350, 500, 250, 700, 400].into_iter().enumerate() {
+        let mut srv = Server::start(
+            st,
+            &[&a],
+            &["--id", "chaos", "--concurrency", "3"],
+            &sb.path().join(format!("serve{round}.log")),
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        srv.kill9();
+    }
+    let last = Server::start(st, &[&a], &["--id", "chaos"], &sb.path().join("last.log"));
+    for i in 0..n {
+        let job = store.join(format!("lab/results/job__svc-chaos_z{i}"));
+        assert!(wait_end(&job, LIMIT), "z{i}: {}", last.log_text());
+        let rec = read_json(&job.join("job.json"));
+        let state = rec["state"].as_str().unwrap();
+        assert!(
+            matches!(state, "succeeded" | "lost"),
+            "z{i} ended {state}: {rec}"
+        );
+        for (t, ds) in rec["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(["a.csv", "b.csv"])
+        {
+            assert!(
+                matches!(t["state"].as_str(), Some("succeeded" | "lost")),
+                "z{i}: {t}"
+            );
+            if t["state"] == "succeeded" {
+                assert_eq!(
+                    std::fs::read_to_string(job.join(format!("logs/{ds}.stdout.log"))).unwrap(),
+                    "one\ntwo\n",
+                    "z{i} {ds}"
+                );
+                assert!(job.join(format!("process_results/{ds}/r.txt")).is_file());
+            } else {
+                assert!(t["reason"].as_str().unwrap().contains("lost"), "{t}");
+            }
+        }
+        let name = format!("job__svc-chaos_z{i}");
+        assert!(wait_for(Duration::from_secs(20), || containers_of_job(
+            &store, &name
+        )
+        .is_empty()));
+    }
+    assert!(
+        job_folders(&store, "lab", "rejected").is_empty(),
+        "a submission ran twice"
+    );
+    assert!(wait_for(Duration::from_secs(10), || {
+        std::fs::read_dir(store.join("_caas/active/chaos"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    }));
+}

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use caas_runtime::{
-    BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Outcome, OutputChunk,
+    BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
+    OutputChunk, RunReport,
 };
 use caas_spec::analysis::fill_placeholders;
 use caas_spec::layout::{active_entry, ledger_entry};
@@ -211,6 +212,30 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             let start = task.started.unwrap_or_else(Utc::now);
             return supervise_and_finish(ctx, idx, work, &results_dir, start, Exec::Adopt(id))
                 .await;
+        }
+        if task.state == State::Uploading
+            && let Some(code) = task.exit_code
+        {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: finishing its results after a restart (exit code {code})"
+                ))
+                .await?;
+            let report = RunReport {
+                outcome: if task.oom_killed {
+                    Outcome::OomKilled { exit_code: code }
+                } else {
+                    Outcome::Exited(code)
+                },
+                measured: Measured {
+                    wall: Duration::from_secs_f64(task.usage.wall_seconds.max(0.0)),
+                    cpu_seconds: task.usage.cpu_seconds,
+                    peak_memory_bytes: task.usage.peak_memory_bytes,
+                },
+                container_id: String::new(),
+            };
+            let start = task.started.unwrap_or_else(Utc::now);
+            return record_outcome(ctx, idx, &results_dir, start, report, Vec::new(), false).await;
         }
         if matches!(task.state, State::Running | State::Uploading) {
             let reason = format!(
@@ -481,110 +506,7 @@ async fn supervise_and_finish(
         tracing::warn!(error = %e, "writing logs failed");
     }
 
-    // Results.
-    ctx.writer
-        .update_task(idx, |t, live| {
-            t.state = State::Uploading;
-            t.container_id = None;
-            push_lines(live, tail);
-        })
-        .await?;
-    let dest = if req.datasets.len() > 1 {
-        format!("{}/{}", paths.results(), dataset)
-    } else {
-        paths.results()
-    };
-    let moved = collect_results(&ctx.store, results_dir, &dest).await?;
-    copy_config(&ctx.store, &req.config, &paths.results()).await?;
-
-    let finished = Utc::now();
-    let limit = req.spec.resources.memory;
-    let timeout = req.spec.timeout();
-    let (state, reason, exit_code, oom) = match report.outcome {
-        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
-        Outcome::Exited(code) => (
-            State::Failed,
-            Some(format!("the analysis exited with code {code}")),
-            Some(code),
-            false,
-        ),
-        Outcome::OomKilled { exit_code } => (
-            State::Failed,
-            Some(format!(
-                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
-                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
-            )),
-            Some(exit_code),
-            true,
-        ),
-        Outcome::TimedOut => (
-            State::TimedOut,
-            Some(format!(
-                "timed out after {}; the container was stopped",
-                humanize(timeout)
-            )),
-            None,
-            false,
-        ),
-        Outcome::Cancelled => (
-            State::Cancelled,
-            Some("cancelled; the container was stopped".to_string()),
-            None,
-            false,
-        ),
-    };
-    let wall = if adopted {
-        (finished - start).to_std().unwrap_or_default()
-    } else {
-        report.measured.wall
-    };
-    let usage = caas_spec::Usage {
-        wall_seconds: wall.as_secs_f64(),
-        cpu_seconds: report.measured.cpu_seconds,
-        peak_memory_bytes: report.measured.peak_memory_bytes,
-    };
-    let cost = req.spec.pricing.cost(&usage);
-    ctx.writer
-        .update_task(idx, |t, _| {
-            t.state = state;
-            t.reason = reason.clone();
-            t.exit_code = exit_code;
-            t.oom_killed = oom;
-            t.finished = Some(finished);
-            t.usage = usage.clone();
-            t.cost_usd = cost;
-        })
-        .await?;
-    ctx.writer
-        .log(&format!(
-            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
-            state.neurocaas_word(),
-            state,
-            reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        ))
-        .await?;
-
-    let ledger = ledger_json(
-        ctx,
-        idx,
-        start,
-        Some((finished, &usage)),
-        req.spec.pricing.wall_hour,
-    );
-    ctx.store
-        .put(
-            &ledger_entry(&req.group, &task_id),
-            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
-                what: "ledger",
-                source,
-            })?,
-        )
-        .await?;
-    ctx.store.delete(&active_entry(&task_id)).await?;
-    Ok(())
+    record_outcome(ctx, idx, results_dir, start, report, tail, adopted).await
 }
 
 async fn cancel_before_start(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
@@ -772,4 +694,140 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         );
     }
+}
+
+/// Move or upload the results and record how the task ended (state, reason, usage, cost, the
+/// ledger entry).
+async fn record_outcome(
+    ctx: &TaskCtx,
+    idx: usize,
+    results_dir: &Path,
+    start: chrono::DateTime<Utc>,
+    report: RunReport,
+    tail: Vec<String>,
+    adopted: bool,
+) -> Result<(), PipelineError> {
+    let req = &ctx.req;
+    let key = &req.datasets[idx];
+    let dataset = key.basename().clone();
+    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let paths = ctx.writer.paths.clone();
+    // Results.
+    ctx.writer
+        .update_task(idx, |t, live| {
+            t.state = State::Uploading;
+            t.container_id = None;
+            // Recorded before the results move, so a restart can finish the task.
+            match report.outcome {
+                Outcome::Exited(code) => t.exit_code = Some(code),
+                Outcome::OomKilled { exit_code } => {
+                    t.exit_code = Some(exit_code);
+                    t.oom_killed = true;
+                }
+                Outcome::TimedOut | Outcome::Cancelled => {}
+            }
+            t.usage = caas_spec::Usage {
+                wall_seconds: report.measured.wall.as_secs_f64(),
+                cpu_seconds: report.measured.cpu_seconds,
+                peak_memory_bytes: report.measured.peak_memory_bytes,
+            };
+            push_lines(live, tail);
+        })
+        .await?;
+    let dest = if req.datasets.len() > 1 {
+        format!("{}/{}", paths.results(), dataset)
+    } else {
+        paths.results()
+    };
+    let moved = collect_results(&ctx.store, results_dir, &dest).await?;
+    copy_config(&ctx.store, &req.config, &paths.results()).await?;
+
+    let finished = Utc::now();
+    let limit = req.spec.resources.memory;
+    let timeout = req.spec.timeout();
+    let (state, reason, exit_code, oom) = match report.outcome {
+        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
+        Outcome::Exited(code) => (
+            State::Failed,
+            Some(format!("the analysis exited with code {code}")),
+            Some(code),
+            false,
+        ),
+        Outcome::OomKilled { exit_code } => (
+            State::Failed,
+            Some(format!(
+                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
+                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
+            )),
+            Some(exit_code),
+            true,
+        ),
+        Outcome::TimedOut => (
+            State::TimedOut,
+            Some(format!(
+                "timed out after {}; the container was stopped",
+                humanize(timeout)
+            )),
+            None,
+            false,
+        ),
+        Outcome::Cancelled => (
+            State::Cancelled,
+            Some("cancelled; the container was stopped".to_string()),
+            None,
+            false,
+        ),
+    };
+    let wall = if adopted {
+        (finished - start).to_std().unwrap_or_default()
+    } else {
+        report.measured.wall
+    };
+    let usage = caas_spec::Usage {
+        wall_seconds: wall.as_secs_f64(),
+        cpu_seconds: report.measured.cpu_seconds,
+        peak_memory_bytes: report.measured.peak_memory_bytes,
+    };
+    let cost = req.spec.pricing.cost(&usage);
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = state;
+            t.reason = reason.clone();
+            t.exit_code = exit_code;
+            t.oom_killed = oom;
+            t.finished = Some(finished);
+            t.usage = usage.clone();
+            t.cost_usd = cost;
+        })
+        .await?;
+    ctx.writer
+        .log(&format!(
+            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
+            state.neurocaas_word(),
+            state,
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ))
+        .await?;
+
+    let ledger = ledger_json(
+        ctx,
+        idx,
+        start,
+        Some((finished, &usage)),
+        req.spec.pricing.wall_hour,
+    );
+    ctx.store
+        .put(
+            &ledger_entry(&req.group, &task_id),
+            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
+                what: "ledger",
+                source,
+            })?,
+        )
+        .await?;
+    ctx.store.delete(&active_entry(&task_id)).await?;
+    Ok(())
 }
