@@ -662,40 +662,6 @@ fn ledger_json(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_choice() {
-        assert_eq!(choose_user(Some("1000"), "").0.as_deref(), Some("1000"));
-        assert_eq!(choose_user(None, "analyst").0, None);
-        let (u, default) = choose_user(None, "root");
-        assert!(default && u.is_some());
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(humantime_like(300), "5m");
-        assert_eq!(humantime_like(3), "3s");
-        assert_eq!(humantime_like(3725), "1h2m5s");
-    }
-
-    #[test]
-    fn container_names_are_valid() {
-        let job = JobId {
-            analysis: "pca".parse().unwrap(),
-            timestamp: "16:52:06.8".parse().unwrap(),
-        };
-        let n = container_name(&job, 0);
-        assert!(n.starts_with("caas-pca-16-52-06.8-0-"), "{n}");
-        assert!(
-            n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        );
-    }
-}
-
 /// Move or upload the results and record how the task ended (state, reason, usage, cost, the
 /// ledger entry).
 async fn record_outcome(
@@ -830,4 +796,38 @@ async fn record_outcome(
         .await?;
     ctx.store.delete(&active_entry(&task_id)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_choice() {
+        assert_eq!(choose_user(Some("1000"), "").0.as_deref(), Some("1000"));
+        assert_eq!(choose_user(None, "analyst").0, None);
+        let (u, default) = choose_user(None, "root");
+        assert!(default && u.is_some());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(humantime_like(300), "5m");
+        assert_eq!(humantime_like(3), "3s");
+        assert_eq!(humantime_like(3725), "1h2m5s");
+    }
+
+    #[test]
+    fn container_names_are_valid() {
+        let job = JobId {
+            analysis: "pca".parse().unwrap(),
+            timestamp: "16:52:06.8".parse().unwrap(),
+        };
+        let n = container_name(&job, 0);
+        assert!(n.starts_with("caas-pca-16-52-06.8-0-"), "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        );
+    }
 }
