@@ -176,12 +176,18 @@ fn every_rejection_is_visible_where_the_user_looks() {
     let a = sb.analysis(&shell_analysis(
         "svc-rej",
         "echo ran > {results}/ran.txt",
-        "",
+        "\n[inputs]\nschema = \"schema.json\"\n",
     ));
+    std::fs::write(
+        a.join("schema.json"),
+        r#"{"type": "object", "required": ["threshold"], "properties": {"threshold": {"type": "integer", "minimum": 1}}}"#,
+    )
+    .unwrap();
     let store = sb.store();
     setup_inputs(&store);
     put(&store, "lab/configs/bad.yaml", b"a: [1,\n");
     put(&store, "lab/configs/bad.json", b"{\"a\": ");
+    put(&store, "lab/configs/schema.yaml", b"threshold: high\n");
     put(&store, "other/inputs/x.csv", b"1\n");
     let mut huge = b"{\"dataname\": \"lab/inputs/a.csv\", \"configname\": \"lab/configs/c.yaml\", \"timestamp\": \"huge\", \"pad\": \"".to_vec();
     huge.extend(std::iter::repeat_n(b'x', 100_000));
@@ -194,6 +200,7 @@ fn every_rejection_is_visible_where_the_user_looks() {
         ("missingconfig", submission(r#""lab/inputs/a.csv""#, "lab/configs/nope.yaml", "r-missingconfig"), "does not exist"),
         ("badyaml", submission(r#""lab/inputs/a.csv""#, "lab/configs/bad.yaml", "r-badyaml"), "YAML is misformatted"),
         ("badjson", submission(r#""lab/inputs/a.csv""#, "lab/configs/bad.json", "r-badjson"), "JSON is misformatted"),
+        ("schema", submission(r#""lab/inputs/a.csv""#, "lab/configs/schema.yaml", "r-schema"), "does not match the analysis' schema: at /threshold"),
         ("dotdot", submission(r#""lab/inputs/../../other/inputs/x.csv""#, "lab/configs/c.yaml", "r-dotdot"), "store path"),
         ("othergroup", submission(r#""other/inputs/x.csv""#, "lab/configs/c.yaml", "r-othergroup"), "outside this group"),
         ("notjson", b"dataname: lab/inputs/a.csv\n".to_vec(), "not valid JSON"),

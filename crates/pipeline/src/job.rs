@@ -541,6 +541,41 @@ async fn validate(
         Ok(v) => v,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    if let Some(schema) = &req.spec.config_schema {
+        let Some(value) = &parsed else {
+            return Ok(Err(format!(
+                "config {} is checked against the analysis' schema: give a .json or .yaml config",
+                req.config
+            )));
+        };
+        let validator = match jsonschema::validator_for(schema) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the analysis' config schema is invalid ({e}); contact the analysis' developer"
+                )));
+            }
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(value)
+            .take(10)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("at {at}: {e}")
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Ok(Err(format!(
+                "config {} does not match the analysis' schema: {}. Fix these values and submit again.",
+                req.config,
+                problems.join("; ")
+            )));
+        }
+    }
     let projection = match budget {
         None => None,
         Some(b) => {

@@ -45,6 +45,9 @@ pub struct AnalysisSpec {
     /// `[budget]`: what each group may spend, in USD (NeuroCAAS' MAXCOST; optional).
     #[serde(default)]
     pub budget: BudgetSection,
+    /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].
+    #[serde(skip)]
+    pub config_schema: Option<serde_json::Value>,
 }
 
 /// `[pricing]`: the price table a task's usage is multiplied by.
@@ -200,6 +203,10 @@ pub struct InputsSection {
     /// The largest dataset accepted (a folder dataset counts all its files).
     #[serde(default)]
     pub max_size: Option<ByteSize>,
+    /// A JSON Schema file (relative to `caas.toml`) every config must satisfy; checked before
+    /// any compute is spent.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
 }
 
 impl AnalysisSpec {
@@ -209,7 +216,26 @@ impl AnalysisSpec {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut spec = Self::parse(&text, path)?;
+        if let Some(rel) = &spec.inputs.schema {
+            let file = path.parent().unwrap_or(Path::new(".")).join(rel);
+            let invalid = |message: String| SpecError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of_key(&text, "schema"),
+                key: "schema".into(),
+                message,
+            };
+            let bytes = std::fs::read(&file)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
+            let schema: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                invalid(format!(
+                    "{} is not a JSON Schema (JSON): {e}",
+                    file.display()
+                ))
+            })?;
+            spec.config_schema = Some(schema);
+        }
+        Ok(spec)
     }
 
     /// Parse and check the text of a `caas.toml`; `path` is only used in messages.
