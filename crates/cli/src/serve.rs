@@ -41,9 +41,10 @@ pub struct ServeArgs {
     /// Time between two polls of the store, e.g. 500ms, 5s.
     #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
     poll: Duration,
-    /// This manager's name: a restarted manager with the same name adopts its jobs.
-    #[arg(long, default_value = "default")]
-    id: String,
+    /// This manager's name (default: the host name): a restarted manager with the same name
+    /// adopts its jobs; give each manager sharing a store its own.
+    #[arg(long)]
+    id: Option<String>,
     /// On SIGTERM stop running tasks (recorded `cancelled`) instead of leaving them to adopt.
     #[arg(long)]
     stop_on_exit: bool,
@@ -66,7 +67,31 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "default".into()
+    } else {
+        name
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let id = args.id.clone().unwrap_or_else(host_name);
     let mut analyses = Vec::new();
     for dir in &args.analysis {
         let spec = AnalysisSpec::load(&dir.join("caas.toml")).map_err(|e| user(e.to_string()))?;
@@ -78,7 +103,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("work"),
-        (None, None) => std::env::temp_dir().join(format!("caas-work-{}", args.id)),
+        (None, None) => std::env::temp_dir().join(format!("caas-work-{id}")),
     };
     let names: Vec<String> = analyses
         .iter()
@@ -92,7 +117,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         group_limit: args.group_limit,
         poll: args.poll,
         work_root,
-        manager_id: args.id.clone(),
+        manager_id: id.clone(),
         stop_on_shutdown: args.stop_on_exit,
     })
     .await

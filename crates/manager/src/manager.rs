@@ -203,6 +203,7 @@ impl Manager {
             Box::new(SubmissionWatcher {
                 inner: inner.clone(),
                 seen,
+                retry: Arc::default(),
             }),
             Box::new(CancelWatcher {
                 inner: inner.clone(),
@@ -295,6 +296,15 @@ impl Inner {
             .create(&claim_key(group, id), claim.to_string())
             .await?
         {
+            let ours = store
+                .get_small(&claim_key(group, id), 1 << 20)
+                .await?
+                .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+                .is_some_and(|c| c["manager"] == self.cfg.manager_id.as_str());
+            if ours {
+                // Our own claim from an attempt that failed part-way: carry on with it.
+                return self.process(group, key, id, true).await;
+            }
             store.delete(&marker).await?;
             return Ok(());
         }
@@ -546,6 +556,7 @@ impl Inner {
 struct SubmissionWatcher {
     inner: Arc<Inner>,
     seen: HashSet<String>,
+    retry: Arc<Mutex<Vec<String>>>,
 }
 
 impl Worker for SubmissionWatcher {
@@ -559,6 +570,12 @@ impl Worker for SubmissionWatcher {
 
     fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
         async move {
+            // Submissions whose handling failed (the store was down) are looked at again.
+            if let Ok(mut r) = self.retry.lock() {
+                for id in r.drain(..) {
+                    self.seen.remove(&id);
+                }
+            }
             let store = self.inner.cfg.store.clone();
             let (groups, _) = store.list_dir("").await?;
             for g in groups {
@@ -577,9 +594,13 @@ impl Worker for SubmissionWatcher {
                     }
                     let inner = self.inner.clone();
                     let group = group.clone();
+                    let retry = self.retry.clone();
                     self.inner.spawn(async move {
                         if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
-                            tracing::error!(submission = %key, error = %e, "job failed to record; it is resumed at the next start");
+                            tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
+                            if let Ok(mut r) = retry.lock() {
+                                r.push(id);
+                            }
                         }
                     });
                 }
