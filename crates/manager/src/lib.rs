@@ -71,3 +71,27 @@ pub fn submission_id(key: &str, meta: &caas_store::ObjectMeta) -> String {
 
 /// The name `caas cancel` writes into a job folder to ask the manager to cancel it.
 pub const CANCEL_FILE: &str = "cancel.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewritten_submission_is_a_new_one() {
+        let meta = |etag: &str| caas_store::ObjectMeta {
+            location: "lab/submissions/asubmit.json".into(),
+            last_modified: chrono::Utc::now(),
+            size: 10,
+            e_tag: Some(etag.into()),
+            version: None,
+        };
+        let k = "lab/submissions/asubmit.json";
+        assert_eq!(submission_id(k, &meta("1")), submission_id(k, &meta("1")));
+        assert_ne!(submission_id(k, &meta("1")), submission_id(k, &meta("2")));
+        assert_eq!(submission_id(k, &meta("1")).len(), 24);
+        let g: caas_spec::GroupName = "lab".parse().unwrap();
+        assert_eq!(claim_key(&g, "x"), "_caas/claims/lab/x.json");
+        // No group can be named like caas's own prefix.
+        assert!("_caas".parse::<caas_spec::GroupName>().is_err());
+    }
+}

@@ -140,3 +140,33 @@ pub(crate) async fn write_rejection(
         .await?;
     Ok(root)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_folders_sit_beside_the_job_and_cannot_escape() {
+        let analysis: AnalysisName = "pca".parse().unwrap();
+        let group: GroupName = "lab".parse().unwrap();
+        let mut r = Rejection {
+            analysis: &analysis,
+            version: "1",
+            group: &group,
+            submission: "lab/submissions/my run submit.json",
+            timestamp: Some("16:52:06.8".into()),
+            id: "0123456789abcdef",
+            problem: "p".into(),
+            hint: "h",
+        };
+        assert_eq!(
+            rejection_root(&r),
+            "lab/results/job__pca_16:52:06.8__rejected-my-run-submit.json-01234567"
+        );
+        r.timestamp = Some("../../etc".into());
+        let root = rejection_root(&r);
+        assert_eq!(root.matches('/').count(), 2, "{root}");
+        r.timestamp = None;
+        assert!(rejection_root(&r).contains("_no-timestamp__rejected-"));
+    }
+}
