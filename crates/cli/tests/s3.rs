@@ -278,3 +278,123 @@ fn serve_on_s3_with_the_aws_cli_as_the_users_client() {
     let claims = aws_ok(&["s3", "ls", "--recursive", &format!("{base}/_caas/claims/")]);
     assert_eq!(claims.lines().count(), 3, "{claims}");
 }
+
+/// `kill -9` of a manager on S3 while its task runs: the restarted manager adopts the
+/// container, re-uploads the whole log once (no line lost or doubled) and finishes the job.
+#[test]
+fn on_s3_a_restarted_manager_adopts_the_running_container() {
+    ensure_s3();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "s3-adopt",
+        "for i in 1 2 3 4; do echo tick $i; sleep 1; done; echo ok > {results}/ok.txt",
+        "",
+    ));
+    let bucket = unique_bucket("adopt");
+    aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
+    let base = format!("s3://{bucket}");
+    aws_ok(&[
+        "s3",
+        "cp",
+        sb.path().join("data.csv").to_str().unwrap(),
+        &format!("{base}/lab/inputs/data.csv"),
+    ]);
+    aws_ok(&[
+        "s3",
+        "cp",
+        sb.path().join("config.yaml").to_str().unwrap(),
+        &format!("{base}/lab/configs/config.yaml"),
+    ]);
+    let start = |log: &str| {
+        let log = sb.path().join(log);
+        let file = std::fs::File::create(&log).unwrap();
+        let mut c = caas();
+        with_aws_env(&mut c)
+            .env("RUST_LOG", "info")
+            .args([
+                "serve", "--store", &base, "--poll", "200ms", "--id", "s3adopt",
+            ])
+            .arg("--analysis")
+            .arg(&a)
+            .arg("--work-dir")
+            .arg(sb.path().join("work"))
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let srv = Server {
+            child: c.spawn().unwrap(),
+            log,
+        };
+        assert!(
+            wait_for(Duration::from_secs(60), || srv
+                .log_text()
+                .contains("caas serve: ready")),
+            "{}",
+            srv.log_text()
+        );
+        srv
+    };
+    let mut first = start("one.log");
+    let mut c = caas();
+    let out = with_aws_env(&mut c)
+        .args(["submit", "--store", &base, "--group", "lab"])
+        .args([
+            "--data",
+            "lab/inputs/data.csv",
+            "--config",
+            "lab/configs/config.yaml",
+        ])
+        .args(["--timestamp", "adopt1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log_key = format!("{base}/lab/results/job__s3-adopt_adopt1/logs/data.csv.stdout.log");
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            let o = aws(&["s3", "cp", &log_key, "-"]);
+            o.status.success() && stdout(&o).contains("tick 2")
+        }),
+        "{}",
+        first.log_text()
+    );
+    first.kill9();
+    let second = start("two.log");
+    assert!(
+        second.log_text().contains("1 job(s) resumed"),
+        "{}",
+        second.log_text()
+    );
+    let status = || -> serde_json::Value {
+        let mut c = caas();
+        let out = with_aws_env(&mut c)
+            .args([
+                "status", "--store", &base, "--group", "lab", "adopt1", "--json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_str(&stdout(&out)).unwrap_or(serde_json::Value::Null)
+    };
+    assert!(
+        wait_for(Duration::from_secs(90), || status()["finished"].is_string()),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(status()["state"], "succeeded", "{}", status());
+    assert_eq!(
+        aws_ok(&["s3", "cp", &log_key, "-"]),
+        "tick 1\ntick 2\ntick 3\ntick 4\n"
+    );
+    aws_ok(&[
+        "s3",
+        "ls",
+        &format!("{base}/lab/results/job__s3-adopt_adopt1/process_results/ok.txt"),
+    ]);
+    let cert = aws_ok(&[
+        "s3",
+        "cp",
+        &format!("{base}/lab/results/job__s3-adopt_adopt1/logs/certificate.txt"),
+        "-",
+    ]);
+    assert!(cert.contains("Detected new job"), "{cert}");
+    assert!(cert.contains("adopted its running container"), "{cert}");
+}
