@@ -731,3 +731,39 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
             == 0
     }));
 }
+
+/// SIGTERM without --stop-on-exit: the manager exits cleanly, the task's container keeps
+/// running, and the next start adopts it and finishes the job.
+#[test]
+fn sigterm_leaves_running_tasks_for_the_next_start_to_adopt() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "svc-handover",
+        "echo a; sleep 2; echo b; echo ok > {results}/ok.txt",
+        "",
+    ));
+    let store = sb.store();
+    setup_inputs(&store);
+    let st = store.to_str().unwrap();
+    let mut srv = Server::start(st, &[&a], &["--id", "h"], &sb.path().join("one.log"));
+    put(
+        &store,
+        "lab/submissions/hsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "h1"),
+    );
+    let job = store.join("lab/results/job__svc-handover_h1");
+    assert!(wait_for(LIMIT, || {
+        std::fs::read_to_string(job.join("logs/a.csv.stdout.log")).is_ok_and(|s| s.contains('a'))
+    }));
+    assert_eq!(srv.term(), Some(0), "{}", srv.log_text());
+    assert!(!job.join("process_results/end.txt").exists());
+    assert_eq!(containers_of_job(&store, "job__svc-handover_h1").len(), 1);
+    let next = Server::start(st, &[&a], &["--id", "h"], &sb.path().join("two.log"));
+    assert!(wait_end(&job, LIMIT), "{}", next.log_text());
+    assert_eq!(read_json(&job.join("job.json"))["state"], "succeeded");
+    assert_eq!(
+        std::fs::read_to_string(job.join("logs/a.csv.stdout.log")).unwrap(),
+        "a\nb\n"
+    );
+    assert!(containers_of_job(&store, "job__svc-handover_h1").is_empty());
+}
