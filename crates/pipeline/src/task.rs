@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -586,6 +587,7 @@ async fn collect_results(
         }
         return Ok(count);
     }
+    let mut files = Vec::new();
     let mut stack = vec![results_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
@@ -596,16 +598,26 @@ async fn collect_results(
                 stack.push(path);
             } else if ft.is_file() {
                 let rel = path.strip_prefix(results_dir).unwrap_or(&path);
-                let rel = rel.to_string_lossy();
-                store
-                    .upload_file(&path, &format!("{dest_key}/{rel}"))
-                    .await?;
-                count += 1;
+                let key = format!("{dest_key}/{}", rel.to_string_lossy());
+                files.push((path, key));
             }
         }
     }
+    // Several files at once (each large one is itself a multipart upload).
+    let uploads: Vec<Result<u64, caas_store::StoreError>> = futures::stream::iter(files)
+        .map(|(path, key)| async move { store.upload_file(&path, &key).await })
+        .buffer_unordered(UPLOADS_AT_ONCE)
+        .collect()
+        .await;
+    for r in uploads {
+        r?;
+        count += 1;
+    }
     Ok(count)
 }
+
+/// Result files uploaded at once to a remote store.
+const UPLOADS_AT_ONCE: usize = 8;
 
 fn count_files(path: &Path) -> usize {
     if path.is_dir() {
