@@ -344,6 +344,17 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
             }
         }
         if !args.follow || done || std::time::Instant::now() > deadline {
+            if let Some(rec) =
+                rec.filter(|r| r.tasks.is_empty() || r.state == caas_spec::State::Rejected)
+            {
+                eprintln!(
+                    "caas: job {} {} ({}){}",
+                    rec.job_id,
+                    rec.state.neurocaas_word(),
+                    rec.state,
+                    rec.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                );
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
