@@ -6,6 +6,8 @@
 #   2. the base image local/busybox:test, made with `docker import` from Debian's busybox-static
 #      (no registry is reachable here, so every image caas's examples and tests use starts from it);
 #   3. tmux, the pseudo-terminal the `caas shell` tests type into.
+#   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
+#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client).
 # A second run with nothing to do takes well under a second.
 set -euo pipefail
 
@@ -57,4 +59,29 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     --change 'ENV PATH=/bin:/usr/bin' --change 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
   rm -rf "$root"; trap - EXIT
 fi
-log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE"
+
+S3_PORT=${CAAS_S3_PORT:-5055}
+VENV=${CAAS_VENV:-/opt/caas-venv}
+if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then
+  log "installing moto[server] and awscli into $VENV"
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m venv "$VENV" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q 'moto[server]' awscli >/tmp/caas-setup-pip.log 2>&1 || {
+    cat /tmp/caas-setup-pip.log >&2; exit 1; }
+fi
+s3_up() { python3 - "$S3_PORT" <<'PY'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2)
+except Exception as e:
+    sys.exit(0 if hasattr(e, "code") else 1)
+PY
+}
+if ! s3_up; then
+  log "starting moto S3 server on 127.0.0.1:$S3_PORT"
+  ( setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" </dev/null >/var/log/caas-moto.log 2>&1 & )
+  for _ in $(seq 1 60); do s3_up && break; sleep 0.5; done
+  s3_up || { log "moto did not start; see /var/log/caas-moto.log"; tail -20 /var/log/caas-moto.log >&2; exit 1; }
+fi
+
+log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE, S3 at http://127.0.0.1:$S3_PORT"

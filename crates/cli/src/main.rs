@@ -6,8 +6,10 @@ mod dev;
 mod errors;
 mod new;
 mod run;
+mod serve;
 mod state;
 mod upload;
+mod user;
 
 use std::process::ExitCode;
 
@@ -50,6 +52,22 @@ enum Command {
     Reset(dev::ResetArgs),
     /// Remove this analysis' stopped containers and untagged images (nothing else).
     Prune(dev::PruneArgs),
+    /// Run the job manager: watch a store's submissions and run them (the service).
+    Serve(serve::ServeArgs),
+    /// Put datasets (or configs) into a store.
+    Upload(user::UploadArgs),
+    /// Submit a job: write <group>/submissions/<timestamp>submit.json.
+    Submit(user::SubmitArgs),
+    /// Show jobs, or one job, from the store.
+    Status(user::StatusArgs),
+    /// Print a job's output (stdout, or --stderr), --follow while it runs.
+    Logs(user::LogsArgs),
+    /// Download a job's results and logs.
+    Results(user::ResultsArgs),
+    /// Ask the manager to cancel a job.
+    Cancel(user::JobArg),
+    /// Report usage and cost per group from the ledger.
+    Cost(user::CostArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -78,6 +96,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History(args) => dev::history(args).await,
         Command::Reset(args) => dev::reset(args).await,
         Command::Prune(args) => dev::prune(args).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Upload(args) => user::upload(args).await,
+        Command::Submit(args) => user::submit(args).await,
+        Command::Status(args) => user::status(args).await,
+        Command::Logs(args) => user::logs(args).await,
+        Command::Results(args) => user::results(args).await,
+        Command::Cancel(args) => user::cancel(args).await,
+        Command::Cost(args) => user::cost(args).await,
     }
 }
 

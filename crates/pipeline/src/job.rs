@@ -49,6 +49,31 @@ pub struct JobRequest {
     pub work_root: PathBuf,
 }
 
+/// What `caas serve` adds to a job beyond what `caas run` needs; the default is `caas run`'s.
+#[derive(Clone, Debug, Default)]
+pub struct JobOptions {
+    /// Permits every task holds while it is staged and runs (the manager's global and
+    /// per-group limits), acquired in this order; waiting for them can be cancelled.
+    pub slots: Vec<Arc<tokio::sync::Semaphore>>,
+    /// Continue this job, found not terminal in the store after a restart, instead of claiming
+    /// a new one: a task whose container still exists is adopted (its output streamed again
+    /// from the start, its exit collected), a task that never started runs, and a task whose
+    /// container is gone is marked `lost` with the reason.
+    pub resume: Option<JobRecord>,
+    /// The group's budget and what it has spent so far, USD: a job whose estimated cost is
+    /// more than what is left is rejected before any compute, with the numbers.
+    pub budget: Option<Budget>,
+}
+
+/// A group's budget, for the check before compute.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// The whole budget.
+    pub total_usd: f64,
+    /// Spent by finished tasks (the ledger).
+    pub spent_usd: f64,
+}
+
 /// How a job ended.
 #[derive(Clone, Debug)]
 pub struct JobOutcome {
@@ -205,6 +230,18 @@ pub async fn run_job(
     observer: Arc<dyn Observer>,
     cancel: &CancellationToken,
 ) -> Result<JobOutcome, PipelineError> {
+    run_job_with(store, docker, req, JobOptions::default(), observer, cancel).await
+}
+
+/// [`run_job`] with the service's options: task slots, and resuming a job after a restart.
+pub async fn run_job_with(
+    store: &Store,
+    docker: &Docker,
+    req: JobRequest,
+    opts: JobOptions,
+    observer: Arc<dyn Observer>,
+    cancel: &CancellationToken,
+) -> Result<JobOutcome, PipelineError> {
     let started = Utc::now();
     let job_id = JobId {
         analysis: req.spec.analysis.name.clone(),
@@ -249,46 +286,85 @@ pub async fn run_job(
         tasks,
     };
 
-    // The claim: job.json is created exactly once. An existing job is never touched.
-    if !store
-        .create(&paths.job_json(), encode("job.json", &record)?)
-        .await?
-    {
-        let created = match store.get_small(&paths.job_json(), 16 << 20).await {
-            Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes)
-                .map(|r| r.created.to_rfc3339())
-                .unwrap_or_else(|_| "at an unknown time".into()),
-            _ => "at an unknown time".into(),
-        };
-        return Err(PipelineError::JobExists {
-            job: job_id.folder(),
-            location: store.display_key(paths.root()),
-            created,
-        });
-    }
+    let resuming = opts.resume.is_some();
+    let (record, cert) = match opts.resume {
+        Some(stored) => {
+            let text = match store.get(&paths.certificate()).await? {
+                Some(b) => String::from_utf8_lossy(&b).into_owned(),
+                None => String::new(),
+            };
+            let cert =
+                Certificate::resume(stored.created, &job_id, &stored.analysis_version, &text);
+            (stored, cert)
+        }
+        None => {
+            // The claim: job.json is created exactly once. An existing job is never touched.
+            if !store
+                .create(&paths.job_json(), encode("job.json", &record)?)
+                .await?
+            {
+                let created = match store.get_small(&paths.job_json(), 16 << 20).await {
+                    Ok(Some(bytes)) => serde_json::from_slice::<JobRecord>(&bytes)
+                        .map(|r| r.created.to_rfc3339())
+                        .unwrap_or_else(|_| "at an unknown time".into()),
+                    _ => "at an unknown time".into(),
+                };
+                return Err(PipelineError::JobExists {
+                    job: job_id.folder(),
+                    location: store.display_key(paths.root()),
+                    created,
+                });
+            }
+            let cert = Certificate::new(started, &job_id, &req.spec.analysis.version);
+            (record, cert)
+        }
+    };
 
     let n = record.tasks.len();
+    let past_validation = resuming
+        && !matches!(record.state, State::Submitted | State::Validating)
+        && record.image_id.is_some();
+    let known_image = record.image_id.clone();
     let writer = Arc::new(JobWriter {
         store: store.clone(),
         paths: paths.clone(),
         keys: req.datasets.clone(),
         shared: tokio::sync::Mutex::new(Shared {
-            cert: Certificate::new(started, &job_id, &req.spec.analysis.version),
+            cert,
             record,
             live: (0..n).map(|_| TaskLive::default()).collect(),
         }),
         observer,
     });
 
-    writer
-        .log("[Job Manager] Detected new job: starting up.")
-        .await?;
-    writer
-        .log("[Job Manager] STEP 1/4 (Initialization): DONE")
-        .await?;
-    writer.update_job(|r| r.state = State::Validating).await?;
+    if resuming {
+        writer
+            .log("[Job Manager] The job manager restarted: resuming this job.")
+            .await?;
+    } else {
+        writer
+            .log("[Job Manager] Detected new job: starting up.")
+            .await?;
+        writer
+            .log("[Job Manager] STEP 1/4 (Initialization): DONE")
+            .await?;
+    }
+    if !past_validation {
+        writer.update_job(|r| r.state = State::Validating).await?;
+    }
 
-    match validate(store, docker, &req).await? {
+    let validated = match known_image {
+        Some(id) if past_validation => Ok(id),
+        _ => match validate(store, docker, &req, opts.budget).await? {
+            Ok((id, Some(projection))) => {
+                writer.log(&format!("[Job Manager] {projection}")).await?;
+                Ok(id)
+            }
+            Ok((id, None)) => Ok(id),
+            Err(problem) => Err(problem),
+        },
+    };
+    match validated {
         Err(problem) => {
             writer
                 .log(&format!(
@@ -296,6 +372,19 @@ pub async fn run_job(
                 ))
                 .await?;
             finish_rejected(&writer, &problem).await?;
+        }
+        Ok(_) if past_validation => {
+            run_tasks(
+                store,
+                docker,
+                &req,
+                &job_id,
+                &writer,
+                &opts.slots,
+                true,
+                cancel,
+            )
+            .await?;
         }
         Ok(image_id) => {
             writer
@@ -319,38 +408,66 @@ pub async fn run_job(
                     req.concurrency.max(1)
                 ))
                 .await?;
-            let ctx = Arc::new(crate::task::TaskCtx {
-                store: store.clone(),
-                docker: docker.clone(),
-                req: req.clone(),
-                job: job_id.clone(),
-                writer: writer.clone(),
-                cancel: cancel.clone(),
-            });
-            let results: Vec<Result<(), PipelineError>> = futures::stream::iter(0..n)
-                .map(|idx| {
-                    let ctx = ctx.clone();
-                    async move { crate::task::run_task(&ctx, idx).await }
-                })
-                .buffer_unordered(req.concurrency.max(1))
-                .collect()
-                .await;
-            // A store failure while recording a task is reported after the other tasks end.
-            for r in &results {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "recording a task failed");
-                }
-            }
-            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-                let _ = finish(&writer, Some(format!("caas could not record a task: {e}"))).await;
-                return Err(e);
-            }
-            finish(&writer, None).await?;
+            run_tasks(
+                store,
+                docker,
+                &req,
+                &job_id,
+                &writer,
+                &opts.slots,
+                false,
+                cancel,
+            )
+            .await?;
         }
     }
     let record = writer.shared.lock().await.record.clone();
     let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
     Ok(JobOutcome { record, paths })
+}
+
+/// Run (or, resuming, adopt) every task of a validated job, then finish it.
+#[allow(clippy::too_many_arguments)]
+async fn run_tasks(
+    store: &Store,
+    docker: &Docker,
+    req: &JobRequest,
+    job_id: &JobId,
+    writer: &Arc<JobWriter>,
+    slots: &[Arc<tokio::sync::Semaphore>],
+    resume: bool,
+    cancel: &CancellationToken,
+) -> Result<(), PipelineError> {
+    let n = req.datasets.len();
+    let ctx = Arc::new(crate::task::TaskCtx {
+        store: store.clone(),
+        docker: docker.clone(),
+        req: req.clone(),
+        job: job_id.clone(),
+        writer: writer.clone(),
+        cancel: cancel.clone(),
+        slots: slots.to_vec(),
+        resume,
+    });
+    let results: Vec<Result<(), PipelineError>> = futures::stream::iter(0..n)
+        .map(|idx| {
+            let ctx = ctx.clone();
+            async move { crate::task::run_task(&ctx, idx).await }
+        })
+        .buffer_unordered(req.concurrency.max(1))
+        .collect()
+        .await;
+    // A store failure while recording a task is reported after the other tasks end.
+    for r in &results {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "recording a task failed");
+        }
+    }
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        let _ = finish(writer, Some(format!("caas could not record a task: {e}"))).await;
+        return Err(e);
+    }
+    finish(writer, None).await
 }
 
 /// Check every input before compute is spent; the outer error is caas's own failure, the inner
@@ -359,7 +476,8 @@ async fn validate(
     store: &Store,
     docker: &Docker,
     req: &JobRequest,
-) -> Result<Result<String, String>, PipelineError> {
+    budget: Option<Budget>,
+) -> Result<Result<(String, Option<String>), String>, PipelineError> {
     let mut names = BTreeSet::new();
     for key in &req.datasets {
         let base = key.basename().as_str();
@@ -419,11 +537,75 @@ async fn validate(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Err(e) = caas_spec::config::parse_config(req.config.basename().as_str(), &config) {
-        return Ok(Err(e.to_string()));
+    let parsed = match caas_spec::config::parse_config(req.config.basename().as_str(), &config) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if let Some(schema) = &req.spec.config_schema {
+        let Some(value) = &parsed else {
+            return Ok(Err(format!(
+                "config {} is checked against the analysis' schema: give a .json or .yaml config",
+                req.config
+            )));
+        };
+        let validator = match jsonschema::validator_for(schema) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(Err(format!(
+                    "the analysis' config schema is invalid ({e}); contact the analysis' developer"
+                )));
+            }
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(value)
+            .take(10)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("at {at}: {e}")
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Ok(Err(format!(
+                "config {} does not match the analysis' schema: {}. Fix these values and submit again.",
+                req.config,
+                problems.join("; ")
+            )));
+        }
     }
+    let projection = match budget {
+        None => None,
+        Some(b) => {
+            // NeuroCAAS' reserved `__duration__` (minutes per task), else the time limit.
+            let hours = parsed
+                .as_ref()
+                .and_then(|v| v.get("__duration__"))
+                .and_then(serde_json::Value::as_f64)
+                .map_or_else(|| req.spec.timeout().as_secs_f64() / 3600.0, |m| m / 60.0);
+            let per_task = req.spec.pricing.estimate(
+                hours,
+                req.spec.resources.cpus.unwrap_or(1.0),
+                req.spec.resources.memory.map_or(0, |m| m.0),
+            );
+            let projected = per_task * req.datasets.len() as f64;
+            let remaining = b.total_usd - b.spent_usd;
+            if projected > remaining {
+                return Ok(Err(format!(
+                    "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}. \
+                     Over budget (${:.2}), cancelling job. Contact administrator.",
+                    b.total_usd
+                )));
+            }
+            Some(format!(
+                "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}"
+            ))
+        }
+    };
     match docker.image_info(&req.image).await? {
-        Some(info) => Ok(Ok(info.id)),
+        Some(info) => Ok(Ok((info.id, projection))),
         None => Ok(Err(format!(
             "image {:?} was not found on the Docker engine; build it with `caas build` first",
             req.image

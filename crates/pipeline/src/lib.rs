@@ -10,7 +10,7 @@ mod job;
 mod logs;
 mod task;
 
-pub use job::{JobOutcome, JobRequest, run_job};
+pub use job::{Budget, JobOptions, JobOutcome, JobRequest, run_job, run_job_with};
 
 use std::path::PathBuf;
 

@@ -29,11 +29,14 @@ pub(crate) struct LogSink {
 }
 
 impl LogSink {
-    /// Open (create or append to) the two log files of a task.
+    /// Open (create or append to) the two log files of a task; `restart` empties them first
+    /// (an adopted container's output is streamed again from its first byte, so nothing is
+    /// written twice).
     pub fn open(
         store: &Store,
         keys: [String; 2],
         spool_dir: &std::path::Path,
+        restart: bool,
     ) -> Result<Self, PipelineError> {
         let remote = store.local_root().is_none();
         let open = |key: String, name: &str| -> Result<StreamFile, PipelineError> {
@@ -47,7 +50,14 @@ impl LogSink {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .truncate(false)
                 .open(&path)
+                .and_then(|f| {
+                    if restart {
+                        f.set_len(0)?;
+                    }
+                    Ok(f)
+                })
                 .map_err(io_err("open", &path))?;
             Ok(StreamFile {
                 file,

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use caas_runtime::{
-    BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Outcome, OutputChunk,
+    BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
+    OutputChunk, RunReport,
 };
 use caas_spec::analysis::fill_placeholders;
 use caas_spec::layout::{active_entry, ledger_entry};
@@ -37,6 +39,18 @@ pub(crate) struct TaskCtx {
     pub job: JobId,
     pub writer: Arc<JobWriter>,
     pub cancel: CancellationToken,
+    /// Permits held while the task is staged and runs.
+    pub slots: Vec<Arc<tokio::sync::Semaphore>>,
+    /// Resuming after a restart: adopt the task's container if it still exists.
+    pub resume: bool,
+}
+
+/// How the container of a task comes to run.
+enum Exec {
+    /// Created and started now.
+    Fresh(Box<ContainerSpec>),
+    /// Started by an earlier manager process; re-attached by id.
+    Adopt(String),
 }
 
 /// Run task `idx` to a terminal state; only a failure to record it is an error.
@@ -46,7 +60,19 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
         .work_root
         .join(ctx.job.folder())
         .join(idx.to_string());
+    // Wait for a slot (the manager's limits); a cancellation while waiting ends the task.
+    let mut permits = Vec::with_capacity(ctx.slots.len());
+    for slot in &ctx.slots {
+        tokio::select! {
+            p = slot.clone().acquire_owned() => match p {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            },
+            () = ctx.cancel.cancelled() => break,
+        }
+    }
     let result = run_task_inner(ctx, idx, &work).await;
+    drop(permits);
     let _ = std::fs::remove_dir_all(&work);
     match result {
         Ok(()) => Ok(()),
@@ -161,8 +187,68 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
     let task_id = format!("{}.{idx}", ctx.job.folder());
-    let paths = ctx.writer.paths.clone();
 
+    if ctx.resume {
+        let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
+        if task.state.is_terminal() {
+            return Ok(());
+        }
+        let results_dir = work.join("results");
+        if let Some(id) = find_container(ctx, &task_id).await? {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: adopted its running container after a restart"
+                ))
+                .await?;
+            let start = task.started.unwrap_or_else(Utc::now);
+            return supervise_and_finish(ctx, idx, work, &results_dir, start, Exec::Adopt(id))
+                .await;
+        }
+        if task.state == State::Uploading
+            && let Some(code) = task.exit_code
+        {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: finishing its results after a restart (exit code {code})"
+                ))
+                .await?;
+            let report = RunReport {
+                outcome: if task.oom_killed {
+                    Outcome::OomKilled { exit_code: code }
+                } else {
+                    Outcome::Exited(code)
+                },
+                measured: Measured {
+                    wall: Duration::from_secs_f64(task.usage.wall_seconds.max(0.0)),
+                    cpu_seconds: task.usage.cpu_seconds,
+                    peak_memory_bytes: task.usage.peak_memory_bytes,
+                },
+                container_id: String::new(),
+            };
+            let start = task.started.unwrap_or_else(Utc::now);
+            return record_outcome(ctx, idx, &results_dir, start, report, Vec::new(), false).await;
+        }
+        if matches!(task.state, State::Running | State::Uploading) {
+            let reason = format!(
+                "lost: the job manager stopped while this task was {} and its container is gone, \
+                 so its exit code is unknown; submit it again with a new timestamp",
+                task.state
+            );
+            ctx.writer
+                .log(&format!("[Job Manager] dataset {key}: {reason}"))
+                .await?;
+            ctx.writer
+                .update_task(idx, |t, _| {
+                    t.state = State::Lost;
+                    t.reason = Some(reason);
+                    t.finished = Some(Utc::now());
+                    t.container_id = None;
+                })
+                .await?;
+            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            return Ok(());
+        }
+    }
     if ctx.cancel.is_cancelled() {
         return cancel_before_start(ctx, idx).await;
     }
@@ -270,7 +356,14 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     ctx.store
         .put(
             &active_entry(&task_id),
-            serde_json::to_vec_pretty(&ledger_json(ctx, idx, start, None, 0.0)).unwrap_or_default(),
+            serde_json::to_vec_pretty(&ledger_json(
+                ctx,
+                idx,
+                start,
+                None,
+                req.spec.pricing.wall_hour,
+            ))
+            .unwrap_or_default(),
         )
         .await?;
     ctx.writer
@@ -287,6 +380,47 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         ))
         .await?;
 
+    supervise_and_finish(
+        ctx,
+        idx,
+        work,
+        &results_dir,
+        start,
+        Exec::Fresh(Box::new(spec)),
+    )
+    .await
+}
+
+/// The task's container by its labels (`caas.task` and this store), if it still exists.
+async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, PipelineError> {
+    let found = ctx
+        .docker
+        .list_by_label(&format!("{LABEL_TASK}={task_id}"))
+        .await?;
+    Ok(found
+        .into_iter()
+        .find(|(_, _, labels)| {
+            labels.get("caas.store").map(String::as_str) == Some(ctx.store.location())
+        })
+        .map(|(id, _, _)| id))
+}
+
+/// Run or adopt the container, stream its output to the store, then record the outcome, the
+/// results, the ledger entry.
+async fn supervise_and_finish(
+    ctx: &TaskCtx,
+    idx: usize,
+    work: &Path,
+    results_dir: &Path,
+    start: chrono::DateTime<Utc>,
+    exec: Exec,
+) -> Result<(), PipelineError> {
+    let req = &ctx.req;
+    let key = &req.datasets[idx];
+    let dataset = key.basename().clone();
+    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let paths = ctx.writer.paths.clone();
+    let adopted = matches!(exec, Exec::Adopt(_));
     // Output: to the log files, the observer and the status tail, as it comes.
     let mut sink = LogSink::open(
         &ctx.store,
@@ -295,6 +429,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             paths.stream_log(&dataset, "stderr"),
         ],
         work,
+        adopted,
     )?;
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(256);
     let writer = ctx.writer.clone();
@@ -343,7 +478,16 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         (pending, failure)
     });
 
-    let run = ctx.docker.run(&spec, tx, &ctx.cancel, |_| {}).await;
+    let run = match &exec {
+        Exec::Fresh(spec) => ctx.docker.run(spec, tx, &ctx.cancel, |_| {}).await,
+        Exec::Adopt(id) => {
+            let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
+            let remaining = req.spec.timeout().saturating_sub(elapsed);
+            ctx.docker
+                .adopt(id, remaining, STOP_GRACE, tx, &ctx.cancel)
+                .await
+        }
+    };
     let (tail, log_failure) = consumer.await.unwrap_or_else(|_| (Vec::new(), None));
     let report = match run {
         Ok(r) => r,
@@ -359,97 +503,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         tracing::warn!(error = %e, "writing logs failed");
     }
 
-    // Results.
-    ctx.writer
-        .update_task(idx, |t, live| {
-            t.state = State::Uploading;
-            t.container_id = None;
-            push_lines(live, tail);
-        })
-        .await?;
-    let dest = if req.datasets.len() > 1 {
-        format!("{}/{}", paths.results(), dataset)
-    } else {
-        paths.results()
-    };
-    let moved = collect_results(&ctx.store, &results_dir, &dest).await?;
-    copy_config(&ctx.store, &req.config, &paths.results()).await?;
-
-    let finished = Utc::now();
-    let limit = req.spec.resources.memory;
-    let timeout = req.spec.timeout();
-    let (state, reason, exit_code, oom) = match report.outcome {
-        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
-        Outcome::Exited(code) => (
-            State::Failed,
-            Some(format!("the analysis exited with code {code}")),
-            Some(code),
-            false,
-        ),
-        Outcome::OomKilled { exit_code } => (
-            State::Failed,
-            Some(format!(
-                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
-                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
-            )),
-            Some(exit_code),
-            true,
-        ),
-        Outcome::TimedOut => (
-            State::TimedOut,
-            Some(format!(
-                "timed out after {}; the container was stopped",
-                humanize(timeout)
-            )),
-            None,
-            false,
-        ),
-        Outcome::Cancelled => (
-            State::Cancelled,
-            Some("cancelled; the container was stopped".to_string()),
-            None,
-            false,
-        ),
-    };
-    let usage = caas_spec::Usage {
-        wall_seconds: report.measured.wall.as_secs_f64(),
-        cpu_seconds: report.measured.cpu_seconds,
-        peak_memory_bytes: report.measured.peak_memory_bytes,
-    };
-    ctx.writer
-        .update_task(idx, |t, _| {
-            t.state = state;
-            t.reason = reason.clone();
-            t.exit_code = exit_code;
-            t.oom_killed = oom;
-            t.finished = Some(finished);
-            t.usage = usage.clone();
-        })
-        .await?;
-    ctx.writer
-        .log(&format!(
-            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
-            state.neurocaas_word(),
-            state,
-            reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        ))
-        .await?;
-
-    let ledger = ledger_json(ctx, idx, start, Some((finished, &usage)), 0.0);
-    ctx.store
-        .put(
-            &ledger_entry(&req.group, &task_id),
-            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
-                what: "ledger",
-                source,
-            })?,
-        )
-        .await?;
-    ctx.store.delete(&active_entry(&task_id)).await?;
-    Ok(())
+    record_outcome(ctx, idx, results_dir, start, report, tail, adopted).await
 }
 
 async fn cancel_before_start(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
@@ -529,6 +583,7 @@ async fn collect_results(
         }
         return Ok(count);
     }
+    let mut files = Vec::new();
     let mut stack = vec![results_dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
@@ -539,16 +594,26 @@ async fn collect_results(
                 stack.push(path);
             } else if ft.is_file() {
                 let rel = path.strip_prefix(results_dir).unwrap_or(&path);
-                let rel = rel.to_string_lossy();
-                store
-                    .upload_file(&path, &format!("{dest_key}/{rel}"))
-                    .await?;
-                count += 1;
+                let key = format!("{dest_key}/{}", rel.to_string_lossy());
+                files.push((path, key));
             }
         }
     }
+    // Several files at once (each large one is itself a multipart upload).
+    let uploads: Vec<Result<u64, caas_store::StoreError>> = futures::stream::iter(files)
+        .map(|(path, key)| async move { store.upload_file(&path, &key).await })
+        .buffer_unordered(UPLOADS_AT_ONCE)
+        .collect()
+        .await;
+    for r in uploads {
+        r?;
+        count += 1;
+    }
     Ok(count)
 }
+
+/// Result files uploaded at once to a remote store.
+const UPLOADS_AT_ONCE: usize = 8;
 
 fn count_files(path: &Path) -> usize {
     if path.is_dir() {
@@ -601,8 +666,144 @@ fn ledger_json(
             "cpu_seconds": u.cpu_seconds,
             "peak_memory_bytes": u.peak_memory_bytes,
         })),
-        "cost_usd": end.map(|(_, u)| price_per_hour * u.wall_seconds / 3600.0),
+        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
     })
+}
+
+/// Move or upload the results and record how the task ended (state, reason, usage, cost, the
+/// ledger entry).
+async fn record_outcome(
+    ctx: &TaskCtx,
+    idx: usize,
+    results_dir: &Path,
+    start: chrono::DateTime<Utc>,
+    report: RunReport,
+    tail: Vec<String>,
+    adopted: bool,
+) -> Result<(), PipelineError> {
+    let req = &ctx.req;
+    let key = &req.datasets[idx];
+    let dataset = key.basename().clone();
+    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let paths = ctx.writer.paths.clone();
+    // Results.
+    ctx.writer
+        .update_task(idx, |t, live| {
+            t.state = State::Uploading;
+            t.container_id = None;
+            // Recorded before the results move, so a restart can finish the task.
+            match report.outcome {
+                Outcome::Exited(code) => t.exit_code = Some(code),
+                Outcome::OomKilled { exit_code } => {
+                    t.exit_code = Some(exit_code);
+                    t.oom_killed = true;
+                }
+                Outcome::TimedOut | Outcome::Cancelled => {}
+            }
+            t.usage = caas_spec::Usage {
+                wall_seconds: report.measured.wall.as_secs_f64(),
+                cpu_seconds: report.measured.cpu_seconds,
+                peak_memory_bytes: report.measured.peak_memory_bytes,
+            };
+            push_lines(live, tail);
+        })
+        .await?;
+    let dest = if req.datasets.len() > 1 {
+        format!("{}/{}", paths.results(), dataset)
+    } else {
+        paths.results()
+    };
+    let moved = collect_results(&ctx.store, results_dir, &dest).await?;
+    copy_config(&ctx.store, &req.config, &paths.results()).await?;
+
+    let finished = Utc::now();
+    let limit = req.spec.resources.memory;
+    let timeout = req.spec.timeout();
+    let (state, reason, exit_code, oom) = match report.outcome {
+        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
+        Outcome::Exited(code) => (
+            State::Failed,
+            Some(format!("the analysis exited with code {code}")),
+            Some(code),
+            false,
+        ),
+        Outcome::OomKilled { exit_code } => (
+            State::Failed,
+            Some(format!(
+                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
+                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
+            )),
+            Some(exit_code),
+            true,
+        ),
+        Outcome::TimedOut => (
+            State::TimedOut,
+            Some(format!(
+                "timed out after {}; the container was stopped",
+                humanize(timeout)
+            )),
+            None,
+            false,
+        ),
+        Outcome::Cancelled => (
+            State::Cancelled,
+            Some("cancelled; the container was stopped".to_string()),
+            None,
+            false,
+        ),
+    };
+    let wall = if adopted {
+        (finished - start).to_std().unwrap_or_default()
+    } else {
+        report.measured.wall
+    };
+    let usage = caas_spec::Usage {
+        wall_seconds: wall.as_secs_f64(),
+        cpu_seconds: report.measured.cpu_seconds,
+        peak_memory_bytes: report.measured.peak_memory_bytes,
+    };
+    let cost = req.spec.pricing.cost(&usage);
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = state;
+            t.reason = reason.clone();
+            t.exit_code = exit_code;
+            t.oom_killed = oom;
+            t.finished = Some(finished);
+            t.usage = usage.clone();
+            t.cost_usd = cost;
+        })
+        .await?;
+    ctx.writer
+        .log(&format!(
+            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
+            state.neurocaas_word(),
+            state,
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ))
+        .await?;
+
+    let ledger = ledger_json(
+        ctx,
+        idx,
+        start,
+        Some((finished, &usage)),
+        req.spec.pricing.wall_hour,
+    );
+    ctx.store
+        .put(
+            &ledger_entry(&req.group, &task_id),
+            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
+                what: "ledger",
+                source,
+            })?,
+        )
+        .await?;
+    ctx.store.delete(&active_entry(&task_id)).await?;
+    Ok(())
 }
 
 #[cfg(test)]

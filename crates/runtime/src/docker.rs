@@ -252,12 +252,6 @@ impl Docker {
         cancel: &CancellationToken,
         on_started: impl FnOnce(&str),
     ) -> Result<RunReport, RuntimeError> {
-        // The wait request is sent when first polled, after the start: "not-running" returns at
-        // once for a container that already exited, so a very short run cannot be missed.
-        let wait_opts = WaitContainerOptionsBuilder::new()
-            .condition("not-running")
-            .build();
-        let mut wait = Box::pin(self.client.wait_container(id, Some(wait_opts)));
         if cancel.is_cancelled() {
             return Ok(RunReport {
                 outcome: Outcome::Cancelled,
@@ -269,9 +263,56 @@ impl Docker {
             .start_container(id, None)
             .await
             .map_err(api(format!("start container {}", spec.name)))?;
-        let started = Instant::now();
         on_started(id);
+        self.supervise(
+            id,
+            &spec.name,
+            spec.timeout,
+            spec.stop_grace,
+            output,
+            cancel,
+        )
+        .await
+    }
 
+    /// Re-attach to a container started earlier by another caas process (found by its labels
+    /// after a manager restart): stream its output again from its first byte, wait for it with
+    /// what is left of its time limit (or a cancellation), collect the outcome and usage, and
+    /// remove it. An already exited container just has its outcome collected.
+    pub async fn adopt(
+        &self,
+        id: &str,
+        remaining: Duration,
+        stop_grace: Duration,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &CancellationToken,
+    ) -> Result<RunReport, RuntimeError> {
+        let result = self
+            .supervise(id, id, remaining, stop_grace, output, cancel)
+            .await;
+        if let Err(e) = self.remove(id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove container");
+        }
+        result
+    }
+
+    /// Follow a started container to its end (exit, deadline, or cancellation).
+    async fn supervise(
+        &self,
+        id: &str,
+        name: &str,
+        timeout: Duration,
+        stop_grace: Duration,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &CancellationToken,
+    ) -> Result<RunReport, RuntimeError> {
+        // "not-running" returns at once for a container that already exited, so a very short
+        // run cannot be missed.
+        let wait_opts = WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut wait = Box::pin(self.client.wait_container(id, Some(wait_opts)));
+        let started = Instant::now();
         let logs = tokio::spawn(forward_logs(self.client.clone(), id.to_string(), output));
         let stats_stop = CancellationToken::new();
         let stats = tokio::spawn(sample_stats(
@@ -280,7 +321,7 @@ impl Docker {
             stats_stop.clone(),
         ));
 
-        let deadline = tokio::time::sleep(spec.timeout);
+        let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut stopped_for: Option<Outcome> = None;
         loop {
@@ -296,18 +337,18 @@ impl Docker {
                     }
                     Some(Err(e)) => {
                         stats_stop.cancel();
-                        return Err(RuntimeError::Api { what: format!("wait for container {}", spec.name), source: e });
+                        return Err(RuntimeError::Api { what: format!("wait for container {name}"), source: e });
                     }
                 },
                 () = &mut deadline, if stopped_for.is_none() => {
                     tracing::info!(container = %id, "deadline reached, stopping");
                     stopped_for = Some(Outcome::TimedOut);
-                    self.stop(id, spec.stop_grace).await;
+                    self.stop(id, stop_grace).await;
                 }
                 () = cancel.cancelled(), if stopped_for.is_none() => {
                     tracing::info!(container = %id, "cancelled, stopping");
                     stopped_for = Some(Outcome::Cancelled);
-                    self.stop(id, spec.stop_grace).await;
+                    self.stop(id, stop_grace).await;
                 }
             }
         }
@@ -325,7 +366,7 @@ impl Docker {
             self.client
                 .inspect_container(id, None)
                 .await
-                .map_err(api(format!("inspect container {}", spec.name)))
+                .map_err(api(format!("inspect container {name}")))
         })
         .await?;
         let state = inspect.state.unwrap_or_default();

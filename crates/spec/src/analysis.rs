@@ -41,6 +41,65 @@ pub struct AnalysisSpec {
     /// `[inputs]`: rules checked before any compute is spent.
     #[serde(default)]
     pub inputs: InputsSection,
+    /// `[pricing]`: what a task costs, in USD (optional; a local engine costs 0).
+    #[serde(default)]
+    pub pricing: PricingSection,
+    /// `[budget]`: what each group may spend, in USD (NeuroCAAS' MAXCOST; optional).
+    #[serde(default)]
+    pub budget: BudgetSection,
+    /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].
+    #[serde(skip)]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// `[pricing]`: the price table a task's usage is multiplied by.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSection {
+    /// USD per hour of wall time of a task.
+    #[serde(default)]
+    pub wall_hour: f64,
+    /// USD per CPU hour used.
+    #[serde(default)]
+    pub cpu_hour: f64,
+    /// USD per GB of peak memory per hour of wall time.
+    #[serde(default)]
+    pub memory_gb_hour: f64,
+}
+
+impl PricingSection {
+    /// The cost of measured usage.
+    pub fn cost(&self, usage: &crate::Usage) -> f64 {
+        let hours = usage.wall_seconds / 3600.0;
+        hours * self.wall_hour
+            + usage.cpu_seconds / 3600.0 * self.cpu_hour
+            + usage.peak_memory_bytes as f64 / 1e9 * hours * self.memory_gb_hour
+    }
+
+    /// The highest cost of one task running `hours` with `cpus` busy and `memory` bytes.
+    pub fn estimate(&self, hours: f64, cpus: f64, memory: u64) -> f64 {
+        hours * (self.wall_hour + cpus * self.cpu_hour + memory as f64 / 1e9 * self.memory_gb_hour)
+    }
+}
+
+/// `[budget]`: per-group budgets; a submission whose estimated cost exceeds what its group
+/// has left is rejected before any compute.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    /// The budget of every group not listed in `groups`.
+    #[serde(default)]
+    pub default: Option<f64>,
+    /// Budgets by group name.
+    #[serde(default)]
+    pub groups: BTreeMap<String, f64>,
+}
+
+impl BudgetSection {
+    /// The budget of `group`, if it has one.
+    pub fn for_group(&self, group: &crate::GroupName) -> Option<f64> {
+        self.groups.get(group.as_str()).copied().or(self.default)
+    }
 }
 
 /// `[analysis]`
@@ -157,6 +216,10 @@ pub struct InputsSection {
     /// The largest dataset accepted (a folder dataset counts all its files).
     #[serde(default)]
     pub max_size: Option<ByteSize>,
+    /// A JSON Schema file (relative to `caas.toml`) every config must satisfy; checked before
+    /// any compute is spent.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
 }
 
 impl AnalysisSpec {
@@ -166,7 +229,26 @@ impl AnalysisSpec {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut spec = Self::parse(&text, path)?;
+        if let Some(rel) = &spec.inputs.schema {
+            let file = path.parent().unwrap_or(Path::new(".")).join(rel);
+            let invalid = |message: String| SpecError::Invalid {
+                path: path.to_path_buf(),
+                line: line_of_key(&text, "schema"),
+                key: "schema".into(),
+                message,
+            };
+            let bytes = std::fs::read(&file)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", file.display())))?;
+            let schema: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                invalid(format!(
+                    "{} is not a JSON Schema (JSON): {e}",
+                    file.display()
+                ))
+            })?;
+            spec.config_schema = Some(schema);
+        }
+        Ok(spec)
     }
 
     /// Parse and check the text of a `caas.toml`; `path` is only used in messages.
@@ -461,6 +543,40 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
                 || t == format!("[{key}]")
         })
         .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod pricing_tests {
+    use super::*;
+
+    #[test]
+    fn pricing_and_budgets_are_optional_and_parsed() {
+        let base = "[analysis]\nname = \"p\"\nversion = \"1\"\n[environment]\nimage = \"i\"\n[run]\ncommand = \"true\"\n";
+        let s = AnalysisSpec::parse(base, Path::new("caas.toml")).unwrap();
+        assert_eq!(
+            s.pricing.cost(&crate::Usage {
+                wall_seconds: 3600.0,
+                cpu_seconds: 3600.0,
+                peak_memory_bytes: 1 << 30
+            }),
+            0.0
+        );
+        assert!(s.budget.for_group(&"lab".parse().unwrap()).is_none());
+        let t = format!(
+            "{base}[pricing]\nwall_hour = 1.0\ncpu_hour = 2.0\n[budget]\ndefault = 10\ngroups = {{ lab = 0.5 }}\n"
+        );
+        let s = AnalysisSpec::parse(&t, Path::new("caas.toml")).unwrap();
+        let u = crate::Usage {
+            wall_seconds: 1800.0,
+            cpu_seconds: 900.0,
+            peak_memory_bytes: 0,
+        };
+        assert!((s.pricing.cost(&u) - 1.0).abs() < 1e-9);
+        assert_eq!(s.budget.for_group(&"lab".parse().unwrap()), Some(0.5));
+        assert_eq!(s.budget.for_group(&"other".parse().unwrap()), Some(10.0));
+        let bad = format!("{base}[pricing]\nper_gpu = 1\n");
+        assert!(AnalysisSpec::parse(&bad, Path::new("caas.toml")).is_err());
+    }
 }
 
 #[cfg(test)]

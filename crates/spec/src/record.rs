@@ -308,6 +308,21 @@ impl Certificate {
         c
     }
 
+    /// Continue a certificate already in the store (after a manager restart): its setup log is
+    /// kept line for line and new lines are appended after it.
+    pub fn resume(request_start: DateTime<Utc>, job: &JobId, version: &str, text: &str) -> Self {
+        let mut c = Self::new(request_start, job, version);
+        if let Some((_, log)) = text.split_once("JOB MANAGER SETUP LOG:\n") {
+            let stored: Vec<String> = log.lines().map(str::to_string).collect();
+            if stored.len() >= c.header.len() {
+                let rest = stored[c.header.len()..].to_vec();
+                c.header = stored[..c.header.len()].to_vec();
+                c.lines = rest;
+            }
+        }
+        c
+    }
+
     fn since(&self, at: DateTime<Utc>) -> String {
         let ms = (at - self.request_start).num_milliseconds().max(0);
         let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
@@ -459,5 +474,9 @@ mod tests {
             text.contains("STEP 1/4 (Initialization): DONE\t [+0:01:01.25]"),
             "{text}"
         );
+        let mut again = Certificate::resume(t0, &id, "0.1.0", &text);
+        assert_eq!(again.lines(), c.lines());
+        again.log(t0, "resumed");
+        assert_eq!(again.lines().len(), 2);
     }
 }

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+pub use object_store::ObjectMeta;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectMeta, ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use caas_retry::{Policy, Transient, retry};
@@ -243,6 +244,32 @@ impl Store {
         }
     }
 
+    /// The bytes of `key` from offset `start` to its end (empty when it has no more); `None`
+    /// when it does not exist. Used to follow a growing log without re-reading it.
+    pub async fn get_from(&self, key: &str, start: u64) -> Result<Option<Bytes>, StoreError> {
+        let Some(meta) = self.head(key).await? else {
+            return Ok(None);
+        };
+        if meta.size <= start {
+            return Ok(Some(Bytes::new()));
+        }
+        let r = retry(self.policy, "store get", || async {
+            self.inner
+                .get_range(&Self::path(key), start..meta.size)
+                .await
+                .map_err(Self::backend("get", key))
+        })
+        .await;
+        match r {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::Backend {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Read `key` if it is at most `max` bytes (a guard against huge files where a small one is
     /// expected); `None` when it does not exist.
     pub async fn get_small(&self, key: &str, max: u64) -> Result<Option<Bytes>, StoreError> {
@@ -285,6 +312,31 @@ impl Store {
                 .try_collect::<Vec<_>>()
                 .await
                 .map_err(Self::backend("list", prefix))
+        })
+        .await
+    }
+
+    /// The immediate "sub-folders" of `prefix` (common prefixes, without the trailing `/`) and
+    /// the objects directly in it: one listing call, however many objects lie deeper.
+    pub async fn list_dir(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<String>, Vec<ObjectMeta>), StoreError> {
+        retry(self.policy, "store list", || async {
+            let p = Self::path(prefix);
+            let p = (!prefix.is_empty()).then_some(&p);
+            let r = self
+                .inner
+                .list_with_delimiter(p)
+                .await
+                .map_err(Self::backend("list", prefix))?;
+            let mut dirs: Vec<String> = r
+                .common_prefixes
+                .into_iter()
+                .filter_map(|d| d.filename().map(str::to_string))
+                .collect();
+            dirs.sort();
+            Ok((dirs, r.objects))
         })
         .await
     }
@@ -480,6 +532,11 @@ mod tests {
         assert!(matches!(err, StoreError::TooLarge { size: 2000, .. }));
         let listed = store.list("g").await.unwrap();
         assert_eq!(listed.len(), 2);
+        let (dirs, objs) = store.list_dir("").await.unwrap();
+        assert_eq!(dirs, ["g"]);
+        assert!(objs.is_empty());
+        let (dirs, _) = store.list_dir("g").await.unwrap();
+        assert_eq!(dirs, ["inputs", "results"]);
     }
 
     #[tokio::test]

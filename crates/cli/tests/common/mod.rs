@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod server;
+
 /// The base image scripts/setup.sh builds without a registry.
 pub const BASE_IMAGE: &str = "local/busybox:test";
 

@@ -1,0 +1,154 @@
+//! `caas serve`: an operator runs the job manager for one or more analyses over a store (a
+//! local folder or `s3://bucket/prefix`) until SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use caas_manager::{Analysis, Manager, ManagerConfig};
+use caas_runtime::Docker;
+use caas_spec::AnalysisSpec;
+use caas_store::Store;
+
+use crate::errors::user;
+
+/// Arguments of `caas serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  caas serve --store ./caas-store --analysis examples/spike-detect
+  caas serve --store s3://lab-bucket/caas --analysis pca --analysis sorter --concurrency 8 --group-limit 2
+
+Users put <group>/submissions/<name>submit.json ({\"dataname\", \"configname\", \"timestamp\"});
+results, status and logs appear in <group>/results/job__<analysis>_<timestamp>/. With several
+analyses, a submission picks one with \"analysis\": \"<name>\" (default: the first).
+S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
+On SIGTERM running tasks keep running and are adopted by the next `caas serve` with the same
+--id (or are stopped and recorded `cancelled` with --stop-on-exit).")]
+pub struct ServeArgs {
+    /// The store: a local folder or s3://bucket/prefix.
+    #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
+    store: String,
+    /// An analysis folder (holding caas.toml); repeat for several.
+    #[arg(long, default_value = ".")]
+    analysis: Vec<PathBuf>,
+    /// Tasks running at once, over all groups.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Tasks running at once per group.
+    #[arg(long)]
+    group_limit: Option<usize>,
+    /// Time between two polls of the store, e.g. 500ms, 5s.
+    #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
+    poll: Duration,
+    /// This manager's name (default: the host name): a restarted manager with the same name
+    /// adopts its jobs; give each manager sharing a store its own.
+    #[arg(long)]
+    id: Option<String>,
+    /// On SIGTERM stop running tasks (recorded `cancelled`) instead of leaving them to adopt.
+    #[arg(long)]
+    stop_on_exit: bool,
+    /// Scratch folder for staging on a remote store (default: a folder in the temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 500ms or 2s")),
+    }
+}
+
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "default".into()
+    } else {
+        name
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let id = args.id.clone().unwrap_or_else(host_name);
+    let mut analyses = Vec::new();
+    for dir in &args.analysis {
+        let spec = AnalysisSpec::load(&dir.join("caas.toml")).map_err(|e| user(e.to_string()))?;
+        let image = spec.default_image();
+        analyses.push(Analysis { spec, image });
+    }
+    let store = Store::open(&args.store)?;
+    let docker = Docker::connect().await?;
+    let work_root = match (&args.work_dir, store.local_root()) {
+        (Some(w), _) => w.clone(),
+        (None, Some(root)) => root.join(".caas").join("work"),
+        (None, None) => std::env::temp_dir().join(format!("caas-work-{id}")),
+    };
+    let names: Vec<String> = analyses
+        .iter()
+        .map(|a| a.spec.analysis.name.to_string())
+        .collect();
+    let manager = Manager::start(ManagerConfig {
+        store: store.clone(),
+        docker,
+        analyses,
+        concurrency: args.concurrency,
+        group_limit: args.group_limit,
+        poll: args.poll,
+        work_root,
+        manager_id: id.clone(),
+        stop_on_shutdown: args.stop_on_exit,
+    })
+    .await
+    .map_err(|e| match e {
+        caas_manager::ManagerError::Config(m) => user(m),
+        other => other.into(),
+    })?;
+    let s = &manager.startup;
+    eprintln!(
+        "caas serve: ready in {:.0} ms: watching {} for {} (concurrency {}, {} known submission(s), {} job(s) resumed, {} orphan(s) removed)",
+        s.elapsed.as_secs_f64() * 1000.0,
+        store.location(),
+        names.join(", "),
+        args.concurrency,
+        s.known_claims,
+        s.resumed,
+        s.reaped
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    if args.stop_on_exit {
+        eprintln!("caas serve: stopping: cancelling running tasks and recording them...");
+    } else {
+        eprintln!(
+            "caas serve: stopping: running tasks keep running and are adopted at the next start"
+        );
+    }
+    manager.shutdown().await;
+    eprintln!("caas serve: stopped");
+    Ok(0)
+}

@@ -1,0 +1,400 @@
+//! `caas serve` on a real S3 API server (moto, started by scripts/setup.sh on 127.0.0.1), with
+//! the AWS CLI as the user's client: a client caas did not write uploads the data, the config
+//! and the submit.json, and downloads the results. Two managers share the bucket.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::server::*;
+use common::*;
+
+fn endpoint() -> String {
+    let port = std::env::var("CAAS_S3_PORT").unwrap_or_else(|_| "5055".into());
+    format!("http://127.0.0.1:{port}")
+}
+
+fn aws_bin() -> String {
+    let venv = std::env::var("CAAS_VENV").unwrap_or_else(|_| "/opt/caas-venv".into());
+    format!("{venv}/bin/aws")
+}
+
+/// Make sure the S3 server answers (runs scripts/setup.sh once if not).
+fn ensure_s3() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        ensure_engine();
+        let up = std::net::TcpStream::connect(endpoint().trim_start_matches("http://")).is_ok();
+        if !up || !Path::new(&aws_bin()).exists() {
+            let st = Command::new("bash")
+                .arg(repo_root().join("scripts/setup.sh"))
+                .status()
+                .expect("run scripts/setup.sh");
+            assert!(st.success(), "scripts/setup.sh failed");
+        }
+    });
+}
+
+fn with_aws_env(c: &mut Command) -> &mut Command {
+    c.env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_ACCESS_KEY_ID", "caas-test")
+        .env("AWS_SECRET_ACCESS_KEY", "caas-test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+}
+
+/// The AWS CLI, as the user runs it.
+fn aws(args: &[&str]) -> Output {
+    let mut c = Command::new(aws_bin());
+    with_aws_env(&mut c)
+        .args(["--endpoint-url", &endpoint()])
+        .args(args);
+    c.output().expect("run the AWS CLI")
+}
+
+fn aws_ok(args: &[&str]) -> String {
+    let out = aws(args);
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+fn unique_bucket(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("caas-{tag}-{}-{nanos:x}", std::process::id())
+}
+
+#[test]
+fn serve_on_s3_with_the_aws_cli_as_the_users_client() {
+    ensure_s3();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "s3-lines",
+        "echo counting {dataset}; wc -l < {data} > {results}/lines.txt; mkdir {results}/sub; echo deep > {results}/sub/deep.txt",
+        "",
+    ));
+    let bucket = unique_bucket("serve");
+    aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
+    let base = format!("s3://{bucket}/svc");
+    // The user uploads with the AWS CLI.
+    aws_ok(&[
+        "s3",
+        "cp",
+        sb.path().join("data.csv").to_str().unwrap(),
+        &format!("{base}/lab/inputs/data.csv"),
+    ]);
+    aws_ok(&[
+        "s3",
+        "cp",
+        sb.path().join("config.yaml").to_str().unwrap(),
+        &format!("{base}/lab/configs/config.yaml"),
+    ]);
+    let sub = sb.path().join("submit.json");
+    std::fs::write(
+        &sub,
+        r#"{"dataname": "lab/inputs/data.csv", "configname": "lab/configs/config.yaml", "timestamp": "s3:run.1"}"#,
+    )
+    .unwrap();
+    aws_ok(&[
+        "s3",
+        "cp",
+        sub.to_str().unwrap(),
+        &format!("{base}/lab/submissions/awssubmit.json"),
+    ]);
+    let bad = sb.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"configname": "lab/configs/config.yaml", "timestamp": "s3-bad"}"#,
+    )
+    .unwrap();
+    aws_ok(&[
+        "s3",
+        "cp",
+        bad.to_str().unwrap(),
+        &format!("{base}/lab/submissions/badsubmit.json"),
+    ]);
+
+    // Two managers on the same bucket.
+    let start = |id: &str| {
+        let log = sb.path().join(format!("{id}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut c = caas();
+        with_aws_env(&mut c)
+            .env("RUST_LOG", "info")
+            .args(["serve", "--store", &base, "--poll", "300ms", "--id", id])
+            .arg("--analysis")
+            .arg(&a)
+            .arg("--work-dir")
+            .arg(sb.path().join(format!("work-{id}")))
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let srv = Server {
+            child: c.spawn().unwrap(),
+            log,
+        };
+        assert!(
+            wait_for(Duration::from_secs(60), || srv
+                .log_text()
+                .contains("caas serve: ready")),
+            "{}",
+            srv.log_text()
+        );
+        srv
+    };
+    let one = start("s3one");
+    let _two = start("s3two");
+
+    // And a second job through caas submit (local files uploaded by caas).
+    let mut c = caas();
+    let out = with_aws_env(&mut c)
+        .current_dir(sb.path())
+        .args([
+            "submit", "--store", &base, "--group", "lab", "--data", "data.csv",
+        ])
+        .args(["--config", "config.yaml", "--timestamp", "s3-cli"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The same timestamp again: the conditional create on S3 refuses it.
+    let mut c = caas();
+    let again = with_aws_env(&mut c)
+        .current_dir(sb.path())
+        .args([
+            "submit", "--store", &base, "--group", "lab", "--data", "data.csv",
+        ])
+        .args(["--config", "config.yaml", "--timestamp", "s3-cli"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let status = |ts: &str| -> serde_json::Value {
+        let mut c = caas();
+        let out = with_aws_env(&mut c)
+            .args(["status", "--store", &base, "--group", "lab", ts, "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_str(&stdout(&out)).unwrap_or(serde_json::Value::Null)
+    };
+    for ts in ["s3:run.1", "s3-cli"] {
+        assert!(
+            wait_for(Duration::from_secs(120), || status(ts)["finished"]
+                .is_string()),
+            "{ts} did not finish: {}",
+            one.log_text()
+        );
+        assert_eq!(status(ts)["state"], "succeeded", "{}", status(ts));
+    }
+
+    // The user downloads with the AWS CLI.
+    let dl = sb.path().join("dl");
+    aws_ok(&[
+        "s3",
+        "cp",
+        "--recursive",
+        &format!("{base}/lab/results/job__s3-lines_s3:run.1/"),
+        dl.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(dl.join("process_results/lines.txt"))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dl.join("process_results/sub/deep.txt")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dl.join("process_results/end.txt")).unwrap(),
+        "end of analysis marker"
+    );
+    assert!(dl.join("process_results/config.yaml").is_file());
+    assert_eq!(
+        std::fs::read_to_string(dl.join("logs/data.csv.stdout.log")).unwrap(),
+        "counting data.csv\n"
+    );
+    let st = read_json(&dl.join("logs/DATASET_NAME:data.csv_STATUS.txt"));
+    assert_eq!(st["status"], "SUCCESS");
+    let cert = std::fs::read_to_string(dl.join("logs/certificate.txt")).unwrap();
+    assert_eq!(
+        cert.matches("container started").count(),
+        1,
+        "run twice: {cert}"
+    );
+
+    // caas results from S3, with the progress bar.
+    let mut c = caas();
+    let out = with_aws_env(&mut c)
+        .args([
+            "results", "--store", &base, "--group", "lab", "s3-cli", "-o",
+        ])
+        .arg(sb.path().join("dl2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sb.path().join("dl2/process_results/lines.txt").is_file());
+
+    // The bad submission was rejected where the user looks, exactly once.
+    let listing = aws_ok(&["s3", "ls", "--recursive", &format!("{base}/lab/results/")]);
+    let rejected: std::collections::BTreeSet<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|k| k.contains("__rejected-badsubmit"))
+        .filter_map(|k| k.split('/').nth(3))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{listing}");
+    let folder = rejected.iter().next().unwrap();
+    let cert = aws_ok(&[
+        "s3",
+        "cp",
+        &format!("{base}/lab/results/{folder}/logs/certificate.txt"),
+        "-",
+    ]);
+    assert!(cert.contains("does not contain field 'dataname'"), "{cert}");
+    aws_ok(&[
+        "s3",
+        "ls",
+        &format!("{base}/lab/results/{folder}/process_results/end.txt"),
+    ]);
+    // No job ran twice: 3 claims, no rejection for a reused timestamp.
+    assert!(!listing.contains("_s3:run.1__rejected"), "{listing}");
+    assert!(!listing.contains("_s3-cli__rejected"), "{listing}");
+    let claims = aws_ok(&["s3", "ls", "--recursive", &format!("{base}/_caas/claims/")]);
+    assert_eq!(claims.lines().count(), 3, "{claims}");
+}
+
+/// `kill -9` of a manager on S3 while its task runs: the restarted manager adopts the
+/// container, re-uploads the whole log once (no line lost or doubled) and finishes the job.
+#[test]
+fn on_s3_a_restarted_manager_adopts_the_running_container() {
+    ensure_s3();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "s3-adopt",
+        "for i in 1 2 3 4; do echo tick $i; sleep 1; done; echo ok > {results}/ok.txt",
+        "",
+    ));
+    let bucket = unique_bucket("adopt");
+    aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
+    let base = format!("s3://{bucket}");
+    aws_ok(&[
+        "s3",
+        "cp",
+        sb.path().join("data.csv").to_str().unwrap(),
+        &format!("{base}/lab/inputs/data.csv"),
+    ]);
+    aws_ok(&[
+        "s3",
+        "cp",
+        sb.path().join("config.yaml").to_str().unwrap(),
+        &format!("{base}/lab/configs/config.yaml"),
+    ]);
+    let start = |log: &str| {
+        let log = sb.path().join(log);
+        let file = std::fs::File::create(&log).unwrap();
+        let mut c = caas();
+        with_aws_env(&mut c)
+            .env("RUST_LOG", "info")
+            .args([
+                "serve", "--store", &base, "--poll", "200ms", "--id", "s3adopt",
+            ])
+            .arg("--analysis")
+            .arg(&a)
+            .arg("--work-dir")
+            .arg(sb.path().join("work"))
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let srv = Server {
+            child: c.spawn().unwrap(),
+            log,
+        };
+        assert!(
+            wait_for(Duration::from_secs(60), || srv
+                .log_text()
+                .contains("caas serve: ready")),
+            "{}",
+            srv.log_text()
+        );
+        srv
+    };
+    let mut first = start("one.log");
+    let mut c = caas();
+    let out = with_aws_env(&mut c)
+        .args(["submit", "--store", &base, "--group", "lab"])
+        .args([
+            "--data",
+            "lab/inputs/data.csv",
+            "--config",
+            "lab/configs/config.yaml",
+        ])
+        .args(["--timestamp", "adopt1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log_key = format!("{base}/lab/results/job__s3-adopt_adopt1/logs/data.csv.stdout.log");
+    assert!(
+        wait_for(Duration::from_secs(60), || {
+            let o = aws(&["s3", "cp", &log_key, "-"]);
+            o.status.success() && stdout(&o).contains("tick 2")
+        }),
+        "{}",
+        first.log_text()
+    );
+    first.kill9();
+    let second = start("two.log");
+    assert!(
+        second.log_text().contains("1 job(s) resumed"),
+        "{}",
+        second.log_text()
+    );
+    let status = || -> serde_json::Value {
+        let mut c = caas();
+        let out = with_aws_env(&mut c)
+            .args([
+                "status", "--store", &base, "--group", "lab", "adopt1", "--json",
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_str(&stdout(&out)).unwrap_or(serde_json::Value::Null)
+    };
+    assert!(
+        wait_for(Duration::from_secs(90), || status()["finished"].is_string()),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(status()["state"], "succeeded", "{}", status());
+    assert_eq!(
+        aws_ok(&["s3", "cp", &log_key, "-"]),
+        "tick 1\ntick 2\ntick 3\ntick 4\n"
+    );
+    aws_ok(&[
+        "s3",
+        "ls",
+        &format!("{base}/lab/results/job__s3-adopt_adopt1/process_results/ok.txt"),
+    ]);
+    let cert = aws_ok(&[
+        "s3",
+        "cp",
+        &format!("{base}/lab/results/job__s3-adopt_adopt1/logs/certificate.txt"),
+        "-",
+    ]);
+    assert!(cert.contains("Detected new job"), "{cert}");
+    assert!(cert.contains("adopted its running container"), "{cert}");
+}

@@ -1,0 +1,97 @@
+//! The job manager behind `caas serve`: the NeuroCAAS bucket protocol as a service.
+//!
+//! A user drops `<group>/submissions/*submit.json` into the store; the manager finds it on its
+//! next polling pass, claims it exactly once (a create-if-absent of a claim object, so two
+//! managers on one bucket never run it twice), and runs its job through the one task pipeline
+//! (`caas_pipeline`) under a global and a per-group limit of running tasks. Every refusal ends
+//! in a job folder the user can read (certificate, `job.json`, `end.txt`). `caas cancel` writes
+//! `cancel.json` into the job folder and the manager cancels the job. While a job is in
+//! flight the manager keeps a marker of it; after a restart (even after `kill -9`) it resumes
+//! those jobs, adopting their containers by label.
+//!
+//! Keys the manager owns start with `_caas/`, which no group name can (groups start with a
+//! letter or digit):
+//! `_caas/claims/<group>/<id>.json` (one per submission version, permanent) and
+//! `_caas/active/<manager>/<id>.json` (while its job is in flight).
+
+mod manager;
+mod reject;
+pub mod worker;
+
+pub use manager::{Analysis, Manager, ManagerConfig};
+
+/// Failures of the manager itself (the store or the engine); a user's mistakes are rejections
+/// written to the store, never errors here.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] caas_store::StoreError),
+    /// The engine failed.
+    #[error(transparent)]
+    Runtime(#[from] caas_runtime::RuntimeError),
+    /// The pipeline could not record a job.
+    #[error(transparent)]
+    Pipeline(#[from] caas_pipeline::PipelineError),
+    /// A name was invalid.
+    #[error(transparent)]
+    Spec(#[from] caas_spec::SpecError),
+    /// The configuration makes no sense.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The claim of one version of a submission.
+pub fn claim_key(group: &caas_spec::GroupName, id: &str) -> String {
+    format!("_caas/claims/{group}/{id}.json")
+}
+
+/// The marker of a job in flight on manager `manager`.
+pub fn active_key(manager: &str, id: &str) -> String {
+    format!("_caas/active/{manager}/{id}.json")
+}
+
+/// The identity of one version of a submission: its key and its entity tag (or size and
+/// modification time), hashed. A submission rewritten with new content is a new submission.
+pub fn submission_id(key: &str, meta: &caas_store::ObjectMeta) -> String {
+    use sha2::Digest;
+    let version = meta
+        .e_tag
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_micros()));
+    let mut h = sha2::Sha256::new();
+    h.update(key.as_bytes());
+    h.update([0]);
+    h.update(version.as_bytes());
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The name `caas cancel` writes into a job folder to ask the manager to cancel it.
+pub const CANCEL_FILE: &str = "cancel.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rewritten_submission_is_a_new_one() {
+        let meta = |etag: &str| caas_store::ObjectMeta {
+            location: "lab/submissions/asubmit.json".into(),
+            last_modified: chrono::Utc::now(),
+            size: 10,
+            e_tag: Some(etag.into()),
+            version: None,
+        };
+        let k = "lab/submissions/asubmit.json";
+        assert_eq!(submission_id(k, &meta("1")), submission_id(k, &meta("1")));
+        assert_ne!(submission_id(k, &meta("1")), submission_id(k, &meta("2")));
+        assert_eq!(submission_id(k, &meta("1")).len(), 24);
+        let g: caas_spec::GroupName = "lab".parse().unwrap();
+        assert_eq!(claim_key(&g, "x"), "_caas/claims/lab/x.json");
+        // No group can be named like caas's own prefix.
+        assert!("_caas".parse::<caas_spec::GroupName>().is_err());
+    }
+}

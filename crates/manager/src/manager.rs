@@ -1,0 +1,681 @@
+//! The manager proper: start-up (reap orphans, load known claims, resume jobs in flight),
+//! the polling loops (new submissions, cancel requests, expired containers), one job task per
+//! claimed submission under the global and per-group limits, and shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
+use caas_runtime::Docker;
+use caas_spec::layout::{END_MARKER_BODY, JobPaths, submissions_prefix};
+use caas_spec::submission::MAX_SUBMISSION_BYTES;
+use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
+use caas_store::{Store, StoreError};
+
+use crate::reject::{Rejection, write_rejection};
+use crate::worker::{self, Statuses, Worker};
+use crate::{CANCEL_FILE, ManagerError, active_key, claim_key, submission_id};
+
+/// One analysis the manager serves.
+#[derive(Clone, Debug)]
+pub struct Analysis {
+    /// Its `caas.toml`.
+    pub spec: AnalysisSpec,
+    /// The image its tasks run.
+    pub image: String,
+}
+
+/// How the manager runs.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// The store to watch.
+    pub store: Store,
+    /// The engine tasks run on.
+    pub docker: Docker,
+    /// The analyses served; a submission names one with `"analysis"`, else the first is used.
+    pub analyses: Vec<Analysis>,
+    /// Tasks running at once, over all groups.
+    pub concurrency: usize,
+    /// Tasks running at once per group.
+    pub group_limit: Option<usize>,
+    /// Time between two polling passes.
+    pub poll: Duration,
+    /// Scratch space for staging (for a local store, inside it).
+    pub work_root: PathBuf,
+    /// This manager's name: the jobs it has in flight are recorded under it and resumed by a
+    /// manager of the same name after a restart.
+    pub manager_id: String,
+    /// On shutdown, stop running tasks (recorded `cancelled`) instead of leaving them running
+    /// to be adopted by the next start.
+    pub stop_on_shutdown: bool,
+}
+
+/// What start-up found.
+#[derive(Clone, Debug, Default)]
+pub struct Startup {
+    /// How long start-up took.
+    pub elapsed: Duration,
+    /// Submissions already claimed (skipped).
+    pub known_claims: usize,
+    /// Jobs in flight that were resumed.
+    pub resumed: usize,
+    /// Orphan containers removed.
+    pub reaped: usize,
+}
+
+struct Inner {
+    cfg: ManagerConfig,
+    global: Arc<Semaphore>,
+    groups: Mutex<HashMap<GroupName, Arc<Semaphore>>>,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    jobs: Mutex<JoinSet<()>>,
+    /// What each group has spent (USD), read from the ledger once, then kept up to date.
+    spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
+}
+
+/// A running manager.
+#[derive(Debug)]
+pub struct Manager {
+    inner: Arc<Inner>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    /// What each loop last reported.
+    pub statuses: Statuses,
+    /// What start-up found.
+    pub startup: Startup,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("manager_id", &self.cfg.manager_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Logs a job's manager lines with its folder.
+struct JobLog(String);
+
+impl Observer for JobLog {
+    fn progress(&self, line: &str) {
+        tracing::info!(job = %self.0, "{line}");
+    }
+}
+
+impl Manager {
+    /// Start: remove orphaned containers, learn which submissions are already claimed, resume
+    /// this manager's jobs in flight, and start the polling loops.
+    pub async fn start(cfg: ManagerConfig) -> Result<Self, ManagerError> {
+        let t0 = Instant::now();
+        if cfg.analyses.is_empty() {
+            return Err(ManagerError::Config("no analysis to serve".into()));
+        }
+        if cfg.manager_id.is_empty()
+            || cfg
+                .manager_id
+                .chars()
+                .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            return Err(ManagerError::Config(format!(
+                "manager id {:?}: use letters, digits, '-', '_', '.'",
+                cfg.manager_id
+            )));
+        }
+        let reaped = match cfg.docker.reap_expired().await {
+            Ok(r) => r.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for orphaned containers");
+                0
+            }
+        };
+        let mut seen = HashSet::new();
+        for o in cfg.store.list("_caas/claims").await? {
+            if let Some(id) = o.location.filename().and_then(|f| f.strip_suffix(".json")) {
+                seen.insert(id.to_string());
+            }
+        }
+        let known_claims = seen.len();
+        let inner = Arc::new(Inner {
+            global: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            groups: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(JoinSet::new()),
+            spent: tokio::sync::Mutex::new(HashMap::new()),
+            cfg,
+        });
+
+        // Jobs this manager had in flight when it stopped.
+        let prefix = format!("_caas/active/{}", inner.cfg.manager_id);
+        let markers = inner.cfg.store.list(&prefix).await?;
+        let mut resumed = 0;
+        for m in markers {
+            let key = m.location.to_string();
+            let Some(bytes) = inner.cfg.store.get_small(&key, 1 << 20).await? else {
+                continue;
+            };
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (Some(sub), Some(group), Some(id)) = (
+                v["submission"].as_str(),
+                v["group"]
+                    .as_str()
+                    .and_then(|g| g.parse::<GroupName>().ok()),
+                v["id"].as_str(),
+            ) else {
+                inner.cfg.store.delete(&key).await?;
+                continue;
+            };
+            let claim = inner
+                .cfg
+                .store
+                .get_small(&claim_key(&group, id), 1 << 20)
+                .await?;
+            let ours = claim
+                .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+                .is_some_and(|c| c["manager"] == inner.cfg.manager_id.as_str());
+            if !ours {
+                // Never claimed (stopped between marker and claim): polling handles it.
+                inner.cfg.store.delete(&key).await?;
+                continue;
+            }
+            resumed += 1;
+            let (sub, id) = (sub.to_string(), id.to_string());
+            let me = inner.clone();
+            inner.spawn(async move {
+                if let Err(e) = me.process(&group, &sub, &id, true).await {
+                    tracing::error!(submission = %sub, error = %e, "resuming a job failed");
+                }
+            });
+        }
+
+        let (shutdown, rx) = watch::channel(false);
+        let statuses: Statuses = Arc::default();
+        let workers: Vec<Box<dyn Worker>> = vec![
+            Box::new(SubmissionWatcher {
+                inner: inner.clone(),
+                seen,
+                retry: Arc::default(),
+            }),
+            Box::new(CancelWatcher {
+                inner: inner.clone(),
+            }),
+            Box::new(Reaper {
+                docker: inner.cfg.docker.clone(),
+            }),
+        ];
+        let workers = workers
+            .into_iter()
+            .map(|w| worker::spawn(w, rx.clone(), statuses.clone()))
+            .collect();
+        Ok(Self {
+            inner,
+            shutdown,
+            workers,
+            statuses,
+            startup: Startup {
+                elapsed: t0.elapsed(),
+                known_claims,
+                resumed,
+                reaped,
+            },
+        })
+    }
+
+    /// Stop polling; then either stop running tasks and record them (`stop_on_shutdown`), or
+    /// leave their containers running for the next start to adopt.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        let mut jobs = match self.inner.jobs.lock() {
+            Ok(mut j) => std::mem::take(&mut *j),
+            Err(_) => return,
+        };
+        if self.inner.cfg.stop_on_shutdown {
+            if let Ok(running) = self.inner.running.lock() {
+                for t in running.values() {
+                    t.cancel();
+                }
+            }
+            while jobs.join_next().await.is_some() {}
+        } else {
+            jobs.abort_all();
+            while jobs.join_next().await.is_some() {}
+        }
+    }
+}
+
+impl Inner {
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            // Reap finished job tasks so the set stays small.
+            while jobs.try_join_next().is_some() {}
+            jobs.spawn(fut);
+        }
+    }
+
+    fn group_slot(&self, group: &GroupName) -> Option<Arc<Semaphore>> {
+        let limit = self.cfg.group_limit?;
+        let mut groups = self.groups.lock().ok()?;
+        Some(
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+                .clone(),
+        )
+    }
+
+    /// Claim one version of a submission (exactly once over every manager on the store) and
+    /// run it.
+    async fn claim_and_run(
+        &self,
+        group: &GroupName,
+        key: &str,
+        id: &str,
+    ) -> Result<(), ManagerError> {
+        let store = &self.cfg.store;
+        let marker = active_key(&self.cfg.manager_id, id);
+        let body = json!({"submission": key, "group": group, "id": id});
+        store.put(&marker, body.to_string()).await?;
+        let claim = json!({
+            "submission": key,
+            "manager": self.cfg.manager_id,
+            "claimed_at": Utc::now().to_rfc3339(),
+        });
+        if !store
+            .create(&claim_key(group, id), claim.to_string())
+            .await?
+        {
+            let ours = store
+                .get_small(&claim_key(group, id), 1 << 20)
+                .await?
+                .and_then(|c| serde_json::from_slice::<Value>(&c).ok())
+                .is_some_and(|c| c["manager"] == self.cfg.manager_id.as_str());
+            if ours {
+                // Our own claim from an attempt that failed part-way: carry on with it.
+                return self.process(group, key, id, true).await;
+            }
+            store.delete(&marker).await?;
+            return Ok(());
+        }
+        self.process(group, key, id, false).await
+    }
+
+    /// What `group` has spent: the sum of its ledger (`logs/<group>/*.json`), read once.
+    async fn spent(&self, group: &GroupName) -> Result<f64, ManagerError> {
+        let mut spent = self.spent.lock().await;
+        if let Some(s) = spent.get(group) {
+            return Ok(*s);
+        }
+        let mut total = 0.0;
+        for o in self.cfg.store.list(&format!("logs/{group}")).await? {
+            if let Some(b) = self
+                .cfg
+                .store
+                .get_small(o.location.as_ref(), 1 << 20)
+                .await?
+            {
+                total += serde_json::from_slice::<Value>(&b)
+                    .ok()
+                    .and_then(|v| v["cost_usd"].as_f64())
+                    .unwrap_or(0.0);
+            }
+        }
+        spent.insert(group.clone(), total);
+        Ok(total)
+    }
+
+    fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
+        match raw.and_then(|v| v.get("analysis")) {
+            None | Some(Value::Null) => Ok(&self.cfg.analyses[0]),
+            Some(Value::String(name)) => self
+                .cfg
+                .analyses
+                .iter()
+                .find(|a| a.spec.analysis.name.as_str() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "'analysis' {name:?} is not served here; served: {}",
+                        self.names()
+                    )
+                }),
+            Some(other) => Err(format!("'analysis' must be a string, found {other}")),
+        }
+    }
+
+    fn names(&self) -> String {
+        self.cfg
+            .analyses
+            .iter()
+            .map(|a| a.spec.analysis.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn reject(
+        &self,
+        analysis: &Analysis,
+        group: &GroupName,
+        key: &str,
+        id: &str,
+        timestamp: Option<String>,
+        problem: String,
+        hint: &str,
+    ) -> Result<(), ManagerError> {
+        let root = write_rejection(
+            &self.cfg.store,
+            &Rejection {
+                analysis: &analysis.spec.analysis.name,
+                version: &analysis.spec.analysis.version,
+                group,
+                submission: key,
+                timestamp,
+                id,
+                problem: problem.clone(),
+                hint,
+            },
+        )
+        .await?;
+        tracing::info!(submission = %key, folder = %root, "rejected: {problem}");
+        Ok(())
+    }
+
+    /// Read, check and run a claimed submission; `resuming` after a restart, when its job may
+    /// already exist.
+    async fn process(
+        &self,
+        group: &GroupName,
+        key: &str,
+        id: &str,
+        resuming: bool,
+    ) -> Result<(), ManagerError> {
+        let r = self.process_inner(group, key, id, resuming).await;
+        if r.is_ok() {
+            self.cfg
+                .store
+                .delete(&active_key(&self.cfg.manager_id, id))
+                .await?;
+        }
+        r
+    }
+
+    async fn process_inner(
+        &self,
+        group: &GroupName,
+        key: &str,
+        id: &str,
+        resuming: bool,
+    ) -> Result<(), ManagerError> {
+        let store = &self.cfg.store;
+        const FIX: &str = "Correct the submit file and submit it again (with a new timestamp).";
+        let bytes = match store.get_small(key, MAX_SUBMISSION_BYTES as u64).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(()), // withdrawn before it was read
+            Err(StoreError::TooLarge { size, max, .. }) => {
+                let problem = format!(
+                    "the submit file is {size} bytes; a submission is at most {max} bytes (is it the right file?)"
+                );
+                return self
+                    .reject(&self.cfg.analyses[0], group, key, id, None, problem, FIX)
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let raw: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let ts_hint = raw.as_ref().and_then(|v| match v.get("timestamp") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        });
+        let analysis = match self.analysis(raw.as_ref()) {
+            Ok(a) => a,
+            Err(problem) => {
+                return self
+                    .reject(&self.cfg.analyses[0], group, key, id, ts_hint, problem, FIX)
+                    .await;
+            }
+        };
+        let sub = match Submission::parse(&bytes, group) {
+            Ok(s) => s,
+            Err(e) => {
+                return self
+                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX)
+                    .await;
+            }
+        };
+        let job_id = JobId {
+            analysis: analysis.spec.analysis.name.clone(),
+            timestamp: sub.timestamp.clone(),
+        };
+        let paths = JobPaths::new(group, &job_id);
+        let origin = format!("caas serve (submission {key}, claim {id})");
+        let mut slots = Vec::new();
+        if let Some(g) = self.group_slot(group) {
+            slots.push(g);
+        }
+        slots.push(self.global.clone());
+        let budget = match analysis.spec.budget.for_group(group) {
+            Some(total_usd) => Some(Budget {
+                total_usd,
+                spent_usd: self.spent(group).await?,
+            }),
+            None => None,
+        };
+        let mut opts = JobOptions {
+            slots,
+            resume: None,
+            budget,
+        };
+        if resuming
+            && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?
+            && let Ok(rec) = serde_json::from_slice::<JobRecord>(&b)
+            && rec.origin == origin
+        {
+            if rec.state.is_terminal() {
+                if store.head(&paths.end_marker()).await?.is_none() {
+                    store.put(&paths.end_marker(), END_MARKER_BODY).await?;
+                }
+                return Ok(());
+            }
+            opts.resume = Some(rec);
+        }
+        let n = sub.datasets.len();
+        let req = JobRequest {
+            spec: analysis.spec.clone(),
+            group: group.clone(),
+            timestamp: sub.timestamp.clone(),
+            datasets: sub.datasets,
+            config: sub.config,
+            image: analysis.image.clone(),
+            origin,
+            extra_mounts: Vec::new(),
+            concurrency: n.max(1),
+            work_root: self.cfg.work_root.clone(),
+        };
+        let token = CancellationToken::new();
+        let root = paths.root().to_string();
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(root.clone(), token.clone());
+        }
+        let r = run_job_with(
+            store,
+            &self.cfg.docker,
+            req,
+            opts,
+            Arc::new(JobLog(job_id.folder())),
+            &token,
+        )
+        .await;
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&root);
+        }
+        match r {
+            Ok(outcome) => {
+                let cost: f64 = outcome.record.tasks.iter().map(|t| t.cost_usd).sum();
+                if cost > 0.0
+                    && let Some(s) = self.spent.lock().await.get_mut(group)
+                {
+                    *s += cost;
+                }
+                tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
+                Ok(())
+            }
+            Err(PipelineError::JobExists { job, created, .. }) => {
+                let problem = format!(
+                    "the timestamp {:?} was already used: job {job} exists (created {created}) and was left untouched.",
+                    sub.timestamp.as_str()
+                );
+                self.reject(
+                    analysis,
+                    group,
+                    key,
+                    id,
+                    Some(sub.timestamp.to_string()),
+                    problem,
+                    "Submit again with a new, unique timestamp.",
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Finds new submissions: one listing of the groups, one of each group's submissions folder.
+struct SubmissionWatcher {
+    inner: Arc<Inner>,
+    seen: HashSet<String>,
+    retry: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker for SubmissionWatcher {
+    fn name(&self) -> &'static str {
+        "submissions"
+    }
+
+    fn interval(&self) -> Duration {
+        self.inner.cfg.poll
+    }
+
+    fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
+        async move {
+            // Submissions whose handling failed (the store was down) are looked at again.
+            if let Ok(mut r) = self.retry.lock() {
+                for id in r.drain(..) {
+                    self.seen.remove(&id);
+                }
+            }
+            let store = self.inner.cfg.store.clone();
+            let (groups, _) = store.list_dir("").await?;
+            for g in groups {
+                let Ok(group) = g.parse::<GroupName>() else {
+                    continue;
+                };
+                let (_, objects) = store.list_dir(&submissions_prefix(&group)).await?;
+                for o in objects {
+                    let key = o.location.to_string();
+                    if !key.ends_with("submit.json") {
+                        continue;
+                    }
+                    let id = submission_id(&key, &o);
+                    if !self.seen.insert(id.clone()) {
+                        continue;
+                    }
+                    let inner = self.inner.clone();
+                    let group = group.clone();
+                    let retry = self.retry.clone();
+                    self.inner.spawn(async move {
+                        if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
+                            tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
+                            if let Ok(mut r) = retry.lock() {
+                                r.push(id);
+                            }
+                        }
+                    });
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Sees `cancel.json` in the folders of running jobs and cancels them (one pass over all).
+struct CancelWatcher {
+    inner: Arc<Inner>,
+}
+
+impl Worker for CancelWatcher {
+    fn name(&self) -> &'static str {
+        "cancel"
+    }
+
+    fn interval(&self) -> Duration {
+        self.inner.cfg.poll
+    }
+
+    fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
+        async move {
+            let running: Vec<(String, CancellationToken)> = match self.inner.running.lock() {
+                Ok(r) => r
+                    .iter()
+                    .filter(|(_, t)| !t.is_cancelled())
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect(),
+                Err(_) => return Ok(()),
+            };
+            for (root, token) in running {
+                if self
+                    .inner
+                    .cfg
+                    .store
+                    .head(&format!("{root}/{CANCEL_FILE}"))
+                    .await?
+                    .is_some()
+                {
+                    tracing::info!(job = %root, "cancel requested");
+                    token.cancel();
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Removes containers left past their deadline by any caas process.
+struct Reaper {
+    docker: Docker,
+}
+
+impl Worker for Reaper {
+    fn name(&self) -> &'static str {
+        "reaper"
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
+        async move {
+            let reaped = self.docker.reap_expired().await?;
+            if !reaped.is_empty() {
+                tracing::info!(containers = ?reaped, "removed containers past their deadline");
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}

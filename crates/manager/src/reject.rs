@@ -1,0 +1,172 @@
+//! Rejections whose job folder cannot be used: a submit.json that does not parse (no valid
+//! `timestamp`, not JSON, too large, binary, a path outside the group) or whose timestamp names
+//! an earlier job. The earlier job is never touched; the rejection gets a fresh folder beside
+//! it, `<group>/results/job__<analysis>_<timestamp>__rejected-<submission>-<id>/`, with the
+//! certificate, a `rejected` job.json and `end.txt`, so the user finds it where they look.
+
+use chrono::Utc;
+
+use caas_spec::layout::END_MARKER_BODY;
+use caas_spec::record::Certificate;
+use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
+use caas_store::Store;
+
+use crate::ManagerError;
+
+/// A submission refused before it became a job.
+pub(crate) struct Rejection<'a> {
+    pub analysis: &'a AnalysisName,
+    pub version: &'a str,
+    pub group: &'a GroupName,
+    /// The submission's key.
+    pub submission: &'a str,
+    /// Its timestamp, when it had a usable one.
+    pub timestamp: Option<String>,
+    /// The claim id (keeps folders of different submissions apart).
+    pub id: &'a str,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it.
+    pub hint: &'a str,
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(60)
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
+/// The folder a rejection is written to.
+pub(crate) fn rejection_root(r: &Rejection<'_>) -> String {
+    let ts = r
+        .timestamp
+        .as_deref()
+        .map(sanitize)
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "no-timestamp".into());
+    let name = r.submission.rsplit('/').next().unwrap_or("submit.json");
+    let short = &r.id[..r.id.len().min(8)];
+    format!(
+        "{}/results/job__{}_{ts}__rejected-{}-{short}",
+        r.group,
+        r.analysis,
+        sanitize(name)
+    )
+}
+
+/// Write the rejection (idempotent: an existing rejection folder is left as it is).
+pub(crate) async fn write_rejection(
+    store: &Store,
+    r: &Rejection<'_>,
+) -> Result<String, ManagerError> {
+    let root = rejection_root(r);
+    let now = Utc::now();
+    let folder_ts = root
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.strip_prefix(&format!("job__{}_", r.analysis)))
+        .unwrap_or("rejected")
+        .to_string();
+    let record = JobRecord {
+        format: 1,
+        job_id: root.rsplit('/').next().unwrap_or_default().to_string(),
+        analysis: r.analysis.clone(),
+        analysis_version: r.version.to_string(),
+        group: r.group.clone(),
+        timestamp: r.timestamp.clone().unwrap_or_default(),
+        image: String::new(),
+        image_id: None,
+        config: String::new(),
+        state: State::Rejected,
+        reason: Some(format!("{} {}", r.problem, r.hint)),
+        origin: format!("caas serve (submission {}, claim {})", r.submission, r.id),
+        created: now,
+        finished: Some(now),
+        tasks: Vec::new(),
+    };
+    let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    json.push(b'\n');
+    if !store.create(&format!("{root}/job.json"), json).await?
+        && store
+            .head(&format!("{root}/process_results/end.txt"))
+            .await?
+            .is_some()
+    {
+        // Written completely before (a resumed manager processing it again).
+        return Ok(root);
+    }
+    let timestamp: JobTimestamp = folder_ts
+        .parse()
+        .or_else(|_| "rejected".parse())
+        .map_err(ManagerError::Spec)?;
+    let id = JobId {
+        analysis: r.analysis.clone(),
+        timestamp,
+    };
+    let mut cert = Certificate::new(now, &id, r.version);
+    for line in [
+        format!(
+            "[Job Manager] Detected new job: starting up (submission {}).",
+            r.submission
+        ),
+        "[Job Manager] STEP 1/4 (Initialization): DONE".to_string(),
+        format!(
+            "[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {}",
+            r.problem
+        ),
+        format!("[Job Manager] {}", r.hint),
+        "[Job Manager] Shutting down job.".to_string(),
+        "[Job Manager] Job finished: FAILED (rejected).".to_string(),
+    ] {
+        cert.log(Utc::now(), &line);
+    }
+    store
+        .put(
+            &format!("{root}/logs/certificate.txt"),
+            cert.render(&[], Utc::now()),
+        )
+        .await?;
+    store
+        .put(&format!("{root}/process_results/end.txt"), END_MARKER_BODY)
+        .await?;
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_folders_sit_beside_the_job_and_cannot_escape() {
+        let analysis: AnalysisName = "pca".parse().unwrap();
+        let group: GroupName = "lab".parse().unwrap();
+        let mut r = Rejection {
+            analysis: &analysis,
+            version: "1",
+            group: &group,
+            submission: "lab/submissions/my run submit.json",
+            timestamp: Some("16:52:06.8".into()),
+            id: "0123456789abcdef",
+            problem: "p".into(),
+            hint: "h",
+        };
+        assert_eq!(
+            rejection_root(&r),
+            "lab/results/job__pca_16:52:06.8__rejected-my-run-submit.json-01234567"
+        );
+        r.timestamp = Some("../../etc".into());
+        let root = rejection_root(&r);
+        assert_eq!(root.matches('/').count(), 2, "{root}");
+        r.timestamp = None;
+        assert!(rejection_root(&r).contains("_no-timestamp__rejected-"));
+    }
+}
