@@ -10,9 +10,7 @@ use std::pin::Pin;
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::StartExecResults;
-use bollard::models::{
-    ChangeType, ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType,
-};
+use bollard::models::{ChangeType, ContainerConfig, ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ListImagesOptionsBuilder,
     RemoveImageOptionsBuilder, ResizeExecOptionsBuilder,
@@ -118,17 +116,7 @@ impl Docker {
 
     /// Create (not start) a development container; returns its id.
     pub async fn create_dev(&self, spec: &DevSpec) -> Result<String, RuntimeError> {
-        let mounts = spec
-            .mounts
-            .iter()
-            .map(|m| Mount {
-                target: Some(m.target.clone()),
-                source: Some(m.source.display().to_string()),
-                typ: Some(MountType::BIND),
-                read_only: Some(m.read_only),
-                ..Default::default()
-            })
-            .collect();
+        let mounts = crate::docker::engine_mounts(&spec.mounts);
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(vec!["sh".into(), "-c".into(), KEEPALIVE.into()]),

@@ -89,6 +89,20 @@ fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
     move |source| RuntimeError::Api { what, source }
 }
 
+/// Bind mounts as the engine takes them (structured, so `:` in a path is harmless).
+pub(crate) fn engine_mounts(mounts: &[crate::BindMount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: Some(m.source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -182,17 +196,7 @@ impl Docker {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         labels.insert(LABEL_DEADLINE.into(), deadline.to_string());
-        let mounts = spec
-            .mounts
-            .iter()
-            .map(|m| Mount {
-                target: Some(m.target.clone()),
-                source: Some(m.source.display().to_string()),
-                typ: Some(MountType::BIND),
-                read_only: Some(m.read_only),
-                ..Default::default()
-            })
-            .collect();
+        let mounts = engine_mounts(&spec.mounts);
         let memory = spec.memory_bytes.and_then(|m| i64::try_from(m).ok());
         let host_config = HostConfig {
             mounts: Some(mounts),

@@ -76,6 +76,18 @@ impl Transient for StoreError {
     }
 }
 
+/// `Ok(None)` for an object that does not exist; other errors stay errors.
+fn found<T>(r: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::Backend {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A store: a local folder or an S3 bucket/prefix.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -234,14 +246,7 @@ impl Store {
             got.bytes().await.map_err(Self::backend("get", key))
         })
         .await;
-        match r {
-            Ok(b) => Ok(Some(b)),
-            Err(StoreError::Backend {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(r)
     }
 
     /// The bytes of `key` from offset `start` to its end (empty when it has no more); `None`
@@ -260,14 +265,7 @@ impl Store {
                 .map_err(Self::backend("get", key))
         })
         .await;
-        match r {
-            Ok(b) => Ok(Some(b)),
-            Err(StoreError::Backend {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(r)
     }
 
     /// Read `key` if it is at most `max` bytes (a guard against huge files where a small one is
@@ -293,14 +291,7 @@ impl Store {
                 .map_err(Self::backend("head", key))
         })
         .await;
-        match r {
-            Ok(m) => Ok(Some(m)),
-            Err(StoreError::Backend {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(r)
     }
 
     /// Every object under `prefix` (recursively), in no particular order.
