@@ -398,3 +398,60 @@ fn on_s3_a_restarted_manager_adopts_the_running_container() {
     assert!(cert.contains("Detected new job"), "{cert}");
     assert!(cert.contains("adopted its running container"), "{cert}");
 }
+
+#[test]
+fn an_aws_profile_alone_is_enough_to_reach_the_bucket() {
+    ensure_s3();
+    let sb = Sandbox::new();
+    let bucket = unique_bucket("profile");
+    aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
+    // What `aws configure --profile lab` leaves behind; no AWS_* variables at all.
+    let creds = sb.path().join("credentials");
+    let config = sb.path().join("config");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[lab]\naws_access_key_id = caas-test\naws_secret_access_key = caas-test\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[profile lab]\nregion = us-east-1\nendpoint_url = {}\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    let mut c = caas();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c
+        .current_dir(sb.path())
+        .env("HOME", sb.path())
+        .env("AWS_PROFILE", "lab")
+        .env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+        .env("AWS_CONFIG_FILE", &config)
+        .args([
+            "upload",
+            "data.csv",
+            "--store",
+            &format!("s3://{bucket}/pfx"),
+            "--group",
+            "lab",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = aws_ok(&["s3", "ls", &format!("s3://{bucket}/pfx/lab/inputs/")]);
+    assert!(listed.contains("data.csv"), "{listed}");
+    let copy = sb.path().join("back.csv");
+    aws_ok(&[
+        "s3",
+        "cp",
+        &format!("s3://{bucket}/pfx/lab/inputs/data.csv"),
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(copy).unwrap(), "a,b\n1,2\n3,4\n");
+}

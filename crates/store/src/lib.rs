@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use caas_retry::{Policy, Transient, retry};
 
+pub mod profile;
+
 /// A storage failure, with the key it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -112,18 +114,35 @@ impl Store {
                 return Err(open_err("no bucket name after s3://".into()));
             }
             let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-            let endpoint = std::env::var("AWS_ENDPOINT_URL")
-                .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                .ok();
+            // Environment variables first, then the AWS CLI's profile files.
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            let profile = profile::load();
+            if env("AWS_ACCESS_KEY_ID").is_none()
+                && let (Some(id), Some(secret)) =
+                    (&profile.access_key_id, &profile.secret_access_key)
+            {
+                builder = builder
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
+                if let Some(token) = &profile.session_token {
+                    builder = builder.with_token(token);
+                }
+            }
+            let mut endpoint = env("AWS_ENDPOINT_URL").or_else(|| env("AWS_ENDPOINT"));
+            if endpoint.is_none()
+                && let Some(e) = &profile.endpoint_url
+            {
+                builder = builder.with_endpoint(e);
+                endpoint = Some(e.clone());
+            }
             if endpoint
                 .as_deref()
                 .is_some_and(|e| e.starts_with("http://"))
             {
                 builder = builder.with_allow_http(true);
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-            {
-                builder = builder.with_region("us-east-1");
+            if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+                builder = builder.with_region(profile.region.as_deref().unwrap_or("us-east-1"));
             }
             let s3 = builder.build().map_err(|e| open_err(e.to_string()))?;
             let inner: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
