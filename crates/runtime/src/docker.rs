@@ -291,13 +291,38 @@ impl Docker {
         output: mpsc::Sender<OutputChunk>,
         cancel: &CancellationToken,
     ) -> Result<RunReport, RuntimeError> {
-        let result = self
-            .supervise(id, id, remaining, stop_grace, output, cancel)
-            .await;
+        let result = match self.start_if_never_started(id).await {
+            Ok(()) => {
+                self.supervise(id, id, remaining, stop_grace, output, cancel)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if let Err(e) = self.remove(id).await {
             tracing::warn!(container = %id, error = %e, "could not remove container");
         }
         result
+    }
+
+    /// A container created by a manager that died before starting it has never run: its
+    /// "exit code 0" would be a lie, so it is started now (same spec, same mounts).
+    async fn start_if_never_started(&self, id: &str) -> Result<(), RuntimeError> {
+        let info = retry(self.policy, "inspect container", || async {
+            self.client
+                .inspect_container(id, None)
+                .await
+                .map_err(api(format!("inspect container {id}")))
+        })
+        .await?;
+        let status = info.state.and_then(|s| s.status);
+        if status == Some(bollard::models::ContainerStateStatusEnum::CREATED) {
+            tracing::info!(container = %id, "adopted a container that was never started; starting it");
+            self.client
+                .start_container(id, None)
+                .await
+                .map_err(api(format!("start container {id}")))?;
+        }
+        Ok(())
     }
 
     /// Follow a started container to its end (exit, deadline, or cancellation).

@@ -1,0 +1,95 @@
+//! Adoption of containers left behind by a manager that died (`kill -9`), against the real
+//! Docker engine: whatever state the container is in, adopting it yields its real output and
+//! exit code, and the container is removed afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use caas_runtime::{Docker, Outcome, OutputChunk};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn docker_create(script: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            "caas.test=adopt",
+            "local/busybox:test",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("docker create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn exists(id: &str) -> bool {
+    Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+async fn adopt(id: &str) -> (Outcome, String) {
+    let docker = Docker::connect().await.unwrap();
+    let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+    let collect = tokio::spawn(async move {
+        let mut text = Vec::new();
+        while let Some(c) = rx.recv().await {
+            text.extend_from_slice(&c.bytes);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let report = docker
+        .adopt(
+            id,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            tx,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    (report.outcome, collect.await.unwrap())
+}
+
+#[tokio::test]
+async fn a_container_created_but_never_started_is_run_not_reported_as_exit_0() {
+    let id = docker_create("echo ran; exit 4");
+    let (outcome, output) = adopt(&id).await;
+    assert_eq!(outcome, Outcome::Exited(4));
+    assert_eq!(output, "ran\n");
+    assert!(!exists(&id), "the adopted container was not removed");
+}
+
+#[tokio::test]
+async fn a_container_that_already_exited_gives_its_output_and_code() {
+    let id = docker_create("echo done; echo err >&2; exit 3");
+    assert!(
+        Command::new("docker")
+            .args(["start", "-a", &id])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            == Some(3)
+    );
+    let (outcome, output) = adopt(&id).await;
+    assert_eq!(outcome, Outcome::Exited(3));
+    assert!(
+        output.contains("done\n") && output.contains("err\n"),
+        "{output}"
+    );
+    assert!(!exists(&id));
+}
