@@ -708,6 +708,12 @@ async fn record_outcome(
             push_lines(live, tail);
         })
         .await?;
+    // Only now that the outcome is in the store may the container go.
+    if !report.container_id.is_empty()
+        && let Err(e) = ctx.docker.remove(&report.container_id).await
+    {
+        tracing::warn!(container = %report.container_id, error = %e, "could not remove container");
+    }
     let dest = if req.datasets.len() > 1 {
         format!("{}/{}", paths.results(), dataset)
     } else {

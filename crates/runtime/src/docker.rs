@@ -167,8 +167,11 @@ impl Docker {
     }
 
     /// Run one container to its end: create, start, stream output into `output`, wait until it
-    /// exits, its deadline passes, or `cancel` fires; then collect the outcome and usage and
-    /// remove the container, whatever happened.
+    /// exits, its deadline passes, or `cancel` fires; then collect the outcome and usage.
+    ///
+    /// On success the stopped container is left for the caller to [`remove`](Self::remove)
+    /// once it has recorded the outcome: a caller killed in between finds the exit code again
+    /// by adopting it. On error the container is removed here.
     pub async fn run(
         &self,
         spec: &ContainerSpec,
@@ -180,9 +183,19 @@ impl Docker {
         let result = self
             .run_created(&id, spec, output, cancel, on_started)
             .await;
-        // Always remove, even when the run failed or was cancelled; a failed removal is
-        // reported but does not hide the run's own error.
-        if let Err(e) = self.remove(&id).await {
+        self.remove_on_error(&id, result).await
+    }
+
+    /// Remove the container when `result` is an error (a failed removal is logged and does
+    /// not hide the run's own error).
+    async fn remove_on_error(
+        &self,
+        id: &str,
+        result: Result<RunReport, RuntimeError>,
+    ) -> Result<RunReport, RuntimeError> {
+        if result.is_err()
+            && let Err(e) = self.remove(id).await
+        {
             tracing::warn!(container = %id, error = %e, "could not remove container");
         }
         result
@@ -281,8 +294,10 @@ impl Docker {
 
     /// Re-attach to a container started earlier by another caas process (found by its labels
     /// after a manager restart): stream its output again from its first byte, wait for it with
-    /// what is left of its time limit (or a cancellation), collect the outcome and usage, and
-    /// remove it. An already exited container just has its outcome collected.
+    /// what is left of its time limit (or a cancellation), collect the outcome and usage; as
+    /// with [`run`](Self::run), the caller removes it once the outcome is recorded. An already
+    /// exited container just has its outcome collected; one that was created but never started
+    /// is started first.
     pub async fn adopt(
         &self,
         id: &str,
@@ -298,10 +313,7 @@ impl Docker {
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = self.remove(id).await {
-            tracing::warn!(container = %id, error = %e, "could not remove container");
-        }
-        result
+        self.remove_on_error(id, result).await
     }
 
     /// A container created by a manager that died before starting it has never run: its

@@ -41,6 +41,8 @@ fn exists(id: &str) -> bool {
         .success()
 }
 
+/// Adopt `id`, collect its output, then remove it as the pipeline does once it has recorded
+/// the outcome.
 async fn adopt(id: &str) -> (Outcome, String) {
     let docker = Docker::connect().await.unwrap();
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
@@ -61,6 +63,11 @@ async fn adopt(id: &str) -> (Outcome, String) {
         )
         .await
         .unwrap();
+    assert!(
+        exists(id),
+        "adopt must leave the container until the outcome is recorded"
+    );
+    docker.remove(id).await.unwrap();
     (report.outcome, collect.await.unwrap())
 }
 
