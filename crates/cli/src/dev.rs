@@ -164,6 +164,21 @@ pub fn credentials_file(a: &Analysis, given: Option<&Path>) -> anyhow::Result<Op
 }
 
 /// The active image: the recorded one (which must still exist), else the build tag.
+/// The image an analysis folder runs by default (`caas run`, `caas serve`): its active image
+/// — by tag while the tag still names it, by id once the tag has moved on — or, before any
+/// build, the tag `caas build` gives.
+pub async fn default_image(docker: &Docker, a: &Analysis) -> anyhow::Result<String> {
+    let st = a.state()?;
+    if st.active.is_none() {
+        return Ok(a.build_tag());
+    }
+    let active = active_image(docker, a, &st).await?;
+    Ok(match docker.image_info(&active.tag).await? {
+        Some(i) if i.id == active.id => active.tag,
+        _ => active.id,
+    })
+}
+
 pub async fn active_image(docker: &Docker, a: &Analysis, st: &State) -> anyhow::Result<ImageRef> {
     if let Some(active) = &st.active {
         return match docker.image_details(&active.id).await? {

@@ -16,7 +16,7 @@ use caas_spec::layout::{configs_prefix, inputs_prefix};
 use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
 
-use crate::dev::{active_image, credentials_file};
+use crate::dev::{credentials_file, default_image};
 use crate::errors::user;
 use crate::state::Analysis;
 use crate::upload::put_input;
@@ -97,7 +97,6 @@ impl Observer for Terminal {
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let analysis = Analysis::load(&args.analysis)?;
     let mut spec = analysis.spec.clone();
-    let state = analysis.state()?;
     let group = match &args.group {
         Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
         None => GroupName::default_for_user(std::env::var("USER").ok().as_deref()),
@@ -131,16 +130,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let image = match &args.image {
         Some(i) => i.clone(),
-        None if state.active.is_some() => {
-            // By tag while the tag still names the active image (the record then shows both);
-            // by id once the tag has moved on.
-            let active = active_image(&docker, &analysis, &state).await?;
-            match docker.image_info(&active.tag).await? {
-                Some(i) if i.id == active.id => active.tag,
-                _ => active.id,
-            }
-        }
-        None => analysis.build_tag(),
+        None => default_image(&docker, &analysis).await?,
     };
     let mut extra_mounts = Vec::new();
     if args.dev {

@@ -8,9 +8,9 @@ use clap::Args;
 
 use caas_manager::{Analysis, Manager, ManagerConfig};
 use caas_runtime::Docker;
-use caas_spec::AnalysisSpec;
 use caas_store::Store;
 
+use crate::dev::default_image;
 use crate::errors::user;
 
 /// Arguments of `caas serve`.
@@ -92,14 +92,18 @@ fn host_name() -> String {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let id = args.id.clone().unwrap_or_else(host_name);
+    let docker = Docker::connect().await?;
     let mut analyses = Vec::new();
     for dir in &args.analysis {
-        let spec = AnalysisSpec::load(&dir.join("caas.toml")).map_err(|e| user(e.to_string()))?;
-        let image = spec.default_image();
-        analyses.push(Analysis { spec, image });
+        // The same image `caas run` would use in that folder: the active (built or saved) one.
+        let folder = crate::state::Analysis::load(dir)?;
+        let image = default_image(&docker, &folder).await?;
+        analyses.push(Analysis {
+            spec: folder.spec,
+            image,
+        });
     }
     let store = Store::open(&args.store)?;
-    let docker = Docker::connect().await?;
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("work"),

@@ -767,3 +767,37 @@ fn sigterm_leaves_running_tasks_for_the_next_start_to_adopt() {
     );
     assert!(containers_of_job(&store, "job__svc-handover_h1").is_empty());
 }
+
+#[test]
+fn serve_runs_the_image_caas_build_made_for_the_analysis_folder() {
+    // The bundled example has only a Dockerfile: `caas serve` must run the image `caas build`
+    // made (the folder's active image), exactly as `caas run` does.
+    let example = example_analysis();
+    let sb = Sandbox::new();
+    let store = sb.store();
+    let trace = std::fs::read(example.join("sample/trace.csv")).unwrap();
+    let config = std::fs::read(example.join("sample/config.yaml")).unwrap();
+    put(&store, "lab/inputs/trace.csv", &trace);
+    put(&store, "lab/configs/config.yaml", &config);
+    let _srv = Server::start(
+        store.to_str().unwrap(),
+        &[&example],
+        &["--id", "built"],
+        &sb.path().join("serve.log"),
+    );
+    put(
+        &store,
+        "lab/submissions/builtsubmit.json",
+        &submission(
+            r#""lab/inputs/trace.csv""#,
+            "lab/configs/config.yaml",
+            "built1",
+        ),
+    );
+    let job = store.join("lab/results/job__spike-detect_built1");
+    assert!(wait_end(&job, LIMIT));
+    let rec = read_json(&job.join("job.json"));
+    assert_eq!(rec["state"], "succeeded", "{rec}");
+    let summary = read_json(&job.join("process_results/summary.json"));
+    assert_eq!(summary["spikes"], 68);
+}
