@@ -455,3 +455,86 @@ fn an_aws_profile_alone_is_enough_to_reach_the_bucket() {
     ]);
     assert_eq!(std::fs::read_to_string(copy).unwrap(), "a,b\n1,2\n3,4\n");
 }
+
+/// On S3 a user watching the bucket sees a task's output while it runs, not only at the end.
+#[test]
+fn on_s3_logs_reach_the_bucket_while_the_task_runs() {
+    ensure_s3();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "s3-live",
+        "echo first-line; sleep 8; echo second-line",
+        "",
+    ));
+    let bucket = unique_bucket("live");
+    aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
+    let base = format!("s3://{bucket}");
+    for (local, key) in [
+        ("data.csv", "lab/inputs/data.csv"),
+        ("config.yaml", "lab/configs/config.yaml"),
+    ] {
+        aws_ok(&[
+            "s3",
+            "cp",
+            sb.path().join(local).to_str().unwrap(),
+            &format!("{base}/{key}"),
+        ]);
+    }
+    let log = sb.path().join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut c = caas();
+    with_aws_env(&mut c)
+        .env("RUST_LOG", "info")
+        .args([
+            "serve", "--store", &base, "--poll", "200ms", "--id", "s3live",
+        ])
+        .arg("--analysis")
+        .arg(&a)
+        .arg("--work-dir")
+        .arg(sb.path().join("work"))
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let srv = Server {
+        child: c.spawn().unwrap(),
+        log,
+    };
+    assert!(wait_for(Duration::from_secs(60), || srv
+        .log_text()
+        .contains("caas serve: ready")));
+    let submit = sb.path().join("submit.json");
+    std::fs::write(
+        &submit,
+        r#"{"dataname": "lab/inputs/data.csv", "configname": "lab/configs/config.yaml", "timestamp": "live1"}"#,
+    )
+    .unwrap();
+    aws_ok(&[
+        "s3",
+        "cp",
+        submit.to_str().unwrap(),
+        &format!("{base}/lab/submissions/live1submit.json"),
+    ]);
+    let key = format!("{base}/lab/results/job__s3-live_live1/logs/data.csv.stdout.log");
+    let copy = sb.path().join("stdout.log");
+    let read_log = || {
+        let out = aws(&["s3", "cp", &key, copy.to_str().unwrap()]);
+        if out.status.success() {
+            std::fs::read_to_string(&copy).unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    // While the task sleeps, the first line is already in the bucket.
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let text = read_log();
+            text.contains("first-line") && !text.contains("second-line")
+        }),
+        "the first line never reached the bucket alone: {}",
+        srv.log_text()
+    );
+    // And at the end the whole log, once.
+    assert!(wait_for(Duration::from_secs(60), || read_log()
+        .contains("second-line")));
+    assert_eq!(read_log(), "first-line\nsecond-line\n");
+}

@@ -26,6 +26,9 @@ struct StreamFile {
 pub(crate) struct LogSink {
     streams: [StreamFile; 2],
     remote: bool,
+    /// When the spool files were last uploaded, and how long that took: a remote log is
+    /// uploaded whole, so uploads are spaced to keep their cost to a fifth of the time.
+    last_upload: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 impl LogSink {
@@ -71,6 +74,7 @@ impl LogSink {
         Ok(Self {
             streams: [open(out, "stdout.log")?, open(err, "stderr.log")?],
             remote,
+            last_upload: None,
         })
     }
 
@@ -97,11 +101,22 @@ impl LogSink {
         Ok(lines)
     }
 
-    /// Upload changed spool files (remote stores only).
+    /// Upload changed spool files (remote stores only), unless the last upload was so recent
+    /// that uploading again would spend more than a fifth of the time uploading.
     pub async fn sync(&mut self, store: &Store) -> Result<(), PipelineError> {
         if !self.remote {
             return Ok(());
         }
+        if let Some((at, cost)) = self.last_upload
+            && at.elapsed() < cost * 4
+        {
+            return Ok(());
+        }
+        self.upload(store).await
+    }
+
+    async fn upload(&mut self, store: &Store) -> Result<(), PipelineError> {
+        let t0 = std::time::Instant::now();
         for s in &mut self.streams {
             if s.dirty {
                 s.file.flush().map_err(io_err("flush", &s.path))?;
@@ -109,6 +124,7 @@ impl LogSink {
                 s.dirty = false;
             }
         }
+        self.last_upload = Some((std::time::Instant::now(), t0.elapsed()));
         Ok(())
     }
 
@@ -124,7 +140,9 @@ impl LogSink {
                 s.dirty = true;
             }
         }
-        self.sync(store).await?;
+        if self.remote {
+            self.upload(store).await?;
+        }
         Ok(rest)
     }
 }
