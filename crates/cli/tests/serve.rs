@@ -801,3 +801,52 @@ fn serve_runs_the_image_caas_build_made_for_the_analysis_folder() {
     let summary = read_json(&job.join("process_results/summary.json"));
     assert_eq!(summary["spikes"], 68);
 }
+
+#[test]
+fn jobs_that_start_together_cannot_overspend_the_budget_together() {
+    // $1 per second of wall time, a $5 budget, and two jobs estimated at $3 each, dropped in
+    // before the manager starts so that it claims and validates them at the same time: only
+    // one fits, the other is rejected with the reservation in the numbers.
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "svc-together",
+        "sleep 2; echo ran > {results}/ran.txt",
+        "[pricing]\nwall_hour = 3600.0\n\n[budget]\ngroups = { lab = 5 }\n",
+    ));
+    let store = sb.store();
+    setup_inputs(&store);
+    put(&store, "lab/configs/short.yaml", b"__duration__: 0.05\n");
+    for ts in ["t1", "t2"] {
+        put(
+            &store,
+            &format!("lab/submissions/{ts}submit.json"),
+            &submission(r#""lab/inputs/a.csv""#, "lab/configs/short.yaml", ts),
+        );
+    }
+    let _srv = Server::start(
+        store.to_str().unwrap(),
+        &[&a],
+        &[],
+        &sb.path().join("serve.log"),
+    );
+    let mut states = Vec::new();
+    for ts in ["t1", "t2"] {
+        let job = store.join(format!("lab/results/job__svc-together_{ts}"));
+        assert!(wait_end(&job, LIMIT), "{}", _srv.log_text());
+        let rec = read_json(&job.join("job.json"));
+        states.push(rec["state"].as_str().unwrap().to_string());
+        if rec["state"] == "rejected" {
+            let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+            assert!(
+                cert.contains(
+                    "Remaining budget: $2.00 (after $3.00 reserved by the group's running jobs)"
+                ),
+                "{cert}"
+            );
+            assert!(cert.contains("Over budget ($5.00)"), "{cert}");
+            assert!(!job.join("process_results/ran.txt").exists());
+        }
+    }
+    states.sort();
+    assert_eq!(states, ["rejected", "succeeded"]);
+}

@@ -81,6 +81,8 @@ struct Inner {
     jobs: Mutex<JoinSet<()>>,
     /// What each group has spent (USD), read from the ledger once, then kept up to date.
     spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
+    /// Estimates of each group's jobs in flight (see `caas_pipeline::Budget`).
+    in_flight: Mutex<HashMap<GroupName, Arc<Mutex<f64>>>>,
 }
 
 /// A running manager.
@@ -151,6 +153,7 @@ impl Manager {
             running: Mutex::new(HashMap::new()),
             jobs: Mutex::new(JoinSet::new()),
             spent: tokio::sync::Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             cfg,
         });
 
@@ -469,6 +472,11 @@ impl Inner {
             Some(total_usd) => Some(Budget {
                 total_usd,
                 spent_usd: self.spent(group).await?,
+                in_flight_usd: self
+                    .in_flight
+                    .lock()
+                    .map(|mut m| m.entry(group.clone()).or_default().clone())
+                    .unwrap_or_default(),
             }),
             None => None,
         };

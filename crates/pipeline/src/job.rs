@@ -66,12 +66,31 @@ pub struct JobOptions {
 }
 
 /// A group's budget, for the check before compute.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Budget {
     /// The whole budget.
     pub total_usd: f64,
     /// Spent by finished tasks (the ledger).
     pub spent_usd: f64,
+    /// Estimates of the group's jobs that passed this check and have not finished, shared by
+    /// all of the group's jobs in one manager: a job's estimate is added when it passes and
+    /// taken off when it ends, so jobs that start together cannot overspend together.
+    pub in_flight_usd: Arc<std::sync::Mutex<f64>>,
+}
+
+/// A job's estimate held in its group's in-flight total until the job ends.
+#[derive(Debug)]
+struct Reservation {
+    cell: Arc<std::sync::Mutex<f64>>,
+    usd: f64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.cell.lock() {
+            *v = (*v - self.usd).max(0.0);
+        }
+    }
 }
 
 /// How a job ended.
@@ -353,10 +372,14 @@ pub async fn run_job_with(
         writer.update_job(|r| r.state = State::Validating).await?;
     }
 
+    // Held until this function returns: the job's estimate counts against its group's budget
+    // while it runs.
+    let mut _reservation = None;
     let validated = match known_image {
         Some(id) if past_validation => Ok(id),
         _ => match validate(store, docker, &req, opts.budget).await? {
-            Ok((id, Some(projection))) => {
+            Ok((id, Some((projection, held)))) => {
+                _reservation = Some(held);
                 writer.log(&format!("[Job Manager] {projection}")).await?;
                 Ok(id)
             }
@@ -477,7 +500,7 @@ async fn validate(
     docker: &Docker,
     req: &JobRequest,
     budget: Option<Budget>,
-) -> Result<Result<(String, Option<String>), String>, PipelineError> {
+) -> Result<Result<(String, Option<(String, Reservation)>), String>, PipelineError> {
     let mut names = BTreeSet::new();
     for key in &req.datasets {
         let base = key.basename().as_str();
@@ -591,16 +614,36 @@ async fn validate(
                 req.spec.resources.memory.map_or(0, |m| m.0),
             );
             let projected = per_task * req.datasets.len() as f64;
-            let remaining = b.total_usd - b.spent_usd;
+            // Check and reserve in one step, so jobs validated at once cannot all pass.
+            let Ok(mut in_flight) = b.in_flight_usd.lock() else {
+                return Ok(Err("the budget could not be checked; submit again".into()));
+            };
+            let remaining = b.total_usd - b.spent_usd - *in_flight;
+            let running = if *in_flight > 0.0 {
+                format!(
+                    " (after ${:.2} reserved by the group's running jobs)",
+                    *in_flight
+                )
+            } else {
+                String::new()
+            };
             if projected > remaining {
                 return Ok(Err(format!(
-                    "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}. \
+                    "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}{running}. \
                      Over budget (${:.2}), cancelling job. Contact administrator.",
                     b.total_usd
                 )));
             }
-            Some(format!(
-                "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}"
+            *in_flight += projected;
+            drop(in_flight);
+            Some((
+                format!(
+                    "Projected total costs: ${projected:.2}. Remaining budget: ${remaining:.2}{running}"
+                ),
+                Reservation {
+                    cell: b.in_flight_usd.clone(),
+                    usd: projected,
+                },
             ))
         }
     };
