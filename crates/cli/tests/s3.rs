@@ -67,6 +67,35 @@ fn aws_ok(args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// `caas serve` on an S3 store with the test's AWS settings, manager id `id`, scratch space in
+/// `work`, logging to `log`; waits (at most 60 s) for its ready line.
+fn serve_on_s3(base: &str, analysis: &Path, id: &str, work: &Path, log: &Path) -> Server {
+    let file = std::fs::File::create(log).expect("create the server log");
+    let mut c = caas();
+    with_aws_env(&mut c)
+        .env("RUST_LOG", "info")
+        .args(["serve", "--store", base, "--poll", "200ms", "--id", id])
+        .arg("--analysis")
+        .arg(analysis)
+        .arg("--work-dir")
+        .arg(work)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().expect("clone the log handle"))
+        .stderr(file);
+    let srv = Server {
+        child: c.spawn().expect("start caas serve"),
+        log: log.to_path_buf(),
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || srv
+            .log_text()
+            .contains("caas serve: ready")),
+        "{}",
+        srv.log_text()
+    );
+    srv
+}
+
 fn unique_bucket(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -126,31 +155,13 @@ fn serve_on_s3_with_the_aws_cli_as_the_users_client() {
 
     // Two managers on the same bucket.
     let start = |id: &str| {
-        let log = sb.path().join(format!("{id}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut c = caas();
-        with_aws_env(&mut c)
-            .env("RUST_LOG", "info")
-            .args(["serve", "--store", &base, "--poll", "300ms", "--id", id])
-            .arg("--analysis")
-            .arg(&a)
-            .arg("--work-dir")
-            .arg(sb.path().join(format!("work-{id}")))
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let srv = Server {
-            child: c.spawn().unwrap(),
-            log,
-        };
-        assert!(
-            wait_for(Duration::from_secs(60), || srv
-                .log_text()
-                .contains("caas serve: ready")),
-            "{}",
-            srv.log_text()
-        );
-        srv
+        serve_on_s3(
+            &base,
+            &a,
+            id,
+            &sb.path().join(format!("work-{id}")),
+            &sb.path().join(format!("{id}.log")),
+        )
     };
     let one = start("s3one");
     let _two = start("s3two");
@@ -306,33 +317,13 @@ fn on_s3_a_restarted_manager_adopts_the_running_container() {
         &format!("{base}/lab/configs/config.yaml"),
     ]);
     let start = |log: &str| {
-        let log = sb.path().join(log);
-        let file = std::fs::File::create(&log).unwrap();
-        let mut c = caas();
-        with_aws_env(&mut c)
-            .env("RUST_LOG", "info")
-            .args([
-                "serve", "--store", &base, "--poll", "200ms", "--id", "s3adopt",
-            ])
-            .arg("--analysis")
-            .arg(&a)
-            .arg("--work-dir")
-            .arg(sb.path().join("work"))
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let srv = Server {
-            child: c.spawn().unwrap(),
-            log,
-        };
-        assert!(
-            wait_for(Duration::from_secs(60), || srv
-                .log_text()
-                .contains("caas serve: ready")),
-            "{}",
-            srv.log_text()
-        );
-        srv
+        serve_on_s3(
+            &base,
+            &a,
+            "s3adopt",
+            &sb.path().join("work"),
+            &sb.path().join(log),
+        )
     };
     let mut first = start("one.log");
     let mut c = caas();
@@ -480,28 +471,13 @@ fn on_s3_logs_reach_the_bucket_while_the_task_runs() {
             &format!("{base}/{key}"),
         ]);
     }
-    let log = sb.path().join("serve.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut c = caas();
-    with_aws_env(&mut c)
-        .env("RUST_LOG", "info")
-        .args([
-            "serve", "--store", &base, "--poll", "200ms", "--id", "s3live",
-        ])
-        .arg("--analysis")
-        .arg(&a)
-        .arg("--work-dir")
-        .arg(sb.path().join("work"))
-        .stdin(std::process::Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file);
-    let srv = Server {
-        child: c.spawn().unwrap(),
-        log,
-    };
-    assert!(wait_for(Duration::from_secs(60), || srv
-        .log_text()
-        .contains("caas serve: ready")));
+    let srv = serve_on_s3(
+        &base,
+        &a,
+        "s3live",
+        &sb.path().join("work"),
+        &sb.path().join("serve.log"),
+    );
     let submit = sb.path().join("submit.json");
     std::fs::write(
         &submit,
