@@ -413,15 +413,24 @@ fn window_size() -> Option<(u16, u16)> {
         .map(|w| (w.ws_col, w.ws_row))
 }
 
-/// `caas shell`.
-pub async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
-    let a = Analysis::load(&args.analysis.analysis)?;
+/// Load the analysis and its state, connect, and start (or find) its dev container: the
+/// common start of `caas shell` and `caas exec`.
+async fn enter(
+    folder: &Path,
+    image: Option<&str>,
+    credentials: Option<&Path>,
+) -> anyhow::Result<(Analysis, Docker, DevContainer)> {
+    let a = Analysis::load(folder)?;
     let docker = Docker::connect().await?;
     let mut st = a.state()?;
-    let dev = ensure_dev(
-        &docker,
-        &a,
-        &mut st,
+    let dev = ensure_dev(&docker, &a, &mut st, image, credentials).await?;
+    Ok((a, docker, dev))
+}
+
+/// `caas shell`.
+pub async fn shell(args: ShellArgs) -> anyhow::Result<i32> {
+    let (a, docker, dev) = enter(
+        &args.analysis.analysis,
         args.image.as_deref(),
         args.credentials.as_deref(),
     )
@@ -547,13 +556,8 @@ async fn attach(
 
 /// `caas exec`.
 pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
-    let a = Analysis::load(&args.analysis.analysis)?;
-    let docker = Docker::connect().await?;
-    let mut st = a.state()?;
-    let dev = ensure_dev(
-        &docker,
-        &a,
-        &mut st,
+    let (_, docker, dev) = enter(
+        &args.analysis.analysis,
         args.image.as_deref(),
         args.credentials.as_deref(),
     )

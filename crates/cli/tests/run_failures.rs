@@ -153,25 +153,6 @@ fn a_reused_timestamp_is_refused_and_the_earlier_job_is_untouched() {
     let first = sb.run(&a, "same", &[]);
     assert!(first.status.success(), "{}", stderr(&first));
     let job = sb.job_dir("twice", "same");
-    let snapshot = |p: &std::path::Path| -> Vec<(String, Vec<u8>)> {
-        let mut v = Vec::new();
-        let mut stack = vec![p.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let e = e.unwrap();
-                if e.file_type().unwrap().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    v.push((
-                        e.path().display().to_string(),
-                        std::fs::read(e.path()).unwrap(),
-                    ));
-                }
-            }
-        }
-        v.sort();
-        v
-    };
     let before = snapshot(&job);
     let second = sb.run(&a, "same", &[]);
     assert_eq!(second.status.code(), Some(2));

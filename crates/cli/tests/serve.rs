@@ -267,7 +267,7 @@ fn a_reused_timestamp_is_rejected_and_the_earlier_job_is_untouched() {
     );
     let job = store.join("lab/results/job__svc-reuse_same");
     assert!(wait_end(&job, LIMIT));
-    let before: Vec<(String, Vec<u8>)> = walk(&job);
+    let before: Vec<(String, Vec<u8>)> = snapshot(&job);
     put(
         &store,
         "lab/submissions/secondsubmit.json",
@@ -293,27 +293,10 @@ fn a_reused_timestamp_is_rejected_and_the_earlier_job_is_untouched() {
     assert!(cert.contains("already used"), "{cert}");
     assert!(cert.contains("left untouched"), "{cert}");
     assert_eq!(read_json(&rej.join("job.json"))["state"], "rejected");
-    assert_eq!(walk(&job), before, "the earlier job changed");
+    assert_eq!(snapshot(&job), before, "the earlier job changed");
 }
 
 #[allow(clippy::unwrap_used)]
-fn walk(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn two_managers_on_one_store_run_each_submission_exactly_once() {
     let sb = Sandbox::new();
