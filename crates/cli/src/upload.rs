@@ -35,7 +35,11 @@ pub async fn put_input(
 ) -> anyhow::Result<StoreKey> {
     let meta = std::fs::metadata(local)
         .map_err(|e| user(format!("{what} {} cannot be read: {e}", local.display())))?;
+    refuse_special(local, &meta, what)?;
     let name = basename(local, what)?;
+    if what == "dataset" {
+        caas_spec::names::check_dataset_name(&name).map_err(|e| user(e.to_string()))?;
+    }
     let base = format!("{prefix}/{name}");
     if meta.is_dir() {
         let mut files = Vec::new();
@@ -66,7 +70,32 @@ pub async fn put_input(
     }
 }
 
+/// Only regular files and folders are data: a FIFO would hang the upload, a device would be read.
+fn refuse_special(local: &Path, meta: &std::fs::Metadata, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    let kind = if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        return Ok(());
+    };
+    Err(user(format!(
+        "{what} {} is {kind}; only regular files and folders can be datasets or configs",
+        local.display()
+    )))
+}
+
 async fn put_file(store: &Store, local: &Path, key: &str) -> anyhow::Result<()> {
+    // The user's own path: a link they give is theirs to follow; what is sent is a regular file.
+    let local = &local
+        .canonicalize()
+        .with_context(|| format!("reading {}", local.display()))?;
+    let meta = std::fs::metadata(local).with_context(|| format!("reading {}", local.display()))?;
+    refuse_special(local, &meta, "file")?;
     // Already the stored file itself (a dataset given by its path inside a local store).
     if let Some(stored) = store.local_path(key)
         && let (Ok(a), Ok(b)) = (stored.canonicalize(), local.canonicalize())

@@ -516,16 +516,33 @@ async fn validate(
             )));
         }
         let size = if key.is_folder() {
+            if let Err(e) = store.check_tree(&key.as_path()).await {
+                return Ok(Err(input_problem(e)?));
+            }
             let objs = store.list(&key.as_path()).await?;
             if objs.is_empty() {
                 return Ok(Err(format!(
                     "dataset folder {key} does not exist or is empty"
                 )));
             }
+            for o in &objs {
+                if let Err(e) = store.check_links(o.location.as_ref(), &req.work_root).await {
+                    return Ok(Err(input_problem(e)?));
+                }
+            }
             objs.iter().map(|o| o.size).sum::<u64>()
         } else {
-            match store.head(&key.as_path()).await? {
-                Some(meta) => meta.size,
+            let head = match store.head(&key.as_path()).await {
+                Ok(h) => h,
+                Err(e) => return Ok(Err(input_problem(e)?)),
+            };
+            match head {
+                Some(meta) => {
+                    if let Err(e) = store.check_links(&key.as_path(), &req.work_root).await {
+                        return Ok(Err(input_problem(e)?));
+                    }
+                    meta.size
+                }
                 None => {
                     let is_folder = !store.list(&key.as_path()).await?.is_empty();
                     let hint = if is_folder {
@@ -558,7 +575,7 @@ async fn validate(
                 req.config
             )));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Ok(Err(input_problem(e)?)),
     };
     let parsed = match caas_spec::config::parse_config(req.config.basename().as_str(), &config) {
         Ok(v) => v,
@@ -653,6 +670,20 @@ async fn validate(
             "image {:?} was not found on the Docker engine; build it with `caas build` first",
             req.image
         ))),
+    }
+}
+
+/// A store error about a user's input (a link, FIFO, device, foreign hard link, a name no store
+/// can hold) as the reason the job is rejected; any other store error stays caas's failure.
+fn input_problem(e: caas_store::StoreError) -> Result<String, PipelineError> {
+    match e {
+        caas_store::StoreError::Refused { key, reason } => {
+            Ok(format!("input {key} is refused: {reason}"))
+        }
+        caas_store::StoreError::BadKey { key, reason } => Ok(format!(
+            "input {key} cannot be stored under that name: {reason}"
+        )),
+        other => Err(other.into()),
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod job;
 mod logs;
+mod results;
 mod task;
 
 pub use job::{Budget, JobOptions, JobOutcome, JobRequest, run_job, run_job_with};
@@ -33,6 +34,10 @@ pub enum PipelineError {
         /// When the existing job was created, from its job.json.
         created: String,
     },
+    /// An input was refused where it is used (a link, FIFO, device, foreign hard link): the
+    /// task's failure, with the reason shown to the user.
+    #[error("{0}")]
+    Refused(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] caas_store::StoreError),

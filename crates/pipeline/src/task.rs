@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +24,7 @@ use caas_store::Store;
 
 use crate::job::{JobRequest, JobWriter, STD_TAIL_LINES};
 use crate::logs::LogSink;
+use crate::results::collect_results;
 use crate::{PipelineError, io_err};
 
 /// How often a running task's status file and certificate row are refreshed.
@@ -80,7 +80,10 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
         // where the user looks; only the store failing leaves us unable to record it.
         Err(e @ PipelineError::Store(_)) => Err(e),
         Err(e) => {
-            let reason = format!("caas could not run this task: {e}");
+            let reason = match e {
+                PipelineError::Refused(why) => why,
+                e => format!("caas could not run this task: {e}"),
+            };
             ctx.writer
                 .log(&format!(
                     "[Job Manager] dataset {}: {reason}",
@@ -101,17 +104,26 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
     }
 }
 
-fn stage_error(e: std::io::Error, path: &Path) -> PipelineError {
-    PipelineError::Io {
-        what: "stage",
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-/// Where an input is on this machine: in place for a local store, downloaded otherwise.
-async fn stage_input(store: &Store, key: &StoreKey, dest: &Path) -> Result<PathBuf, PipelineError> {
-    if let Some(p) = store.local_path(&key.as_path()) {
+/// Where an input is on this machine: on a local store, a private hard-link mirror made from
+/// checked, open files (no link followed, only regular files and folders; see
+/// `caas_store::stage`); on a remote store, downloaded.
+async fn stage_input(
+    store: &Store,
+    key: &StoreKey,
+    dest: &Path,
+    work_root: &Path,
+) -> Result<PathBuf, PipelineError> {
+    let refused = |e: caas_store::StoreError| match e {
+        caas_store::StoreError::Refused { key, reason } => {
+            PipelineError::Refused(format!("input {key} is refused: {reason}"))
+        }
+        other => other.into(),
+    };
+    if let Some(p) = store
+        .stage_local(&key.as_path(), key.is_folder(), dest, work_root)
+        .await
+        .map_err(refused)?
+    {
         return Ok(p);
     }
     if key.is_folder() {
@@ -123,7 +135,11 @@ async fn stage_input(store: &Store, key: &StoreKey, dest: &Path) -> Result<PathB
                 .strip_prefix(prefix.as_str())
                 .unwrap_or_default();
             let rel = rel.trim_start_matches('/');
-            if rel.is_empty() || rel.split('/').any(|s| s == ".." || s.is_empty()) {
+            if rel.is_empty()
+                || rel
+                    .split('/')
+                    .any(|s| s == ".." || s == "." || s.is_empty())
+            {
                 continue;
             }
             store
@@ -260,12 +276,18 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let results_dir = work.join("results");
     std::fs::create_dir_all(&results_dir).map_err(io_err("create", &results_dir))?;
     set_mode(&results_dir, 0o777)?;
-    let data_src =
-        stage_input(&ctx.store, key, &work.join("inputs").join(dataset.as_str())).await?;
+    let data_src = stage_input(
+        &ctx.store,
+        key,
+        &work.join("inputs").join(dataset.as_str()),
+        &req.work_root,
+    )
+    .await?;
     let config_src = stage_input(
         &ctx.store,
         &req.config,
         &work.join("configs").join(req.config.basename().as_str()),
+        &req.work_root,
     )
     .await?;
 
@@ -347,6 +369,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         cpus: req.spec.resources.cpus,
         memory_bytes: req.spec.resources.memory.map(|m| m.0),
         gpus: req.spec.resources.gpus,
+        pids_limit: Some(req.spec.resources.pids_limit()),
         timeout: req.spec.timeout(),
         stop_grace: STOP_GRACE,
     };
@@ -553,78 +576,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), PipelineError> {
         .map_err(io_err("chmod", path))
 }
 
-/// Move (local store) or upload (remote store) everything the analysis wrote; returns the
-/// number of files.
-async fn collect_results(
-    store: &Store,
-    results_dir: &Path,
-    dest_key: &str,
-) -> Result<usize, PipelineError> {
-    let mut count = 0;
-    if let Some(dest) = store.local_path(dest_key) {
-        std::fs::create_dir_all(&dest).map_err(io_err("create", &dest))?;
-        let entries = std::fs::read_dir(results_dir).map_err(io_err("read", results_dir))?;
-        for entry in entries {
-            let entry = entry.map_err(io_err("read", results_dir))?;
-            let target = dest.join(entry.file_name());
-            count += count_files(&entry.path());
-            if target.exists() {
-                // Never overwrite: keep both, the newcomer with a suffix.
-                let mut alt = target.clone();
-                let mut n = 1;
-                while alt.exists() {
-                    alt = dest.join(format!("{}.{n}", entry.file_name().to_string_lossy()));
-                    n += 1;
-                }
-                std::fs::rename(entry.path(), &alt).map_err(|e| stage_error(e, &alt))?;
-            } else {
-                std::fs::rename(entry.path(), &target).map_err(|e| stage_error(e, &target))?;
-            }
-        }
-        return Ok(count);
-    }
-    let mut files = Vec::new();
-    let mut stack = vec![results_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io_err("read", &dir))? {
-            let entry = entry.map_err(io_err("read", &dir))?;
-            let path = entry.path();
-            let ft = entry.file_type().map_err(io_err("stat", &path))?;
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                let rel = path.strip_prefix(results_dir).unwrap_or(&path);
-                let key = format!("{dest_key}/{}", rel.to_string_lossy());
-                files.push((path, key));
-            }
-        }
-    }
-    // Several files at once (each large one is itself a multipart upload).
-    let uploads: Vec<Result<u64, caas_store::StoreError>> = futures::stream::iter(files)
-        .map(|(path, key)| async move { store.upload_file(&path, &key).await })
-        .buffer_unordered(UPLOADS_AT_ONCE)
-        .collect()
-        .await;
-    for r in uploads {
-        r?;
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Result files uploaded at once to a remote store.
-const UPLOADS_AT_ONCE: usize = 8;
-
-fn count_files(path: &Path) -> usize {
-    if path.is_dir() {
-        std::fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| count_files(&e.path())).sum())
-            .unwrap_or(0)
-    } else {
-        1
-    }
-}
-
 /// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
 async fn copy_config(
     store: &Store,
@@ -719,7 +670,13 @@ async fn record_outcome(
     } else {
         paths.results()
     };
-    let moved = collect_results(&ctx.store, results_dir, &dest).await?;
+    let collected = collect_results(&ctx.store, results_dir, &dest).await?;
+    for note in collected.notes() {
+        ctx.writer
+            .log(&format!("[Job Manager] dataset {key}: {note}"))
+            .await?;
+    }
+    let moved = collected.files;
     copy_config(&ctx.store, &req.config, &paths.results()).await?;
 
     let finished = Utc::now();

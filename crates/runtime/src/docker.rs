@@ -210,12 +210,20 @@ impl Docker {
             .collect();
         labels.insert(LABEL_DEADLINE.into(), deadline.to_string());
         let mounts = engine_mounts(&spec.mounts);
-        let memory = spec.memory_bytes.and_then(|m| i64::try_from(m).ok());
+        let memory = spec
+            .memory_bytes
+            .map(|m| {
+                i64::try_from(m).map_err(|_| RuntimeError::BadLimit {
+                    what: format!("memory limit of {m} bytes is too large"),
+                })
+            })
+            .transpose()?;
         let host_config = HostConfig {
             mounts: Some(mounts),
             memory,
             memory_swap: memory, // no swap beyond the limit: OOM is OOM
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: spec.pids_limit.map(i64::from),
             init: Some(true),
             network_mode: None,
             device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {

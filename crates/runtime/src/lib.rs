@@ -114,6 +114,8 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<u64>,
     /// GPUs to request.
     pub gpus: Option<u32>,
+    /// Most processes the container may run at once (`None`: the engine's default).
+    pub pids_limit: Option<u32>,
     /// Wall-clock limit of the run.
     pub timeout: Duration,
     /// How long a stop waits after SIGTERM before SIGKILL.
@@ -134,6 +136,12 @@ pub enum RuntimeError {
         endpoint: String,
         /// What went wrong.
         message: String,
+    },
+    /// A limit the engine cannot apply.
+    #[error("{what}; the analysis' [resources] must be within what the engine can apply")]
+    BadLimit {
+        /// Which limit and why.
+        what: String,
     },
     /// The image does not exist on the engine.
     #[error(

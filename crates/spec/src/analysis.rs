@@ -183,6 +183,19 @@ pub struct ResourcesSection {
     /// GPUs (requested from the engine's device drivers).
     #[serde(default)]
     pub gpus: Option<u32>,
+    /// Most processes (and threads) the task may run at once; [`DEFAULT_PIDS`] when not given.
+    #[serde(default)]
+    pub pids: Option<u32>,
+}
+
+/// The process limit of a task unless `[resources] pids` says otherwise.
+pub const DEFAULT_PIDS: u32 = 1024;
+
+impl ResourcesSection {
+    /// The process limit to apply.
+    pub fn pids_limit(&self) -> u32 {
+        self.pids.unwrap_or(DEFAULT_PIDS)
+    }
 }
 
 /// `[io]`
@@ -309,8 +322,12 @@ impl AnalysisSpec {
             ));
         }
         let argv = self.argv_template();
-        if argv.is_empty() || argv[0].trim().is_empty() {
-            return Err(invalid("command", "the command must not be empty".into()));
+        let empty_shell = matches!(&self.run.command, Command::Shell(s) if s.trim().is_empty());
+        if argv.is_empty() || argv[0].trim().is_empty() || empty_shell {
+            return Err(invalid(
+                "command",
+                "the command must not be empty: give the program to run, e.g. [\"python\", \"run.py\", \"{data}\"]".into(),
+            ));
         }
         for arg in &argv {
             check_placeholders(arg).map_err(|m| invalid("command", m))?;
@@ -337,6 +354,25 @@ impl AnalysisSpec {
             return Err(invalid(
                 "memory",
                 format!("{mem} is below the 6MiB the Docker engine accepts"),
+            ));
+        }
+        if let Some(mem) = self.resources.memory
+            && i64::try_from(mem.0).is_err()
+        {
+            return Err(invalid(
+                "memory",
+                format!(
+                    "{mem} is more than a container engine can limit (at most {} bytes)",
+                    i64::MAX
+                ),
+            ));
+        }
+        if let Some(p) = self.resources.pids
+            && !(16..=4_194_304).contains(&p)
+        {
+            return Err(invalid(
+                "pids",
+                format!("{p} is not a process limit between 16 and 4194304"),
             ));
         }
         if !self.io.dir.starts_with('/') || self.io.dir.split('/').any(|s| s == "..") {
@@ -656,6 +692,34 @@ memory = "512MiB"            # bytes with IEC/SI units
             .unwrap_err()
             .to_string();
         assert!(err.contains("analysis name"), "{err}");
+    }
+
+    #[test]
+    fn values_at_the_edge_are_errors_not_surprises() {
+        // An empty shell string would run nothing and report SUCCESS.
+        let cmd = "command = [\"sh\", \"-c\", \"wc -l {data} > {results}/lines.txt\"]";
+        for empty in ["command = \"\"", "command = \"   \"", "command = []"] {
+            let err = parse(&MINIMAL.replace(cmd, empty)).unwrap_err().to_string();
+            assert!(err.contains("must not be empty"), "{empty}: {err}");
+        }
+        // Memory beyond what an engine can limit is an error, not "no limit".
+        let err = parse(&MINIMAL.replace("\"512MiB\"", "\"10000000TiB\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("more than a container engine can limit"),
+            "{err}"
+        );
+        // A process limit applies by default and is checked.
+        assert_eq!(parse(MINIMAL).unwrap().resources.pids_limit(), DEFAULT_PIDS);
+        let s = parse(&MINIMAL.replace("cpus = 1", "cpus = 1\npids = 64")).unwrap();
+        assert_eq!(s.resources.pids_limit(), 64);
+        for bad in ["pids = 0", "pids = 5000000"] {
+            let err = parse(&MINIMAL.replace("cpus = 1", &format!("cpus = 1\n{bad}")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("process limit"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -215,6 +215,26 @@ impl FromStr for FileName {
     }
 }
 
+/// The longest dataset name: the status file `DATASET_NAME:<name>_STATUS.txt` is named after it
+/// and must itself fit in the 255 bytes a file name can have.
+pub const MAX_DATASET_NAME: usize = 255 - "DATASET_NAME:".len() - "_STATUS.txt".len();
+
+/// Refuse a dataset name whose derived file names (status file, logs) would not fit.
+pub fn check_dataset_name(name: &FileName) -> Result<(), SpecError> {
+    if name.as_str().len() > MAX_DATASET_NAME {
+        return Err(SpecError::InvalidName {
+            kind: "dataset name",
+            value: name.as_str().escape_debug().to_string(),
+            reason: format!(
+                "it is {} bytes; dataset names are at most {MAX_DATASET_NAME} bytes, so that its \
+                 status file DATASET_NAME:<name>_STATUS.txt fits in a file name",
+                name.as_str().len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The id of a job: `job__<analysis>_<timestamp>`, also its folder name under `results/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JobId {
@@ -405,6 +425,23 @@ mod tests {
         ] {
             assert!(StoreKey::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn dataset_names_leave_room_for_their_status_file() {
+        let longest: FileName = "a".repeat(MAX_DATASET_NAME).parse().unwrap();
+        check_dataset_name(&longest).unwrap();
+        assert_eq!(
+            format!("DATASET_NAME:{longest}_STATUS.txt").len(),
+            255,
+            "the status file of the longest name fits exactly"
+        );
+        let over: FileName = "a".repeat(MAX_DATASET_NAME + 1).parse().unwrap();
+        let err = check_dataset_name(&over).unwrap_err().to_string();
+        assert!(err.contains("at most 231 bytes"), "{err}");
+        // Multi-byte names count bytes, not characters.
+        let emoji: FileName = "🧠".repeat(58).parse().unwrap();
+        assert!(check_dataset_name(&emoji).is_err());
     }
 
     #[test]

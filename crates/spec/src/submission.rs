@@ -68,7 +68,9 @@ impl Submission {
                     "every 'dataname' entry must be a string, found {d}"
                 ));
             };
-            datasets.push(in_group(s, group, "inputs")?);
+            let key = in_group(s, group, "inputs")?;
+            crate::names::check_dataset_name(key.basename())?;
+            datasets.push(key);
         }
         let config = match field("configname", "configure the analysis")? {
             Value::String(s) => in_group(s, group, "configs")?,

@@ -1,0 +1,325 @@
+//! Staging a local store's dataset or config for a container on the same machine, without a
+//! check-then-use gap: every file is opened (no link followed, only regular files) and the
+//! container's mount source is a private hard link made from that open descriptor, in caas's own
+//! work folder. What the container reads is exactly the file that was checked, however the
+//! store's folder changes afterwards; no data is copied unless the work folder is on another
+//! file system.
+//!
+//! A dataset file that has other names (hard links) than its own and caas's staging links is
+//! refused: a hard link into `inputs/` can name a file outside the group's prefix.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::local::{LocalError, MAX_DEPTH, kind_name, segments};
+use crate::{Backend, Store, StoreError, blocking, local_err};
+
+/// Most files a staged dataset folder may hold.
+pub const MAX_STAGED_FILES: usize = 1_000_000;
+
+impl Store {
+    /// Stage `key` (a folder when `folder`) of a local store at `dest` for a bind mount; returns
+    /// `dest`. `work_root` is where caas keeps staging links (they are not counted as foreign
+    /// hard links). Links, FIFOs, devices, sockets and foreign hard links are refused
+    /// ([`StoreError::Refused`]). `None` for a remote store (download instead).
+    pub async fn stage_local(
+        &self,
+        key: &str,
+        folder: bool,
+        dest: &Path,
+        work_root: &Path,
+    ) -> Result<Option<PathBuf>, StoreError> {
+        let Backend::Local(fs) = &self.backend else {
+            return Ok(None);
+        };
+        let (fs, k, d, w) = (
+            fs.clone(),
+            key.to_string(),
+            dest.to_path_buf(),
+            work_root.to_path_buf(),
+        );
+        blocking(move || {
+            let mut n = 0usize;
+            if folder {
+                let segs = segments(&k)?;
+                let dir = fs.dir(&segs, false)?;
+                mirror_dir(&dir, &k, &d, &w, 0, &mut n)?;
+            } else {
+                let (file, _) = fs.open_file(&k)?;
+                let fd = OwnedFd::from(file);
+                link_checked(&fd, &k, &d, &w)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(local_err("stage", key))?;
+        Ok(Some(dest.to_path_buf()))
+    }
+
+    /// Refuse a local dataset file with foreign hard links (see [`Store::stage_local`]); a no-op
+    /// on a remote store and for files with one name.
+    pub async fn check_links(&self, key: &str, work_root: &Path) -> Result<(), StoreError> {
+        let Backend::Local(fs) = &self.backend else {
+            return Ok(());
+        };
+        let (fs, k, w) = (fs.clone(), key.to_string(), work_root.to_path_buf());
+        blocking(move || {
+            let (file, _) = fs.open_file(&k)?;
+            let st = rustix::fs::fstat(&file)?;
+            foreign_links(&st, &k, &w)
+        })
+        .await
+        .map_err(local_err("check", key))
+    }
+}
+
+/// Refuse a file that has names besides its own and caas's staging links under `work_root`.
+fn foreign_links(st: &rustix::fs::Stat, key: &str, work_root: &Path) -> Result<(), LocalError> {
+    let nlink = st.st_nlink as u64;
+    if nlink <= 1 {
+        return Ok(());
+    }
+    let ours = count_links_under(work_root, st.st_dev as u64, st.st_ino as u64, 0);
+    if nlink > 1 + ours {
+        return Err(LocalError::Refused(format!(
+            "{key} is a hard link ({nlink} names for one file) and may name a file outside the \
+             group's prefix; copy the data into the store instead of linking it"
+        )));
+    }
+    Ok(())
+}
+
+/// How many entries under `dir` are the file (dev, ino); bounded in depth.
+fn count_links_under(dir: &Path, dev: u64, ino: u64, depth: usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    if depth > 12 {
+        return 0;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            n += count_links_under(&e.path(), dev, ino, depth + 1);
+        } else if ft.is_file()
+            && let Ok(m) = e.metadata()
+            && m.dev() == dev
+            && m.ino() == ino
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Give the open file `fd` the name `dest` (a hard link from the descriptor; a copy from it
+/// when `dest` is on another file system).
+fn link_checked(fd: &OwnedFd, key: &str, dest: &Path, work_root: &Path) -> Result<(), LocalError> {
+    let st = rustix::fs::fstat(fd)?;
+    if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
+        return Err(LocalError::NotRegular(kind_name(FileType::from_raw_mode(
+            st.st_mode as _,
+        ))));
+    }
+    foreign_links(&st, key, work_root)?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(dest);
+    let r = match rustix::fs::linkat(fd, "", CWD, dest, AtFlags::EMPTY_PATH) {
+        // Linking a descriptor needs CAP_DAC_READ_SEARCH; /proc's link to it does not.
+        Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => rustix::fs::linkat(
+            CWD,
+            format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+            CWD,
+            dest,
+            AtFlags::SYMLINK_FOLLOW,
+        ),
+        r => r,
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(Errno::XDEV) => {
+            let fd = fd.try_clone()?;
+            let mut src = std::fs::File::from(fd);
+            std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0))?;
+            let mut out = std::fs::File::create(dest)?;
+            std::io::copy(&mut src, &mut out)?;
+            Ok(())
+        }
+        Err(e) => Err(LocalError::Io(e.into())),
+    }
+}
+
+fn mirror_dir(
+    dir: &OwnedFd,
+    key: &str,
+    dest: &Path,
+    work_root: &Path,
+    depth: usize,
+    count: &mut usize,
+) -> Result<(), LocalError> {
+    if depth >= MAX_DEPTH {
+        return Err(refused(
+            key,
+            "folders nested deeper than 64 levels",
+            "holds",
+        ));
+    }
+    std::fs::create_dir_all(dest)?;
+    let mut names = Vec::new();
+    let mut reader = rustix::fs::Dir::read_from(dir.as_fd())?;
+    while let Some(entry) = reader.read() {
+        let entry = entry?;
+        let raw = entry.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        let Ok(name) = std::str::from_utf8(raw) else {
+            return Err(refused(key, "a name that is not UTF-8", "holds"));
+        };
+        if segments(name).map_or(true, |s| s.len() != 1) {
+            return Err(refused(
+                key,
+                &format!(
+                    "{:?}, a name no store can hold",
+                    name.escape_debug().to_string()
+                ),
+                "holds",
+            ));
+        }
+        names.push(name.to_string());
+    }
+    drop(reader);
+    for name in names {
+        *count += 1;
+        if *count > MAX_STAGED_FILES {
+            return Err(refused(key, "more than 1,000,000 entries", "holds"));
+        }
+        let sub_key = format!("{key}/{name}");
+        // The type first (lstat): a FIFO or device is never opened.
+        let st = match rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let kind = FileType::from_raw_mode(st.st_mode as _);
+        if !matches!(kind, FileType::Directory | FileType::RegularFile) {
+            return Err(refused(&sub_key, kind_name(kind), "is"));
+        }
+        let fd = match rustix::fs::openat(
+            dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) => return Err(refused(&sub_key, "a symbolic link", "is")),
+            Err(e) => return Err(e.into()),
+        };
+        let st2 = rustix::fs::fstat(&fd)?;
+        if st2.st_ino != st.st_ino {
+            return Err(refused(
+                &sub_key,
+                "a file that changed while it was staged",
+                "is",
+            ));
+        }
+        match FileType::from_raw_mode(st2.st_mode as _) {
+            FileType::Directory => {
+                mirror_dir(
+                    &fd,
+                    &sub_key,
+                    &dest.join(&name),
+                    work_root,
+                    depth + 1,
+                    count,
+                )?;
+            }
+            FileType::RegularFile => link_checked(&fd, &sub_key, &dest.join(&name), work_root)?,
+            other => return Err(refused(&sub_key, kind_name(other), "is")),
+        }
+    }
+    Ok(())
+}
+
+fn refused(key: &str, what: &str, verb: &str) -> LocalError {
+    LocalError::Refused(format!(
+        "{key} {verb} {what}; only regular files and folders are datasets"
+    ))
+}
+
+impl Store {
+    /// Move the local file `local` (caas's own work folder) into the store at `key`, or the
+    /// first free `key.1`, `key.2`, ... when something is there already (stored data is never
+    /// replaced); returns the key used. A rename on a local store on the same file system (no
+    /// link followed on the store's side), a copy across file systems, an upload to S3.
+    pub async fn move_in(&self, local: &Path, key: &str) -> Result<String, StoreError> {
+        let Backend::Local(fs) = &self.backend else {
+            self.upload_file(local, key).await?;
+            return Ok(key.to_string());
+        };
+        let (fs, k, src) = (fs.clone(), key.to_string(), local.to_path_buf());
+        blocking(move || {
+            let segs = segments(&k)?;
+            let Some((name, parents)) = segs.split_last() else {
+                return Err(LocalError::BadKey("it is empty".into()));
+            };
+            let dir = fs.dir(parents, true)?;
+            for n in 0..1000u32 {
+                let candidate = if n == 0 {
+                    (*name).to_string()
+                } else {
+                    format!("{name}.{n}")
+                };
+                let r = rustix::fs::renameat_with(
+                    CWD,
+                    src.as_path(),
+                    &dir,
+                    candidate.as_str(),
+                    rustix::fs::RenameFlags::NOREPLACE,
+                );
+                match r {
+                    Ok(()) => return Ok(replace_last(&k, &candidate)),
+                    Err(Errno::EXIST) => continue,
+                    Err(Errno::XDEV) => {
+                        let mut from = std::fs::File::open(&src)?;
+                        let fd = rustix::fs::openat(
+                            &dir,
+                            candidate.as_str(),
+                            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                            Mode::from_raw_mode(0o644),
+                        );
+                        let fd = match fd {
+                            Ok(fd) => fd,
+                            Err(Errno::EXIST) => continue,
+                            Err(e) => return Err(e.into()),
+                        };
+                        let mut to = std::fs::File::from(fd);
+                        std::io::copy(&mut from, &mut to)?;
+                        let _ = std::fs::remove_file(&src);
+                        return Ok(replace_last(&k, &candidate));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(LocalError::Refused(format!(
+                "{k} and 1000 alternatives of its name exist already"
+            )))
+        })
+        .await
+        .map_err(local_err("move", key))
+    }
+}
+
+fn replace_last(key: &str, name: &str) -> String {
+    match key.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{name}"),
+        None => name.to_string(),
+    }
+}
