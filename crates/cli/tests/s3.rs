@@ -261,12 +261,14 @@ fn serve_on_s3_with_the_aws_cli_as_the_users_client() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(sb.path().join("dl2/process_results/lines.txt").is_file());
 
-    // The bad submission was rejected where the user looks, exactly once.
+    // The bad submission (no dataname, a usable timestamp) was rejected in its own job
+    // folder, where the user looks, exactly once.
     let listing = aws_ok(&["s3", "ls", "--recursive", &format!("{base}/lab/results/")]);
+    assert!(!listing.contains("__rejected-badsubmit"), "{listing}");
     let rejected: std::collections::BTreeSet<&str> = listing
         .lines()
         .filter_map(|l| l.split_whitespace().last())
-        .filter(|k| k.contains("__rejected-badsubmit"))
+        .filter(|k| k.contains("_s3-bad/"))
         .filter_map(|k| k.split('/').nth(3))
         .collect();
     assert_eq!(rejected.len(), 1, "{listing}");

@@ -217,14 +217,27 @@ fn every_rejection_is_visible_where_the_user_looks() {
         &[],
         &sb.path().join("serve.log"),
     );
+    // Only a submission whose job folder cannot be used (no usable timestamp, unreadable, an
+    // unknown analysis) gets a separate `__rejected-` folder; every other one is rejected in
+    // its own job folder, where NeuroCAAS' web page and users look.
+    let separate = ["nots", "notjson", "binary", "huge", "badanalysis"];
     for (name, _, want) in &cases {
+        let own = store.join(format!("lab/results/job__svc-rej_r-{name}"));
         let folder = wait_for(LIMIT, || {
             !job_folders(&store, "lab", &format!("rejected-{name}submit")).is_empty()
-                || !job_folders(&store, "lab", &format!("_r-{name}")).is_empty()
+                || own.join("process_results/end.txt").exists()
         });
         assert!(folder, "{name}: no job folder: {}", _srv.log_text());
-        let mut f = job_folders(&store, "lab", &format!("rejected-{name}submit"));
-        f.extend(job_folders(&store, "lab", &format!("_r-{name}")));
+        let f = if separate.contains(name) {
+            assert!(!own.exists(), "{name}: rejected in a job folder");
+            job_folders(&store, "lab", &format!("rejected-{name}submit"))
+        } else {
+            assert!(
+                job_folders(&store, "lab", &format!("rejected-{name}submit")).is_empty(),
+                "{name}: rejected in a separate folder although its timestamp is usable"
+            );
+            vec![own]
+        };
         let job = &f[0];
         assert!(wait_end(job, LIMIT), "{name}: no end.txt");
         let rec = read_json(&job.join("job.json"));

@@ -375,6 +375,7 @@ impl Inner {
         timestamp: Option<String>,
         problem: String,
         hint: &str,
+        own_folder: bool,
     ) -> Result<(), ManagerError> {
         let root = write_rejection(
             &self.cfg.store,
@@ -385,6 +386,7 @@ impl Inner {
                 submission: key,
                 timestamp,
                 id,
+                own_folder,
                 problem: problem.clone(),
                 hint,
             },
@@ -430,7 +432,16 @@ impl Inner {
                     "the submit file is {size} bytes; a submission is at most {max} bytes (is it the right file?)"
                 );
                 return self
-                    .reject(&self.cfg.analyses[0], group, key, id, None, problem, FIX)
+                    .reject(
+                        &self.cfg.analyses[0],
+                        group,
+                        key,
+                        id,
+                        None,
+                        problem,
+                        FIX,
+                        false,
+                    )
                     .await;
             }
             Err(e) => return Err(e.into()),
@@ -445,7 +456,16 @@ impl Inner {
             Ok(a) => a,
             Err(problem) => {
                 return self
-                    .reject(&self.cfg.analyses[0], group, key, id, ts_hint, problem, FIX)
+                    .reject(
+                        &self.cfg.analyses[0],
+                        group,
+                        key,
+                        id,
+                        ts_hint,
+                        problem,
+                        FIX,
+                        false,
+                    )
                     .await;
             }
         };
@@ -453,7 +473,7 @@ impl Inner {
             Ok(s) => s,
             Err(e) => {
                 return self
-                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX)
+                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX, true)
                     .await;
             }
         };
@@ -552,6 +572,7 @@ impl Inner {
                     Some(sub.timestamp.to_string()),
                     problem,
                     "Submit again with a new, unique timestamp.",
+                    false,
                 )
                 .await
             }

@@ -1,12 +1,15 @@
-//! Rejections whose job folder cannot be used: a submit.json that does not parse (no valid
-//! `timestamp`, not JSON, too large, binary, a path outside the group) or whose timestamp names
-//! an earlier job. The earlier job is never touched; the rejection gets a fresh folder beside
-//! it, `<group>/results/job__<analysis>_<timestamp>__rejected-<submission>-<id>/`, with the
-//! certificate, a `rejected` job.json and `end.txt`, so the user finds it where they look.
+//! Submissions refused before they became a job. When the submission has a usable `timestamp`
+//! whose job folder is free (a missing `dataname`, a `../` path, a dataset outside the group,
+//! ...), the rejection is written into that job folder,
+//! `<group>/results/job__<analysis>_<timestamp>/`, where NeuroCAAS' web page and its users look.
+//! Only when the job folder cannot be used (no valid `timestamp`, not JSON, too large, binary,
+//! or a timestamp an earlier job already has) does it get a fresh folder beside it,
+//! `<group>/results/job__<analysis>_<timestamp>__rejected-<submission>-<id>/`. Either way it holds
+//! the certificate, a `rejected` job.json and `end.txt`; an earlier job is never touched.
 
 use chrono::Utc;
 
-use caas_spec::layout::END_MARKER_BODY;
+use caas_spec::layout::{END_MARKER_BODY, JobPaths};
 use caas_spec::record::Certificate;
 use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
 use caas_store::Store;
@@ -24,6 +27,9 @@ pub(crate) struct Rejection<'a> {
     pub timestamp: Option<String>,
     /// The claim id (keeps folders of different submissions apart).
     pub id: &'a str,
+    /// The job's own folder may hold the rejection (the analysis is known and the timestamp
+    /// came from the submission), when no job has it yet.
+    pub own_folder: bool,
     /// What is wrong.
     pub problem: String,
     /// What to do about it.
@@ -95,6 +101,38 @@ pub(crate) async fn write_rejection(
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     json.push(b'\n');
+    // The job's own folder first, when the timestamp is usable and no job has it.
+    if let Some(ts) = r
+        .timestamp
+        .as_deref()
+        .filter(|_| r.own_folder)
+        .and_then(|t| t.parse::<JobTimestamp>().ok())
+    {
+        let id = JobId {
+            analysis: r.analysis.clone(),
+            timestamp: ts.clone(),
+        };
+        let paths = JobPaths::new(r.group, &id);
+        let mut own = record.clone();
+        own.job_id = id.folder();
+        own.timestamp = ts.to_string();
+        let mut own_json = serde_json::to_vec_pretty(&own).unwrap_or_default();
+        own_json.push(b'\n');
+        let ours = if store.create(&paths.job_json(), own_json).await? {
+            true
+        } else {
+            // Ours from before a restart (same submission and claim), or an earlier job's.
+            store
+                .get_small(&paths.job_json(), 16 << 20)
+                .await?
+                .and_then(|b| serde_json::from_slice::<JobRecord>(&b).ok())
+                .is_some_and(|rec| rec.origin == own.origin && rec.state == State::Rejected)
+        };
+        if ours {
+            write_certificate(store, r, paths.root(), &id, now).await?;
+            return Ok(paths.root().to_string());
+        }
+    }
     if !store.create(&format!("{root}/job.json"), json).await?
         && store
             .head(&format!("{root}/process_results/end.txt"))
@@ -112,7 +150,19 @@ pub(crate) async fn write_rejection(
         analysis: r.analysis.clone(),
         timestamp,
     };
-    let mut cert = Certificate::new(now, &id, r.version);
+    write_certificate(store, r, &root, &id, now).await?;
+    Ok(root)
+}
+
+/// The certificate and `end.txt` of a rejection in `root`.
+async fn write_certificate(
+    store: &Store,
+    r: &Rejection<'_>,
+    root: &str,
+    id: &JobId,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), ManagerError> {
+    let mut cert = Certificate::new(now, id, r.version);
     for line in [
         format!(
             "[Job Manager] Detected new job: starting up (submission {}).",
@@ -138,7 +188,7 @@ pub(crate) async fn write_rejection(
     store
         .put(&format!("{root}/process_results/end.txt"), END_MARKER_BODY)
         .await?;
-    Ok(root)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -156,6 +206,7 @@ mod tests {
             submission: "lab/submissions/my run submit.json",
             timestamp: Some("16:52:06.8".into()),
             id: "0123456789abcdef",
+            own_folder: false,
             problem: "p".into(),
             hint: "h",
         };
