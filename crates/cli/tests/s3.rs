@@ -300,7 +300,7 @@ fn on_s3_a_restarted_manager_adopts_the_running_container() {
     let sb = Sandbox::new();
     let a = sb.analysis(&shell_analysis(
         "s3-adopt",
-        "for i in 1 2 3 4; do echo tick $i; sleep 1; done; echo ok > {results}/ok.txt",
+        "for i in 1 2 3 4; do echo tick $i; sleep 3; done; echo ok > {results}/ok.txt",
         "",
     ));
     let bucket = unique_bucket("adopt");

@@ -356,93 +356,119 @@ pub async fn run_job_with(
         observer,
     });
 
-    if resuming {
-        writer
-            .log("[Job Manager] The job manager restarted: resuming this job.")
-            .await?;
-    } else {
-        writer
-            .log("[Job Manager] Detected new job: starting up.")
-            .await?;
-        writer
-            .log("[Job Manager] STEP 1/4 (Initialization): DONE")
-            .await?;
-    }
-    if !past_validation {
-        writer.update_job(|r| r.state = State::Validating).await?;
-    }
+    // Whatever goes wrong from here on ends the job once, with the reason where the user looks
+    // (a manager that finds the job terminal on its next attempt leaves it as it is).
+    let driven: Result<(), PipelineError> = async {
+        if resuming {
+            writer
+                .log("[Job Manager] The job manager restarted: resuming this job.")
+                .await?;
+        } else {
+            writer
+                .log("[Job Manager] Detected new job: starting up.")
+                .await?;
+            writer
+                .log("[Job Manager] STEP 1/4 (Initialization): DONE")
+                .await?;
+        }
+        if !past_validation {
+            writer.update_job(|r| r.state = State::Validating).await?;
+        }
 
-    // Held until this function returns: the job's estimate counts against its group's budget
-    // while it runs.
-    let mut _reservation = None;
-    let validated = match known_image {
-        Some(id) if past_validation => Ok(id),
-        _ => match validate(store, docker, &req, opts.budget).await? {
-            Ok((id, Some((projection, held)))) => {
-                _reservation = Some(held);
-                writer.log(&format!("[Job Manager] {projection}")).await?;
-                Ok(id)
+        // Held until this function returns: the job's estimate counts against its group's budget
+        // while it runs.
+        let mut _reservation = None;
+        let validated = match known_image {
+            Some(id) if past_validation => Ok(id),
+            _ => match validate(store, docker, &req, opts.budget).await? {
+                Ok((id, Some((projection, held)))) => {
+                    _reservation = Some(held);
+                    writer.log(&format!("[Job Manager] {projection}")).await?;
+                    Ok(id)
+                }
+                Ok((id, None)) => Ok(id),
+                Err(problem) => Err(problem),
+            },
+        };
+        match validated {
+            Err(problem) => {
+                writer
+                    .log(&format!(
+                        "[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {problem}"
+                    ))
+                    .await?;
+                finish_rejected(&writer, &problem).await?;
             }
-            Ok((id, None)) => Ok(id),
-            Err(problem) => Err(problem),
-        },
-    };
-    match validated {
-        Err(problem) => {
-            writer
-                .log(&format!(
-                    "[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {problem}"
-                ))
+            Ok(_) if past_validation => {
+                run_tasks(
+                    store,
+                    docker,
+                    &req,
+                    &job_id,
+                    &writer,
+                    &opts.slots,
+                    true,
+                    cancel,
+                )
                 .await?;
-            finish_rejected(&writer, &problem).await?;
+            }
+            Ok(image_id) => {
+                writer
+                    .log("[Job Manager] STEP 2/4 (Validation): DONE")
+                    .await?;
+                writer
+                    .update_job(|r| {
+                        r.image_id = Some(image_id.clone());
+                        r.state = State::Queued;
+                    })
+                    .await?;
+                writer
+                    .log(&format!(
+                        "[Job Manager] STEP 3/4 (Environment Setup): image {} ({image_id}): DONE",
+                        req.image
+                    ))
+                    .await?;
+                writer
+                    .log(&format!(
+                        "[Job Manager] STEP 4/4 (Initialize Processing): {n} dataset(s), {} at a time: DONE",
+                        req.concurrency.max(1)
+                    ))
+                    .await?;
+                run_tasks(
+                    store,
+                    docker,
+                    &req,
+                    &job_id,
+                    &writer,
+                    &opts.slots,
+                    false,
+                    cancel,
+                )
+                .await?;
+            }
         }
-        Ok(_) if past_validation => {
-            run_tasks(
-                store,
-                docker,
-                &req,
-                &job_id,
-                &writer,
-                &opts.slots,
-                true,
-                cancel,
-            )
-            .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = driven {
+        let reason = format!("caas could not run this job: {e}");
+        let _ = writer.log(&format!("[Job Manager] {reason}")).await;
+        {
+            let mut s = writer.shared.lock().await;
+            let now = Utc::now();
+            for t in &mut s.record.tasks {
+                if !t.state.is_terminal() {
+                    t.state = State::Failed;
+                    t.reason = Some(reason.clone());
+                    t.finished = Some(now);
+                }
+            }
         }
-        Ok(image_id) => {
-            writer
-                .log("[Job Manager] STEP 2/4 (Validation): DONE")
-                .await?;
-            writer
-                .update_job(|r| {
-                    r.image_id = Some(image_id.clone());
-                    r.state = State::Queued;
-                })
-                .await?;
-            writer
-                .log(&format!(
-                    "[Job Manager] STEP 3/4 (Environment Setup): image {} ({image_id}): DONE",
-                    req.image
-                ))
-                .await?;
-            writer
-                .log(&format!(
-                    "[Job Manager] STEP 4/4 (Initialize Processing): {n} dataset(s), {} at a time: DONE",
-                    req.concurrency.max(1)
-                ))
-                .await?;
-            run_tasks(
-                store,
-                docker,
-                &req,
-                &job_id,
-                &writer,
-                &opts.slots,
-                false,
-                cancel,
-            )
-            .await?;
+        if finish(&writer, Some(reason)).await.is_err() {
+            tracing::warn!(job = %job_id, error = %e, "could not record the job's failure");
         }
+        let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
+        return Err(e);
     }
     let record = writer.shared.lock().await.record.clone();
     let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
@@ -664,7 +690,19 @@ async fn validate(
             ))
         }
     };
-    match docker.image_info(&req.image).await? {
+    let image = match docker.image_info(&req.image).await {
+        Ok(found) => found,
+        // An engine that refuses the reference itself (e.g. uppercase letters) will refuse it
+        // again on every retry: the job's problem, said once.
+        Err(e) if e.is_bad_request() => {
+            return Ok(Err(format!(
+                "image {:?} cannot be used: {e}. Give a valid image reference (lowercase, e.g. `local/analysis:1.0`).",
+                req.image
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match image {
         Some(info) => Ok(Ok((info.id, projection))),
         None => Ok(Err(format!(
             "image {:?} was not found on the Docker engine; build it with `caas build` first",

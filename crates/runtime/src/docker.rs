@@ -86,7 +86,27 @@ pub(crate) fn status_of(e: &BollardError) -> Option<u16> {
 
 fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
     let what = what.into();
-    move |source| RuntimeError::Api { what, source }
+    move |source| {
+        if lost_connection(&source) {
+            RuntimeError::EngineUnavailable {
+                endpoint: "the Docker engine".into(),
+                message: format!("{what}: the engine stopped answering ({source}); was it restarted?"),
+            }
+        } else {
+            RuntimeError::Api { what, source }
+        }
+    }
+}
+
+/// The engine went away (restart, socket gone) rather than answering with an error.
+fn lost_connection(e: &BollardError) -> bool {
+    let text = format!("{e:?}").to_ascii_lowercase();
+    matches!(
+        e,
+        BollardError::HyperLegacyError { .. } | BollardError::IOError { .. }
+    ) && ["connect", "connection refused", "broken pipe", "connection reset", "no such file"]
+        .iter()
+        .any(|s| text.contains(s))
 }
 
 /// Bind mounts as the engine takes them (structured, so `:` in a path is harmless).

@@ -179,10 +179,24 @@ pub enum RuntimeError {
     },
 }
 
+impl RuntimeError {
+    /// The engine refused the request itself (HTTP 400: an invalid image reference, a limit it
+    /// cannot apply): asking again cannot help.
+    pub fn is_bad_request(&self) -> bool {
+        match self {
+            Self::Api { source, .. } => docker::status_of(source) == Some(400),
+            Self::BadLimit { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 impl caas_retry::Transient for RuntimeError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Api { source, .. } => docker::is_transient(source),
+            // An engine being restarted comes back within the retry policy's patience.
+            Self::EngineUnavailable { .. } => true,
             _ => false,
         }
     }
