@@ -55,8 +55,11 @@ fn storable(name: &str) -> bool {
         && !name.chars().any(|c| c.is_control() || c == '/')
 }
 
+/// What a scan found: (local file, relative key) pairs, and the entries left out.
+pub(crate) type Scanned = (Vec<(PathBuf, String)>, Vec<String>);
+
 /// The regular files under `root` with their relative keys, and the entries left out.
-pub(crate) fn scan(root: &Path) -> Result<(Vec<(PathBuf, String)>, Vec<String>), PipelineError> {
+pub(crate) fn scan(root: &Path) -> Result<Scanned, PipelineError> {
     let mut files = Vec::new();
     let mut skipped = Vec::new();
     let mut bytes = 0u64;

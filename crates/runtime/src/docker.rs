@@ -90,7 +90,9 @@ fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
         if lost_connection(&source) {
             RuntimeError::EngineUnavailable {
                 endpoint: "the Docker engine".into(),
-                message: format!("{what}: the engine stopped answering ({source}); was it restarted?"),
+                message: format!(
+                    "{what}: the engine stopped answering ({source}); was it restarted?"
+                ),
             }
         } else {
             RuntimeError::Api { what, source }
@@ -104,9 +106,15 @@ fn lost_connection(e: &BollardError) -> bool {
     matches!(
         e,
         BollardError::HyperLegacyError { .. } | BollardError::IOError { .. }
-    ) && ["connect", "connection refused", "broken pipe", "connection reset", "no such file"]
-        .iter()
-        .any(|s| text.contains(s))
+    ) && [
+        "connect",
+        "connection refused",
+        "broken pipe",
+        "connection reset",
+        "no such file",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 /// Bind mounts as the engine takes them (structured, so `:` in a path is harmless).

@@ -120,8 +120,10 @@ fn file_type(st: &rustix::fs::Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode as _)
 }
 
+// `stat` field widths differ between architectures; the conversions are needed on some.
+#[allow(clippy::useless_conversion)]
 fn meta_of(st: &rustix::fs::Stat) -> Meta {
-    let secs = st.st_mtime as i64;
+    let secs = i64::from(st.st_mtime);
     let nanos = st.st_mtime_nsec as u32;
     let mtime = chrono::DateTime::from_timestamp(secs, nanos).unwrap_or_default();
     Meta {

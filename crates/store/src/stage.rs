@@ -77,12 +77,14 @@ impl Store {
 }
 
 /// Refuse a file that has names besides its own and caas's staging links under `work_root`.
+// `stat` field widths differ between architectures; the conversions are needed on some.
+#[allow(clippy::useless_conversion)]
 fn foreign_links(st: &rustix::fs::Stat, key: &str, work_root: &Path) -> Result<(), LocalError> {
-    let nlink = st.st_nlink as u64;
+    let nlink = u64::from(st.st_nlink);
     if nlink <= 1 {
         return Ok(());
     }
-    let ours = count_links_under(work_root, st.st_dev as u64, st.st_ino as u64, 0);
+    let ours = count_links_under(work_root, u64::from(st.st_dev), u64::from(st.st_ino), 0);
     if nlink > 1 + ours {
         return Err(LocalError::Refused(format!(
             "{key} is a hard link ({nlink} names for one file) and may name a file outside the \
