@@ -98,16 +98,16 @@ fn example_analysis_writes_results_status_certificate_and_end_marker() {
             .unwrap()
             > 0.0
     );
-    // The ledger entry of the finished task, and no "active" entry left.
+    // The ledger entry of the finished task, and no running-task marker left.
     let ledger = sb.store().join("logs/lab/job__spike-detect_t1.0.json");
     let ledger: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ledger).unwrap()).unwrap();
     assert_eq!(ledger["datapath"], "lab/inputs/trace.csv");
     assert!(ledger["end"].is_string());
     assert_eq!(
-        std::fs::read_dir(sb.store().join("logs/active"))
-            .unwrap()
-            .count(),
+        std::fs::read_dir(sb.store().join("_caas/running/lab"))
+            .map(|d| d.count())
+            .unwrap_or(0),
         0
     );
     assert!(containers_of_job(&sb.store(), "job__spike-detect_t1").is_empty());

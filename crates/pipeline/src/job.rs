@@ -272,7 +272,7 @@ pub async fn run_job_with(
         .iter()
         .enumerate()
         .map(|(i, key)| TaskRecord {
-            task_id: format!("{}.{i}", job_id.folder()),
+            task_id: caas_spec::layout::task_id(&req.group, &job_id, i),
             dataset: key.to_string(),
             dataset_name: key.basename().clone(),
             state: State::Queued,

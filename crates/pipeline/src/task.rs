@@ -19,7 +19,7 @@ use caas_runtime::{
     OutputChunk, RunReport,
 };
 use caas_spec::analysis::fill_placeholders;
-use caas_spec::layout::{active_entry, ledger_entry};
+use caas_spec::layout::{self, ledger_entry, running_entry};
 use caas_spec::{JobId, State, StoreKey};
 use caas_store::Store;
 
@@ -186,7 +186,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
-    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
 
     if ctx.resume {
         let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
@@ -245,7 +245,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
                     t.container_id = None;
                 })
                 .await?;
-            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            let _ = ctx.store.delete(&running_entry(&task_id)).await;
             return Ok(());
         }
     }
@@ -355,7 +355,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let start = Utc::now();
     ctx.store
         .put(
-            &active_entry(&task_id),
+            &running_entry(&task_id),
             serde_json::to_vec_pretty(&ledger_json(
                 ctx,
                 idx,
@@ -391,7 +391,8 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     .await
 }
 
-/// The task's container by its labels (`caas.task` and this store), if it still exists.
+/// The task's container by its labels (`caas.task`, which names the group, this group and
+/// this store), if it still exists.
 async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, PipelineError> {
     let found = ctx
         .docker
@@ -401,6 +402,7 @@ async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, 
         .into_iter()
         .find(|(_, _, labels)| {
             labels.get("caas.store").map(String::as_str) == Some(ctx.store.location())
+                && labels.get("caas.group").map(String::as_str) == Some(ctx.req.group.as_str())
         })
         .map(|(id, _, _)| id))
 }
@@ -418,7 +420,7 @@ async fn supervise_and_finish(
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
-    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let paths = ctx.writer.paths.clone();
     let adopted = matches!(exec, Exec::Adopt(_));
     // Output: to the log files, the observer and the status tail, as it comes.
@@ -492,7 +494,7 @@ async fn supervise_and_finish(
     let report = match run {
         Ok(r) => r,
         Err(e) => {
-            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            let _ = ctx.store.delete(&running_entry(&task_id)).await;
             ctx.writer
                 .update_task(idx, |_, live| push_lines(live, tail))
                 .await?;
@@ -651,7 +653,7 @@ fn ledger_json(
 ) -> serde_json::Value {
     let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
-        "instance-id": format!("{}.{idx}", ctx.job.folder()),
+        "instance-id": layout::task_id(&ctx.req.group, &ctx.job, idx),
         "instance-type": "local-docker",
         "spot": false,
         "price": price_per_hour,
@@ -684,7 +686,7 @@ async fn record_outcome(
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
-    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let paths = ctx.writer.paths.clone();
     // Results.
     ctx.writer
@@ -801,14 +803,14 @@ async fn record_outcome(
     );
     ctx.store
         .put(
-            &ledger_entry(&req.group, &task_id),
+            &ledger_entry(&req.group, &ctx.job, idx),
             serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
                 what: "ledger",
                 source,
             })?,
         )
         .await?;
-    ctx.store.delete(&active_entry(&task_id)).await?;
+    ctx.store.delete(&running_entry(&task_id)).await?;
     Ok(())
 }
 
