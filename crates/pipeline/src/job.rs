@@ -445,7 +445,10 @@ pub async fn run_job_with(
         }
     }
     let record = writer.shared.lock().await.record.clone();
-    let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
+    let _ = std::fs::remove_dir_all(
+        req.work_root
+            .join(caas_spec::layout::job_work_dir(&req.group, &job_id)),
+    );
     Ok(JobOutcome { record, paths })
 }
 

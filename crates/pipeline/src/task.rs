@@ -58,7 +58,7 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
     let work = ctx
         .req
         .work_root
-        .join(ctx.job.folder())
+        .join(layout::job_work_dir(&ctx.req.group, &ctx.job))
         .join(idx.to_string());
     // Wait for a slot (the manager's limits); a cancellation while waiting ends the task.
     let mut permits = Vec::with_capacity(ctx.slots.len());

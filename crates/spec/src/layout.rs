@@ -87,6 +87,13 @@ pub fn task_id(group: &GroupName, job: &JobId, idx: usize) -> String {
     format!("{group}/{}.{idx}", job.folder())
 }
 
+/// `<group>/<job folder>`: where a job's tasks stage their inputs and results, relative to
+/// the executor's work folder (named by the group too: two groups' jobs may share a folder
+/// name).
+pub fn job_work_dir(group: &GroupName, job: &JobId) -> String {
+    format!("{group}/{}", job.folder())
+}
+
 /// `logs/<group>`: the folder of a group's cost ledger.
 pub fn ledger_prefix(group: &GroupName) -> String {
     format!("logs/{group}")
