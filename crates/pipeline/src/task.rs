@@ -31,6 +31,8 @@ use crate::{PipelineError, io_err};
 const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// SIGTERM → SIGKILL grace when a task is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long an engine may take to finish a create request its caller died during.
+const CREATE_SETTLE: Duration = Duration::from_secs(3);
 
 pub(crate) struct TaskCtx {
     pub store: Store,
@@ -194,7 +196,15 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             return Ok(());
         }
         let results_dir = work.join("results");
-        if let Some(id) = find_container(ctx, &task_id).await? {
+        let mut found = find_container(ctx, &task_id).await?;
+        if found.is_none() && task.state == State::Running {
+            // A manager killed while its create request was in flight leaves the engine to
+            // finish creating the container after the restart has looked: look again before
+            // calling the task lost.
+            tokio::time::sleep(CREATE_SETTLE).await;
+            found = find_container(ctx, &task_id).await?;
+        }
+        if let Some(id) = found {
             ctx.writer
                 .log(&format!(
                     "[Job Manager] dataset {key}: adopted its running container after a restart"
