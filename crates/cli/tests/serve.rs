@@ -852,7 +852,8 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
         let state = rec["state"].as_str().unwrap();
         assert!(
             matches!(state, "succeeded" | "lost"),
-            "z{i} ended {state}: {rec}"
+            "z{i} ended {state}: {rec}\n{}",
+            last.log_text()
         );
         let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
         for (t, ds) in rec["tasks"]
@@ -868,7 +869,12 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
             );
             if survivors.contains(id) {
                 // Its container outlived the manager: the next one must finish it.
-                assert_eq!(t["state"], "succeeded", "z{i}: survived, yet {t}");
+                assert_eq!(
+                    t["state"],
+                    "succeeded",
+                    "z{i}: survived, yet {t}\n{}",
+                    last.log_text()
+                );
             }
             if to_adopt.contains(&id.to_string()) {
                 assert!(
