@@ -938,13 +938,13 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("clock after 1970")
         .as_secs()
 }
 
 /// The `caas.task` labels of svc-chaos containers of this store (only running ones, or all).
 fn chaos_containers(store: &Path, running_only: bool) -> BTreeSet<String> {
-    let store = store.canonicalize().unwrap();
+    let store = store.canonicalize().expect("store folder");
     let mut cmd = Command::new("docker");
     cmd.args(["ps", "--format", "{{.Label \"caas.task\"}}"])
         .args(["--filter", "label=caas.analysis=svc-chaos"])
@@ -952,7 +952,7 @@ fn chaos_containers(store: &Path, running_only: bool) -> BTreeSet<String> {
     if !running_only {
         cmd.arg("-a");
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output().expect("docker ps");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(String::from)
@@ -969,7 +969,7 @@ fn task_events(since: u64, id: &str) -> Vec<(String, i64)> {
         .args(["--filter", &format!("label=caas.task={id}")])
         .args(["--format", "{{.Action}} {{.TimeNano}}"])
         .output()
-        .unwrap();
+        .expect("docker events");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {

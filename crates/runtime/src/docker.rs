@@ -623,7 +623,7 @@ mod tests {
             json_v2(300 * MIB, 260 * MIB),
             json_v2(120 * MIB, 20 * MIB),
         ];
-        let peak = v2.iter().fold(0, |p, m| track_peak(p, m));
+        let peak = v2.iter().fold(0, track_peak);
         assert_eq!(peak, 100 * MIB);
         // cgroup v1: `max_usage` counts the page cache too (reading a 10 GB dataset would
         // read as a 10 GB peak); `total_inactive_file` is the droppable part; `cache` also
