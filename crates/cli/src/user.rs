@@ -506,7 +506,7 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<i32> {
             .await?
             .0
             .into_iter()
-            .filter(|g| g.parse::<GroupName>().is_ok() && g != "active")
+            .filter(|g| g.parse::<GroupName>().is_ok())
             .collect(),
     };
     let mut rows = Vec::new();
@@ -530,6 +530,11 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<i32> {
             .await;
         let (mut tasks, mut usd, mut wall, mut cpu) = (0u64, 0.0, 0.0, 0.0);
         for v in values {
+            // Only finished tasks (stores written before running tasks moved to
+            // `_caas/running/` may hold their markers in `logs/active/`).
+            if v["end"].is_null() {
+                continue;
+            }
             let start = v["start"]
                 .as_str()
                 .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());

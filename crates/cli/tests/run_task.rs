@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -98,16 +99,16 @@ fn example_analysis_writes_results_status_certificate_and_end_marker() {
             .unwrap()
             > 0.0
     );
-    // The ledger entry of the finished task, and no "active" entry left.
+    // The ledger entry of the finished task, and no running-task marker left.
     let ledger = sb.store().join("logs/lab/job__spike-detect_t1.0.json");
     let ledger: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ledger).unwrap()).unwrap();
     assert_eq!(ledger["datapath"], "lab/inputs/trace.csv");
     assert!(ledger["end"].is_string());
     assert_eq!(
-        std::fs::read_dir(sb.store().join("logs/active"))
-            .unwrap()
-            .count(),
+        std::fs::read_dir(sb.store().join("_caas/running/lab"))
+            .map(|d| d.count())
+            .unwrap_or(0),
         0
     );
     assert!(containers_of_job(&sb.store(), "job__spike-detect_t1").is_empty());
@@ -139,10 +140,18 @@ fn json_summary_and_env_placeholders() {
 #[test]
 fn container_is_unprivileged_with_read_only_inputs_and_limits() {
     let sb = Sandbox::new();
+    // The limits as the container's own cgroup shows them, v2 (one unified tree) or v1 (one
+    // tree per controller), written in v2's words: memory.max, cpu.max ("quota period"),
+    // pids.max.
     let script = "id -u > {results}/uid; \
         if echo tamper >> {data}; then echo writable > {results}/data; else echo read-only > {results}/data; fi; \
-        cat /sys/fs/cgroup/memory/memory.limit_in_bytes > {results}/mem; \
-        cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us > {results}/cpu";
+        c=/sys/fs/cgroup; \
+        if [ -f $c/cgroup.controllers ]; then echo v2 > {results}/cgroup; \
+          cat $c/memory.max > {results}/mem; cat $c/cpu.max > {results}/cpu; cat $c/pids.max > {results}/pids; \
+        else echo v1 > {results}/cgroup; \
+          cat $c/memory/memory.limit_in_bytes > {results}/mem; \
+          echo $(cat $c/cpu/cpu.cfs_quota_us) $(cat $c/cpu/cpu.cfs_period_us) > {results}/cpu; \
+          cat $c/pids/pids.max > {results}/pids; fi";
     let a = sb.analysis(&shell_analysis(
         "limits",
         script,
@@ -159,8 +168,15 @@ fn container_is_unprivileged_with_read_only_inputs_and_limits() {
     };
     assert_eq!(read("uid"), "65534");
     assert_eq!(read("data"), "read-only");
+    let host = Command::new("stat")
+        .args(["-fc", "%T", "/sys/fs/cgroup"])
+        .output()
+        .unwrap();
+    let host_v2 = String::from_utf8_lossy(&host.stdout).trim() == "cgroup2fs";
+    assert_eq!(read("cgroup"), if host_v2 { "v2" } else { "v1" });
     assert_eq!(read("mem"), (64u64 << 20).to_string());
-    assert_eq!(read("cpu"), "50000");
+    assert_eq!(read("cpu"), "50000 100000");
+    assert_eq!(read("pids"), "1024");
     assert_eq!(
         std::fs::read_to_string(sb.store().join("lab/inputs/data.csv")).unwrap(),
         "a,b\n1,2\n3,4\n"
@@ -270,4 +286,105 @@ fn folder_dataset_is_mounted_as_a_directory() {
     )
     .unwrap();
     assert!(status.contains("lab/inputs/session1/"), "{status}");
+}
+
+/// A group may be called `active`: its ledger is its own, apart from the running-task markers.
+#[test]
+fn a_group_named_active_keeps_its_cost_ledger() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "ledger",
+        "sleep 1; echo done",
+        "\n[pricing]\nwall_hour = 36.0\n",
+    ));
+    let out = sb
+        .caas_run(&a)
+        .args(["--data", "data.csv", "--config", "config.yaml"])
+        .args(["--group", "active", "--timestamp", "a1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entry = sb.store().join("logs/active/job__ledger_a1.0.json");
+    assert!(entry.is_file(), "no ledger entry {}", entry.display());
+    let cost = |extra: &[&str]| -> serde_json::Value {
+        let out = caas()
+            .arg("cost")
+            .arg("--store")
+            .arg(sb.store())
+            .arg("--json")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for rows in [cost(&["--group", "active"]), cost(&[])] {
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == "active")
+            .unwrap_or_else(|| panic!("{rows}"))
+            .clone();
+        assert_eq!(row["tasks"], 1, "{rows}");
+        assert!(row["cost_usd"].as_f64().unwrap() > 0.0, "{rows}");
+    }
+}
+
+/// Two groups run the same analysis with the same timestamp at once: their tasks have
+/// different ids, and their containers different `caas.task` labels.
+#[test]
+fn task_ids_and_labels_differ_between_groups() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis("ids", "sleep 4; echo {group}", ""));
+    let spawn = |group: &str| {
+        sb.caas_run(&a)
+            .args(["--data", "data.csv", "--config", "config.yaml"])
+            .args(["--group", group, "--timestamp", "same"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut one, mut two) = (spawn("g1"), spawn("g2"));
+    let labels = || -> std::collections::BTreeSet<String> {
+        // The store folder appears when the first run starts.
+        let store = sb.store().canonicalize().unwrap_or_else(|_| sb.store());
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Label \"caas.task\"}}"])
+            .args(["--filter", "label=caas.job=job__ids_same"])
+            .args(["--filter", &format!("label=caas.store={}", store.display())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let t0 = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while t0.elapsed() < Duration::from_secs(60) && seen.len() < 2 {
+        seen = labels();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(one.wait().unwrap().success() && two.wait().unwrap().success());
+    assert_eq!(
+        seen.len(),
+        2,
+        "both containers carry one task label: {seen:?}"
+    );
+    let id = |g: &str| {
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                sb.store()
+                    .join(format!("{g}/results/job__ids_same/job.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        rec["tasks"][0]["task_id"].as_str().unwrap().to_string()
+    };
+    let (id1, id2) = (id("g1"), id("g2"));
+    assert_ne!(id1, id2);
+    assert_eq!(seen, [id1, id2].into_iter().collect());
 }

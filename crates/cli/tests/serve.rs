@@ -4,7 +4,9 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::server::*;
@@ -321,8 +323,8 @@ fn two_managers_on_one_store_run_each_submission_exactly_once() {
     let store = sb.store();
     setup_inputs(&store);
     let st = store.to_str().unwrap();
-    let _one = Server::start(st, &[&a], &["--id", "one"], &sb.path().join("one.log"));
-    let _two = Server::start(st, &[&a], &["--id", "two"], &sb.path().join("two.log"));
+    let one = Server::start(st, &[&a], &["--id", "one"], &sb.path().join("one.log"));
+    let two = Server::start(st, &[&a], &["--id", "two"], &sb.path().join("two.log"));
     let n = 12;
     for i in 0..n {
         put(
@@ -334,6 +336,8 @@ fn two_managers_on_one_store_run_each_submission_exactly_once() {
                 &format!("t{i}"),
             ),
         );
+        // Spread over a few polls (200 ms) at shifting phases, so both managers find some.
+        std::thread::sleep(Duration::from_millis(70));
     }
     for i in 0..n {
         let job = store.join(format!("lab/results/job__svc-twice_t{i}"));
@@ -355,18 +359,64 @@ fn two_managers_on_one_store_run_each_submission_exactly_once() {
         .unwrap()
         .count();
     assert_eq!(claims, n);
-    let managers: std::collections::BTreeSet<String> =
-        std::fs::read_dir(store.join("_caas/claims/lab"))
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                read_json(&e.path())["manager"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
-    assert!(!managers.is_empty());
+    // Who ran what, from each manager's own log: every job started exactly once, by one
+    // manager; both managers ran jobs; together they ran them all.
+    let started = |srv: &Server| -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for line in srv.log_text().lines() {
+            if line.contains("container started")
+                && let Some(i) = line.find("job__svc-twice_t")
+            {
+                let job: String = line[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "_-".contains(*c))
+                    .collect();
+                *m.entry(job).or_insert(0) += 1;
+            }
+        }
+        m
+    };
+    let (by_one, by_two) = (started(&one), started(&two));
+    for (job, count) in by_one.iter().chain(&by_two) {
+        assert_eq!(*count, 1, "{job} started {count} times by one manager");
+    }
+    let (set_one, set_two): (BTreeSet<&String>, BTreeSet<&String>) =
+        (by_one.keys().collect(), by_two.keys().collect());
+    assert!(
+        set_one.is_disjoint(&set_two),
+        "jobs ran on both managers: {:?}",
+        set_one.intersection(&set_two).collect::<Vec<_>>()
+    );
+    let all: BTreeSet<String> = (0..n).map(|i| format!("job__svc-twice_t{i}")).collect();
+    assert_eq!(
+        set_one
+            .union(&set_two)
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>(),
+        all
+    );
+    assert!(
+        !set_one.is_empty() && !set_two.is_empty(),
+        "one manager ran everything: one {set_one:?}, two {set_two:?}"
+    );
+    // And the claims agree with the logs.
+    for e in std::fs::read_dir(store.join("_caas/claims/lab"))
+        .unwrap()
+        .flatten()
+    {
+        let claim = read_json(&e.path());
+        let sub = claim["submission"].as_str().unwrap();
+        let i = sub
+            .trim_start_matches("lab/submissions/x")
+            .trim_end_matches("submit.json");
+        let job = format!("job__svc-twice_t{i}");
+        let ran = if by_one.contains_key(&job) {
+            "one"
+        } else {
+            "two"
+        };
+        assert_eq!(claim["manager"], ran, "{sub}: {claim}");
+    }
 }
 
 #[test]
@@ -547,6 +597,73 @@ fn after_kill_9_a_restarted_manager_adopts_running_containers() {
     );
 }
 
+/// Two groups run the same analysis with the same timestamp; after `kill -9` the restarted
+/// manager adopts each group's own container (task ids, and so labels, name the group).
+#[test]
+fn after_kill_9_each_group_adopts_its_own_container() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "svc-groups",
+        "for i in 1 2 3 4; do echo {group} $i; sleep 1; done; echo {group} > {results}/g.txt",
+        "",
+    ));
+    let store = sb.store();
+    let groups = ["lab", "lab2"];
+    for g in groups {
+        put(&store, &format!("{g}/inputs/a.csv"), b"1\n");
+        put(&store, &format!("{g}/configs/c.yaml"), b"threshold: 3\n");
+    }
+    let st = store.to_str().unwrap();
+    let mut first = Server::start(st, &[&a], &["--id", "m"], &sb.path().join("one.log"));
+    for g in groups {
+        put(
+            &store,
+            &format!("{g}/submissions/s_submit.json"),
+            &submission(
+                &format!(r#""{g}/inputs/a.csv""#),
+                &format!("{g}/configs/c.yaml"),
+                "same",
+            ),
+        );
+    }
+    let jobs: Vec<_> = groups
+        .iter()
+        .map(|g| store.join(format!("{g}/results/job__svc-groups_same")))
+        .collect();
+    assert!(
+        wait_for(LIMIT, || jobs.iter().zip(groups).all(|(j, g)| {
+            std::fs::read_to_string(j.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains(&format!("{g} 1")))
+        })),
+        "{}",
+        first.log_text()
+    );
+    first.kill9();
+    assert!(
+        jobs.iter()
+            .all(|j| !j.join("process_results/end.txt").exists()),
+        "jobs ended before the kill; the test proves nothing"
+    );
+    let second = Server::start(st, &[&a], &["--id", "m"], &sb.path().join("two.log"));
+    for (j, g) in jobs.iter().zip(groups) {
+        assert!(wait_end(j, LIMIT), "{}: {}", j.display(), second.log_text());
+        let rec = read_json(&j.join("job.json"));
+        assert_eq!(rec["state"], "succeeded", "{rec}");
+        assert_eq!(
+            std::fs::read_to_string(j.join("logs/a.csv.stdout.log")).unwrap(),
+            format!("{g} 1\n{g} 2\n{g} 3\n{g} 4\n"),
+            "{g} adopted another group's container"
+        );
+        assert_eq!(
+            std::fs::read_to_string(j.join("process_results/g.txt")).unwrap(),
+            format!("{g}\n")
+        );
+        let cert = std::fs::read_to_string(j.join("logs/certificate.txt")).unwrap();
+        assert!(cert.contains("adopted its running container"), "{cert}");
+        assert!(containers_of_job(&store, "job__svc-groups_same").is_empty());
+    }
+}
+
 /// SIGTERM with --stop-on-exit stops running tasks and records them as cancelled.
 #[test]
 fn sigterm_with_stop_on_exit_records_running_tasks_as_cancelled() {
@@ -657,8 +774,8 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
     let store = sb.store();
     setup_inputs(&store);
     let st = store.to_str().unwrap();
-    let n = 6;
-    for i in 0..n {
+    let since = unix_now() - 1;
+    let submit = |i: usize| {
         put(
             &store,
             &format!("lab/submissions/z{i}submit.json"),
@@ -668,7 +785,8 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
                 &format!("z{i}"),
             ),
         );
-    }
+    };
+    (0..6).for_each(submit);
     for (round, delay_ms) in [150u64, 350, 500, 250, 700, 400].into_iter().enumerate() {
         let mut srv = Server::start(
             st,
@@ -679,7 +797,67 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         srv.kill9();
     }
+    // The decisive round: two more jobs, and the kill lands while a task's container runs, so
+    // containers certainly outlive their manager and adoption is put to the test.
+    let n = 8;
+    (6..n).for_each(submit);
+    let mut srv = Server::start(
+        st,
+        &[&a],
+        &["--id", "chaos", "--concurrency", "3"],
+        &sb.path().join("decisive.log"),
+    );
+    assert!(
+        wait_for(LIMIT, || !chaos_containers(&store, true).is_empty()),
+        "{}",
+        srv.log_text()
+    );
+    srv.kill9();
+    // Let a removal the manager asked for before it died finish.
+    std::thread::sleep(Duration::from_secs(1));
+    let survivors = chaos_containers(&store, false);
+    let states: BTreeMap<String, String> = (0..n)
+        .filter_map(|i| {
+            std::fs::read(store.join(format!("lab/results/job__svc-chaos_z{i}/job.json"))).ok()
+        })
+        .flat_map(|b| {
+            let rec: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            rec["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["task_id"].as_str().unwrap().to_string(),
+                        t["state"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let terminal = [
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "lost",
+        "rejected",
+    ];
+    let to_adopt: BTreeSet<&String> = survivors
+        .iter()
+        .filter(|t| {
+            states
+                .get(*t)
+                .is_some_and(|s| !terminal.contains(&s.as_str()))
+        })
+        .collect();
+    assert!(
+        !to_adopt.is_empty(),
+        "no running task survived the kill: survivors {survivors:?}, states {states:?}"
+    );
+
     let last = Server::start(st, &[&a], &["--id", "chaos"], &sb.path().join("last.log"));
+    let mut lost = 0;
     for i in 0..n {
         let job = store.join(format!("lab/results/job__svc-chaos_z{i}"));
         assert!(wait_end(&job, LIMIT), "z{i}: {}", last.log_text());
@@ -687,18 +865,38 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
         let state = rec["state"].as_str().unwrap();
         assert!(
             matches!(state, "succeeded" | "lost"),
-            "z{i} ended {state}: {rec}"
+            "z{i} ended {state}: {rec}\n{}",
+            last.log_text()
         );
+        let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
         for (t, ds) in rec["tasks"]
             .as_array()
             .unwrap()
             .iter()
             .zip(["a.csv", "b.csv"])
         {
+            let id = t["task_id"].as_str().unwrap();
             assert!(
                 matches!(t["state"].as_str(), Some("succeeded" | "lost")),
                 "z{i}: {t}"
             );
+            if survivors.contains(id) {
+                // Its container outlived the manager: the next one must finish it.
+                assert_eq!(
+                    t["state"],
+                    "succeeded",
+                    "z{i}: survived, yet {t}\n{}",
+                    last.log_text()
+                );
+            }
+            if to_adopt.contains(&id.to_string()) {
+                assert!(
+                    cert.contains(&format!(
+                        "dataset lab/inputs/{ds}: adopted its running container"
+                    )),
+                    "z{i} {ds}: {cert}"
+                );
+            }
             if t["state"] == "succeeded" {
                 assert_eq!(
                     std::fs::read_to_string(job.join(format!("logs/{ds}.stdout.log"))).unwrap(),
@@ -707,7 +905,24 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
                 );
                 assert!(job.join(format!("process_results/{ds}/r.txt")).is_file());
             } else {
+                lost += 1;
                 assert!(t["reason"].as_str().unwrap().contains("lost"), "{t}");
+                // `lost` is only true when no container of the task existed when it was
+                // declared: every one the engine created was destroyed before that.
+                let verdict = chrono::DateTime::parse_from_rfc3339(t["finished"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_nanos_opt()
+                    .unwrap();
+                let events = task_events(since, id);
+                let created = events.iter().filter(|(a, _)| a == "create").count();
+                let destroyed_before = events
+                    .iter()
+                    .filter(|(a, at)| a == "destroy" && *at <= verdict)
+                    .count();
+                assert_eq!(
+                    created, destroyed_before,
+                    "z{i} {ds} declared lost while its container existed: {events:?} {t}"
+                );
             }
         }
         let name = format!("job__svc-chaos_z{i}");
@@ -716,6 +931,11 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
         )
         .is_empty()));
     }
+    eprintln!(
+        "chaos: {} container(s) survived the decisive kill, {} adopted, {lost} task(s) lost",
+        survivors.len(),
+        to_adopt.len()
+    );
     assert!(
         job_folders(&store, "lab", "rejected").is_empty(),
         "a submission ran twice"
@@ -726,6 +946,51 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
             .unwrap_or(0)
             == 0
     }));
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// The `caas.task` labels of svc-chaos containers of this store (only running ones, or all).
+fn chaos_containers(store: &Path, running_only: bool) -> BTreeSet<String> {
+    let store = store.canonicalize().expect("store folder");
+    let mut cmd = Command::new("docker");
+    cmd.args(["ps", "--format", "{{.Label \"caas.task\"}}"])
+        .args(["--filter", "label=caas.analysis=svc-chaos"])
+        .args(["--filter", &format!("label=caas.store={}", store.display())]);
+    if !running_only {
+        cmd.arg("-a");
+    }
+    let out = cmd.output().expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The engine's create and destroy events of the containers of task `id` since `since`
+/// (unix seconds): (action, unix nanoseconds).
+fn task_events(since: u64, id: &str) -> Vec<(String, i64)> {
+    let out = Command::new("docker")
+        .args(["events", "--since", &since.to_string()])
+        .args(["--until", &unix_now().to_string()])
+        .args(["--filter", "type=container"])
+        .args(["--filter", &format!("label=caas.task={id}")])
+        .args(["--format", "{{.Action}} {{.TimeNano}}"])
+        .output()
+        .expect("docker events");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (action, at) = l.split_once(' ')?;
+            let at = at.trim().parse().ok()?;
+            matches!(action, "create" | "destroy").then(|| (action.to_string(), at))
+        })
+        .collect()
 }
 
 /// SIGTERM without --stop-on-exit: the manager exits cleanly, the task's container keeps

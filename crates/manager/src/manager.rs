@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Docker;
-use caas_spec::layout::{END_MARKER_BODY, JobPaths, submissions_prefix};
+use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix, submissions_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
 use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
@@ -321,7 +321,7 @@ impl Inner {
             return Ok(*s);
         }
         let mut total = 0.0;
-        for o in self.cfg.store.list(&format!("logs/{group}")).await? {
+        for o in self.cfg.store.list(&ledger_prefix(group)).await? {
             if let Some(b) = self
                 .cfg
                 .store

@@ -272,7 +272,7 @@ pub async fn run_job_with(
         .iter()
         .enumerate()
         .map(|(i, key)| TaskRecord {
-            task_id: format!("{}.{i}", job_id.folder()),
+            task_id: caas_spec::layout::task_id(&req.group, &job_id, i),
             dataset: key.to_string(),
             dataset_name: key.basename().clone(),
             state: State::Queued,
@@ -471,7 +471,10 @@ pub async fn run_job_with(
         return Err(e);
     }
     let record = writer.shared.lock().await.record.clone();
-    let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
+    let _ = std::fs::remove_dir_all(
+        req.work_root
+            .join(caas_spec::layout::job_work_dir(&req.group, &job_id)),
+    );
     Ok(JobOutcome { record, paths })
 }
 

@@ -18,7 +18,7 @@ use caas_runtime::{
     OutputChunk, RunReport,
 };
 use caas_spec::analysis::fill_placeholders;
-use caas_spec::layout::{active_entry, ledger_entry};
+use caas_spec::layout::{self, ledger_entry, running_entry};
 use caas_spec::{JobId, State, StoreKey};
 use caas_store::Store;
 
@@ -31,6 +31,8 @@ use crate::{PipelineError, io_err};
 const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// SIGTERM → SIGKILL grace when a task is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long an engine may take to finish a create request its caller died during.
+const CREATE_SETTLE: Duration = Duration::from_secs(3);
 
 pub(crate) struct TaskCtx {
     pub store: Store,
@@ -58,7 +60,7 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
     let work = ctx
         .req
         .work_root
-        .join(ctx.job.folder())
+        .join(layout::job_work_dir(&ctx.req.group, &ctx.job))
         .join(idx.to_string());
     // Wait for a slot (the manager's limits); a cancellation while waiting ends the task.
     let mut permits = Vec::with_capacity(ctx.slots.len());
@@ -202,7 +204,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
-    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
 
     if ctx.resume {
         let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
@@ -210,7 +212,15 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             return Ok(());
         }
         let results_dir = work.join("results");
-        if let Some(id) = find_container(ctx, &task_id).await? {
+        let mut found = find_container(ctx, &task_id).await?;
+        if found.is_none() && task.state == State::Running {
+            // A manager killed while its create request was in flight leaves the engine to
+            // finish creating the container after the restart has looked: look again before
+            // calling the task lost.
+            tokio::time::sleep(CREATE_SETTLE).await;
+            found = find_container(ctx, &task_id).await?;
+        }
+        if let Some(id) = found {
             ctx.writer
                 .log(&format!(
                     "[Job Manager] dataset {key}: adopted its running container after a restart"
@@ -261,7 +271,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
                     t.container_id = None;
                 })
                 .await?;
-            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            let _ = ctx.store.delete(&running_entry(&task_id)).await;
             return Ok(());
         }
     }
@@ -378,7 +388,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let start = Utc::now();
     ctx.store
         .put(
-            &active_entry(&task_id),
+            &running_entry(&task_id),
             serde_json::to_vec_pretty(&ledger_json(
                 ctx,
                 idx,
@@ -414,7 +424,8 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     .await
 }
 
-/// The task's container by its labels (`caas.task` and this store), if it still exists.
+/// The task's container by its labels (`caas.task`, which names the group, this group and
+/// this store), if it still exists.
 async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, PipelineError> {
     let found = ctx
         .docker
@@ -424,6 +435,7 @@ async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, 
         .into_iter()
         .find(|(_, _, labels)| {
             labels.get("caas.store").map(String::as_str) == Some(ctx.store.location())
+                && labels.get("caas.group").map(String::as_str) == Some(ctx.req.group.as_str())
         })
         .map(|(id, _, _)| id))
 }
@@ -441,7 +453,7 @@ async fn supervise_and_finish(
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
-    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let paths = ctx.writer.paths.clone();
     let adopted = matches!(exec, Exec::Adopt(_));
     // Output: to the log files, the observer and the status tail, as it comes.
@@ -515,7 +527,7 @@ async fn supervise_and_finish(
     let report = match run {
         Ok(r) => r,
         Err(e) => {
-            let _ = ctx.store.delete(&active_entry(&task_id)).await;
+            let _ = ctx.store.delete(&running_entry(&task_id)).await;
             ctx.writer
                 .update_task(idx, |_, live| push_lines(live, tail))
                 .await?;
@@ -602,7 +614,7 @@ fn ledger_json(
 ) -> serde_json::Value {
     let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
-        "instance-id": format!("{}.{idx}", ctx.job.folder()),
+        "instance-id": layout::task_id(&ctx.req.group, &ctx.job, idx),
         "instance-type": "local-docker",
         "spot": false,
         "price": price_per_hour,
@@ -635,7 +647,7 @@ async fn record_outcome(
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
-    let task_id = format!("{}.{idx}", ctx.job.folder());
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let paths = ctx.writer.paths.clone();
     // Results.
     ctx.writer
@@ -758,14 +770,14 @@ async fn record_outcome(
     );
     ctx.store
         .put(
-            &ledger_entry(&req.group, &task_id),
+            &ledger_entry(&req.group, &ctx.job, idx),
             serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
                 what: "ledger",
                 source,
             })?,
         )
         .await?;
-    ctx.store.delete(&active_entry(&task_id)).await?;
+    ctx.store.delete(&running_entry(&task_id)).await?;
     Ok(())
 }
 

@@ -30,6 +30,19 @@ pub const LABEL_ANALYSIS: &str = "caas.analysis";
 /// Label: unix time after which the container is an orphan that any caas may remove.
 pub const LABEL_DEADLINE: &str = "caas.deadline";
 
+/// The most processes (and threads) a task container may hold when its spec sets no limit
+/// (the pipeline passes `[resources] pids`, 1024 by default): a fork bomb stops here.
+pub const PIDS_LIMIT: i64 = 1024;
+
+/// The deadline label of a container created at `now` (unix seconds): its time limit, the stop
+/// grace and a minute's slack later. Saturating, so no time limit, however long, can wrap it
+/// into the past (where the orphan reaper would remove a running container).
+pub fn deadline_after(now: u64, timeout: Duration, stop_grace: Duration) -> u64 {
+    now.saturating_add(timeout.as_secs())
+        .saturating_add(stop_grace.as_secs())
+        .saturating_add(60)
+}
+
 /// A connected Docker engine.
 #[derive(Clone, Debug)]
 pub struct Docker {
@@ -230,7 +243,7 @@ impl Docker {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let deadline = unix_now() + spec.timeout.as_secs() + spec.stop_grace.as_secs() + 60;
+        let deadline = deadline_after(unix_now(), spec.timeout, spec.stop_grace);
         let mut labels: HashMap<String, String> = spec
             .labels
             .iter()
@@ -251,7 +264,7 @@ impl Docker {
             memory,
             memory_swap: memory, // no swap beyond the limit: OOM is OOM
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
-            pids_limit: spec.pids_limit.map(i64::from),
+            pids_limit: Some(spec.pids_limit.map_or(PIDS_LIMIT, i64::from)),
             init: Some(true),
             network_mode: None,
             device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {
@@ -582,6 +595,27 @@ async fn forward_logs(client: bollard::Docker, id: String, tx: mpsc::Sender<Outp
     }
 }
 
+/// The peak memory after one more stats sample: the most the task had in use in any sample,
+/// as `docker stats` counts it (`usage` less the inactive page cache the kernel drops at will:
+/// `total_inactive_file` on cgroup v1, `inactive_file` on v2). The same rule on both, from the
+/// samples: cgroup v2 has no `max_usage`, and v1's counts every page of the dataset the task
+/// read. `cache` is not subtracted: it holds tmpfs files, which count against the limit.
+fn track_peak(peak: u64, m: &bollard::models::ContainerMemoryStats) -> u64 {
+    let Some(usage) = m.usage else {
+        return peak;
+    };
+    let inactive = m
+        .stats
+        .as_ref()
+        .and_then(|s| {
+            s.get("total_inactive_file")
+                .or_else(|| s.get("inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    peak.max(usage.saturating_sub(inactive))
+}
+
 /// Sample CPU time and peak memory until told to stop; returns (cpu seconds, peak bytes).
 async fn sample_stats(client: bollard::Docker, id: String, stop: CancellationToken) -> (f64, u64) {
     let opts = StatsOptionsBuilder::new().stream(true).build();
@@ -596,7 +630,7 @@ async fn sample_stats(client: bollard::Docker, id: String, stop: CancellationTok
                         cpu_ns = cpu_ns.max(total);
                     }
                     if let Some(m) = s.memory_stats {
-                        peak = peak.max(m.max_usage.unwrap_or(0)).max(m.usage.unwrap_or(0));
+                        peak = track_peak(peak, &m);
                     }
                 }
                 _ => break,
@@ -604,4 +638,64 @@ async fn sample_stats(client: bollard::Docker, id: String, stop: CancellationTok
         }
     }
     (cpu_ns as f64 / 1e9, peak)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(v: serde_json::Value) -> bollard::models::ContainerMemoryStats {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn peak_memory_is_the_working_set_on_cgroup_v1_and_v2() {
+        const MIB: u64 = 1 << 20;
+        // cgroup v2 (Docker 20.10+): no max_usage; `usage` counts the page cache, whose
+        // inactive part the kernel can drop at once: `inactive_file`. Shared memory (tmpfs)
+        // is in `file` but not inactive, and counts.
+        let v2 = [
+            json_v2(100 * MIB, 40 * MIB),
+            json_v2(300 * MIB, 260 * MIB),
+            json_v2(120 * MIB, 20 * MIB),
+        ];
+        let peak = v2.iter().fold(0, track_peak);
+        assert_eq!(peak, 100 * MIB);
+        // cgroup v1: `max_usage` counts the page cache too (reading a 10 GB dataset would
+        // read as a 10 GB peak); `total_inactive_file` is the droppable part; `cache` also
+        // holds tmpfs and is not subtracted.
+        let v1 = mem(serde_json::json!({
+            "usage": 100 * MIB, "max_usage": 900 * MIB,
+            "stats": {"cache": 90 * MIB, "total_cache": 90 * MIB, "inactive_file": 30 * MIB,
+                      "total_inactive_file": 30 * MIB, "rss": 10 * MIB},
+        }));
+        assert_eq!(track_peak(0, &v1), 70 * MIB);
+        // A sample without figures (a stopped container) changes nothing.
+        assert_eq!(track_peak(5, &mem(serde_json::json!({}))), 5);
+    }
+
+    fn json_v2(usage: u64, inactive_file: u64) -> bollard::models::ContainerMemoryStats {
+        mem(serde_json::json!({
+            "usage": usage,
+            "stats": {"anon": 10, "file": inactive_file + 5, "inactive_file": inactive_file,
+                      "active_file": 5, "shmem": 0},
+        }))
+    }
+
+    #[test]
+    fn the_deadline_label_cannot_wrap_into_the_past() {
+        let now = 1_800_000_000;
+        let grace = Duration::from_secs(10);
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(600), grace),
+            now + 670
+        );
+        for huge in [u64::MAX, u64::MAX - 30, u64::MAX / 2 + 1] {
+            let d = deadline_after(now, Duration::from_secs(huge), grace);
+            assert!(d > now, "{huge}s gave deadline {d}");
+        }
+        // 500000000 years, as humantime reads it.
+        let years = Duration::from_secs(500_000_000 * 31_557_600);
+        assert!(deadline_after(now, years, grace) > now);
+    }
 }

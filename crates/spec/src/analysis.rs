@@ -15,6 +15,10 @@ use crate::units::{ByteSize, HumanDuration};
 
 /// The default task timeout when `[run] timeout` is not given: nothing runs forever.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest `[run] timeout` accepted: a year. Longer is surely a typo, and a deadline that
+/// far off is all arithmetic risk and no use.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The default in-container io dir.
 pub const DEFAULT_IO_DIR: &str = "/io";
 /// Where the scaffolded Dockerfiles copy the analysis source in the image.
@@ -338,6 +342,14 @@ impl AnalysisSpec {
             return Err(invalid(
                 "timeout",
                 "the timeout must be longer than 0s".into(),
+            ));
+        }
+        if let Some(t) = self.run.timeout
+            && t.0 > MAX_TIMEOUT
+        {
+            return Err(invalid(
+                "timeout",
+                format!("{t} is longer than the limit of 365 days; give a shorter timeout"),
             ));
         }
         if let Some(cpus) = self.resources.cpus
@@ -720,6 +732,21 @@ memory = "512MiB"            # bytes with IEC/SI units
                 .to_string();
             assert!(err.contains("process limit"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_timeout_longer_than_a_year_is_refused_naming_the_key() {
+        for huge in ["500000000years", "18446744073709551615s", "366days"] {
+            let err = parse(&MINIMAL.replace("\"10m\"", &format!("{huge:?}")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("timeout") && err.contains("365 days") && err.contains("line 12"),
+                "{huge}: {err}"
+            );
+        }
+        let s = parse(&MINIMAL.replace("\"10m\"", "\"365days\"")).unwrap();
+        assert_eq!(s.timeout(), MAX_TIMEOUT);
     }
 
     #[test]

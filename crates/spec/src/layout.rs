@@ -3,8 +3,12 @@
 //! ```text
 //! <group>/inputs/...  <group>/configs/...  <group>/submissions/*submit.json
 //! <group>/results/job__<analysis>_<timestamp>/{job.json, logs/..., process_results/...}
-//! logs/<group>/<task>.json    logs/active/<task>.json
+//! logs/<group>/<job folder>.<idx>.json        (the cost ledger, NeuroCAAS' place for it)
+//! _caas/running/<group>/<job folder>.<idx>.json (tasks while they run)
 //! ```
+//!
+//! Keys caas keeps for itself start with `_caas/`, which no group name can, so they never meet
+//! a group's keys (a group may well be called `active`).
 
 use crate::names::{FileName, GroupName, JobId};
 
@@ -76,12 +80,72 @@ impl JobPaths {
 /// The body of `end.txt`.
 pub const END_MARKER_BODY: &str = "end of analysis marker";
 
-/// `logs/<group>/<task>.json`: the cost ledger of finished tasks.
-pub fn ledger_entry(group: &GroupName, task_id: &str) -> String {
-    format!("logs/{group}/{task_id}.json")
+/// The id of task `idx` of `job` in `group`: `<group>/<job folder>.<idx>`. Unique in a store
+/// (two groups may run the same analysis with the same timestamp), so it is what the
+/// `caas.task` label holds and what a restarted manager adopts containers by.
+pub fn task_id(group: &GroupName, job: &JobId, idx: usize) -> String {
+    format!("{group}/{}.{idx}", job.folder())
 }
 
-/// `logs/active/<task>.json`: running tasks.
-pub fn active_entry(task_id: &str) -> String {
-    format!("logs/active/{task_id}.json")
+/// `<group>/<job folder>`: where a job's tasks stage their inputs and results, relative to
+/// the executor's work folder (named by the group too: two groups' jobs may share a folder
+/// name).
+pub fn job_work_dir(group: &GroupName, job: &JobId) -> String {
+    format!("{group}/{}", job.folder())
+}
+
+/// `logs/<group>`: the folder of a group's cost ledger.
+pub fn ledger_prefix(group: &GroupName) -> String {
+    format!("logs/{group}")
+}
+
+/// `logs/<group>/<job folder>.<idx>.json`: the cost ledger entry of a finished task.
+pub fn ledger_entry(group: &GroupName, job: &JobId, idx: usize) -> String {
+    format!("logs/{group}/{}.{idx}.json", job.folder())
+}
+
+/// The prefix of [`running_entry`] keys.
+pub const RUNNING_PREFIX: &str = "_caas/running";
+
+/// `_caas/running/<task id>.json`: a task while it runs (never a ledger key: no group name
+/// starts with `_`).
+pub fn running_entry(task_id: &str) -> String {
+    format!("{RUNNING_PREFIX}/{task_id}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(ts: &str) -> JobId {
+        JobId {
+            analysis: "pca".parse().unwrap(),
+            timestamp: ts.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_group_called_active_keeps_its_ledger_apart_from_running_tasks() {
+        let g: GroupName = "active".parse().unwrap();
+        let id = task_id(&g, &job("t1"), 0);
+        assert_eq!(
+            ledger_entry(&g, &job("t1"), 0),
+            "logs/active/job__pca_t1.0.json"
+        );
+        assert_ne!(ledger_entry(&g, &job("t1"), 0), running_entry(&id));
+        assert!(running_entry(&id).starts_with("_caas/running/"));
+        assert!("_caas".parse::<GroupName>().is_err());
+    }
+
+    #[test]
+    fn task_ids_differ_between_groups() {
+        let (a, b): (GroupName, GroupName) = ("lab".parse().unwrap(), "other".parse().unwrap());
+        let j = job("16:52:06.836494");
+        assert_eq!(task_id(&a, &j, 1), "lab/job__pca_16:52:06.836494.1");
+        assert_ne!(task_id(&a, &j, 0), task_id(&b, &j, 0));
+        assert_ne!(
+            running_entry(&task_id(&a, &j, 0)),
+            running_entry(&task_id(&b, &j, 0))
+        );
+    }
 }
