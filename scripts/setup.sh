@@ -5,13 +5,17 @@
 #   1. the Docker engine (Debian's docker.io), started with dockerd when `docker info` fails;
 #   2. the base image local/busybox:test, made with `docker import` from Debian's busybox-static
 #      (no registry is reachable here, so every image caas's examples and tests use starts from it);
-#   3. tmux, the pseudo-terminal the `caas shell` tests type into.
+#   3. tmux, the pseudo-terminal the `caas shell` tests type into;
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
 #      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client).
+# `setup.sh --run-only` (what scripts/quickstart.sh uses) stops after 2: the main job needs only
+# the engine and the base image; 3 and 4 belong to the tests.
 # A second run with nothing to do takes well under a second.
 set -euo pipefail
 
 BASE_IMAGE=${CAAS_BASE_IMAGE:-local/busybox:test}
+RUN_ONLY=0
+[ "${1:-}" = "--run-only" ] && RUN_ONLY=1
 log() { printf '[caas setup] %s\n' "$*" >&2; }
 
 apt_install() {
@@ -26,7 +30,7 @@ apt_install() {
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
-command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
+[ "$RUN_ONLY" = 1 ] || command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log "missing ${need_pkgs[*]}; run this script as root to install them"; exit 1; }
   log "installing ${need_pkgs[*]}"
@@ -58,6 +62,11 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   tar -C "$root" -c . | docker import \
     --change 'ENV PATH=/bin:/usr/bin' --change 'CMD ["sh"]' - "$BASE_IMAGE" >/dev/null
   rm -rf "$root"; trap - EXIT
+fi
+
+if [ "$RUN_ONLY" = 1 ]; then
+  log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE"
+  exit 0
 fi
 
 S3_PORT=${CAAS_S3_PORT:-5055}
