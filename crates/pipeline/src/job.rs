@@ -451,6 +451,13 @@ pub async fn run_job_with(
     }
     .await;
     if let Err(e) = driven {
+        if let PipelineError::Store(_) = e {
+            // The store itself failed (full, unreachable): nothing is marked failed and nothing
+            // the analysis produced is removed; a later attempt (the manager's retry, or a
+            // restart) resumes the job from its record, so a task that exited 0 stays a success.
+            tracing::warn!(job = %job_id, error = %e, "the store failed; the job is left to resume");
+            return Err(e);
+        }
         let reason = format!("caas could not run this job: {e}");
         let _ = writer.log(&format!("[Job Manager] {reason}")).await;
         {
@@ -467,7 +474,6 @@ pub async fn run_job_with(
         if finish(&writer, Some(reason)).await.is_err() {
             tracing::warn!(job = %job_id, error = %e, "could not record the job's failure");
         }
-        let _ = std::fs::remove_dir_all(req.work_root.join(job_id.folder()));
         return Err(e);
     }
     let record = writer.shared.lock().await.record.clone();

@@ -75,7 +75,11 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
     }
     let result = run_task_inner(ctx, idx, &work).await;
     drop(permits);
-    let _ = std::fs::remove_dir_all(&work);
+    // The work folder holds what the analysis produced until it is in the store: when the
+    // store failed (full, unreachable), it stays for the attempt that resumes the task.
+    if !matches!(result, Err(PipelineError::Store(_))) {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     match result {
         Ok(()) => Ok(()),
         // Anything that went wrong in staging or the engine is the task's failure, recorded
