@@ -7,7 +7,6 @@ mod errors;
 mod new;
 mod run;
 mod serve;
-mod state;
 mod upload;
 mod user;
 

@@ -10,15 +10,15 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use caas_dev::{AnalysisFolder, credentials_file, default_image};
 use caas_pipeline::{JobRequest, Observer, run_job};
 use caas_runtime::{BindMount, Docker, StreamKind};
 use caas_spec::layout::{configs_prefix, inputs_prefix};
 use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
 
-use crate::dev::{credentials_file, default_image};
+use crate::dev::dev_error;
 use crate::errors::user;
-use crate::state::Analysis;
 use crate::upload::put_input;
 
 /// Where `caas run` mounts a credentials file (readable by the task's unprivileged user);
@@ -95,7 +95,7 @@ impl Observer for Terminal {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let analysis = Analysis::load(&args.analysis)?;
+    let analysis = AnalysisFolder::load(&args.analysis).map_err(dev_error)?;
     let mut spec = analysis.spec.clone();
     let group = match &args.group {
         Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
@@ -130,7 +130,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let image = match &args.image {
         Some(i) => i.clone(),
-        None => default_image(&docker, &analysis).await?,
+        None => default_image(&docker, &analysis).await.map_err(dev_error)?,
     };
     let mut extra_mounts = Vec::new();
     if args.dev {
@@ -160,7 +160,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             read_only: true,
         });
     }
-    if let Some(cred) = credentials_file(&analysis, args.credentials.as_deref())? {
+    if let Some(cred) =
+        credentials_file(&analysis, args.credentials.as_deref()).map_err(dev_error)?
+    {
         extra_mounts.push(BindMount {
             source: cred,
             target: RUN_CREDENTIALS_TARGET.to_string(),
