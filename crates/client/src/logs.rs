@@ -70,7 +70,7 @@ pub enum LogEvent {
         bytes: Bytes,
     },
     /// The last item: the job's record as last read (`None` if it has none yet).
-    End(Option<JobRecord>),
+    End(Option<Box<JobRecord>>),
 }
 
 struct Follower {
@@ -107,7 +107,7 @@ impl Follower {
             }
         }
         if !self.opts.follow || done || Instant::now() > self.deadline {
-            self.pending.push_back(LogEvent::End(rec));
+            self.pending.push_back(LogEvent::End(rec.map(Box::new)));
             self.finished = true;
         }
         Ok(())
