@@ -7,7 +7,6 @@ mod errors;
 mod new;
 mod run;
 mod serve;
-mod upload;
 mod user;
 
 use std::process::ExitCode;

@@ -10,16 +10,15 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use caas_client::{InputKind, put_input};
 use caas_dev::{AnalysisFolder, credentials_file, default_image};
 use caas_pipeline::{JobRequest, Observer, run_job};
 use caas_runtime::{BindMount, Docker, StreamKind};
-use caas_spec::layout::{configs_prefix, inputs_prefix};
 use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
 
 use crate::dev::dev_error;
-use crate::errors::user;
-use crate::upload::put_input;
+use crate::errors::{client_error, user};
 
 /// Where `caas run` mounts a credentials file (readable by the task's unprivileged user);
 /// `AWS_SHARED_CREDENTIALS_FILE` points at it.
@@ -174,8 +173,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
 
-    let data = put_input(&store, &args.data, &inputs_prefix(&group), "dataset").await?;
-    let config = put_input(&store, &args.config, &configs_prefix(&group), "config").await?;
+    let data = put_input(&store, &args.data, &group, InputKind::Dataset)
+        .await
+        .map_err(client_error)?;
+    let config = put_input(&store, &args.config, &group, InputKind::Config)
+        .await
+        .map_err(client_error)?;
     if config.is_folder() {
         return Err(user(format!(
             "config {} is a folder; give a file",

@@ -11,14 +11,13 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use caas_client::{
-    self as client, CancelOutcome, FollowOptions, JobStatus, LogEvent, LogStream, NewSubmission,
+    self as client, CancelOutcome, FollowOptions, InputKind, JobStatus, LogEvent, LogStream,
+    NewSubmission,
 };
-use caas_spec::layout::{configs_prefix, inputs_prefix};
 use caas_spec::{GroupName, JobTimestamp};
 use caas_store::Store;
 
 use crate::errors::{client_error, user};
-use crate::upload::put_input;
 
 /// Where: the store and the group.
 #[derive(Debug, Args)]
@@ -62,13 +61,15 @@ pub struct UploadArgs {
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<i32> {
     let (store, group) = args.at.open()?;
-    let (prefix, what) = if args.config {
-        (configs_prefix(&group), "config")
+    let kind = if args.config {
+        InputKind::Config
     } else {
-        (inputs_prefix(&group), "dataset")
+        InputKind::Dataset
     };
     for f in &args.files {
-        let key = put_input(&store, f, &prefix, what).await?;
+        let key = client::put_input(&store, f, &group, kind)
+            .await
+            .map_err(client_error)?;
         println!("{key}");
     }
     Ok(0)
@@ -103,22 +104,28 @@ pub struct SubmitArgs {
     json: bool,
 }
 
+/// The key of a dataset or config given as a local path (uploaded first) or as a key already
+/// in the store.
 async fn key_or_upload(
     store: &Store,
+    group: &GroupName,
     value: &str,
-    prefix: &str,
-    what: &str,
+    kind: InputKind,
 ) -> anyhow::Result<String> {
     let path = PathBuf::from(value);
     if path.exists() {
-        return Ok(put_input(store, &path, prefix, what).await?.to_string());
+        return Ok(client::put_input(store, &path, group, kind)
+            .await
+            .map_err(client_error)?
+            .to_string());
     }
-    if value.starts_with(&format!("{prefix}/")) {
-        return Ok(value.to_string());
-    }
-    Err(user(format!(
-        "{what} {value:?} is neither a local file nor a key under {prefix}/"
-    )))
+    client::stored_key(group, kind, value).ok_or_else(|| {
+        user(format!(
+            "{} {value:?} is neither a local file nor a key under {}/",
+            kind.noun(),
+            kind.prefix(group)
+        ))
+    })
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
@@ -129,9 +136,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     };
     let mut data = Vec::new();
     for d in &args.data {
-        data.push(key_or_upload(&store, d, &inputs_prefix(&group), "dataset").await?);
+        data.push(key_or_upload(&store, &group, d, InputKind::Dataset).await?);
     }
-    let config = key_or_upload(&store, &args.config, &configs_prefix(&group), "config").await?;
+    let config = key_or_upload(&store, &group, &args.config, InputKind::Config).await?;
     let sub = NewSubmission {
         data,
         config,

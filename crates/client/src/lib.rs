@@ -8,6 +8,7 @@
 //! - [`follow_logs`]: a job's output as a stream, optionally until the job ends;
 //! - [`list_results`], [`download_results`]: the job's files, never outside the target folder;
 //! - [`request_cancel`]: the cancel protocol (`cancel.json` in the job folder);
+//! - [`put_input`]: upload a local dataset or config, never replacing different content;
 //! - [`submit`]: write `<group>/submissions/<timestamp>submit.json`;
 //! - [`costs`]: the usage ledger summed per group.
 
@@ -16,6 +17,7 @@ mod jobs;
 mod logs;
 mod results;
 mod submit;
+mod upload;
 
 pub use cost::{GroupCost, costs, parse_since, sum_ledger};
 pub use jobs::{
@@ -25,10 +27,12 @@ pub use jobs::{
 pub use logs::{FollowOptions, LogEvent, LogStream, follow_logs};
 pub use results::{DownloadSummary, ResultFile, download_results, list_results, result_path};
 pub use submit::{NewSubmission, Submitted, submit};
+pub use upload::{InputKind, basename, put_input, stored_key};
 
 /// What can go wrong in a user operation. The variants tell the caller's mistake
 /// ([`NotFound`](Self::NotFound), [`BadInput`](Self::BadInput), [`Conflict`](Self::Conflict))
-/// from caas's or the store's failure ([`Store`](Self::Store), [`Damaged`](Self::Damaged));
+/// from a failure of the machine or the store ([`Local`](Self::Local), [`Store`](Self::Store),
+/// [`Damaged`](Self::Damaged));
 /// [`ClientError::http_status`] maps them for a server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -41,6 +45,9 @@ pub enum ClientError {
     /// The request conflicts with what the store holds (a reused submission timestamp).
     #[error("{0}")]
     Conflict(String),
+    /// Reading the caller's local files failed midway (not a mistake in what was asked).
+    #[error("{0}")]
+    Local(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] caas_store::StoreError),
@@ -70,7 +77,7 @@ impl ClientError {
             Self::NotFound(_) => 404,
             Self::BadInput(_) => 400,
             Self::Conflict(_) => 409,
-            Self::Store(_) | Self::Damaged { .. } => 500,
+            Self::Local(_) | Self::Store(_) | Self::Damaged { .. } => 500,
         }
     }
 }
