@@ -324,10 +324,11 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
         env.stop_if_idle().await;
         return code;
     }
+    // The input side is kept (unused) until the command ends, as the engine attached it.
     let caas_dev::DevExec {
         id: exec,
         mut output,
-        ..
+        input: _input,
     } = env
         .exec(args.command.clone(), false, false, Vec::new(), None)
         .await
