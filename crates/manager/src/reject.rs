@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 
-use caas_spec::layout::{END_MARKER_BODY, rejection_folder, results_prefix};
+use caas_spec::layout::END_MARKER_BODY;
 use caas_spec::record::Certificate;
 use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
 use caas_store::Store;
@@ -30,8 +30,9 @@ pub(crate) struct Rejection<'a> {
     pub hint: &'a str,
 }
 
-/// The folder a rejection is written to.
+/// The folder a rejection is written to when the job's own folder cannot be used.
 pub(crate) fn rejection_root(r: &Rejection<'_>) -> String {
+    use caas_spec::layout::{rejection_folder, results_prefix};
     format!(
         "{}/{}",
         results_prefix(r.group),
