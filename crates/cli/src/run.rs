@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use caas_client::{InputKind, put_input};
+use caas_client::{InputKind, upload_input};
 use caas_dev::{AnalysisFolder, credentials_file, default_image};
 use caas_pipeline::{JobRequest, Observer, run_job};
 use caas_runtime::{BindMount, Docker, StreamKind};
@@ -173,10 +173,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
 
-    let data = put_input(&store, &args.data, &group, InputKind::Dataset)
+    let data = upload_input(&store, &args.data, &group, InputKind::Dataset)
         .await
         .map_err(client_error)?;
-    let config = put_input(&store, &args.config, &group, InputKind::Config)
+    let config = upload_input(&store, &args.config, &group, InputKind::Config)
         .await
         .map_err(client_error)?;
     if config.is_folder() {

@@ -67,7 +67,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<i32> {
         InputKind::Dataset
     };
     for f in &args.files {
-        let key = client::put_input(&store, f, &group, kind)
+        let key = client::upload_input(&store, f, &group, kind)
             .await
             .map_err(client_error)?;
         println!("{key}");
@@ -114,7 +114,7 @@ async fn key_or_upload(
 ) -> anyhow::Result<String> {
     let path = PathBuf::from(value);
     if path.exists() {
-        return Ok(client::put_input(store, &path, group, kind)
+        return Ok(client::upload_input(store, &path, group, kind)
             .await
             .map_err(client_error)?
             .to_string());

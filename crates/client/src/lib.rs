@@ -8,11 +8,12 @@
 //! - [`follow_logs`]: a job's output as a stream, optionally until the job ends;
 //! - [`list_results`], [`download_results`]: the job's files, never outside the target folder;
 //! - [`request_cancel`]: the cancel protocol (`cancel.json` in the job folder);
-//! - [`put_input`]: upload a local dataset or config, never replacing different content;
+//! - [`upload_input`]: upload a local dataset or config, never replacing different content;
 //! - [`submit`]: write `<group>/submissions/<timestamp>submit.json`;
 //! - [`costs`]: the usage ledger summed per group.
 
 mod cost;
+mod input;
 mod jobs;
 mod logs;
 mod results;
@@ -20,6 +21,7 @@ mod submit;
 mod upload;
 
 pub use cost::{GroupCost, costs, parse_since, sum_ledger};
+pub use input::{InputKind, stored_key, upload_input};
 pub use jobs::{
     CancelOutcome, JobListing, JobMatch, JobRef, JobStatus, find_job_folder, job_status, list_jobs,
     read_record, request_cancel, resolve_job,
@@ -27,7 +29,7 @@ pub use jobs::{
 pub use logs::{FollowOptions, LogEvent, LogStream, follow_logs};
 pub use results::{DownloadSummary, ResultFile, download_results, list_results, result_path};
 pub use submit::{NewSubmission, Submitted, submit};
-pub use upload::{InputKind, basename, put_input, stored_key};
+pub use upload::basename;
 
 /// What can go wrong in a user operation. The variants tell the caller's mistake
 /// ([`NotFound`](Self::NotFound), [`BadInput`](Self::BadInput), [`Conflict`](Self::Conflict))
