@@ -154,6 +154,49 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn every_groups_ledger_is_summed_and_running_tasks_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().to_str().expect("utf-8")).expect("store");
+        let put = |k: &'static str, v: Value| {
+            let store = store.clone();
+            async move { store.put(k, v.to_string()).await.expect("put") }
+        };
+        put(
+            "logs/lab/t.0.json",
+            entry("2026-11-01T00:00:00Z", 1.0, 1.0, 1.0),
+        )
+        .await;
+        put(
+            "logs/lab/t.1.json",
+            entry("2026-11-02T00:00:00Z", 2.0, 1.0, 1.0),
+        )
+        .await;
+        put(
+            "logs/other/u.0.json",
+            entry("2026-11-02T00:00:00Z", 4.0, 1.0, 1.0),
+        )
+        .await;
+        put(
+            "logs/active/v.0.json",
+            entry("2026-11-02T00:00:00Z", 8.0, 1.0, 1.0),
+        )
+        .await;
+        store.put("logs/lab/broken.json", "{").await.expect("put");
+        let mut rows = costs(&store, None, None).await.expect("costs");
+        rows.sort_by(|a, b| a.group.cmp(&b.group));
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.group.as_str(), r.tasks, r.cost_usd))
+            .collect();
+        assert_eq!(got, [("lab", 2, 3.0), ("other", 1, 4.0)]);
+        let lab: GroupName = "lab".parse().expect("group");
+        let since = parse_since("2026-11-02").expect("date");
+        let rows = costs(&store, Some(&lab), Some(since)).await.expect("costs");
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].tasks, rows[0].cost_usd), (1, 2.0));
+    }
+
     #[test]
     fn since_takes_a_date_or_a_time() {
         assert_eq!(

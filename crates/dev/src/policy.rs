@@ -242,6 +242,37 @@ mod tests {
     }
 
     #[test]
+    fn credentials_come_from_the_flag_or_the_spec_and_must_be_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = |creds: &str| {
+            format!(
+                "[analysis]\nname = \"a\"\nversion = \"1\"\n[environment]\nimage = \"x:y\"\n\
+                 [run]\ncommand = \"true\"\n{creds}"
+            )
+        };
+        std::fs::write(dir.path().join("caas.toml"), spec("")).expect("write");
+        let a = AnalysisFolder::load(dir.path()).expect("load");
+        assert_eq!(credentials_file(&a, None).expect("none"), None);
+        let missing = dir.path().join("nope");
+        let err = credentials_file(&a, Some(&missing)).expect_err("missing");
+        assert!(matches!(err, DevError::Invalid(_)), "{err}");
+        let err = credentials_file(&a, Some(dir.path())).expect_err("a folder");
+        assert!(matches!(err, DevError::Invalid(_)), "{err}");
+        std::fs::write(dir.path().join("creds"), "[default]\n").expect("write");
+        // Relative to the analysis folder when the spec names it.
+        std::fs::write(
+            dir.path().join("caas.toml"),
+            spec("credentials = \"creds\"\n"),
+        )
+        .expect("write");
+        let a = AnalysisFolder::load(dir.path()).expect("load");
+        assert_eq!(
+            credentials_file(&a, None).expect("from spec"),
+            Some(a.dir.join("creds"))
+        );
+    }
+
+    #[test]
     fn short_ids() {
         assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(short("abc"), "abc");
