@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use caas_dev::{AnalysisFolder, BuildSummary, ImageRef};
 use caas_runtime::{BuildEvent, BuildOptions, Docker};
 
+use crate::dev::dev_error;
 use crate::errors::user;
-use crate::state::{Analysis, BuildSummary, Entry, ImageRef};
 
 /// Arguments of `caas build`.
 #[derive(Debug, Args)]
@@ -31,7 +32,7 @@ pub struct BuildArgs {
 }
 
 pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
-    let analysis = Analysis::load(&args.analysis)?;
+    let analysis = AnalysisFolder::load(&args.analysis).map_err(dev_error)?;
     let spec = &analysis.spec;
     let spec_path = analysis.dir.join("caas.toml");
     let Some(dockerfile) = spec.environment.dockerfile.clone() else {
@@ -55,7 +56,7 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
     }
     let tag = args.tag.clone().unwrap_or_else(|| analysis.build_tag());
     // A damaged state file stops the build before it starts.
-    analysis.state()?;
+    analysis.state().map_err(dev_error)?;
     let docker = Docker::connect().await?;
     // No build-time labels: the legacy builder (engine 20.10) turns each into an extra,
     // uncached LABEL step, which costs more than the code change itself. The image is tied to
@@ -107,21 +108,9 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
         tag: tag.clone(),
         id: id.clone(),
     };
-    analysis.update(|state| {
-        // A rebuild that changed nothing is not a new history entry.
-        if state.history.last().map(|e| &e.image) != Some(&image) {
-            state.history.push(Entry {
-                kind: "build".into(),
-                image: image.clone(),
-                parent: None,
-                time: chrono::Utc::now(),
-                message: None,
-                diff: None,
-                build: Some(BuildSummary { steps, cached }),
-            });
-        }
-        state.active = Some(image.clone());
-    })?;
+    analysis
+        .record_build(&image, BuildSummary { steps, cached })
+        .map_err(dev_error)?;
     if args.json {
         println!(
             "{}",

@@ -19,3 +19,13 @@ impl std::error::Error for UserError {}
 pub fn user(msg: impl Into<String>) -> anyhow::Error {
     UserError(msg.into()).into()
 }
+
+/// A user operation's error: the caller's mistakes (not found, bad input, conflict) exit with
+/// 2, the store's failures with 1.
+pub fn client_error(e: caas_client::ClientError) -> anyhow::Error {
+    if e.is_caller_error() {
+        user(e.to_string())
+    } else {
+        e.into()
+    }
+}

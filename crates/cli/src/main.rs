@@ -7,8 +7,6 @@ mod errors;
 mod new;
 mod run;
 mod serve;
-mod state;
-mod upload;
 mod user;
 
 use std::process::ExitCode;

@@ -10,16 +10,15 @@ use clap::Args;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use caas_client::{InputKind, upload_input};
+use caas_dev::{AnalysisFolder, credentials_file, default_image};
 use caas_pipeline::{JobRequest, Observer, run_job};
 use caas_runtime::{BindMount, Docker, StreamKind};
-use caas_spec::layout::{configs_prefix, inputs_prefix};
 use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
 
-use crate::dev::{credentials_file, default_image};
-use crate::errors::user;
-use crate::state::Analysis;
-use crate::upload::put_input;
+use crate::dev::dev_error;
+use crate::errors::{client_error, user};
 
 /// Where `caas run` mounts a credentials file (readable by the task's unprivileged user);
 /// `AWS_SHARED_CREDENTIALS_FILE` points at it.
@@ -95,7 +94,7 @@ impl Observer for Terminal {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let analysis = Analysis::load(&args.analysis)?;
+    let analysis = AnalysisFolder::load(&args.analysis).map_err(dev_error)?;
     let mut spec = analysis.spec.clone();
     let group = match &args.group {
         Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
@@ -130,7 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let image = match &args.image {
         Some(i) => i.clone(),
-        None => default_image(&docker, &analysis).await?,
+        None => default_image(&docker, &analysis).await.map_err(dev_error)?,
     };
     let mut extra_mounts = Vec::new();
     if args.dev {
@@ -160,7 +159,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             read_only: true,
         });
     }
-    if let Some(cred) = credentials_file(&analysis, args.credentials.as_deref())? {
+    if let Some(cred) =
+        credentials_file(&analysis, args.credentials.as_deref()).map_err(dev_error)?
+    {
         extra_mounts.push(BindMount {
             source: cred,
             target: RUN_CREDENTIALS_TARGET.to_string(),
@@ -172,8 +173,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
 
-    let data = put_input(&store, &args.data, &inputs_prefix(&group), "dataset").await?;
-    let config = put_input(&store, &args.config, &configs_prefix(&group), "config").await?;
+    let data = upload_input(&store, &args.data, &group, InputKind::Dataset)
+        .await
+        .map_err(client_error)?;
+    let config = upload_input(&store, &args.config, &group, InputKind::Config)
+        .await
+        .map_err(client_error)?;
     if config.is_folder() {
         return Err(user(format!(
             "config {} is a folder; give a file",

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use clap::Args;
 
+use caas_dev::{AnalysisFolder, default_image};
 use caas_manager::{Analysis, Manager, ManagerConfig};
 use caas_runtime::Docker;
 use caas_store::Store;
 
-use crate::dev::default_image;
+use crate::dev::dev_error;
 use crate::errors::user;
 
 /// Arguments of `caas serve`.
@@ -96,8 +97,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let mut analyses = Vec::new();
     for dir in &args.analysis {
         // The same image `caas run` would use in that folder: the active (built or saved) one.
-        let folder = crate::state::Analysis::load(dir)?;
-        let image = default_image(&docker, &folder).await?;
+        let folder = AnalysisFolder::load(dir).map_err(dev_error)?;
+        let image = default_image(&docker, &folder).await.map_err(dev_error)?;
         analyses.push(Analysis {
             spec: folder.spec,
             image,

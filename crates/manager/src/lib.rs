@@ -69,8 +69,7 @@ pub fn submission_id(key: &str, meta: &caas_store::ObjectMeta) -> String {
         .collect()
 }
 
-/// The name `caas cancel` writes into a job folder to ask the manager to cancel it.
-pub const CANCEL_FILE: &str = "cancel.json";
+pub use caas_spec::layout::CANCEL_FILE;
 
 #[cfg(test)]
 mod tests {

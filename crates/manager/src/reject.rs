@@ -36,36 +36,13 @@ pub(crate) struct Rejection<'a> {
     pub hint: &'a str,
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(60)
-        .collect::<String>()
-        .trim_start_matches('.')
-        .to_string()
-}
-
-/// The folder a rejection is written to.
+/// The folder a rejection is written to when the job's own folder cannot be used.
 pub(crate) fn rejection_root(r: &Rejection<'_>) -> String {
-    let ts = r
-        .timestamp
-        .as_deref()
-        .map(sanitize)
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| "no-timestamp".into());
-    let name = r.submission.rsplit('/').next().unwrap_or("submit.json");
-    let short = &r.id[..r.id.len().min(8)];
+    use caas_spec::layout::{rejection_folder, results_prefix};
     format!(
-        "{}/results/job__{}_{ts}__rejected-{}-{short}",
-        r.group,
-        r.analysis,
-        sanitize(name)
+        "{}/{}",
+        results_prefix(r.group),
+        rejection_folder(r.analysis, r.timestamp.as_deref(), r.submission, r.id)
     )
 }
 

@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 use tokio::io::AsyncWrite;
 
 use crate::docker::status_of;
-use crate::{BindMount, Docker, RuntimeError};
+use crate::{BindMount, Docker, OutputChunk, RuntimeError, StreamKind};
 
 /// Label on development containers: the hash of the analysis folder they belong to.
 pub const LABEL_DEV: &str = "caas.dev";
@@ -392,4 +392,25 @@ pub async fn collect_output(mut output: ExecOutput) -> (Vec<u8>, Vec<u8>) {
         }
     }
     (out, err)
+}
+
+/// An exec's output as [`OutputChunk`]s (a terminal's output counts as stdout), so callers
+/// never handle the engine client's own types.
+pub fn output_chunks(
+    output: ExecOutput,
+) -> impl Stream<Item = Result<OutputChunk, RuntimeError>> + Send {
+    output.map(|item| match item {
+        Ok(bollard::container::LogOutput::StdErr { message }) => Ok(OutputChunk {
+            stream: StreamKind::Stderr,
+            bytes: message,
+        }),
+        Ok(other) => Ok(OutputChunk {
+            stream: StreamKind::Stdout,
+            bytes: other.into_bytes(),
+        }),
+        Err(source) => Err(RuntimeError::Api {
+            what: "exec output".into(),
+            source,
+        }),
+    })
 }

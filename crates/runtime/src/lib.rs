@@ -12,7 +12,7 @@ mod docker;
 pub use build::{BuildEvent, BuildOptions};
 pub use dev::{
     ContainerState, DevSpec, ExecInput, ExecOutput, FileChange, ImageDetails, LABEL_DEV,
-    LABEL_FOLDER, collect_output,
+    LABEL_FOLDER, collect_output, output_chunks,
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
 

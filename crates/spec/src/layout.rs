@@ -10,7 +10,7 @@
 //! Keys caas keeps for itself start with `_caas/`, which no group name can, so they never meet
 //! a group's keys (a group may well be called `active`).
 
-use crate::names::{FileName, GroupName, JobId};
+use crate::names::{AnalysisName, FileName, GroupName, JobId, JobTimestamp};
 
 /// The key of a group's inputs folder.
 pub fn inputs_prefix(group: &GroupName) -> String {
@@ -27,6 +27,64 @@ pub fn submissions_prefix(group: &GroupName) -> String {
     format!("{group}/submissions")
 }
 
+/// The key of a group's results folder: one folder per job (and per rejected submission).
+pub fn results_prefix(group: &GroupName) -> String {
+    format!("{group}/results")
+}
+
+/// `<group>/submissions/<timestamp>submit.json`: the trigger `caas submit` writes.
+pub fn submission_key(group: &GroupName, timestamp: &JobTimestamp) -> String {
+    format!("{}/{timestamp}submit.json", submissions_prefix(group))
+}
+
+/// Every job folder name starts with this (`job__<analysis>_<timestamp>`).
+pub const JOB_FOLDER_PREFIX: &str = "job__";
+
+/// What follows the timestamp in the folder of a rejected submission:
+/// `job__<analysis>_<timestamp>__rejected-<submission>-<id>`.
+pub const REJECTED_INFIX: &str = "__rejected-";
+
+/// The name `caas cancel` writes into a job folder to ask the manager to cancel it.
+pub const CANCEL_FILE: &str = "cancel.json";
+
+/// A name made safe for one folder-name segment: `[A-Za-z0-9._:-]`, at most 60 characters,
+/// no leading dot.
+fn folder_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(60)
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
+/// The folder name of a rejected submission (beside the job folders, never one of them):
+/// `job__<analysis>_<timestamp>__rejected-<submission file>-<first 8 of id>`; an unusable
+/// timestamp becomes `no-timestamp`.
+pub fn rejection_folder(
+    analysis: &AnalysisName,
+    timestamp: Option<&str>,
+    submission: &str,
+    id: &str,
+) -> String {
+    let ts = timestamp
+        .map(folder_safe)
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "no-timestamp".into());
+    let name = submission.rsplit('/').next().unwrap_or("submit.json");
+    let short = id.get(..id.len().min(8)).unwrap_or(id);
+    format!(
+        "{JOB_FOLDER_PREFIX}{analysis}_{ts}{REJECTED_INFIX}{}-{short}",
+        folder_safe(name)
+    )
+}
+
 /// The keys of one job's files.
 #[derive(Clone, Debug)]
 pub struct JobPaths {
@@ -38,6 +96,14 @@ impl JobPaths {
     pub fn new(group: &GroupName, job: &JobId) -> Self {
         Self {
             root: format!("{group}/results/{}", job.folder()),
+        }
+    }
+
+    /// The paths of the job (or rejection) folder named `folder` in `group`; the caller has
+    /// checked that `folder` is one path segment.
+    pub fn in_folder(group: &GroupName, folder: &str) -> Self {
+        Self {
+            root: format!("{}/{folder}", results_prefix(group)),
         }
     }
 
@@ -64,6 +130,16 @@ impl JobPaths {
     /// `logs/<basename>.stdout.log` or `.stderr.log`.
     pub fn stream_log(&self, dataset: &FileName, stream: &str) -> String {
         format!("{}/logs/{dataset}.{stream}.log", self.root)
+    }
+
+    /// `logs/`.
+    pub fn logs(&self) -> String {
+        format!("{}/logs", self.root)
+    }
+
+    /// `cancel.json`: a user's request to cancel the job.
+    pub fn cancel_request(&self) -> String {
+        format!("{}/{CANCEL_FILE}", self.root)
     }
 
     /// `process_results/`.
@@ -111,6 +187,15 @@ pub const RUNNING_PREFIX: &str = "_caas/running";
 /// starts with `_`).
 pub fn running_entry(task_id: &str) -> String {
     format!("{RUNNING_PREFIX}/{task_id}.json")
+}
+
+/// The folder holding every group's ledger folder.
+pub const LEDGER_ROOT: &str = "logs";
+
+/// Whether a folder under [`LEDGER_ROOT`] is a group's ledger (any valid group name, `active`
+/// included: running tasks are kept under [`RUNNING_PREFIX`]).
+pub fn is_ledger_group(folder: &str) -> bool {
+    folder.parse::<GroupName>().is_ok()
 }
 
 #[cfg(test)]

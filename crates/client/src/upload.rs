@@ -1,17 +1,21 @@
 //! Putting a user's local dataset or config into the store under `<group>/inputs` or
 //! `<group>/configs` without ever replacing different content that is already there.
+//! (The public entry is [`crate::upload_input`].)
 
 use std::path::Path;
-
-use anyhow::Context;
 
 use caas_spec::{FileName, StoreKey};
 use caas_store::{Store, sha256_file};
 
-use crate::errors::user;
+use crate::ClientError;
+
+/// The caller's mistake.
+fn user(msg: impl Into<String>) -> ClientError {
+    ClientError::BadInput(msg.into())
+}
 
 /// The checked basename of a local path.
-pub fn basename(path: &Path, what: &str) -> anyhow::Result<FileName> {
+pub fn basename(path: &Path, what: &str) -> Result<FileName, ClientError> {
     let name = path
         .file_name()
         .ok_or_else(|| user(format!("{what} {} has no file name", path.display())))?;
@@ -27,12 +31,12 @@ pub fn basename(path: &Path, what: &str) -> anyhow::Result<FileName> {
 
 /// Put `local` (a file or a folder) at `<prefix>/<basename>` and return its key. Content that
 /// is already stored under that key is reused when identical and never replaced when not.
-pub async fn put_input(
+pub(crate) async fn put_input(
     store: &Store,
     local: &Path,
     prefix: &str,
     what: &str,
-) -> anyhow::Result<StoreKey> {
+) -> Result<StoreKey, ClientError> {
     let meta = std::fs::metadata(local)
         .map_err(|e| user(format!("{what} {} cannot be read: {e}", local.display())))?;
     refuse_special(local, &meta, what)?;
@@ -63,15 +67,15 @@ pub async fn put_input(
             }
             put_file(store, &local.join(rel), &key).await?;
         }
-        Ok(StoreKey::parse(&format!("{base}/"))?)
+        StoreKey::parse(&format!("{base}/")).map_err(|e| user(e.to_string()))
     } else {
         put_file(store, local, &base).await?;
-        Ok(StoreKey::parse(&base)?)
+        StoreKey::parse(&base).map_err(|e| user(e.to_string()))
     }
 }
 
 /// Only regular files and folders are data: a FIFO would hang the upload, a device would be read.
-fn refuse_special(local: &Path, meta: &std::fs::Metadata, what: &str) -> anyhow::Result<()> {
+fn refuse_special(local: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), ClientError> {
     use std::os::unix::fs::FileTypeExt;
     let ft = meta.file_type();
     let kind = if ft.is_fifo() {
@@ -89,12 +93,13 @@ fn refuse_special(local: &Path, meta: &std::fs::Metadata, what: &str) -> anyhow:
     )))
 }
 
-async fn put_file(store: &Store, local: &Path, key: &str) -> anyhow::Result<()> {
+async fn put_file(store: &Store, local: &Path, key: &str) -> Result<(), ClientError> {
     // The user's own path: a link they give is theirs to follow; what is sent is a regular file.
     let local = &local
         .canonicalize()
-        .with_context(|| format!("reading {}", local.display()))?;
-    let meta = std::fs::metadata(local).with_context(|| format!("reading {}", local.display()))?;
+        .map_err(|e| ClientError::Local(format!("reading {}: {e}", local.display())))?;
+    let meta = std::fs::metadata(local)
+        .map_err(|e| ClientError::Local(format!("reading {}: {e}", local.display())))?;
     refuse_special(local, &meta, "file")?;
     // Already the stored file itself (a dataset given by its path inside a local store).
     if let Some(stored) = store.local_path(key)
@@ -112,31 +117,28 @@ async fn put_file(store: &Store, local: &Path, key: &str) -> anyhow::Result<()> 
         if same {
             return Ok(());
         }
-        return Err(user(format!(
+        return Err(ClientError::Conflict(format!(
             "the store already holds a different {} ({} bytes); caas never replaces stored data. \
              Rename your file, or remove the stored one if it is no longer needed.",
             store.display_key(key),
             meta.size
         )));
     }
-    store.upload_file(local, key).await.with_context(|| {
-        format!(
-            "uploading {} to {}",
-            local.display(),
-            store.display_key(key)
-        )
-    })?;
+    store.upload_file(local, key).await?;
     Ok(())
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<(), ClientError> {
+    let unreadable =
+        |e: std::io::Error| ClientError::Local(format!("reading {}: {e}", dir.display()));
     let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .collect::<Result<_, _>>()?;
+        .map_err(unreadable)?
+        .collect::<Result<_, _>>()
+        .map_err(unreadable)?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        if e.file_type()?.is_dir() {
+        if e.file_type().map_err(unreadable)?.is_dir() {
             walk(root, &path, out)?;
         } else {
             out.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());

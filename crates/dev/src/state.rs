@@ -16,14 +16,14 @@ use sha2::{Digest, Sha256};
 
 use caas_spec::AnalysisSpec;
 
-use crate::errors::user;
+use crate::DevError;
 
 /// The format version of `.caas/state.json`.
 const STATE_VERSION: u32 = 1;
 
 /// An analysis folder, loaded.
 #[derive(Debug)]
-pub struct Analysis {
+pub struct AnalysisFolder {
     /// The canonical folder.
     pub dir: PathBuf,
     /// Its `caas.toml`.
@@ -32,14 +32,14 @@ pub struct Analysis {
     pub hash: String,
 }
 
-impl Analysis {
+impl AnalysisFolder {
     /// Load `DIR/caas.toml` (a bad or missing file is a user error).
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+    pub fn load(dir: &Path) -> Result<Self, DevError> {
         let spec_path = dir.join("caas.toml");
-        let spec = AnalysisSpec::load(&spec_path).map_err(|e| user(e.to_string()))?;
+        let spec = AnalysisSpec::load(&spec_path).map_err(|e| DevError::Invalid(e.to_string()))?;
         let dir = dir
             .canonicalize()
-            .map_err(|e| user(format!("cannot resolve {}: {e}", dir.display())))?;
+            .map_err(|e| DevError::Invalid(format!("cannot resolve {}: {e}", dir.display())))?;
         let digest = Sha256::digest(dir.to_string_lossy().as_bytes());
         let hash = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
         Ok(Self { dir, spec, hash })
@@ -82,35 +82,35 @@ impl Analysis {
 
     /// Read the state (an absent file is an empty state; a damaged one is an error, never
     /// silently replaced).
-    pub fn state(&self) -> anyhow::Result<State> {
+    pub fn state(&self) -> Result<State, DevError> {
         let path = self.state_path();
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                user(format!(
+                DevError::Invalid(format!(
                     "{} is damaged ({e}); fix or move it away (it holds this analysis' history)",
                     path.display()
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(DevError::Io(format!("cannot read {}: {e}", path.display()))),
         }
     }
 
     /// Change the state under an exclusive lock (`.caas/state.lock`): read it afresh, apply
     /// `change`, write it atomically; two caas commands on one folder never lose an entry.
-    pub fn update(&self, change: impl FnOnce(&mut State)) -> anyhow::Result<State> {
+    pub fn update(&self, change: impl FnOnce(&mut State)) -> Result<State, DevError> {
         let dir = self.dir.join(".caas");
         std::fs::create_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| DevError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let lock_path = dir.join("state.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", lock_path.display()))?;
+            .map_err(|e| DevError::Io(format!("cannot open {}: {e}", lock_path.display())))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| anyhow::anyhow!("cannot lock {}: {e}", lock_path.display()))?;
+            .map_err(|e| DevError::Io(format!("cannot lock {}: {e}", lock_path.display())))?;
         let mut state = self.state()?;
         change(&mut state);
         self.write_state(&state)?;
@@ -120,15 +120,16 @@ impl Analysis {
     }
 
     /// Write the state atomically: temp file in the same folder, fsync, rename.
-    pub fn write_state(&self, state: &State) -> anyhow::Result<()> {
+    pub fn write_state(&self, state: &State) -> Result<(), DevError> {
         let path = self.state_path();
         let dir = path.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| DevError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let tmp = dir.join(format!(".state.json.{}.tmp", std::process::id()));
         let mut state = state.clone();
         state.version = STATE_VERSION;
-        let bytes = serde_json::to_vec_pretty(&state)?;
+        let bytes = serde_json::to_vec_pretty(&state)
+            .map_err(|e| DevError::Io(format!("cannot encode {}: {e}", path.display())))?;
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
@@ -138,7 +139,28 @@ impl Analysis {
         };
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            anyhow::anyhow!("cannot write {}: {e}", path.display())
+            DevError::Io(format!("cannot write {}: {e}", path.display()))
+        })
+    }
+}
+
+impl AnalysisFolder {
+    /// Record a build of `image` and make it the active image; a rebuild that changed nothing
+    /// (the last entry is the same image) adds no history entry.
+    pub fn record_build(&self, image: &ImageRef, build: BuildSummary) -> Result<State, DevError> {
+        self.update(|state| {
+            if state.history.last().map(|e| &e.image) != Some(image) {
+                state.history.push(Entry {
+                    kind: "build".into(),
+                    image: image.clone(),
+                    parent: None,
+                    time: Utc::now(),
+                    message: None,
+                    diff: None,
+                    build: Some(build),
+                });
+            }
+            state.active = Some(image.clone());
         })
     }
 }
@@ -274,7 +296,7 @@ mod tests {
             "[analysis]\nname = \"a\"\nversion = \"1\"\n[environment]\nimage = \"x:y\"\n[run]\ncommand = \"true\"\n",
         )
         .expect("write");
-        let a = Analysis::load(dir.path()).expect("load");
+        let a = AnalysisFolder::load(dir.path()).expect("load");
         let mut st = a.state().expect("empty state");
         assert!(st.history.is_empty());
         for i in 0..12 {
@@ -303,7 +325,40 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         std::fs::write(a.state_path(), "{not json").expect("damage");
-        let err = a.state().expect_err("damaged").to_string();
-        assert!(err.contains("damaged"), "{err}");
+        let err = a.state().expect_err("damaged");
+        assert!(matches!(err, DevError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_rebuild_that_changed_nothing_is_not_a_new_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("caas.toml"),
+            "[analysis]\nname = \"a\"\nversion = \"1.0\"\n[environment]\ndockerfile = \"Dockerfile\"\n[run]\ncommand = \"true\"\n",
+        )
+        .expect("write");
+        let a = AnalysisFolder::load(dir.path()).expect("load");
+        assert!(a.build_tag().starts_with(&format!("caas/a-{}:", a.hash)));
+        assert_eq!(a.dev_container(), format!("caas-dev-a-{}", a.hash));
+        let img = |id: &str| ImageRef {
+            tag: a.build_tag(),
+            id: id.into(),
+        };
+        let summary = BuildSummary {
+            steps: 3,
+            cached: 1,
+        };
+        a.record_build(&img("sha256:1"), summary.clone())
+            .expect("build");
+        let st = a
+            .record_build(&img("sha256:1"), summary.clone())
+            .expect("same build");
+        assert_eq!(st.history.len(), 1);
+        let st = a
+            .record_build(&img("sha256:2"), summary)
+            .expect("new build");
+        assert_eq!(st.history.len(), 2);
+        assert_eq!(st.active, Some(img("sha256:2")));
     }
 }
