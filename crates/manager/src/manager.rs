@@ -611,7 +611,15 @@ impl Worker for SubmissionWatcher {
                 let Ok(group) = g.parse::<GroupName>() else {
                     continue;
                 };
-                let (_, objects) = store.list_dir(&submissions_prefix(&group)).await?;
+                // One group's listing failing (e.g. a key S3 returns that no store can hold)
+                // must not stop the others.
+                let objects = match store.list_dir(&submissions_prefix(&group)).await {
+                    Ok((_, objects)) => objects,
+                    Err(e) => {
+                        tracing::warn!(group = %group, error = %e, "cannot list this group's submissions; the other groups carry on");
+                        continue;
+                    }
+                };
                 for o in objects {
                     let key = o.location.to_string();
                     if !key.ends_with("submit.json") {
