@@ -102,7 +102,8 @@ fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
     move |source| {
         if lost_connection(&source) {
             RuntimeError::EngineUnavailable {
-                endpoint: "the Docker engine".into(),
+                endpoint: std::env::var("DOCKER_HOST")
+                    .unwrap_or_else(|_| "unix:///var/run/docker.sock".into()),
                 message: format!(
                     "{what}: the engine stopped answering ({source}); was it restarted?"
                 ),
