@@ -317,7 +317,10 @@ fn the_hostile_corpus_gets_clear_errors_and_loses_nothing() {
 
     // Names.
     for (i, case) in corpus.name.iter().enumerate() {
-        let data_name = case.dataset.clone().unwrap_or_else(|| format!("name{i}.csv"));
+        let data_name = case
+            .dataset
+            .clone()
+            .unwrap_or_else(|| format!("name{i}.csv"));
         let data = sb.path().join("names").join(&data_name);
         std::fs::create_dir_all(data.parent().unwrap()).unwrap();
         std::fs::write(&data, format!("{data_name}\n")).unwrap();

@@ -32,7 +32,7 @@ fn links_in_results_are_not_followed() {
         "linky",
         &format!(
             "echo fine > {{results}}/ok.txt; ln -s {} {{results}}/s.txt; ln -s / {{results}}/root; \
-             mkfifo {{results}}/pipe; mkdir {{results}}/end.txt",
+             mkfifo {{results}}/pipe; mkdir {{results}}/end.txt; echo emoji > \"{{results}}/résumé 🧠 #1.txt\"",
             secret.display()
         ),
         "",
@@ -81,6 +81,12 @@ fn links_in_results_are_not_followed() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // A name with accents, emoji and '#' comes back under exactly that name.
+    let emoji = snapshot(&dl)
+        .into_iter()
+        .find(|(p, _)| p.ends_with("résumé 🧠 #1.txt"))
+        .map(|(_, b)| b);
+    assert_eq!(emoji.as_deref(), Some(&b"emoji\n"[..]));
     let mut all = String::new();
     for f in snapshot(&dl) {
         all.push_str(&String::from_utf8_lossy(&f.1));
