@@ -8,6 +8,9 @@
 mod build;
 mod dev;
 mod docker;
+mod executor;
+#[cfg(feature = "fake")]
+pub mod fake;
 
 pub use build::{BuildEvent, BuildOptions};
 pub use dev::{
@@ -15,6 +18,7 @@ pub use dev::{
     LABEL_FOLDER, collect_output,
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
+pub use executor::{ExecFuture, Executor, TaskContainer};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -169,6 +173,19 @@ pub enum RuntimeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The executor refused the request itself (an invalid image reference, a limit it cannot
+    /// apply): asking again cannot help.
+    #[error("the executor refused {what}")]
+    Refused {
+        /// What was refused, and why.
+        what: String,
+    },
+    /// A container the executor was asked to follow no longer exists.
+    #[error("container {id} no longer exists")]
+    ContainerGone {
+        /// Its id.
+        id: String,
+    },
     /// Any other engine error.
     #[error("Docker engine: {what}: {source}")]
     Api {
@@ -185,7 +202,7 @@ impl RuntimeError {
     pub fn is_bad_request(&self) -> bool {
         match self {
             Self::Api { source, .. } => docker::status_of(source) == Some(400),
-            Self::BadLimit { .. } => true,
+            Self::BadLimit { .. } | Self::Refused { .. } => true,
             _ => false,
         }
     }
