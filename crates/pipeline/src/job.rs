@@ -249,7 +249,15 @@ pub async fn run_job(
     observer: Arc<dyn Observer>,
     cancel: &CancellationToken,
 ) -> Result<JobOutcome, PipelineError> {
-    run_job_with(store, executor, req, JobOptions::default(), observer, cancel).await
+    run_job_with(
+        store,
+        executor,
+        req,
+        JobOptions::default(),
+        observer,
+        cancel,
+    )
+    .await
 }
 
 /// [`run_job`] with the service's options: task slots, and resuming a job after a restart.

@@ -72,8 +72,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     ) -> ExecFuture<'a, RunReport>;
 
     /// Task containers (running or not) carrying every one of `labels` (key and value).
-    fn find<'a>(&'a self, labels: &'a BTreeMap<String, String>)
-    -> ExecFuture<'a, Vec<TaskContainer>>;
+    fn find<'a>(
+        &'a self,
+        labels: &'a BTreeMap<String, String>,
+    ) -> ExecFuture<'a, Vec<TaskContainer>>;
 
     /// Remove a container, stopping it if needed; one already gone is not an error.
     fn remove<'a>(&'a self, id: &'a str) -> ExecFuture<'a, ()>;

@@ -332,7 +332,11 @@ impl FakeExecutor {
         cancel: &CancellationToken,
     ) -> Result<RunReport, RuntimeError> {
         let started = Instant::now();
-        let results = self.lock().containers.get(id).and_then(|c| c.results.clone());
+        let results = self
+            .lock()
+            .containers
+            .get(id)
+            .and_then(|c| c.results.clone());
         if let Some(dir) = results {
             for (rel, content) in &script.results {
                 let path = dir.join(rel);
