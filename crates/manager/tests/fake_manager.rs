@@ -76,7 +76,10 @@ impl Env {
                 assert_eq!(body, END_MARKER_BODY);
                 return self.record(folder).await;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "{folder} never ended");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{folder} never ended"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -86,7 +89,13 @@ impl Env {
         let (dirs, _) = self.store.list_dir("lab/results").await.unwrap();
         let mut names: Vec<String> = dirs
             .into_iter()
-            .map(|d| d.trim_end_matches('/').rsplit('/').next().unwrap().to_string())
+            .map(|d| {
+                d.trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         names.sort();
         names
@@ -150,7 +159,10 @@ async fn a_submission_becomes_exactly_one_job() {
     let rec = env.ended("job__pca_t1").await;
     settle().await;
     assert_eq!(rec.state, State::Succeeded);
-    assert!(rec.origin.starts_with(&format!("caas serve (submission {key}, claim ")));
+    assert!(
+        rec.origin
+            .starts_with(&format!("caas serve (submission {key}, claim "))
+    );
     assert_eq!(f.runs().len(), 1, "run once, not once per poll");
     assert_eq!(env.folders().await, ["job__pca_t1"]);
     assert_eq!(
@@ -178,10 +190,18 @@ async fn two_managers_on_one_store_run_a_submission_once() {
             .await;
     }
     for ts in ["t1", "t2", "t3"] {
-        assert_eq!(env.ended(&format!("job__pca_{ts}")).await.state, State::Succeeded);
+        assert_eq!(
+            env.ended(&format!("job__pca_{ts}")).await.state,
+            State::Succeeded
+        );
     }
     settle().await;
     assert_eq!(f1.runs().len() + f2.runs().len(), 3);
+    // The manager that lost a claim does nothing with it (no "timestamp already used").
+    assert_eq!(
+        env.folders().await,
+        ["job__pca_t1", "job__pca_t2", "job__pca_t3"]
+    );
     assert_eq!(env.store.list("_caas/claims/lab").await.unwrap().len(), 3);
     m1.shutdown().await;
     m2.shutdown().await;
@@ -192,8 +212,11 @@ async fn a_bad_submission_is_rejected_in_its_job_folder() {
     let env = Env::new().await;
     let f = fake();
     let m = Manager::start(env.config("m1", &f)).await.unwrap();
-    env.submit("a", json!({"dataname": "lab/inputs/a.txt", "timestamp": "t2"}))
-        .await;
+    env.submit(
+        "a",
+        json!({"dataname": "lab/inputs/a.txt", "timestamp": "t2"}),
+    )
+    .await;
     let rec = env.ended("job__pca_t2").await;
     assert_eq!(rec.state, State::Rejected);
     let reason = rec.reason.unwrap();
@@ -244,7 +267,9 @@ async fn a_repeated_timestamp_is_rejected_apart_and_the_earlier_job_is_untouched
     env.submit("a", submission("t1", "lab/inputs/a.txt")).await;
     env.ended("job__pca_t1").await;
     let before = env.text("lab/results/job__pca_t1/job.json").await;
-    let cert = env.text("lab/results/job__pca_t1/logs/certificate.txt").await;
+    let cert = env
+        .text("lab/results/job__pca_t1/logs/certificate.txt")
+        .await;
 
     env.submit("b", submission("t1", "lab/inputs/b.txt")).await;
     let t0 = Instant::now();
@@ -255,7 +280,10 @@ async fn a_repeated_timestamp_is_rejected_apart_and_the_earlier_job_is_untouched
         assert!(t0.elapsed() < Duration::from_secs(20));
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(rejected.starts_with("job__pca_t1__rejected-bsubmit.json-"), "{rejected}");
+    assert!(
+        rejected.starts_with("job__pca_t1__rejected-bsubmit.json-"),
+        "{rejected}"
+    );
     let rec = env.ended(&rejected).await;
     assert_eq!(rec.state, State::Rejected);
     let reason = rec.reason.unwrap();
@@ -264,7 +292,8 @@ async fn a_repeated_timestamp_is_rejected_apart_and_the_earlier_job_is_untouched
     settle().await;
     assert_eq!(env.text("lab/results/job__pca_t1/job.json").await, before);
     assert_eq!(
-        env.text("lab/results/job__pca_t1/logs/certificate.txt").await,
+        env.text("lab/results/job__pca_t1/logs/certificate.txt")
+            .await,
         cert
     );
     assert_eq!(
@@ -296,7 +325,10 @@ async fn a_submission_for_an_analysis_not_served_is_rejected() {
     let rec = env.ended(&folder).await;
     assert_eq!(rec.state, State::Rejected);
     let reason = rec.reason.unwrap();
-    assert!(reason.contains("'analysis' \"other\" is not served here; served: pca"), "{reason}");
+    assert!(
+        reason.contains("'analysis' \"other\" is not served here; served: pca"),
+        "{reason}"
+    );
     assert!(f.runs().is_empty());
     m.shutdown().await;
 }
@@ -351,7 +383,10 @@ async fn a_restarted_manager_adopts_its_running_job() {
 
     // The engine still has the container; it finishes under the new manager.
     let f2 = fake();
-    let id = f2.seed(labels, Seeded::Running(Script::exit(0).stdout(["still here"])));
+    let id = f2.seed(
+        labels,
+        Seeded::Running(Script::exit(0).stdout(["still here"])),
+    );
     let m = Manager::start(env.config("m1", &f2)).await.unwrap();
     assert_eq!(m.startup.resumed, 1);
     assert_eq!(m.startup.known_claims, 1);

@@ -855,7 +855,7 @@ async fn a_running_container_is_adopted_after_a_restart_and_finished() {
     );
     let out = resume(&env, &f, "t1", rec).await;
     assert_eq!(out.record.state, State::Succeeded);
-    assert_eq!(f.adopted(), [id.clone()]);
+    assert_eq!(f.adopted(), std::slice::from_ref(&id));
     assert!(f.runs().is_empty(), "nothing ran twice");
     assert_eq!(f.removed(), [id]);
     let paths = env.paths("t1");
