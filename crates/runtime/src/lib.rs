@@ -4,6 +4,11 @@
 //! The Docker executor talks to the Docker Engine API through `bollard` (also Podman's API
 //! socket). Infrastructure failures are [`RuntimeError`]s; how the task itself ended is an
 //! [`Outcome`], so "the engine is down" and "the analysis exited 3" never mix.
+//!
+//! The pipeline and the manager see only the [`Executor`] trait (as `Arc<dyn Executor>`):
+//! [`Docker`] implements it; with the `fake` feature, `fake::FakeExecutor` is a scriptable
+//! in-memory one for tests that need no engine. The developer commands (build, dev containers)
+//! still use [`Docker`] directly.
 
 mod build;
 mod dev;
