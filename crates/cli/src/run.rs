@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use caas_client::{InputKind, upload_input};
 use caas_dev::{AnalysisFolder, credentials_file, default_image};
 use caas_pipeline::{JobRequest, Observer, run_job};
-use caas_runtime::{BindMount, Docker, StreamKind};
+use caas_runtime::{BindMount, Docker, Executor, StreamKind};
 use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
 
@@ -222,7 +222,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     });
 
     let observer = Arc::new(Terminal { json: args.json });
-    let outcome = match run_job(&store, &docker, req, observer, &cancel).await {
+    let executor: Arc<dyn Executor> = Arc::new(docker);
+    let outcome = match run_job(&store, &executor, req, observer, &cancel).await {
         Ok(o) => o,
         Err(e @ caas_pipeline::PipelineError::JobExists { .. }) => return Err(user(e.to_string())),
         Err(e) => return Err(e.into()),

@@ -2,13 +2,14 @@
 //! local folder or `s3://bucket/prefix`) until SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
 use caas_manager::{Analysis, Manager, ManagerConfig};
-use caas_runtime::Docker;
+use caas_runtime::{Docker, Executor};
 use caas_store::Store;
 
 use crate::dev::dev_error;
@@ -116,7 +117,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .collect();
     let manager = Manager::start(ManagerConfig {
         store: store.clone(),
-        docker,
+        executor: Arc::new(docker) as Arc<dyn Executor>,
         analyses,
         concurrency: args.concurrency,
         group_limit: args.group_limit,

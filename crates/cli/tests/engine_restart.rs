@@ -28,7 +28,7 @@ fn an_engine_restart_mid_task_ends_the_job_with_a_clear_reason() {
         "echo started; sleep 20; echo done > {results}/x",
         "",
     ));
-    let mut run = sb
+    let run = sb
         .caas_run(&a)
         .args([
             "--data",

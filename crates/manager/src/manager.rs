@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
-use caas_runtime::Docker;
+use caas_runtime::Executor;
 use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix, submissions_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
 use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
@@ -40,8 +40,8 @@ pub struct Analysis {
 pub struct ManagerConfig {
     /// The store to watch.
     pub store: Store,
-    /// The engine tasks run on.
-    pub docker: Docker,
+    /// What tasks run on (the Docker engine in `caas serve`).
+    pub executor: Arc<dyn Executor>,
     /// The analyses served; a submission names one with `"analysis"`, else the first is used.
     pub analyses: Vec<Analysis>,
     /// Tasks running at once, over all groups.
@@ -133,7 +133,7 @@ impl Manager {
                 cfg.manager_id
             )));
         }
-        let reaped = match cfg.docker.reap_expired().await {
+        let reaped = match cfg.executor.reap_expired().await {
             Ok(r) => r.len(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not look for orphaned containers");
@@ -212,7 +212,7 @@ impl Manager {
                 inner: inner.clone(),
             }),
             Box::new(Reaper {
-                docker: inner.cfg.docker.clone(),
+                executor: inner.cfg.executor.clone(),
             }),
         ];
         let workers = workers
@@ -538,7 +538,7 @@ impl Inner {
         }
         let r = run_job_with(
             store,
-            &self.cfg.docker,
+            &self.cfg.executor,
             req,
             opts,
             Arc::new(JobLog(job_id.folder())),
@@ -693,7 +693,7 @@ impl Worker for CancelWatcher {
 
 /// Removes containers left past their deadline by any caas process.
 struct Reaper {
-    docker: Docker,
+    executor: Arc<dyn Executor>,
 }
 
 impl Worker for Reaper {
@@ -707,7 +707,7 @@ impl Worker for Reaper {
 
     fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
         async move {
-            let reaped = self.docker.reap_expired().await?;
+            let reaped = self.executor.reap_expired().await?;
             if !reaped.is_empty() {
                 tracing::info!(containers = ?reaped, "removed containers past their deadline");
             }

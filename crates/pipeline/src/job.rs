@@ -9,7 +9,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use caas_runtime::{BindMount, Docker};
+use caas_runtime::{BindMount, Executor};
 use caas_spec::layout::{END_MARKER_BODY, JobPaths};
 use caas_spec::record::{Certificate, dataset_status_json};
 use caas_spec::{
@@ -244,18 +244,26 @@ impl JobWriter {
 /// inputs did wrong is in the returned record, the certificate and the status files.
 pub async fn run_job(
     store: &Store,
-    docker: &Docker,
+    executor: &Arc<dyn Executor>,
     req: JobRequest,
     observer: Arc<dyn Observer>,
     cancel: &CancellationToken,
 ) -> Result<JobOutcome, PipelineError> {
-    run_job_with(store, docker, req, JobOptions::default(), observer, cancel).await
+    run_job_with(
+        store,
+        executor,
+        req,
+        JobOptions::default(),
+        observer,
+        cancel,
+    )
+    .await
 }
 
 /// [`run_job`] with the service's options: task slots, and resuming a job after a restart.
 pub async fn run_job_with(
     store: &Store,
-    docker: &Docker,
+    executor: &Arc<dyn Executor>,
     req: JobRequest,
     opts: JobOptions,
     observer: Arc<dyn Observer>,
@@ -380,7 +388,7 @@ pub async fn run_job_with(
         let mut _reservation = None;
         let validated = match known_image {
             Some(id) if past_validation => Ok(id),
-            _ => match validate(store, docker, &req, opts.budget).await? {
+            _ => match validate(store, executor, &req, opts.budget).await? {
                 Ok((id, Some((projection, held)))) => {
                     _reservation = Some(held);
                     writer.log(&format!("[Job Manager] {projection}")).await?;
@@ -402,7 +410,7 @@ pub async fn run_job_with(
             Ok(_) if past_validation => {
                 run_tasks(
                     store,
-                    docker,
+                    executor,
                     &req,
                     &job_id,
                     &writer,
@@ -436,7 +444,7 @@ pub async fn run_job_with(
                     .await?;
                 run_tasks(
                     store,
-                    docker,
+                    executor,
                     &req,
                     &job_id,
                     &writer,
@@ -488,7 +496,7 @@ pub async fn run_job_with(
 #[allow(clippy::too_many_arguments)]
 async fn run_tasks(
     store: &Store,
-    docker: &Docker,
+    executor: &Arc<dyn Executor>,
     req: &JobRequest,
     job_id: &JobId,
     writer: &Arc<JobWriter>,
@@ -499,7 +507,7 @@ async fn run_tasks(
     let n = req.datasets.len();
     let ctx = Arc::new(crate::task::TaskCtx {
         store: store.clone(),
-        docker: docker.clone(),
+        executor: executor.clone(),
         req: req.clone(),
         job: job_id.clone(),
         writer: writer.clone(),
@@ -532,7 +540,7 @@ async fn run_tasks(
 /// one the user's problem (written to the certificate).
 async fn validate(
     store: &Store,
-    docker: &Docker,
+    executor: &Arc<dyn Executor>,
     req: &JobRequest,
     budget: Option<Budget>,
 ) -> Result<Result<(String, Option<(String, Reservation)>), String>, PipelineError> {
@@ -699,7 +707,7 @@ async fn validate(
             ))
         }
     };
-    let image = match docker.image_info(&req.image).await {
+    let image = match executor.image_info(&req.image).await {
         Ok(found) => found,
         // An engine that refuses the reference itself (e.g. uppercase letters) will refuse it
         // again on every retry: the job's problem, said once.

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use caas_runtime::{
-    BindMount, ContainerSpec, Docker, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
+    BindMount, ContainerSpec, Executor, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
     OutputChunk, RunReport,
 };
 use caas_spec::analysis::fill_placeholders;
@@ -36,7 +36,7 @@ const CREATE_SETTLE: Duration = Duration::from_secs(3);
 
 pub(crate) struct TaskCtx {
     pub store: Store,
-    pub docker: Docker,
+    pub executor: Arc<dyn Executor>,
     pub req: JobRequest,
     pub job: JobId,
     pub writer: Arc<JobWriter>,
@@ -324,7 +324,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         .collect();
 
     let image_user = ctx
-        .docker
+        .executor
         .image_info(&req.image)
         .await?
         .map(|i| i.user)
@@ -431,17 +431,13 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
 /// The task's container by its labels (`caas.task`, which names the group, this group and
 /// this store), if it still exists.
 async fn find_container(ctx: &TaskCtx, task_id: &str) -> Result<Option<String>, PipelineError> {
-    let found = ctx
-        .docker
-        .list_by_label(&format!("{LABEL_TASK}={task_id}"))
-        .await?;
-    Ok(found
-        .into_iter()
-        .find(|(_, _, labels)| {
-            labels.get("caas.store").map(String::as_str) == Some(ctx.store.location())
-                && labels.get("caas.group").map(String::as_str) == Some(ctx.req.group.as_str())
-        })
-        .map(|(id, _, _)| id))
+    let labels = BTreeMap::from([
+        (LABEL_TASK.to_string(), task_id.to_string()),
+        ("caas.store".to_string(), ctx.store.location().to_string()),
+        ("caas.group".to_string(), ctx.req.group.to_string()),
+    ]);
+    let found = ctx.executor.find(&labels).await?;
+    Ok(found.into_iter().next().map(|c| c.id))
 }
 
 /// Run or adopt the container, stream its output to the store, then record the outcome, the
@@ -518,11 +514,11 @@ async fn supervise_and_finish(
     });
 
     let run = match &exec {
-        Exec::Fresh(spec) => ctx.docker.run(spec, tx, &ctx.cancel, |_| {}).await,
+        Exec::Fresh(spec) => ctx.executor.run(spec, tx, &ctx.cancel).await,
         Exec::Adopt(id) => {
             let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
             let remaining = req.spec.timeout().saturating_sub(elapsed);
-            ctx.docker
+            ctx.executor
                 .adopt(id, remaining, STOP_GRACE, tx, &ctx.cancel)
                 .await
         }
@@ -619,7 +615,7 @@ fn ledger_json(
     let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
         "instance-id": layout::task_id(&ctx.req.group, &ctx.job, idx),
-        "instance-type": "local-docker",
+        "instance-type": ctx.executor.kind(),
         "spot": false,
         "price": price_per_hour,
         "databucket": ctx.store.location(),
@@ -677,7 +673,7 @@ async fn record_outcome(
         .await?;
     // Only now that the outcome is in the store may the container go.
     if !report.container_id.is_empty()
-        && let Err(e) = ctx.docker.remove(&report.container_id).await
+        && let Err(e) = ctx.executor.remove(&report.container_id).await
     {
         tracing::warn!(container = %report.container_id, error = %e, "could not remove container");
     }

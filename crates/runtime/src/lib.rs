@@ -4,10 +4,18 @@
 //! The Docker executor talks to the Docker Engine API through `bollard` (also Podman's API
 //! socket). Infrastructure failures are [`RuntimeError`]s; how the task itself ended is an
 //! [`Outcome`], so "the engine is down" and "the analysis exited 3" never mix.
+//!
+//! The pipeline and the manager see only the [`Executor`] trait (as `Arc<dyn Executor>`):
+//! [`Docker`] implements it; with the `fake` feature, `fake::FakeExecutor` is a scriptable
+//! in-memory one for tests that need no engine. The developer commands (build, dev containers)
+//! still use [`Docker`] directly.
 
 mod build;
 mod dev;
 mod docker;
+mod executor;
+#[cfg(feature = "fake")]
+pub mod fake;
 
 pub use build::{BuildEvent, BuildOptions};
 pub use dev::{
@@ -15,6 +23,7 @@ pub use dev::{
     LABEL_FOLDER, collect_output, output_chunks,
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
+pub use executor::{ExecFuture, Executor, TaskContainer};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -169,6 +178,19 @@ pub enum RuntimeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The executor refused the request itself (an invalid image reference, a limit it cannot
+    /// apply): asking again cannot help.
+    #[error("the executor refused {what}")]
+    Refused {
+        /// What was refused, and why.
+        what: String,
+    },
+    /// A container the executor was asked to follow no longer exists.
+    #[error("container {id} no longer exists")]
+    ContainerGone {
+        /// Its id.
+        id: String,
+    },
     /// Any other engine error.
     #[error("Docker engine: {what}: {source}")]
     Api {
@@ -185,7 +207,7 @@ impl RuntimeError {
     pub fn is_bad_request(&self) -> bool {
         match self {
             Self::Api { source, .. } => docker::status_of(source) == Some(400),
-            Self::BadLimit { .. } => true,
+            Self::BadLimit { .. } | Self::Refused { .. } => true,
             _ => false,
         }
     }

@@ -100,3 +100,48 @@ async fn a_container_that_already_exited_gives_its_output_and_code() {
     );
     assert!(!exists(&id));
 }
+
+#[tokio::test]
+async fn the_executor_finds_task_containers_by_every_label() {
+    use caas_runtime::{Executor, LABEL_TASK};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    let task = format!("lab/job__find_{}.0", std::process::id());
+    let out = Command::new("docker")
+        .args([
+            "create",
+            "--label",
+            &format!("{LABEL_TASK}={task}"),
+            "--label",
+            "caas.store=/stores/a=b",
+            "local/busybox:test",
+            "true",
+        ])
+        .output()
+        .expect("docker create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let exec: Arc<dyn Executor> = Arc::new(Docker::connect().await.unwrap());
+    let want = |store: &str| {
+        BTreeMap::from([
+            (LABEL_TASK.to_string(), task.clone()),
+            ("caas.store".to_string(), store.to_string()),
+        ])
+    };
+    let found = exec.find(&want("/stores/a=b")).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].id, id);
+    assert_eq!(found[0].labels[LABEL_TASK], task);
+    // Another store's task of the same id is not this one.
+    assert!(exec.find(&want("/stores/other")).await.unwrap().is_empty());
+    exec.remove(&id).await.unwrap();
+    assert!(!exists(&id));
+    assert!(exec.find(&want("/stores/a=b")).await.unwrap().is_empty());
+    // Removing what is gone is not an error.
+    exec.remove(&id).await.unwrap();
+}

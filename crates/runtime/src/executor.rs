@@ -1,0 +1,160 @@
+//! The one interface the pipeline and the manager use to run a task: check an image, run a fresh
+//! task container to its end, adopt one a previous process started, find task containers by
+//! their labels, stop and remove them, and reap the orphans whose deadline has passed.
+//!
+//! Every executor (Docker today; Slurm, Kubernetes later; a scriptable fake in tests) implements
+//! [`Executor`]; callers hold an `Arc<dyn Executor>`. Nothing engine-specific appears here:
+//! containers are named by an opaque id, and how a run ended is an [`Outcome`](crate::Outcome)
+//! in a [`RunReport`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ContainerSpec, Docker, ImageInfo, OutputChunk, RunReport, RuntimeError};
+
+/// What an executor's calls return: a boxed, `Send` future, so `dyn Executor` can be shared
+/// between tasks.
+pub type ExecFuture<'a, T> = BoxFuture<'a, Result<T, RuntimeError>>;
+
+/// A task container an executor knows of (running, exited, or created and never started).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskContainer {
+    /// The executor's id for it (what [`Executor::adopt`] and [`Executor::remove`] take).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels (those of its [`ContainerSpec`], plus the executor's own deadline label).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Runs task containers. The places a second executor has to implement.
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// A short name of the kind of machine tasks run on, for the usage ledger
+    /// (`instance-type`), e.g. `local-docker`.
+    fn kind(&self) -> &'static str;
+
+    /// Resolve an image: its id and configured user; `None` when the executor does not have
+    /// it. An image reference the executor refuses outright is an error for which
+    /// [`RuntimeError::is_bad_request`] is true.
+    fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>>;
+
+    /// Run a fresh task container to its end: create it (labelled, with limits and mounts),
+    /// start it, send its output into `output` as it comes, and wait until it exits, its
+    /// `spec.timeout` passes, or `cancel` fires (a token already cancelled means it never
+    /// starts: [`Outcome::Cancelled`](crate::Outcome::Cancelled)).
+    ///
+    /// On success the stopped container is left for the caller to [`remove`](Self::remove)
+    /// once it has recorded the outcome (a caller killed in between finds the exit code again
+    /// by adopting it). On error the container is removed here.
+    fn run<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, RunReport>;
+
+    /// Re-attach to a task container found by [`find`](Self::find) after a restart: send its
+    /// output again from its first byte, wait for it with `remaining` of its time limit (or a
+    /// cancellation), and report as [`run`](Self::run) does. One that already exited just has
+    /// its outcome collected; one that was created but never started is started first.
+    fn adopt<'a>(
+        &'a self,
+        id: &'a str,
+        remaining: Duration,
+        stop_grace: Duration,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, RunReport>;
+
+    /// Task containers (running or not) carrying every one of `labels` (key and value).
+    fn find<'a>(
+        &'a self,
+        labels: &'a BTreeMap<String, String>,
+    ) -> ExecFuture<'a, Vec<TaskContainer>>;
+
+    /// Remove a container, stopping it if needed; one already gone is not an error.
+    fn remove<'a>(&'a self, id: &'a str) -> ExecFuture<'a, ()>;
+
+    /// Stop a container: SIGTERM, then SIGKILL after `grace`. Failures are logged, not returned
+    /// (the container may be gone).
+    fn stop<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, ()>;
+
+    /// Remove task containers whose deadline has passed (left behind by a crash or `kill -9`,
+    /// by any caas process); returns their names.
+    fn reap_expired(&self) -> ExecFuture<'_, Vec<String>>;
+}
+
+impl Executor for Docker {
+    fn kind(&self) -> &'static str {
+        "local-docker"
+    }
+
+    fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>> {
+        Docker::image_info(self, image).boxed()
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, RunReport> {
+        Docker::run(self, spec, output, cancel, |_| {}).boxed()
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        id: &'a str,
+        remaining: Duration,
+        stop_grace: Duration,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, RunReport> {
+        Docker::adopt(self, id, remaining, stop_grace, output, cancel).boxed()
+    }
+
+    fn find<'a>(
+        &'a self,
+        labels: &'a BTreeMap<String, String>,
+    ) -> ExecFuture<'a, Vec<TaskContainer>> {
+        async move {
+            // The engine filters on one label (the task's when given); every label is checked
+            // here (a value may hold characters a filter expression would read differently).
+            let filter = match labels
+                .get_key_value(crate::LABEL_TASK)
+                .or_else(|| labels.iter().next())
+            {
+                Some((k, v)) => format!("{k}={v}"),
+                None => crate::LABEL_TASK.to_string(),
+            };
+            let found = self.list_by_label(&filter).await?;
+            Ok(found
+                .into_iter()
+                .filter(|(_, _, have)| labels.iter().all(|(k, v)| have.get(k) == Some(v)))
+                .map(|(id, name, have)| TaskContainer {
+                    id,
+                    name,
+                    labels: have.into_iter().collect(),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> ExecFuture<'a, ()> {
+        Docker::remove(self, id).boxed()
+    }
+
+    fn stop<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, ()> {
+        Docker::stop(self, id, grace).boxed()
+    }
+
+    fn reap_expired(&self) -> ExecFuture<'_, Vec<String>> {
+        Docker::reap_expired(self).boxed()
+    }
+}
