@@ -8,10 +8,15 @@
 
 mod job;
 mod logs;
+mod outcome;
+mod request;
 mod results;
 mod task;
+mod validate;
+mod writer;
 
-pub use job::{Budget, JobOptions, JobOutcome, JobRequest, run_job, run_job_with};
+pub use job::{run_job, run_job_with};
+pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
 
 use std::path::PathBuf;
 

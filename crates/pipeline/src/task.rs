@@ -1,30 +1,29 @@
-//! One task: one container run for one dataset of a job, from staging to the ledger entry.
+//! One task: one container run for one dataset of a job, from staging to its outcome (which
+//! `outcome.rs` records).
 //!
-//! On a local store inputs are bind-mounted read-only in place and results are moved into the
-//! job folder with a rename; on a remote store they are downloaded and uploaded.
+//! On a local store inputs are staged as hard links made from checked, open files (see
+//! `caas_store::stage`) and bind-mounted read-only; on a remote store they are downloaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use caas_runtime::{
-    BindMount, ContainerSpec, Executor, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
+    BindMount, ContainerSpec, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
     OutputChunk, RunReport,
 };
 use caas_spec::analysis::fill_placeholders;
-use caas_spec::layout::{self, ledger_entry, running_entry};
+use caas_spec::layout::{self, running_entry};
 use caas_spec::{JobId, State, StoreKey};
 use caas_store::Store;
 
-use crate::job::{JobRequest, JobWriter, STD_TAIL_LINES};
 use crate::logs::LogSink;
-use crate::results::collect_results;
+use crate::outcome::{ledger_json, record_outcome};
+use crate::request::TaskCtx;
+use crate::writer::{STD_TAIL_LINES, push_lines};
 use crate::{PipelineError, io_err};
 
 /// How often a running task's status file and certificate row are refreshed.
@@ -33,19 +32,6 @@ const LIVE_INTERVAL: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long an engine may take to finish a create request its caller died during.
 const CREATE_SETTLE: Duration = Duration::from_secs(3);
-
-pub(crate) struct TaskCtx {
-    pub store: Store,
-    pub executor: Arc<dyn Executor>,
-    pub req: JobRequest,
-    pub job: JobId,
-    pub writer: Arc<JobWriter>,
-    pub cancel: CancellationToken,
-    /// Permits held while the task is staged and runs.
-    pub slots: Vec<Arc<tokio::sync::Semaphore>>,
-    /// Resuming after a restart: adopt the task's container if it still exists.
-    pub resume: bool,
-}
 
 /// How the container of a task comes to run.
 enum Exec {
@@ -551,234 +537,10 @@ async fn cancel_before_start(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
         .await
 }
 
-fn push_lines(live: &mut crate::job::TaskLive, lines: Vec<String>) {
-    for l in lines {
-        if !l.trim().is_empty() {
-            live.last_line = Some(l.clone());
-        }
-        live.std.push_back(l);
-        while live.std.len() > STD_TAIL_LINES {
-            live.std.pop_front();
-        }
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    humantime_like(d.as_secs())
-}
-
-fn humantime_like(secs: u64) -> String {
-    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
 fn set_mode(path: &Path, mode: u32) -> Result<(), PipelineError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("chmod", path))
-}
-
-/// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
-async fn copy_config(
-    store: &Store,
-    config: &StoreKey,
-    results_key: &str,
-) -> Result<(), PipelineError> {
-    let dest = format!("{results_key}/{}", config.basename());
-    if store.head(&dest).await?.is_some() {
-        return Ok(());
-    }
-    if let Some(bytes) = store.get(&config.as_path()).await? {
-        store.put(&dest, bytes).await?;
-    }
-    Ok(())
-}
-
-/// A ledger record with NeuroCAAS' field names and caas's usage.
-fn ledger_json(
-    ctx: &TaskCtx,
-    idx: usize,
-    start: chrono::DateTime<Utc>,
-    end: Option<(chrono::DateTime<Utc>, &caas_spec::Usage)>,
-    price_per_hour: f64,
-) -> serde_json::Value {
-    let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    json!({
-        "instance-id": layout::task_id(&ctx.req.group, &ctx.job, idx),
-        "instance-type": ctx.executor.kind(),
-        "spot": false,
-        "price": price_per_hour,
-        "databucket": ctx.store.location(),
-        "datapath": ctx.req.datasets[idx].to_string(),
-        "configpath": ctx.req.config.to_string(),
-        "jobpath": ctx.writer.paths.root(),
-        "start": fmt(start),
-        "end": end.map(|(e, _)| fmt(e)),
-        "usage": end.map(|(_, u)| json!({
-            "wall_seconds": u.wall_seconds,
-            "cpu_seconds": u.cpu_seconds,
-            "peak_memory_bytes": u.peak_memory_bytes,
-        })),
-        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
-    })
-}
-
-/// Move or upload the results and record how the task ended (state, reason, usage, cost, the
-/// ledger entry).
-async fn record_outcome(
-    ctx: &TaskCtx,
-    idx: usize,
-    results_dir: &Path,
-    start: chrono::DateTime<Utc>,
-    report: RunReport,
-    tail: Vec<String>,
-    adopted: bool,
-) -> Result<(), PipelineError> {
-    let req = &ctx.req;
-    let key = &req.datasets[idx];
-    let dataset = key.basename().clone();
-    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
-    let paths = ctx.writer.paths.clone();
-    // Results.
-    ctx.writer
-        .update_task(idx, |t, live| {
-            t.state = State::Uploading;
-            t.container_id = None;
-            // Recorded before the results move, so a restart can finish the task.
-            match report.outcome {
-                Outcome::Exited(code) => t.exit_code = Some(code),
-                Outcome::OomKilled { exit_code } => {
-                    t.exit_code = Some(exit_code);
-                    t.oom_killed = true;
-                }
-                Outcome::TimedOut | Outcome::Cancelled => {}
-            }
-            t.usage = caas_spec::Usage {
-                wall_seconds: report.measured.wall.as_secs_f64(),
-                cpu_seconds: report.measured.cpu_seconds,
-                peak_memory_bytes: report.measured.peak_memory_bytes,
-            };
-            push_lines(live, tail);
-        })
-        .await?;
-    // Only now that the outcome is in the store may the container go.
-    if !report.container_id.is_empty()
-        && let Err(e) = ctx.executor.remove(&report.container_id).await
-    {
-        tracing::warn!(container = %report.container_id, error = %e, "could not remove container");
-    }
-    let dest = if req.datasets.len() > 1 {
-        format!("{}/{}", paths.results(), dataset)
-    } else {
-        paths.results()
-    };
-    let collected = collect_results(&ctx.store, results_dir, &dest).await?;
-    for note in collected.notes() {
-        ctx.writer
-            .log(&format!("[Job Manager] dataset {key}: {note}"))
-            .await?;
-    }
-    let moved = collected.files;
-    copy_config(&ctx.store, &req.config, &paths.results()).await?;
-
-    let finished = Utc::now();
-    let limit = req.spec.resources.memory;
-    let timeout = req.spec.timeout();
-    let (state, reason, exit_code, oom) = match report.outcome {
-        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
-        Outcome::Exited(code) => (
-            State::Failed,
-            Some(format!("the analysis exited with code {code}")),
-            Some(code),
-            false,
-        ),
-        Outcome::OomKilled { exit_code } => (
-            State::Failed,
-            Some(format!(
-                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
-                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
-            )),
-            Some(exit_code),
-            true,
-        ),
-        Outcome::TimedOut => (
-            State::TimedOut,
-            Some(format!(
-                "timed out after {}; the container was stopped",
-                humanize(timeout)
-            )),
-            None,
-            false,
-        ),
-        Outcome::Cancelled => (
-            State::Cancelled,
-            Some("cancelled; the container was stopped".to_string()),
-            None,
-            false,
-        ),
-    };
-    let wall = if adopted {
-        (finished - start).to_std().unwrap_or_default()
-    } else {
-        report.measured.wall
-    };
-    let usage = caas_spec::Usage {
-        wall_seconds: wall.as_secs_f64(),
-        cpu_seconds: report.measured.cpu_seconds,
-        peak_memory_bytes: report.measured.peak_memory_bytes,
-    };
-    let cost = req.spec.pricing.cost(&usage);
-    ctx.writer
-        .update_task(idx, |t, _| {
-            t.state = state;
-            t.reason = reason.clone();
-            t.exit_code = exit_code;
-            t.oom_killed = oom;
-            t.finished = Some(finished);
-            t.usage = usage.clone();
-            t.cost_usd = cost;
-        })
-        .await?;
-    ctx.writer
-        .log(&format!(
-            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
-            state.neurocaas_word(),
-            state,
-            reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        ))
-        .await?;
-
-    let ledger = ledger_json(
-        ctx,
-        idx,
-        start,
-        Some((finished, &usage)),
-        req.spec.pricing.wall_hour,
-    );
-    ctx.store
-        .put(
-            &ledger_entry(&req.group, &ctx.job, idx),
-            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
-                what: "ledger",
-                source,
-            })?,
-        )
-        .await?;
-    ctx.store.delete(&running_entry(&task_id)).await?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -791,13 +553,6 @@ mod tests {
         assert_eq!(choose_user(None, "analyst").0, None);
         let (u, default) = choose_user(None, "root");
         assert!(default && u.is_some());
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(humantime_like(300), "5m");
-        assert_eq!(humantime_like(3), "3s");
-        assert_eq!(humantime_like(3725), "1h2m5s");
     }
 
     #[test]

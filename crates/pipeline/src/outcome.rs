@@ -1,0 +1,243 @@
+//! How a task ended, recorded: its results moved or uploaded (`results.rs`), the config copied
+//! beside them, its state, reason, exit code, usage and cost in job.json, the status file and
+//! the certificate, and its entry in the cost ledger.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use caas_runtime::{Outcome, RunReport};
+use caas_spec::layout::{self, ledger_entry, running_entry};
+use caas_spec::{State, StoreKey};
+use caas_store::Store;
+
+use crate::PipelineError;
+use crate::request::TaskCtx;
+use crate::results::collect_results;
+use crate::writer::push_lines;
+
+fn humanize(d: Duration) -> String {
+    humantime_like(d.as_secs())
+}
+
+fn humantime_like(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
+async fn copy_config(
+    store: &Store,
+    config: &StoreKey,
+    results_key: &str,
+) -> Result<(), PipelineError> {
+    let dest = format!("{results_key}/{}", config.basename());
+    if store.head(&dest).await?.is_some() {
+        return Ok(());
+    }
+    if let Some(bytes) = store.get(&config.as_path()).await? {
+        store.put(&dest, bytes).await?;
+    }
+    Ok(())
+}
+
+/// A ledger record with NeuroCAAS' field names and caas's usage.
+pub(crate) fn ledger_json(
+    ctx: &TaskCtx,
+    idx: usize,
+    start: chrono::DateTime<Utc>,
+    end: Option<(chrono::DateTime<Utc>, &caas_spec::Usage)>,
+    price_per_hour: f64,
+) -> serde_json::Value {
+    let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "instance-id": layout::task_id(&ctx.req.group, &ctx.job, idx),
+        "instance-type": ctx.executor.kind(),
+        "spot": false,
+        "price": price_per_hour,
+        "databucket": ctx.store.location(),
+        "datapath": ctx.req.datasets[idx].to_string(),
+        "configpath": ctx.req.config.to_string(),
+        "jobpath": ctx.writer.paths.root(),
+        "start": fmt(start),
+        "end": end.map(|(e, _)| fmt(e)),
+        "usage": end.map(|(_, u)| json!({
+            "wall_seconds": u.wall_seconds,
+            "cpu_seconds": u.cpu_seconds,
+            "peak_memory_bytes": u.peak_memory_bytes,
+        })),
+        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
+    })
+}
+
+/// Move or upload the results and record how the task ended (state, reason, usage, cost, the
+/// ledger entry).
+pub(crate) async fn record_outcome(
+    ctx: &TaskCtx,
+    idx: usize,
+    results_dir: &Path,
+    start: chrono::DateTime<Utc>,
+    report: RunReport,
+    tail: Vec<String>,
+    adopted: bool,
+) -> Result<(), PipelineError> {
+    let req = &ctx.req;
+    let key = &req.datasets[idx];
+    let dataset = key.basename().clone();
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
+    let paths = ctx.writer.paths.clone();
+    // Results.
+    ctx.writer
+        .update_task(idx, |t, live| {
+            t.state = State::Uploading;
+            t.container_id = None;
+            // Recorded before the results move, so a restart can finish the task.
+            match report.outcome {
+                Outcome::Exited(code) => t.exit_code = Some(code),
+                Outcome::OomKilled { exit_code } => {
+                    t.exit_code = Some(exit_code);
+                    t.oom_killed = true;
+                }
+                Outcome::TimedOut | Outcome::Cancelled => {}
+            }
+            t.usage = caas_spec::Usage {
+                wall_seconds: report.measured.wall.as_secs_f64(),
+                cpu_seconds: report.measured.cpu_seconds,
+                peak_memory_bytes: report.measured.peak_memory_bytes,
+            };
+            push_lines(live, tail);
+        })
+        .await?;
+    // Only now that the outcome is in the store may the container go.
+    if !report.container_id.is_empty()
+        && let Err(e) = ctx.executor.remove(&report.container_id).await
+    {
+        tracing::warn!(container = %report.container_id, error = %e, "could not remove container");
+    }
+    let dest = if req.datasets.len() > 1 {
+        format!("{}/{}", paths.results(), dataset)
+    } else {
+        paths.results()
+    };
+    let collected = collect_results(&ctx.store, results_dir, &dest).await?;
+    for note in collected.notes() {
+        ctx.writer
+            .log(&format!("[Job Manager] dataset {key}: {note}"))
+            .await?;
+    }
+    let moved = collected.files;
+    copy_config(&ctx.store, &req.config, &paths.results()).await?;
+
+    let finished = Utc::now();
+    let limit = req.spec.resources.memory;
+    let timeout = req.spec.timeout();
+    let (state, reason, exit_code, oom) = match report.outcome {
+        Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
+        Outcome::Exited(code) => (
+            State::Failed,
+            Some(format!("the analysis exited with code {code}")),
+            Some(code),
+            false,
+        ),
+        Outcome::OomKilled { exit_code } => (
+            State::Failed,
+            Some(format!(
+                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
+                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
+            )),
+            Some(exit_code),
+            true,
+        ),
+        Outcome::TimedOut => (
+            State::TimedOut,
+            Some(format!(
+                "timed out after {}; the container was stopped",
+                humanize(timeout)
+            )),
+            None,
+            false,
+        ),
+        Outcome::Cancelled => (
+            State::Cancelled,
+            Some("cancelled; the container was stopped".to_string()),
+            None,
+            false,
+        ),
+    };
+    let wall = if adopted {
+        (finished - start).to_std().unwrap_or_default()
+    } else {
+        report.measured.wall
+    };
+    let usage = caas_spec::Usage {
+        wall_seconds: wall.as_secs_f64(),
+        cpu_seconds: report.measured.cpu_seconds,
+        peak_memory_bytes: report.measured.peak_memory_bytes,
+    };
+    let cost = req.spec.pricing.cost(&usage);
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = state;
+            t.reason = reason.clone();
+            t.exit_code = exit_code;
+            t.oom_killed = oom;
+            t.finished = Some(finished);
+            t.usage = usage.clone();
+            t.cost_usd = cost;
+        })
+        .await?;
+    ctx.writer
+        .log(&format!(
+            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
+            state.neurocaas_word(),
+            state,
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ))
+        .await?;
+
+    let ledger = ledger_json(
+        ctx,
+        idx,
+        start,
+        Some((finished, &usage)),
+        req.spec.pricing.wall_hour,
+    );
+    ctx.store
+        .put(
+            &ledger_entry(&req.group, &ctx.job, idx),
+            serde_json::to_vec_pretty(&ledger).map_err(|source| PipelineError::Encode {
+                what: "ledger",
+                source,
+            })?,
+        )
+        .await?;
+    ctx.store.delete(&running_entry(&task_id)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(humantime_like(300), "5m");
+        assert_eq!(humantime_like(3), "3s");
+        assert_eq!(humantime_like(3725), "1h2m5s");
+    }
+}

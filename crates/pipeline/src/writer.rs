@@ -1,0 +1,145 @@
+//! The one writer of a job's files (job.json, the per-dataset status files, the certificate):
+//! every change goes through it, one at a time, so the files always agree with each other.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use caas_spec::layout::JobPaths;
+use caas_spec::record::{Certificate, dataset_status_json};
+use caas_spec::{JobRecord, State, StoreKey, TaskRecord};
+use caas_store::Store;
+
+use crate::{Observer, PipelineError};
+
+/// Lines of output kept for the `std` field of a status file.
+pub(crate) const STD_TAIL_LINES: usize = 40;
+
+/// Live, in-memory view of a task while it runs (bounded).
+#[derive(Debug, Default)]
+pub(crate) struct TaskLive {
+    pub std: VecDeque<String>,
+    pub last_line: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub record: JobRecord,
+    pub cert: Certificate,
+    pub live: Vec<TaskLive>,
+}
+
+/// Writes a job's files; all writes go through it, one at a time.
+pub(crate) struct JobWriter {
+    pub store: Store,
+    pub paths: JobPaths,
+    pub keys: Vec<StoreKey>,
+    pub shared: tokio::sync::Mutex<Shared>,
+    pub observer: Arc<dyn Observer>,
+}
+
+pub(crate) fn encode(
+    what: &'static str,
+    v: &impl serde::Serialize,
+) -> Result<Vec<u8>, PipelineError> {
+    let mut bytes =
+        serde_json::to_vec_pretty(v).map_err(|source| PipelineError::Encode { what, source })?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+impl JobWriter {
+    /// Add a line to the certificate's setup log (and tell the observer), then write it.
+    pub async fn log(&self, line: &str) -> Result<(), PipelineError> {
+        self.observer.progress(line);
+        let mut s = self.shared.lock().await;
+        s.cert.log(Utc::now(), line);
+        self.write_certificate(&s).await
+    }
+
+    /// Change a task and write job.json, its status file and the certificate.
+    pub async fn update_task(
+        &self,
+        idx: usize,
+        change: impl FnOnce(&mut TaskRecord, &mut TaskLive),
+    ) -> Result<(), PipelineError> {
+        let mut guard = self.shared.lock().await;
+        let s = &mut *guard;
+        change(&mut s.record.tasks[idx], &mut s.live[idx]);
+        let combined = s.record.combined_state();
+        if !s.record.state.is_terminal() && s.record.tasks.iter().any(|t| t.state != State::Queued)
+        {
+            s.record.state = combined;
+        }
+        self.write_job(&s.record).await?;
+        self.write_status(s, idx).await?;
+        self.write_certificate(s).await
+    }
+
+    /// Change the job record and write job.json.
+    pub async fn update_job(
+        &self,
+        change: impl FnOnce(&mut JobRecord),
+    ) -> Result<(), PipelineError> {
+        let mut s = self.shared.lock().await;
+        change(&mut s.record);
+        self.write_job(&s.record).await
+    }
+
+    async fn write_job(&self, record: &JobRecord) -> Result<(), PipelineError> {
+        self.store
+            .put(&self.paths.job_json(), encode("job.json", record)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_status(&self, s: &Shared, idx: usize) -> Result<(), PipelineError> {
+        let task = &s.record.tasks[idx];
+        let lines: Vec<String> = s.live[idx].std.iter().cloned().collect();
+        let json = dataset_status_json(task, &lines, &self.keys[idx]);
+        self.store
+            .put(
+                &self.paths.dataset_status(&task.dataset_name),
+                encode("status", &json)?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn write_certificate(&self, s: &Shared) -> Result<(), PipelineError> {
+        let rows: Vec<_> = s
+            .record
+            .tasks
+            .iter()
+            .zip(&self.keys)
+            .zip(&s.live)
+            .map(|((t, k), l)| (t, k, l.last_line.as_deref()))
+            .collect();
+        let text = s.cert.render(&rows, Utc::now());
+        self.store.put(&self.paths.certificate(), text).await?;
+        Ok(())
+    }
+
+    /// Write every status file (used when the whole job is rejected or finished).
+    pub async fn write_all(&self) -> Result<(), PipelineError> {
+        let s = self.shared.lock().await;
+        self.write_job(&s.record).await?;
+        for idx in 0..s.record.tasks.len() {
+            self.write_status(&s, idx).await?;
+        }
+        self.write_certificate(&s).await
+    }
+}
+
+/// Add output lines to a task's bounded live tail.
+pub(crate) fn push_lines(live: &mut TaskLive, lines: Vec<String>) {
+    for l in lines {
+        if !l.trim().is_empty() {
+            live.last_line = Some(l.clone());
+        }
+        live.std.push_back(l);
+        while live.std.len() > STD_TAIL_LINES {
+            live.std.pop_front();
+        }
+    }
+}
