@@ -41,15 +41,11 @@ pub enum ManagerError {
     Config(String),
 }
 
-/// The claim of one version of a submission.
-pub fn claim_key(group: &caas_spec::GroupName, id: &str) -> String {
-    format!("_caas/claims/{group}/{id}.json")
-}
+/// The claim of one version of a submission (built in `caas_spec::layout`).
+pub use caas_spec::layout::claim_key;
 
-/// The marker of a job in flight on manager `manager`.
-pub fn active_key(manager: &str, id: &str) -> String {
-    format!("_caas/active/{manager}/{id}.json")
-}
+/// The marker of a job in flight on manager `manager` (built in `caas_spec::layout`).
+pub use caas_spec::layout::in_flight_key as active_key;
 
 /// The identity of one version of a submission: its key and its entity tag (or size and
 /// modification time), hashed. A submission rewritten with new content is a new submission.

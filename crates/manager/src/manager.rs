@@ -141,7 +141,7 @@ impl Manager {
             }
         };
         let mut seen = HashSet::new();
-        for o in cfg.store.list("_caas/claims").await? {
+        for o in cfg.store.list(caas_spec::layout::CLAIMS_PREFIX).await? {
             if let Some(id) = o.location.filename().and_then(|f| f.strip_suffix(".json")) {
                 seen.insert(id.to_string());
             }
@@ -158,7 +158,7 @@ impl Manager {
         });
 
         // Jobs this manager had in flight when it stopped.
-        let prefix = format!("_caas/active/{}", inner.cfg.manager_id);
+        let prefix = caas_spec::layout::in_flight_prefix(&inner.cfg.manager_id);
         let markers = inner.cfg.store.list(&prefix).await?;
         let mut resumed = 0;
         for m in markers {
@@ -250,13 +250,28 @@ impl Manager {
                     t.cancel();
                 }
             }
-            while jobs.join_next().await.is_some() {}
+            // Stopping containers takes their stop grace; past the deadline, the rest is left
+            // to the next start (adoption) rather than holding the process.
+            let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+                while jobs.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    "shutdown deadline ({SHUTDOWN_DEADLINE:?}) passed; unfinished jobs are resumed by the next start"
+                );
+                jobs.abort_all();
+                while jobs.join_next().await.is_some() {}
+            }
         } else {
             jobs.abort_all();
             while jobs.join_next().await.is_some() {}
         }
     }
 }
+
+/// How long shutdown waits for cancelled jobs to record their end.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Inner {
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {

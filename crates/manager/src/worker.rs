@@ -1,5 +1,8 @@
 //! The manager's background loops behind one small trait, so each reports the same things
 //! (passes made, its last error) and all stop on one shutdown signal fanned out to every loop.
+//! A pass in progress sees the signal too. A loop whose passes fail (the store or the engine is
+//! down) backs off with jitter and says so once when it starts failing, once when the error
+//! changes, and once when it recovers — not a warning every poll.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,55 @@ pub struct WorkerStatus {
 /// The status of every worker, by name.
 pub type Statuses = Arc<Mutex<BTreeMap<&'static str, WorkerStatus>>>;
 
+/// The longest wait between two failing passes.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What a loop says about a pass's result: only changes of state.
+#[derive(Debug, Default)]
+pub(crate) struct Reporter {
+    failing: Option<String>,
+    failures: u32,
+}
+
+/// A line worth logging.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// Passes started failing, or fail with a new error.
+    Failing(String),
+    /// Passes succeed again after this many failures.
+    Recovered(u32),
+}
+
+impl Reporter {
+    /// Record a pass's result; `Some` when it changes what the loop should say.
+    pub(crate) fn record(&mut self, r: Result<(), String>) -> Option<Report> {
+        match r {
+            Ok(()) => {
+                let failures = std::mem::take(&mut self.failures);
+                self.failing.take().map(|_| Report::Recovered(failures))
+            }
+            Err(e) => {
+                self.failures += 1;
+                if self.failing.as_deref() == Some(e.as_str()) {
+                    None
+                } else {
+                    self.failing = Some(e.clone());
+                    Some(Report::Failing(e))
+                }
+            }
+        }
+    }
+
+    /// How long to wait before the next pass.
+    pub(crate) fn delay(&self, interval: Duration) -> Duration {
+        if self.failures == 0 {
+            interval
+        } else {
+            caas_retry::backoff(self.failures, interval, MAX_BACKOFF.max(interval))
+        }
+    }
+}
+
 /// Run `worker` until `shutdown` turns true, recording its status in `statuses`.
 pub fn spawn(
     mut worker: Box<dyn Worker>,
@@ -42,26 +94,64 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let name = worker.name();
+        let mut reporter = Reporter::default();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let r = worker.pass().await;
+            // A pass in progress ends when shutdown is signalled.
+            let r = tokio::select! {
+                r = worker.pass() => r,
+                _ = shutdown.changed() => break,
+            };
             if let Ok(mut s) = statuses.lock() {
                 let st = s.entry(name).or_default();
                 st.passes += 1;
                 st.last_error = r.as_ref().err().map(ToString::to_string);
             }
-            if let Err(e) = r {
-                tracing::warn!(worker = name, error = %e, "pass failed; trying again");
+            match reporter.record(r.map_err(|e| e.to_string())) {
+                Some(Report::Failing(e)) => {
+                    tracing::warn!(worker = name, error = %e, "passes fail; backing off and trying again");
+                }
+                Some(Report::Recovered(n)) => {
+                    tracing::info!(worker = name, "passes succeed again after {n} failed");
+                }
+                None => {}
             }
             tokio::select! {
                 _ = shutdown.changed() => {}
-                () = tokio::time::sleep(worker.interval()) => {}
+                () = tokio::time::sleep(reporter.delay(worker.interval())) => {}
             }
         }
         if let Ok(mut s) = statuses.lock() {
             s.entry(name).or_default().stopped = true;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_loop_says_so_once_per_change_and_backs_off() {
+        let mut r = Reporter::default();
+        let poll = Duration::from_millis(500);
+        assert_eq!(r.record(Ok(())), None);
+        assert_eq!(r.delay(poll), poll);
+        let down = || Err("store down".to_string());
+        assert_eq!(r.record(down()), Some(Report::Failing("store down".into())));
+        for _ in 0..10 {
+            assert_eq!(r.record(down()), None, "the same error is said once");
+        }
+        let d = r.delay(poll);
+        assert!(d > poll && d <= MAX_BACKOFF, "{d:?}");
+        assert_eq!(
+            r.record(Err("engine down".into())),
+            Some(Report::Failing("engine down".into()))
+        );
+        assert_eq!(r.record(Ok(())), Some(Report::Recovered(12)));
+        assert_eq!(r.record(Ok(())), None);
+        assert_eq!(r.delay(poll), poll);
+    }
 }

@@ -34,6 +34,27 @@ impl Default for Policy {
     }
 }
 
+/// The delay before retry number `attempt` (1 for the first retry): `first` doubled each time,
+/// at most `max`, then scaled by a jitter between 50% and 100% so that many callers that failed
+/// together do not come back together.
+pub fn backoff(attempt: u32, first: Duration, max: Duration) -> Duration {
+    let doubled = first.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = doubled.min(max);
+    capped.mul_f64(0.5 + 0.5 * jitter_unit())
+}
+
+/// A number in [0, 1) that differs from call to call (no cryptographic quality needed).
+fn jitter_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Run `op` until it succeeds, fails permanently, or `policy.attempts` are used up.
 pub async fn retry<T, E, F, Fut>(policy: Policy, what: &str, mut op: F) -> Result<T, E>
 where
@@ -41,15 +62,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut delay = policy.first_delay;
     let mut attempt = 1;
     loop {
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && attempt < policy.attempts.max(1) => {
+                let delay = backoff(attempt, policy.first_delay, policy.max_delay);
                 tracing::warn!(attempt, what, error = %e, "transient error, retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(policy.max_delay);
                 attempt += 1;
             }
             Err(e) => return Err(e),
@@ -73,6 +93,22 @@ mod tests {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             write!(f, "e{}", self.0)
         }
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let (first, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempt in 1..40 {
+            let full = (first * 2u32.pow((attempt - 1).min(20))).min(max);
+            let d = backoff(attempt, first, max);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+        // Not all the same (jitter): 20 delays of one attempt take more than one value.
+        let seen: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(3, first, max)).collect();
+        assert!(seen.len() > 1, "{seen:?}");
     }
 
     #[tokio::test(start_paused = true)]

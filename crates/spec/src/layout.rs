@@ -189,6 +189,25 @@ pub fn running_entry(task_id: &str) -> String {
     format!("{RUNNING_PREFIX}/{task_id}.json")
 }
 
+/// `_caas/claims`: one claim per version of a submission (create-if-absent: exactly once).
+pub const CLAIMS_PREFIX: &str = "_caas/claims";
+
+/// `_caas/claims/<group>/<id>.json`: the claim of one version of a submission.
+pub fn claim_key(group: &GroupName, id: &str) -> String {
+    format!("{CLAIMS_PREFIX}/{group}/{id}.json")
+}
+
+/// `_caas/active/<manager>`: the jobs manager `manager` has in flight.
+pub fn in_flight_prefix(manager: &str) -> String {
+    format!("_caas/active/{manager}")
+}
+
+/// `_caas/active/<manager>/<id>.json`: a job in flight on manager `manager`, resumed after a
+/// restart.
+pub fn in_flight_key(manager: &str, id: &str) -> String {
+    format!("{}/{id}.json", in_flight_prefix(manager))
+}
+
 /// The folder holding every group's ledger folder.
 pub const LEDGER_ROOT: &str = "logs";
 
