@@ -30,6 +30,9 @@ pub const LABEL_ANALYSIS: &str = "caas.analysis";
 /// Label: unix time after which the container is an orphan that any caas may remove.
 pub const LABEL_DEADLINE: &str = "caas.deadline";
 
+/// How long a task whose engine went away waits for it to come back to remove its container.
+const ENGINE_RETURN_PATIENCE: Duration = Duration::from_secs(60);
+
 /// The most processes (and threads) a task container may hold when its spec sets no limit
 /// (the pipeline passes `[resources] pids`, 1024 by default): a fork bomb stops here.
 pub const PIDS_LIMIT: i64 = 1024;
@@ -235,10 +238,30 @@ impl Docker {
         id: &str,
         result: Result<RunReport, RuntimeError>,
     ) -> Result<RunReport, RuntimeError> {
-        if result.is_err()
-            && let Err(e) = self.remove(id).await
-        {
-            tracing::warn!(container = %id, error = %e, "could not remove container");
+        let Err(err) = &result else {
+            return result;
+        };
+        // An engine that went away mid-task (a restart) usually comes back within seconds:
+        // wait for it, bounded, and remove the container then, so no exited container is left
+        // for a later start to find.
+        let patience = if matches!(err, RuntimeError::EngineUnavailable { .. }) {
+            ENGINE_RETURN_PATIENCE
+        } else {
+            Duration::ZERO
+        };
+        let give_up = tokio::time::Instant::now() + patience;
+        loop {
+            match self.remove(id).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < give_up => {
+                    tracing::debug!(container = %id, error = %e, "engine not back yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "could not remove container");
+                    break;
+                }
+            }
         }
         result
     }
