@@ -9,6 +9,7 @@
 mod job;
 mod logs;
 mod outcome;
+mod remote;
 mod request;
 mod results;
 mod task;
@@ -16,6 +17,8 @@ mod validate;
 mod writer;
 
 pub use job::{run_job, run_job_with};
+pub use writer::NodeRecord;
+pub use remote::{NodeTask, run_node_task};
 pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
 
 use std::path::PathBuf;

@@ -1,0 +1,567 @@
+//! The Slurm executor: every task is one Slurm job whose batch script runs `caas task run` on
+//! the node; the node runs the same task pipeline with its own container engine and records
+//! the task's outcome in the store. Here: `sbatch` to submit, ONE `squeue` call per polling
+//! pass for all of this manager's Slurm jobs, `scancel` to cancel.
+//!
+//! How it fits [`Executor`]: [`Executor::run_remote`] submits a task and waits until its Slurm
+//! job has ended; the pipeline then reads what the node recorded. The container-level calls
+//! (`run`, `adopt`, `find`, ...) are not used for Slurm tasks: containers live on the nodes,
+//! where the node agent stops and removes its own container (also on SIGTERM from `scancel`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{ExecFuture, Executor, RemoteEnd, RemoteTask, TaskContainer};
+use crate::{ContainerSpec, Docker, ImageInfo, OutputChunk, RunReport, RuntimeError};
+
+/// The state a Slurm job is given when a successful `squeue` no longer lists it.
+pub const GONE: &str = "GONE";
+
+/// How the Slurm executor submits.
+#[derive(Clone, Debug)]
+pub struct SlurmConfig {
+    /// The `caas` binary the batch script runs on the node (the same build as the manager's).
+    pub caas_bin: PathBuf,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// Extra `sbatch` arguments, passed as given (e.g. `--qos=short`, `--account=A`).
+    pub sbatch_args: Vec<String>,
+    /// Analysis name → its folder (holding `caas.toml`) as the nodes see it.
+    pub analyses: BTreeMap<String, PathBuf>,
+    /// Time between two `squeue` passes.
+    pub poll: Duration,
+    /// Added to a task's timeout for Slurm's `--time` (staging and upload); caas enforces the
+    /// task's own timeout on the node, Slurm's limit is the backstop.
+    pub grace: Duration,
+    /// `sbatch --output` (Slurm's file patterns, e.g. `%j`): the node agent's own log.
+    pub output: String,
+}
+
+impl SlurmConfig {
+    /// Defaults: the running executable, no partition, a 1 s poll, a 5 min grace.
+    pub fn new(analyses: BTreeMap<String, PathBuf>) -> Self {
+        Self {
+            caas_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("caas")),
+            partition: None,
+            sbatch_args: Vec::new(),
+            analyses,
+            poll: Duration::from_secs(1),
+            grace: Duration::from_secs(300),
+            output: std::env::temp_dir()
+                .join("caas-slurm-%j.out")
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Slurm job id → its last known state (`None`: not seen yet, or the last query failed).
+    jobs: HashMap<String, Option<String>>,
+    poller_started: bool,
+}
+
+/// Runs each task as one Slurm job (see the module docs).
+#[derive(Debug)]
+pub struct Slurm {
+    cfg: SlurmConfig,
+    /// The manager host's engine, used to resolve images (by digest) at validation.
+    docker: Option<Docker>,
+    tracked: Arc<Mutex<Tracked>>,
+    /// Counts finished `squeue` passes; waiters look at `tracked` after each.
+    passes: watch::Sender<u64>,
+    /// `squeue` calls made so far (one per pass, whatever the number of jobs).
+    squeue_calls: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Slurm {
+    /// A Slurm executor; `docker` (the manager host's engine) resolves images when given.
+    pub fn new(cfg: SlurmConfig, docker: Option<Docker>) -> Self {
+        Self {
+            cfg,
+            docker,
+            tracked: Arc::default(),
+            passes: watch::channel(0).0,
+            squeue_calls: Arc::default(),
+        }
+    }
+
+    /// `squeue` calls made so far.
+    pub fn squeue_calls(&self) -> u64 {
+        self.squeue_calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The batch script of a task.
+    pub fn batch_script(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
+        let dir = self
+            .cfg
+            .analyses
+            .get(&task.analysis)
+            .ok_or_else(|| RuntimeError::Refused {
+                what: format!(
+                    "task {}: analysis {} has no folder configured for the Slurm nodes",
+                    task.task_id, task.analysis
+                ),
+            })?;
+        let argv = [
+            self.cfg.caas_bin.to_string_lossy().into_owned(),
+            "task".into(),
+            "run".into(),
+            "--store".into(),
+            task.store.clone(),
+            "--analysis".into(),
+            dir.to_string_lossy().into_owned(),
+            "--group".into(),
+            task.group.clone(),
+            "--timestamp".into(),
+            task.timestamp.clone(),
+            "--dataset".into(),
+            task.dataset.clone(),
+            "--index".into(),
+            task.index.to_string(),
+        ];
+        let cmd: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
+        // exec: the agent itself receives Slurm's SIGTERM (scancel, time limit) and stops its
+        // container before Slurm's SIGKILL (KillWait).
+        Ok(format!(
+            "#!/bin/sh\n# caas task {}\nexec {}\n",
+            task.task_id.replace('\n', " "),
+            cmd.join(" ")
+        ))
+    }
+
+    /// The `sbatch` arguments of a task (the script comes on stdin).
+    pub fn sbatch_argv(&self, task: &RemoteTask) -> Vec<String> {
+        let mut a = vec![
+            "--parsable".to_string(),
+            format!("--job-name={}", job_name(task)),
+            format!("--comment={}", task.task_id),
+            format!("--output={}", self.cfg.output),
+            "--chdir=/".to_string(),
+            format!("--cpus-per-task={}", task.cpus.map_or(1, |c| c.ceil().max(1.0) as u64)),
+        ];
+        if let Some(m) = task.memory_bytes {
+            a.push(format!("--mem={}M", m.div_ceil(1 << 20).max(1)));
+        }
+        let limit = task.timeout + self.cfg.grace;
+        a.push(format!("--time={}", limit.as_secs().div_ceil(60).max(1)));
+        if let Some(p) = &self.cfg.partition {
+            a.push(format!("--partition={p}"));
+        }
+        a.extend(self.cfg.sbatch_args.iter().cloned());
+        a
+    }
+
+    async fn submit(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
+        let script = self.batch_script(task)?;
+        let argv = self.sbatch_argv(task);
+        let mut last = None;
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            match sbatch(&argv, &script).await {
+                Ok(id) => return Ok(id),
+                Err(e @ RuntimeError::Scheduler { transient: true, .. }) => {
+                    tracing::warn!(task = %task.task_id, error = %e, "sbatch failed; retrying");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(RuntimeError::Scheduler {
+            what: "sbatch failed".into(),
+            transient: true,
+        }))
+    }
+
+    fn ensure_poller(&self) {
+        let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        if t.poller_started {
+            return;
+        }
+        t.poller_started = true;
+        let tracked = Arc::downgrade(&self.tracked);
+        let passes = self.passes.clone();
+        let poll = self.cfg.poll;
+        let calls = self.squeue_calls.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                let Some(tracked) = tracked.upgrade() else {
+                    return;
+                };
+                let empty = tracked.lock().map(|t| t.jobs.is_empty()).unwrap_or(true);
+                if !empty {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let listed = squeue().await;
+                    let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
+                    match listed {
+                        Ok(states) => {
+                            for (id, state) in t.jobs.iter_mut() {
+                                *state =
+                                    Some(states.get(id).cloned().unwrap_or_else(|| GONE.into()));
+                            }
+                        }
+                        // Unknown, never finished: the states stay as they were.
+                        Err(e) => tracing::warn!(error = %e, "squeue failed; job states unknown"),
+                    }
+                }
+                drop(tracked);
+                passes.send_modify(|n| *n += 1);
+            }
+        });
+    }
+
+    fn state_of(&self, id: &str) -> Option<String> {
+        let t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        t.jobs.get(id).cloned().flatten()
+    }
+
+    async fn run_remote_inner(
+        &self,
+        task: &RemoteTask,
+        cancel: &CancellationToken,
+    ) -> Result<RemoteEnd, RuntimeError> {
+        if cancel.is_cancelled() {
+            return Ok(RemoteEnd {
+                handle: None,
+                state: "not submitted".into(),
+            });
+        }
+        let id = self.submit(task).await?;
+        tracing::info!(task = %task.task_id, slurm_job = %id, "submitted");
+        {
+            let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            t.jobs.insert(id.clone(), None);
+        }
+        self.ensure_poller();
+        let mut passes = self.passes.subscribe();
+        let mut cancelled = false;
+        let state = loop {
+            tokio::select! {
+                changed = passes.changed() => {
+                    if changed.is_err() {
+                        break "unknown".to_string();
+                    }
+                    if let Some(s) = self.state_of(&id)
+                        && is_terminal(&s)
+                    {
+                        break s;
+                    }
+                }
+                () = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    if let Err(e) = scancel(&id).await {
+                        tracing::warn!(slurm_job = %id, error = %e, "scancel failed");
+                        cancelled = false;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        };
+        let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        t.jobs.remove(&id);
+        Ok(RemoteEnd {
+            handle: Some(id),
+            state,
+        })
+    }
+}
+
+/// `caas-<analysis>-<timestamp>-<idx>`, with characters Slurm tools show plainly.
+pub fn job_name(task: &RemoteTask) -> String {
+    let raw = format!("caas-{}-{}-{}", task.analysis, task.timestamp, task.index);
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(120)
+        .collect()
+}
+
+/// Whether a Slurm job state is final (the batch script has ended for good).
+pub fn is_terminal(state: &str) -> bool {
+    matches!(
+        state,
+        "COMPLETED"
+            | "FAILED"
+            | "CANCELLED"
+            | "TIMEOUT"
+            | "NODE_FAIL"
+            | "PREEMPTED"
+            | "OUT_OF_MEMORY"
+            | "BOOT_FAIL"
+            | "DEADLINE"
+            | "SPECIAL_EXIT"
+            | "REVOKED"
+            | GONE
+    )
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+async fn sbatch(argv: &[String], script: &str) -> Result<String, RuntimeError> {
+    let mut child = Command::new("sbatch")
+        .args(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| RuntimeError::Scheduler {
+            what: format!("cannot start sbatch: {e}"),
+            transient: false,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes()).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .map_err(|_| RuntimeError::Scheduler {
+            what: "sbatch did not answer within 60 s".into(),
+            transient: true,
+        })?
+        .map_err(|e| RuntimeError::Scheduler {
+            what: format!("sbatch: {e}"),
+            transient: true,
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // Slurm's own words for a busy or restarting controller.
+        let transient = [
+            "Socket timed out",
+            "Unable to contact slurm controller",
+            "Resource temporarily unavailable",
+            "try again",
+            "Zero Bytes were transmitted",
+        ]
+        .iter()
+        .any(|m| stderr.contains(m));
+        return Err(RuntimeError::Scheduler {
+            what: format!("sbatch refused the task: {}", stderr.trim()),
+            transient,
+        });
+    }
+    let id = stdout
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        return Err(RuntimeError::Scheduler {
+            what: format!("sbatch printed no job id: {:?}", stdout.trim()),
+            transient: false,
+        });
+    }
+    Ok(id)
+}
+
+/// One `squeue` for every job of this user (all states Slurm still remembers): id → state.
+async fn squeue() -> Result<HashMap<String, String>, RuntimeError> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new("squeue")
+            .args(["--noheader", "--me", "--states=all", "--format=%i|%T"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| RuntimeError::Scheduler {
+        what: "squeue did not answer within 30 s".into(),
+        transient: true,
+    })?
+    .map_err(|e| RuntimeError::Scheduler {
+        what: format!("cannot run squeue: {e}"),
+        transient: true,
+    })?;
+    if !out.status.success() {
+        return Err(RuntimeError::Scheduler {
+            what: format!(
+                "squeue failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            transient: true,
+        });
+    }
+    Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_squeue(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, state) = l.trim().split_once('|')?;
+            Some((id.trim().to_string(), state.trim().to_string()))
+        })
+        .collect()
+}
+
+async fn scancel(id: &str) -> Result<(), RuntimeError> {
+    let out = Command::new("scancel")
+        .arg(id)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| RuntimeError::Scheduler {
+            what: format!("cannot run scancel: {e}"),
+            transient: true,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::Scheduler {
+            what: format!(
+                "scancel {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            transient: true,
+        })
+    }
+}
+
+fn whole_tasks_only() -> RuntimeError {
+    RuntimeError::Refused {
+        what: "a container run here: the Slurm executor runs whole tasks on the nodes".into(),
+    }
+}
+
+impl Executor for Slurm {
+    fn kind(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>> {
+        async move {
+            match &self.docker {
+                Some(d) => d.image_info(image).await,
+                // Without an engine here the nodes resolve the image themselves.
+                None => Ok(Some(ImageInfo {
+                    id: image.to_string(),
+                    user: String::new(),
+                })),
+            }
+        }
+        .boxed()
+    }
+
+    fn run<'a>(
+        &'a self,
+        _spec: &'a ContainerSpec,
+        _output: mpsc::Sender<OutputChunk>,
+        _cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, RunReport> {
+        async move { Err(whole_tasks_only()) }.boxed()
+    }
+
+    fn adopt<'a>(
+        &'a self,
+        _id: &'a str,
+        _remaining: Duration,
+        _stop_grace: Duration,
+        _output: mpsc::Sender<OutputChunk>,
+        _cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, RunReport> {
+        async move { Err(whole_tasks_only()) }.boxed()
+    }
+
+    fn find<'a>(
+        &'a self,
+        _labels: &'a BTreeMap<String, String>,
+    ) -> ExecFuture<'a, Vec<TaskContainer>> {
+        async move { Ok(Vec::new()) }.boxed()
+    }
+
+    fn remove<'a>(&'a self, _id: &'a str) -> ExecFuture<'a, ()> {
+        async move { Ok(()) }.boxed()
+    }
+
+    fn stop<'a>(&'a self, _id: &'a str, _grace: Duration) -> BoxFuture<'a, ()> {
+        async move {}.boxed()
+    }
+
+    fn reap_expired(&self) -> ExecFuture<'_, Vec<String>> {
+        async move { Ok(Vec::new()) }.boxed()
+    }
+
+    fn run_remote<'a>(
+        &'a self,
+        task: &'a RemoteTask,
+        cancel: &'a CancellationToken,
+    ) -> Option<ExecFuture<'a, RemoteEnd>> {
+        Some(self.run_remote_inner(task, cancel).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> RemoteTask {
+        RemoteTask {
+            task_id: "lab/job__pca_16:52:06.8.2".into(),
+            store: "/srv/store it's".into(),
+            analysis: "pca".into(),
+            group: "lab".into(),
+            timestamp: "16:52:06.8".into(),
+            dataset: "lab/inputs/a b.csv".into(),
+            index: 2,
+            cpus: Some(1.5),
+            memory_bytes: Some(300 << 20),
+            timeout: Duration::from_secs(90),
+        }
+    }
+
+    #[test]
+    fn submission_arguments() {
+        let mut cfg =
+            SlurmConfig::new(BTreeMap::from([("pca".to_string(), PathBuf::from("/a/pca"))]));
+        cfg.caas_bin = "/usr/bin/caas".into();
+        cfg.partition = Some("debug".into());
+        cfg.sbatch_args = vec!["--qos=short".into()];
+        let s = Slurm::new(cfg, None);
+        let t = task();
+        let a = s.sbatch_argv(&t);
+        assert!(a.contains(&"--job-name=caas-pca-16-52-06.8-2".to_string()), "{a:?}");
+        assert!(a.contains(&"--comment=lab/job__pca_16:52:06.8.2".to_string()));
+        assert!(a.contains(&"--cpus-per-task=2".to_string()));
+        assert!(a.contains(&"--mem=300M".to_string()));
+        assert!(a.contains(&"--time=7".to_string()), "90 s + 300 s grace: {a:?}");
+        assert!(a.contains(&"--partition=debug".to_string()));
+        assert_eq!(a.last().unwrap(), "--qos=short");
+        let script = s.batch_script(&t).unwrap();
+        assert!(script.contains("exec '/usr/bin/caas' 'task' 'run' '--store' '/srv/store it'\\''s'"));
+        assert!(script.contains("'--dataset' 'lab/inputs/a b.csv' '--index' '2'"));
+        let mut other = t.clone();
+        other.analysis = "nope".into();
+        assert!(s.batch_script(&other).is_err());
+    }
+
+    #[test]
+    fn squeue_output_and_states() {
+        let m = parse_squeue("12|RUNNING\n13|COMPLETED\n garbage\n14|PENDING\n");
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["13"], "COMPLETED");
+        assert!(is_terminal("COMPLETED") && is_terminal(GONE) && is_terminal("CANCELLED"));
+        assert!(!is_terminal("RUNNING") && !is_terminal("COMPLETING") && !is_terminal("PENDING"));
+    }
+}
