@@ -29,6 +29,11 @@ use crate::{Observer, PipelineError};
 
 /// How often the manager looks at a remote task's node record while it runs.
 const MIRROR_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a task's record may lag behind the end of its remote run.
+const RECORD_PATIENCE: Duration = Duration::from_secs(10);
+/// The same after a cancel: the node stops its container first (SIGTERM, then SIGKILL after
+/// the pipeline's 10 s grace; Slurm's KillWait must be longer).
+const RECORD_PATIENCE_CANCELLED: Duration = Duration::from_secs(40);
 
 /// The remote description of task `idx`.
 pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize) -> RemoteTask {
@@ -133,7 +138,22 @@ pub(crate) async fn follow(
             end.state
         ))
         .await?;
-    match read_node(ctx, idx).await? {
+    // The scheduler may call the job ended while the node is still stopping its container and
+    // recording (a scancel's SIGTERM, KillWait): give the node's record time to arrive.
+    let patience = if ctx.cancel.is_cancelled() {
+        RECORD_PATIENCE_CANCELLED
+    } else {
+        RECORD_PATIENCE
+    };
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut rec = read_node(ctx, idx).await?;
+    while !rec.as_ref().is_some_and(|r| r.task.state.is_terminal())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rec = read_node(ctx, idx).await?;
+    }
+    match rec {
         Some(rec) if rec.task.state.is_terminal() => finish_from_node(ctx, idx, rec).await,
         other => {
             let last = other
