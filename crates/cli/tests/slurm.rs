@@ -3,6 +3,8 @@
 //! job running `caas task run` on a node, which runs the task pipeline with the node's Docker
 //! and reports only through the store. Slurm that cannot be brought up is a failure, not a skip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -118,10 +120,18 @@ fn a_three_dataset_job_fans_out_over_slurm_nodes_and_succeeds() {
     );
     let job = store.join("lab/results/job__slurm-fan_fan1");
     assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv.log_text());
-    eprintln!("fan-out job ended after {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "fan-out job ended after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     let rec = read_json(&job.join("job.json"));
     let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
-    assert_eq!(rec["state"], "succeeded", "{rec}\n{cert}\n{}", srv.log_text());
+    assert_eq!(
+        rec["state"],
+        "succeeded",
+        "{rec}\n{cert}\n{}",
+        srv.log_text()
+    );
     for (ds, lines) in [("a.csv", "3"), ("b.csv", "1"), ("c.csv", "2")] {
         let st = read_json(&job.join(format!("logs/DATASET_NAME:{ds}_STATUS.txt")));
         assert_eq!(st["status"], "SUCCESS", "{st}");
@@ -155,7 +165,11 @@ fn a_three_dataset_job_fans_out_over_slurm_nodes_and_succeeds() {
         hosts.insert(r["host"].as_str().unwrap().to_string());
     }
     eprintln!("slurm jobs {jobs:?} ran on nodes {hosts:?}");
-    assert_eq!(hosts.len(), 3, "one task per node with --exclusive: {hosts:?}");
+    assert_eq!(
+        hosts.len(),
+        3,
+        "one task per node with --exclusive: {hosts:?}"
+    );
     assert!(
         containers_of_job(&store, "job__slurm-fan_fan1").is_empty(),
         "a container was left"

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use caas_runtime::{ExecFuture, Executor, RemoteEnd, RemoteTask};
 use caas_spec::layout::{self, JobPaths, running_entry};
 use caas_spec::record::Certificate;
-use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord};
+use caas_spec::{
+    AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord,
+};
 use caas_store::Store;
 
 use crate::request::{JobRequest, TaskCtx};
@@ -183,16 +185,10 @@ pub(crate) async fn follow(
     }
 }
 
-async fn finish_from_node(
-    ctx: &TaskCtx,
-    idx: usize,
-    rec: NodeRecord,
-) -> Result<(), PipelineError> {
+async fn finish_from_node(ctx: &TaskCtx, idx: usize, rec: NodeRecord) -> Result<(), PipelineError> {
     ctx.writer.update_task(idx, copy_in(&rec)).await?;
     for line in &rec.log {
-        ctx.writer
-            .log(&format!("{line} [on {}]", rec.host))
-            .await?;
+        ctx.writer.log(&format!("{line} [on {}]", rec.host)).await?;
     }
     Ok(())
 }

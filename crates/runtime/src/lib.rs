@@ -14,9 +14,9 @@ mod build;
 mod dev;
 mod docker;
 mod executor;
-mod slurm;
 #[cfg(feature = "fake")]
 pub mod fake;
+mod slurm;
 
 pub use build::{BuildEvent, BuildOptions};
 pub use dev::{

@@ -149,7 +149,10 @@ impl Slurm {
             format!("--comment={}", task.task_id),
             format!("--output={}", self.cfg.output),
             "--chdir=/".to_string(),
-            format!("--cpus-per-task={}", task.cpus.map_or(1, |c| c.ceil().max(1.0) as u64)),
+            format!(
+                "--cpus-per-task={}",
+                task.cpus.map_or(1, |c| c.ceil().max(1.0) as u64)
+            ),
         ];
         if let Some(m) = task.memory_bytes {
             a.push(format!("--mem={}M", m.div_ceil(1 << 20).max(1)));
@@ -173,7 +176,11 @@ impl Slurm {
             }
             match sbatch(&argv, &script).await {
                 Ok(id) => return Ok(id),
-                Err(e @ RuntimeError::Scheduler { transient: true, .. }) => {
+                Err(
+                    e @ RuntimeError::Scheduler {
+                        transient: true, ..
+                    },
+                ) => {
                     tracing::warn!(task = %task.task_id, error = %e, "sbatch failed; retrying");
                     last = Some(e);
                 }
@@ -533,23 +540,33 @@ mod tests {
 
     #[test]
     fn submission_arguments() {
-        let mut cfg =
-            SlurmConfig::new(BTreeMap::from([("pca".to_string(), PathBuf::from("/a/pca"))]));
+        let mut cfg = SlurmConfig::new(BTreeMap::from([(
+            "pca".to_string(),
+            PathBuf::from("/a/pca"),
+        )]));
         cfg.caas_bin = "/usr/bin/caas".into();
         cfg.partition = Some("debug".into());
         cfg.sbatch_args = vec!["--qos=short".into()];
         let s = Slurm::new(cfg, None);
         let t = task();
         let a = s.sbatch_argv(&t);
-        assert!(a.contains(&"--job-name=caas-pca-16-52-06.8-2".to_string()), "{a:?}");
+        assert!(
+            a.contains(&"--job-name=caas-pca-16-52-06.8-2".to_string()),
+            "{a:?}"
+        );
         assert!(a.contains(&"--comment=lab/job__pca_16:52:06.8.2".to_string()));
         assert!(a.contains(&"--cpus-per-task=2".to_string()));
         assert!(a.contains(&"--mem=300M".to_string()));
-        assert!(a.contains(&"--time=7".to_string()), "90 s + 300 s grace: {a:?}");
+        assert!(
+            a.contains(&"--time=7".to_string()),
+            "90 s + 300 s grace: {a:?}"
+        );
         assert!(a.contains(&"--partition=debug".to_string()));
         assert_eq!(a.last().unwrap(), "--qos=short");
         let script = s.batch_script(&t).unwrap();
-        assert!(script.contains("exec '/usr/bin/caas' 'task' 'run' '--store' '/srv/store it'\\''s'"));
+        assert!(
+            script.contains("exec '/usr/bin/caas' 'task' 'run' '--store' '/srv/store it'\\''s'")
+        );
         assert!(script.contains("'--dataset' 'lab/inputs/a b.csv' '--index' '2'"));
         let mut other = t.clone();
         other.analysis = "nope".into();
