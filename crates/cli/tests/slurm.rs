@@ -255,3 +255,65 @@ fn caas_cancel_scancels_the_slurm_job_and_leaves_no_container() {
         "a container was left after scancel"
     );
 }
+
+#[test]
+fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left() {
+    ensure_engine();
+    ensure_slurm();
+    let sb = Sandbox::new();
+    let fail = sb.analysis(&shell_analysis(
+        "slurm-fail",
+        "echo about to fail >&2; exit 3",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let dir2 = sb.path().join("slow");
+    std::fs::create_dir_all(&dir2).unwrap();
+    std::fs::write(
+        dir2.join("caas.toml"),
+        shell_analysis("slurm-slow", "echo started; sleep 120", "timeout = \"3s\"\n"),
+    )
+    .unwrap();
+    let mut args = vec!["--executor", "slurm", "--slurm-poll", "500ms"];
+    args.extend(["--analysis", dir2.to_str().unwrap()]);
+    let srv = Server::start(
+        store.to_str().unwrap(),
+        &[&fail],
+        &args,
+        &sb.path().join("serve.log"),
+    );
+    put(
+        &store,
+        "lab/submissions/fsubmit.json",
+        br#"{"dataname": "lab/inputs/a.csv", "configname": "lab/configs/c.yaml", "timestamp": "f1", "analysis": "slurm-fail"}"#,
+    );
+    put(
+        &store,
+        "lab/submissions/tsubmit.json",
+        br#"{"dataname": "lab/inputs/a.csv", "configname": "lab/configs/c.yaml", "timestamp": "t1", "analysis": "slurm-slow"}"#,
+    );
+    let failed = store.join("lab/results/job__slurm-fail_f1");
+    let slow = store.join("lab/results/job__slurm-slow_t1");
+    assert!(wait_end(&failed, LIMIT), "no end.txt: {}", srv.log_text());
+    assert!(wait_end(&slow, LIMIT), "no end.txt: {}", srv.log_text());
+
+    let rec = read_json(&failed.join("job.json"));
+    assert_eq!(rec["state"], "failed", "{rec}");
+    assert_eq!(rec["tasks"][0]["exit_code"], 3, "{rec}");
+    let err = std::fs::read_to_string(failed.join("logs/a.csv.stderr.log")).unwrap();
+    assert!(err.contains("about to fail"), "{err}");
+    let cert = std::fs::read_to_string(failed.join("logs/certificate.txt")).unwrap();
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 1, "{cert}");
+    assert_eq!(jobs[0].1, "FAILED", "the agent's exit status shows in Slurm: {cert}");
+
+    let rec = read_json(&slow.join("job.json"));
+    assert_eq!(rec["state"], "timed_out", "{rec}");
+    let cert = std::fs::read_to_string(slow.join("logs/certificate.txt")).unwrap();
+    assert!(cert.contains("timed out after 3s"), "{cert}");
+
+    assert!(containers_of_job(&store, "job__slurm-fail_f1").is_empty());
+    assert!(containers_of_job(&store, "job__slurm-slow_t1").is_empty());
+}
