@@ -34,8 +34,14 @@ fn setup_script() -> PathBuf {
 }
 
 /// Bring the three-node cluster up (idempotent, ~0.1 s when it runs). Fails the test when it
-/// cannot: no root, no packages, nodes not idle.
-fn ensure_slurm() {
+/// cannot: no root, no packages, nodes not idle. The returned guard runs this binary's tests
+/// one at a time (they share the three nodes, and the fan-out test needs all of them).
+#[must_use]
+fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         let script = setup_script();
@@ -54,6 +60,7 @@ fn ensure_slurm() {
         );
         eprintln!("slurm ready in {:.1} s", t.elapsed().as_secs_f64());
     });
+    guard
 }
 
 fn submission(data: &str, config: &str, ts: &str) -> Vec<u8> {
@@ -94,7 +101,7 @@ fn start_serve(sb: &Sandbox, store: &Path, a: &Path, extra: &[&str]) -> Server {
 #[test]
 fn a_three_dataset_job_fans_out_over_slurm_nodes_and_succeeds() {
     ensure_engine();
-    ensure_slurm();
+    let _one = ensure_slurm();
     let t0 = Instant::now();
     let sb = Sandbox::new();
     let a = sb.analysis(&shell_analysis(
@@ -179,7 +186,7 @@ fn a_three_dataset_job_fans_out_over_slurm_nodes_and_succeeds() {
 #[test]
 fn caas_cancel_scancels_the_slurm_job_and_leaves_no_container() {
     ensure_engine();
-    ensure_slurm();
+    let _one = ensure_slurm();
     let t0 = Instant::now();
     let sb = Sandbox::new();
     let a = sb.analysis(&shell_analysis(
@@ -259,7 +266,7 @@ fn caas_cancel_scancels_the_slurm_job_and_leaves_no_container() {
 #[test]
 fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left() {
     ensure_engine();
-    ensure_slurm();
+    let _one = ensure_slurm();
     let sb = Sandbox::new();
     let fail = sb.analysis(&shell_analysis(
         "slurm-fail",
@@ -273,7 +280,11 @@ fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left()
     std::fs::create_dir_all(&dir2).unwrap();
     std::fs::write(
         dir2.join("caas.toml"),
-        shell_analysis("slurm-slow", "echo started; sleep 120", "timeout = \"3s\"\n"),
+        shell_analysis(
+            "slurm-slow",
+            "echo started; sleep 120",
+            "timeout = \"3s\"\n",
+        ),
     )
     .unwrap();
     let mut args = vec!["--executor", "slurm", "--slurm-poll", "500ms"];
@@ -307,7 +318,10 @@ fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left()
     let cert = std::fs::read_to_string(failed.join("logs/certificate.txt")).unwrap();
     let jobs = slurm_jobs(&cert);
     assert_eq!(jobs.len(), 1, "{cert}");
-    assert_eq!(jobs[0].1, "FAILED", "the agent's exit status shows in Slurm: {cert}");
+    assert_eq!(
+        jobs[0].1, "FAILED",
+        "the agent's exit status shows in Slurm: {cert}"
+    );
 
     let rec = read_json(&slow.join("job.json"));
     assert_eq!(rec["state"], "timed_out", "{rec}");
@@ -316,4 +330,64 @@ fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left()
 
     assert!(containers_of_job(&store, "job__slurm-fail_f1").is_empty());
     assert!(containers_of_job(&store, "job__slurm-slow_t1").is_empty());
+}
+
+#[test]
+fn a_manager_killed_mid_task_re_attaches_to_its_slurm_job_on_restart() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let t0 = Instant::now();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-restart",
+        "echo started; sleep 8; echo 42 > {results}/answer.txt",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let mut srv = start_serve(&sb, &store, &a, &[]);
+    put(
+        &store,
+        "lab/submissions/rsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "r1"),
+    );
+    let job = store.join("lab/results/job__slurm-restart_r1");
+    assert!(
+        wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+    srv.kill9();
+    let srv2 = Server::start(
+        store.to_str().unwrap(),
+        &[&a],
+        &["--executor", "slurm", "--slurm-poll", "500ms"],
+        &sb.path().join("serve2.log"),
+    );
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv2.log_text());
+    eprintln!(
+        "restart job ended after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(
+        rec["state"],
+        "succeeded",
+        "{rec}\n{cert}\n{}",
+        srv2.log_text()
+    );
+    assert!(cert.contains("re-attaching"), "{cert}");
+    let got = std::fs::read_to_string(job.join("process_results/answer.txt")).unwrap();
+    assert_eq!(got.trim(), "42");
+    // One Slurm job ran the task, once.
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 1, "{cert}");
+    assert_eq!(jobs[0].1, "COMPLETED", "{cert}");
+    assert!(!cert.contains("submitting it"), "{cert}");
+    assert!(containers_of_job(&store, "job__slurm-restart_r1").is_empty());
 }

@@ -51,6 +51,7 @@ pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize) -> RemoteTask {
         cpus: req.spec.resources.cpus,
         memory_bytes: req.spec.resources.memory.map(|m| m.0),
         timeout: req.spec.timeout(),
+        adopt: ctx.resume,
     }
 }
 
@@ -91,48 +92,47 @@ pub(crate) async fn follow(
         {
             return finish_from_node(ctx, idx, rec).await;
         }
-        // Reconciling with squeue/sacct after a restart is not done yet: say so.
-        return end_without_record(
-            ctx,
-            idx,
-            State::Lost,
-            "lost: the job manager restarted while this task was on Slurm, and re-attaching \
-             to a Slurm job is not supported yet; submit it again with a new timestamp"
-                .into(),
-        )
-        .await;
+        // Re-attach to the task's Slurm job (found by name and comment) and carry on.
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: re-attaching to task {} on {} after a restart",
+                remote.task_id,
+                ctx.executor.kind()
+            ))
+            .await?;
+    } else {
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: submitting task {} to {}",
+                remote.task_id,
+                ctx.executor.kind()
+            ))
+            .await?;
     }
-    ctx.writer
-        .log(&format!(
-            "[Job Manager] dataset {key}: submitting task {} to {}",
-            remote.task_id,
-            ctx.executor.kind()
-        ))
-        .await?;
-    let mirror = async {
-        let mut last: Option<String> = None;
-        loop {
-            tokio::time::sleep(MIRROR_INTERVAL).await;
-            match read_node(ctx, idx).await {
-                Ok(Some(rec)) => {
-                    let now = serde_json::to_string(&rec).ok();
-                    if now != last {
-                        last = now;
-                        if let Err(e) = ctx.writer.update_task(idx, copy_in(&rec)).await {
-                            tracing::warn!(error = %e, "mirroring a node record failed");
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "reading a node record failed"),
-            }
+    let mut end = wait_remote(ctx, idx, run).await?;
+    if remote.adopt
+        && end.handle.is_none()
+        && !ctx.cancel.is_cancelled()
+        && read_node(ctx, idx).await?.is_none()
+    {
+        // No Slurm job and no trace on a node: the manager stopped before it was submitted.
+        // Submit it now (the node's claim keeps a late duplicate from running it twice).
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: no {} job of task {} was found after the restart and it never started: submitting it",
+                ctx.executor.kind(),
+                remote.task_id
+            ))
+            .await?;
+        let fresh = RemoteTask {
+            adopt: false,
+            ..remote.clone()
+        };
+        if let Some(run) = ctx.executor.run_remote(&fresh, &ctx.cancel) {
+            end = wait_remote(ctx, idx, run).await?;
         }
-    };
-    let end = tokio::select! {
-        end = run => end?,
-        () = mirror => unreachable!("the mirror loop never ends"),
-    };
-    let handle = end.handle.as_deref().unwrap_or("(none)");
+    }
+    let handle = end.handle.as_deref().unwrap_or("(none found)");
     ctx.writer
         .log(&format!(
             "[Job Manager] dataset {key}: {} job {handle} ended {}",
@@ -182,6 +182,37 @@ pub(crate) async fn follow(
             };
             end_without_record(ctx, idx, state, reason).await
         }
+    }
+}
+
+/// Wait for a remote run to end, mirroring the node's record into job.json meanwhile.
+async fn wait_remote(
+    ctx: &TaskCtx,
+    idx: usize,
+    run: ExecFuture<'_, RemoteEnd>,
+) -> Result<RemoteEnd, PipelineError> {
+    let mirror = async {
+        let mut last: Option<String> = None;
+        loop {
+            tokio::time::sleep(MIRROR_INTERVAL).await;
+            match read_node(ctx, idx).await {
+                Ok(Some(rec)) => {
+                    let now = serde_json::to_string(&rec).ok();
+                    if now != last {
+                        last = now;
+                        if let Err(e) = ctx.writer.update_task(idx, copy_in(&rec)).await {
+                            tracing::warn!(error = %e, "mirroring a node record failed");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading a node record failed"),
+            }
+        }
+    };
+    tokio::select! {
+        end = run => Ok(end?),
+        () = mirror => unreachable!("the mirror loop never ends"),
     }
 }
 

@@ -58,6 +58,9 @@ pub struct RemoteTask {
     /// The task's own time limit (the node enforces it; the remote scheduler's limit is this
     /// plus a grace for staging and upload).
     pub timeout: Duration,
+    /// After a manager restart: re-attach to the task's remote run (found by its name and
+    /// comment) instead of submitting it; none found ends at once with no handle.
+    pub adopt: bool,
 }
 
 /// How a remote run of a task ended, as the remote scheduler saw it. How the task itself

@@ -247,8 +247,24 @@ impl Slurm {
                 state: "not submitted".into(),
             });
         }
-        let id = self.submit(task).await?;
-        tracing::info!(task = %task.task_id, slurm_job = %id, "submitted");
+        let id = if task.adopt {
+            match find_job(task).await? {
+                Some(id) => {
+                    tracing::info!(task = %task.task_id, slurm_job = %id, "re-attached");
+                    id
+                }
+                None => {
+                    return Ok(RemoteEnd {
+                        handle: None,
+                        state: GONE.into(),
+                    });
+                }
+            }
+        } else {
+            let id = self.submit(task).await?;
+            tracing::info!(task = %task.task_id, slurm_job = %id, "submitted");
+            id
+        };
         {
             let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
             t.jobs.insert(id.clone(), None);
@@ -414,6 +430,43 @@ async fn squeue() -> Result<HashMap<String, String>, RuntimeError> {
     Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The Slurm job of a task (by its name and comment), the newest when several; at a restart.
+async fn find_job(task: &RemoteTask) -> Result<Option<String>, RuntimeError> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new("squeue")
+            .args(["--noheader", "--me", "--states=all", "--format=%i|%k"])
+            .arg(format!("--name={}", job_name(task)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| RuntimeError::Scheduler {
+        what: "squeue did not answer within 30 s".into(),
+        transient: true,
+    })?
+    .map_err(|e| RuntimeError::Scheduler {
+        what: format!("cannot run squeue: {e}"),
+        transient: true,
+    })?;
+    if !out.status.success() {
+        return Err(RuntimeError::Scheduler {
+            what: format!(
+                "squeue failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            transient: true,
+        });
+    }
+    Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|(_, comment)| *comment == task.task_id)
+        .filter_map(|(id, _)| id.parse::<u64>().ok())
+        .max()
+        .map(|id| id.to_string()))
+}
+
 fn parse_squeue(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter_map(|l| {
@@ -535,6 +588,7 @@ mod tests {
             cpus: Some(1.5),
             memory_bytes: Some(300 << 20),
             timeout: Duration::from_secs(90),
+            adopt: false,
         }
     }
 
