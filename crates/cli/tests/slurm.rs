@@ -36,7 +36,6 @@ fn setup_script() -> PathBuf {
 /// Bring the three-node cluster up (idempotent, ~0.1 s when it runs). Fails the test when it
 /// cannot: no root, no packages, nodes not idle. The returned guard runs this binary's tests
 /// one at a time (they share the three nodes, and the fan-out test needs all of them).
-#[must_use]
 fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let guard = ONE_AT_A_TIME
