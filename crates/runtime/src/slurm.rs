@@ -67,8 +67,11 @@ impl SlurmConfig {
 
 #[derive(Debug, Default)]
 struct Tracked {
-    /// Slurm job id → its last known state (`None`: not seen yet, or the last query failed).
-    jobs: HashMap<String, Option<String>>,
+    /// Slurm job id → its last known state (`None`: not seen yet, or the last query failed)
+    /// and the pass count when it was added.
+    jobs: HashMap<String, (Option<String>, u64)>,
+    /// `squeue` passes started.
+    started: u64,
     poller_started: bool,
 }
 
@@ -209,16 +212,26 @@ impl Slurm {
                 let Some(tracked) = tracked.upgrade() else {
                     return;
                 };
-                let empty = tracked.lock().map(|t| t.jobs.is_empty()).unwrap_or(true);
-                if !empty {
+                let pass = {
+                    let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
+                    t.started += 1;
+                    (!t.jobs.is_empty()).then_some(t.started)
+                };
+                if let Some(pass) = pass {
                     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let listed = squeue().await;
                     let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
                     match listed {
                         Ok(states) => {
-                            for (id, state) in t.jobs.iter_mut() {
-                                *state =
-                                    Some(states.get(id).cloned().unwrap_or_else(|| GONE.into()));
+                            for (id, (state, added)) in t.jobs.iter_mut() {
+                                match states.get(id) {
+                                    Some(s) => *state = Some(s.clone()),
+                                    // Not listed by a query that began after it was submitted:
+                                    // Slurm has forgotten it (ended long ago). One submitted
+                                    // while the query ran waits for the next pass.
+                                    None if *added < pass => *state = Some(GONE.into()),
+                                    None => {}
+                                }
                             }
                         }
                         // Unknown, never finished: the states stay as they were.
@@ -233,7 +246,7 @@ impl Slurm {
 
     fn state_of(&self, id: &str) -> Option<String> {
         let t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-        t.jobs.get(id).cloned().flatten()
+        t.jobs.get(id).and_then(|(s, _)| s.clone())
     }
 
     async fn run_remote_inner(
@@ -267,7 +280,8 @@ impl Slurm {
         };
         {
             let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-            t.jobs.insert(id.clone(), None);
+            let now = t.started;
+            t.jobs.insert(id.clone(), (None, now));
         }
         self.ensure_poller();
         let mut passes = self.passes.subscribe();
