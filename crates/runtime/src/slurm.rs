@@ -9,7 +9,7 @@
 //! where the node agent stops and removes its own container (also on SIGTERM from `scancel`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +45,8 @@ pub struct SlurmConfig {
     pub grace: Duration,
     /// `sbatch --output` (Slurm's file patterns, e.g. `%j`): the node agent's own log.
     pub output: String,
+    /// Where `sbatch`, `squeue` and `scancel` are (default: found on `PATH`).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl SlurmConfig {
@@ -61,6 +63,14 @@ impl SlurmConfig {
                 .join("caas-slurm-%j.out")
                 .to_string_lossy()
                 .into_owned(),
+            bin_dir: None,
+        }
+    }
+
+    fn tool(&self, name: &str) -> PathBuf {
+        match &self.bin_dir {
+            Some(d) => d.join(name),
+            None => PathBuf::from(name),
         }
     }
 }
@@ -177,7 +187,7 @@ impl Slurm {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
-            match sbatch(&argv, &script).await {
+            match sbatch(&self.cfg.tool("sbatch"), &argv, &script).await {
                 Ok(id) => return Ok(id),
                 Err(
                     e @ RuntimeError::Scheduler {
@@ -205,6 +215,7 @@ impl Slurm {
         let tracked = Arc::downgrade(&self.tracked);
         let passes = self.passes.clone();
         let poll = self.cfg.poll;
+        let squeue_bin = self.cfg.tool("squeue");
         let calls = self.squeue_calls.clone();
         tokio::spawn(async move {
             loop {
@@ -219,7 +230,7 @@ impl Slurm {
                 };
                 if let Some(pass) = pass {
                     calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let listed = squeue().await;
+                    let listed = squeue(&squeue_bin).await;
                     let mut t = tracked.lock().unwrap_or_else(|e| e.into_inner());
                     match listed {
                         Ok(states) => {
@@ -261,7 +272,7 @@ impl Slurm {
             });
         }
         let id = if task.adopt {
-            match find_job(task).await? {
+            match find_job(&self.cfg.tool("squeue"), task).await? {
                 Some(id) => {
                     tracing::info!(task = %task.task_id, slurm_job = %id, "re-attached");
                     id
@@ -300,7 +311,7 @@ impl Slurm {
                 }
                 () = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
-                    if let Err(e) = scancel(&id).await {
+                    if let Err(e) = scancel(&self.cfg.tool("scancel"), &id).await {
                         tracing::warn!(slurm_job = %id, error = %e, "scancel failed");
                         cancelled = false;
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -355,8 +366,8 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-async fn sbatch(argv: &[String], script: &str) -> Result<String, RuntimeError> {
-    let mut child = Command::new("sbatch")
+async fn sbatch(bin: &Path, argv: &[String], script: &str) -> Result<String, RuntimeError> {
+    let mut child = Command::new(bin)
         .args(argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -414,10 +425,10 @@ async fn sbatch(argv: &[String], script: &str) -> Result<String, RuntimeError> {
 }
 
 /// One `squeue` for every job of this user (all states Slurm still remembers): id → state.
-async fn squeue() -> Result<HashMap<String, String>, RuntimeError> {
+async fn squeue(bin: &Path) -> Result<HashMap<String, String>, RuntimeError> {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new("squeue")
+        Command::new(bin)
             .args(["--noheader", "--me", "--states=all", "--format=%i|%T"])
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -445,10 +456,10 @@ async fn squeue() -> Result<HashMap<String, String>, RuntimeError> {
 }
 
 /// The Slurm job of a task (by its name and comment), the newest when several; at a restart.
-async fn find_job(task: &RemoteTask) -> Result<Option<String>, RuntimeError> {
+async fn find_job(bin: &Path, task: &RemoteTask) -> Result<Option<String>, RuntimeError> {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new("squeue")
+        Command::new(bin)
             .args(["--noheader", "--me", "--states=all", "--format=%i|%k"])
             .arg(format!("--name={}", job_name(task)))
             .stdin(Stdio::null())
@@ -490,8 +501,8 @@ fn parse_squeue(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
-async fn scancel(id: &str) -> Result<(), RuntimeError> {
-    let out = Command::new("scancel")
+async fn scancel(bin: &Path, id: &str) -> Result<(), RuntimeError> {
+    let out = Command::new(bin)
         .arg(id)
         .stdin(Stdio::null())
         .output()
@@ -639,6 +650,109 @@ mod tests {
         let mut other = t.clone();
         other.analysis = "nope".into();
         assert!(s.batch_script(&other).is_err());
+    }
+
+    /// Fake `sbatch`/`squeue`/`scancel` over a queue file: the polling contract without Slurm.
+    fn fake_slurm(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir.display();
+        let scripts = [
+            (
+                "sbatch",
+                format!("#!/bin/sh\ncat >/dev/null\necho \"$$|RUNNING\" >> {d}/queue\necho $$\n"),
+            ),
+            (
+                "squeue",
+                format!(
+                    "#!/bin/sh\necho x >> {d}/calls\nif [ -e {d}/fail ]; then echo 'Socket timed out' >&2; exit 1; fi\ncat {d}/queue\n"
+                ),
+            ),
+            (
+                "scancel",
+                format!("#!/bin/sh\nsed -i \"s/^$1|.*/$1|CANCELLED/\" {d}/queue\n"),
+            ),
+        ];
+        for (name, body) in scripts {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(dir.join("queue"), "").unwrap();
+    }
+
+    fn lines(p: &Path) -> usize {
+        std::fs::read_to_string(p).map_or(0, |s| s.lines().count())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_squeue_per_pass_and_a_failed_query_is_never_finished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fake_slurm(dir);
+        std::fs::write(dir.join("fail"), "").unwrap();
+        let mut cfg = SlurmConfig::new(BTreeMap::from([(
+            "pca".to_string(),
+            PathBuf::from("/a/pca"),
+        )]));
+        cfg.bin_dir = Some(dir.to_path_buf());
+        cfg.poll = Duration::from_millis(50);
+        let slurm = Arc::new(Slurm::new(cfg, None));
+        let n = 20;
+        let mut runs = Vec::new();
+        let mut tokens = Vec::new();
+        for i in 0..=n {
+            let s = slurm.clone();
+            let mut t = task();
+            t.index = i;
+            let tok = CancellationToken::new();
+            tokens.push(tok.clone());
+            runs.push(tokio::spawn(async move {
+                let run = s.run_remote(&t, &tok).expect("slurm runs tasks remotely");
+                run.await
+            }));
+        }
+        let t0 = std::time::Instant::now();
+        while lines(&dir.join("queue")) < n + 1 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "not all submitted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // squeue fails: nothing has ended, even once Slurm says so.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let q = std::fs::read_to_string(dir.join("queue")).unwrap();
+        std::fs::write(dir.join("queue"), q.replace("RUNNING", "COMPLETED")).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            runs.iter().all(|r| !r.is_finished()),
+            "a failed squeue ended a task"
+        );
+        // The last task is cancelled: scancel, then Slurm's state.
+        tokens[n].cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let calls_before = lines(&dir.join("calls"));
+        let started = std::time::Instant::now();
+        std::fs::remove_file(dir.join("fail")).unwrap();
+        let mut states = Vec::new();
+        for r in runs {
+            let end = tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .expect("ended once squeue answers")
+                .unwrap()
+                .unwrap();
+            states.push(end.state);
+        }
+        let elapsed = started.elapsed();
+        assert!(states[..n].iter().all(|s| s == "COMPLETED"), "{states:?}");
+        assert_eq!(states[n], "CANCELLED");
+        // One squeue call per pass for all 21 jobs, never one per job.
+        let calls = lines(&dir.join("calls"));
+        assert_eq!(calls as u64, slurm.squeue_calls());
+        let passes_after = calls - calls_before;
+        assert!(
+            passes_after <= 2 + (elapsed.as_millis() / 50) as usize,
+            "{passes_after} squeue calls in {elapsed:?} for {} jobs",
+            n + 1
+        );
+        assert!(passes_after < n, "{passes_after} calls for {} jobs", n + 1);
     }
 
     #[test]
