@@ -390,3 +390,54 @@ fn a_manager_killed_mid_task_re_attaches_to_its_slurm_job_on_restart() {
     assert!(!cert.contains("submitting it"), "{cert}");
     assert!(containers_of_job(&store, "job__slurm-restart_r1").is_empty());
 }
+
+#[test]
+fn an_outside_scancel_ends_the_task_cancelled_with_that_reason() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-outside",
+        "echo started; sleep 300",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let srv = start_serve(&sb, &store, &a, &[]);
+    put(
+        &store,
+        "lab/submissions/osubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "o1"),
+    );
+    let job = store.join("lab/results/job__slurm-outside_o1");
+    assert!(
+        wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+    // An administrator cancels it by its name, as squeue shows it.
+    let out = Command::new("scancel")
+        .arg("--name=caas-slurm-outside-o1-0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_end(&job, Duration::from_secs(60)),
+        "not ended: {}",
+        srv.log_text()
+    );
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(rec["state"], "cancelled", "{rec}\n{cert}");
+    let reason = rec["tasks"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("cancelled outside caas") && reason.contains("CANCELLED"),
+        "{reason}"
+    );
+    assert!(cert.contains("cancelled outside caas"), "{cert}");
+    assert!(containers_of_job(&store, "job__slurm-outside_o1").is_empty());
+}

@@ -156,7 +156,24 @@ pub(crate) async fn follow(
         rec = read_node(ctx, idx).await?;
     }
     match rec {
-        Some(rec) if rec.task.state.is_terminal() => finish_from_node(ctx, idx, rec).await,
+        Some(mut rec) if rec.task.state.is_terminal() => {
+            if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() {
+                // Nobody asked caas to cancel it: the scheduler (an administrator's scancel,
+                // a preemption) stopped it. Say so where the user looks.
+                let why = format!(
+                    "cancelled outside caas: {} job {handle} ended {} (an administrator's scancel, or the scheduler); the container was stopped",
+                    ctx.executor.kind(),
+                    end.state
+                );
+                rec.task.reason = Some(why.clone());
+                finish_from_node(ctx, idx, rec).await?;
+                return ctx
+                    .writer
+                    .log(&format!("[Job Manager] dataset {key}: {why}"))
+                    .await;
+            }
+            finish_from_node(ctx, idx, rec).await
+        }
         other => {
             let last = other
                 .map(|r| format!(" (its last recorded state: {})", r.task.state))
