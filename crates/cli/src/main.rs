@@ -7,6 +7,7 @@ mod errors;
 mod new;
 mod run;
 mod serve;
+mod task;
 mod user;
 
 use std::process::ExitCode;
@@ -66,6 +67,10 @@ enum Command {
     Cancel(user::JobArg),
     /// Report usage and cost per group from the ledger.
     Cost(user::CostArgs),
+    /// Internal: what a cluster node runs (`caas task run`, submitted by `caas serve
+    /// --executor slurm`).
+    #[command(hide = true)]
+    Task(task::TaskArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -102,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Results(args) => user::results(args).await,
         Command::Cancel(args) => user::cancel(args).await,
         Command::Cost(args) => user::cost(args).await,
+        Command::Task(args) => task::task(args).await,
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
 use caas_manager::{Analysis, Manager, ManagerConfig};
-use caas_runtime::{Docker, Executor};
+use caas_runtime::{Docker, Executor, Slurm, SlurmConfig};
 use caas_store::Store;
 
 use crate::dev::dev_error;
@@ -53,6 +53,31 @@ pub struct ServeArgs {
     /// Scratch folder for staging on a remote store (default: a folder in the temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Where tasks run: `docker` (this machine's engine) or `slurm` (each task one Slurm job
+    /// running `caas task run` on a node; the store must be one the nodes reach).
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Docker)]
+    executor: ExecutorKind,
+    /// Slurm: the partition to submit to.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Slurm: an extra sbatch argument, e.g. --sbatch-arg=--qos=short; repeat for several.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+    /// Slurm: the caas binary the nodes run (default: this one).
+    #[arg(long)]
+    caas_bin: Option<PathBuf>,
+    /// Slurm: time between two squeue passes (one squeue call per pass for all tasks).
+    #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+    slurm_poll: Duration,
+}
+
+/// Where `caas serve` runs tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// This machine's Docker engine.
+    Docker,
+    /// A Slurm cluster.
+    Slurm,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -96,10 +121,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let id = args.id.clone().unwrap_or_else(host_name);
     let docker = Docker::connect().await?;
     let mut analyses = Vec::new();
+    let mut dirs = std::collections::BTreeMap::new();
     for dir in &args.analysis {
         // The same image `caas run` would use in that folder: the active (built or saved) one.
         let folder = AnalysisFolder::load(dir).map_err(dev_error)?;
         let image = default_image(&docker, &folder).await.map_err(dev_error)?;
+        dirs.insert(folder.spec.analysis.name.to_string(), folder.dir.clone());
         analyses.push(Analysis {
             spec: folder.spec,
             image,
@@ -115,9 +142,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|a| a.spec.analysis.name.to_string())
         .collect();
+    let executor: Arc<dyn Executor> = match args.executor {
+        ExecutorKind::Docker => Arc::new(docker),
+        ExecutorKind::Slurm => {
+            let mut cfg = SlurmConfig::new(dirs);
+            if let Some(bin) = &args.caas_bin {
+                cfg.caas_bin = bin.clone();
+            }
+            cfg.partition = args.partition.clone();
+            cfg.sbatch_args = args.sbatch_args.clone();
+            cfg.poll = args.slurm_poll;
+            Arc::new(Slurm::new(cfg, Some(docker)))
+        }
+    };
     let manager = Manager::start(ManagerConfig {
         store: store.clone(),
-        executor: Arc::new(docker) as Arc<dyn Executor>,
+        executor,
         analyses,
         concurrency: args.concurrency,
         group_limit: args.group_limit,

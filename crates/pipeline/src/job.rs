@@ -139,8 +139,10 @@ pub async fn run_job_with(
             cert,
             record,
             live: (0..n).map(|_| TaskLive::default()).collect(),
+            node_log: Vec::new(),
         }),
         observer,
+        node: None,
     });
 
     // Whatever goes wrong from here on ends the job once, with the reason where the user looks

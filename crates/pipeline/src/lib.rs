@@ -9,6 +9,7 @@
 mod job;
 mod logs;
 mod outcome;
+mod remote;
 mod request;
 mod results;
 mod task;
@@ -16,7 +17,9 @@ mod validate;
 mod writer;
 
 pub use job::{run_job, run_job_with};
+pub use remote::{NodeTask, run_node_task};
 pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
+pub use writer::NodeRecord;
 
 use std::path::PathBuf;
 

@@ -196,6 +196,12 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let dataset = key.basename().clone();
     let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
 
+    // An executor that runs whole tasks elsewhere (Slurm): the node runs this same pipeline.
+    let remote = crate::remote::remote_task(ctx, idx);
+    if let Some(run) = ctx.executor.run_remote(&remote, &ctx.cancel) {
+        return crate::remote::follow(ctx, idx, &remote, run).await;
+    }
+
     if ctx.resume {
         let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
         if task.state.is_terminal() {

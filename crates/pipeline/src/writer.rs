@@ -27,6 +27,23 @@ pub(crate) struct Shared {
     pub record: JobRecord,
     pub cert: Certificate,
     pub live: Vec<TaskLive>,
+    /// On a node (`caas task run`): the job manager's log lines of this task, kept in the node
+    /// record for the manager to put in the certificate.
+    pub node_log: Vec<String>,
+}
+
+/// What a node running one task elsewhere records of it (`JobPaths::node_record`): the task,
+/// the tail of its output and its log lines. The manager copies it into job.json.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    /// The task.
+    pub task: TaskRecord,
+    /// The last lines of its output.
+    pub std: Vec<String>,
+    /// The job manager's log lines about it, as written on the node.
+    pub log: Vec<String>,
+    /// The host that ran it.
+    pub host: String,
 }
 
 /// Writes a job's files; all writes go through it, one at a time.
@@ -36,6 +53,10 @@ pub(crate) struct JobWriter {
     pub keys: Vec<StoreKey>,
     pub shared: tokio::sync::Mutex<Shared>,
     pub observer: Arc<dyn Observer>,
+    /// `Some(idx)` on a node running only task `idx` (`caas task run`): job.json and the
+    /// certificate are the manager's; this writer writes the task's node record and its status
+    /// file only.
+    pub node: Option<usize>,
 }
 
 pub(crate) fn encode(
@@ -53,6 +74,10 @@ impl JobWriter {
     pub async fn log(&self, line: &str) -> Result<(), PipelineError> {
         self.observer.progress(line);
         let mut s = self.shared.lock().await;
+        if let Some(node) = self.node {
+            s.node_log.push(line.to_string());
+            return self.write_node(&s, node).await;
+        }
         s.cert.log(Utc::now(), line);
         self.write_certificate(&s).await
     }
@@ -71,9 +96,26 @@ impl JobWriter {
         {
             s.record.state = combined;
         }
+        if let Some(node) = self.node {
+            self.write_node(s, node).await?;
+            return self.write_status(s, idx).await;
+        }
         self.write_job(&s.record).await?;
         self.write_status(s, idx).await?;
         self.write_certificate(s).await
+    }
+
+    async fn write_node(&self, s: &Shared, idx: usize) -> Result<(), PipelineError> {
+        let rec = NodeRecord {
+            task: s.record.tasks[idx].clone(),
+            std: s.live[idx].std.iter().cloned().collect(),
+            log: s.node_log.clone(),
+            host: host_name(),
+        };
+        self.store
+            .put(&self.paths.node_record(idx), encode("node record", &rec)?)
+            .await?;
+        Ok(())
     }
 
     /// Change the job record and write job.json.
@@ -83,6 +125,9 @@ impl JobWriter {
     ) -> Result<(), PipelineError> {
         let mut s = self.shared.lock().await;
         change(&mut s.record);
+        if self.node.is_some() {
+            return Ok(());
+        }
         self.write_job(&s.record).await
     }
 
@@ -129,6 +174,18 @@ impl JobWriter {
         }
         self.write_certificate(&s).await
     }
+}
+
+/// This machine's name.
+pub(crate) fn host_name() -> String {
+    if let Ok(n) = std::env::var("SLURMD_NODENAME")
+        && !n.is_empty()
+    {
+        return n;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Add output lines to a task's bounded live tail.

@@ -32,6 +32,47 @@ pub struct TaskContainer {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A whole task handed to an executor that runs tasks elsewhere (Slurm): there the node runs the
+/// task pipeline itself (`caas task run`: staging, the container, logs, results) and records the
+/// outcome in the store, the only channel between the manager and the node.
+#[derive(Clone, Debug)]
+pub struct RemoteTask {
+    /// The caas task id (`<group>/<job folder>.<idx>`).
+    pub task_id: String,
+    /// The store's location as the node opens it (a folder all nodes see, or `s3://...`).
+    pub store: String,
+    /// The analysis' name.
+    pub analysis: String,
+    /// The group.
+    pub group: String,
+    /// The job's timestamp.
+    pub timestamp: String,
+    /// The dataset's store key.
+    pub dataset: String,
+    /// The task's index in its job.
+    pub index: usize,
+    /// CPUs the task may use.
+    pub cpus: Option<f64>,
+    /// Memory the task may use, bytes.
+    pub memory_bytes: Option<u64>,
+    /// The task's own time limit (the node enforces it; the remote scheduler's limit is this
+    /// plus a grace for staging and upload).
+    pub timeout: Duration,
+    /// After a manager restart: re-attach to the task's remote run (found by its name and
+    /// comment) instead of submitting it; none found ends at once with no handle.
+    pub adopt: bool,
+}
+
+/// How a remote run of a task ended, as the remote scheduler saw it. How the task itself
+/// ended is what the node recorded in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEnd {
+    /// The scheduler's id of the run (a Slurm job id); `None` when it was never submitted.
+    pub handle: Option<String>,
+    /// The scheduler's last state of it (e.g. `COMPLETED`, `CANCELLED`, `GONE`).
+    pub state: String,
+}
+
 /// Runs task containers. The places a second executor has to implement.
 pub trait Executor: Send + Sync + std::fmt::Debug {
     /// A short name of the kind of machine tasks run on, for the usage ledger
@@ -87,6 +128,18 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Remove task containers whose deadline has passed (left behind by a crash or `kill -9`,
     /// by any caas process); returns their names.
     fn reap_expired(&self) -> ExecFuture<'_, Vec<String>>;
+
+    /// For an executor that runs whole tasks elsewhere (Slurm): submit `task`, wait until the
+    /// remote run ends (cancelling it when `cancel` fires), and say how it ended; the task's
+    /// outcome is what the node recorded in the store. `None` (the default) for executors that
+    /// run containers here, through [`run`](Self::run).
+    fn run_remote<'a>(
+        &'a self,
+        _task: &'a RemoteTask,
+        _cancel: &'a CancellationToken,
+    ) -> Option<ExecFuture<'a, RemoteEnd>> {
+        None
+    }
 }
 
 impl Executor for Docker {

@@ -16,6 +16,7 @@ mod docker;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
+mod slurm;
 
 pub use build::{BuildEvent, BuildOptions};
 pub use dev::{
@@ -23,7 +24,8 @@ pub use dev::{
     LABEL_FOLDER, collect_output, output_chunks,
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
-pub use executor::{ExecFuture, Executor, TaskContainer};
+pub use executor::{ExecFuture, Executor, RemoteEnd, RemoteTask, TaskContainer};
+pub use slurm::{Slurm, SlurmConfig};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -185,6 +187,14 @@ pub enum RuntimeError {
         /// What was refused, and why.
         what: String,
     },
+    /// The remote scheduler (Slurm) failed or refused a request.
+    #[error("Slurm: {what}")]
+    Scheduler {
+        /// What was being done, and what the scheduler said.
+        what: String,
+        /// Whether asking again may help.
+        transient: bool,
+    },
     /// A container the executor was asked to follow no longer exists.
     #[error("container {id} no longer exists")]
     ContainerGone {
@@ -219,6 +229,7 @@ impl caas_retry::Transient for RuntimeError {
             Self::Api { source, .. } => docker::is_transient(source),
             // An engine being restarted comes back within the retry policy's patience.
             Self::EngineUnavailable { .. } => true,
+            Self::Scheduler { transient, .. } => *transient,
             _ => false,
         }
     }

@@ -147,6 +147,18 @@ impl JobPaths {
         format!("{}/process_results", self.root)
     }
 
+    /// `_caas/tasks/<idx>.json`: what the node running task `idx` elsewhere (a Slurm node's
+    /// `caas task run`) recorded of it: the only channel from the node back to the manager.
+    pub fn node_record(&self, idx: usize) -> String {
+        format!("{}/_caas/tasks/{idx}.json", self.root)
+    }
+
+    /// `_caas/tasks/<idx>.claim`: created exactly once by the node attempt that runs task
+    /// `idx`, so a task never runs twice (a requeued or duplicated Slurm job finds it taken).
+    pub fn node_claim(&self, idx: usize) -> String {
+        format!("{}/_caas/tasks/{idx}.claim", self.root)
+    }
+
     /// `process_results/end.txt`.
     pub fn end_marker(&self) -> String {
         format!("{}/process_results/end.txt", self.root)

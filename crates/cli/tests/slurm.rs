@@ -1,0 +1,443 @@
+//! `caas serve --executor slurm` against a real Slurm cluster (three `slurmd` nodes on this
+//! host, brought up by `../shared/slurm/setup.sh` when not running): each task is one Slurm
+//! job running `caas task run` on a node, which runs the task pipeline with the node's Docker
+//! and reports only through the store. Slurm that cannot be brought up is a failure, not a skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::server::*;
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// `../shared/slurm/setup.sh` beside the repository (the worktree's parent holds `shared/`).
+fn setup_script() -> PathBuf {
+    let root = repo_root();
+    for base in root.ancestors().skip(1) {
+        let p = base.join("shared/slurm/setup.sh");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "no shared/slurm/setup.sh next to {} (or above it): the Slurm tests need it",
+        root.display()
+    );
+}
+
+/// Bring the three-node cluster up (idempotent, ~0.1 s when it runs). Fails the test when it
+/// cannot: no root, no packages, nodes not idle. The returned guard runs this binary's tests
+/// one at a time (they share the three nodes, and the fan-out test needs all of them).
+fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let script = setup_script();
+        let t = Instant::now();
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("SLURM_NODES", "3")
+            .output()
+            .expect("run setup.sh");
+        assert!(
+            out.status.success(),
+            "Slurm could not be brought up with SLURM_NODES=3 bash {} (it needs root):\n{}\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("slurm ready in {:.1} s", t.elapsed().as_secs_f64());
+    });
+    guard
+}
+
+fn submission(data: &str, config: &str, ts: &str) -> Vec<u8> {
+    format!(r#"{{"dataname": {data}, "configname": "{config}", "timestamp": "{ts}"}}"#).into_bytes()
+}
+
+/// The Slurm job ids the manager's certificate names ("slurm job N ended STATE").
+fn slurm_jobs(cert: &str) -> Vec<(String, String)> {
+    cert.lines()
+        .filter_map(|l| {
+            let rest = l.split("slurm job ").nth(1)?;
+            let mut it = rest.split_whitespace();
+            let id = it.next()?.to_string();
+            (it.next()? == "ended").then(|| (id, it.next().unwrap_or_default().to_string()))
+        })
+        .collect()
+}
+
+fn scontrol(id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start_serve(sb: &Sandbox, store: &Path, a: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--executor", "slurm", "--slurm-poll", "500ms"];
+    args.extend_from_slice(extra);
+    Server::start(
+        store.to_str().unwrap(),
+        &[a],
+        &args,
+        &sb.path().join("serve.log"),
+    )
+}
+
+#[test]
+fn a_three_dataset_job_fans_out_over_slurm_nodes_and_succeeds() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let t0 = Instant::now();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-fan",
+        "echo start {dataset}; sleep 2; wc -l < {data} > {results}/lines.txt; echo done >&2",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n2\n3\n");
+    put(&store, "lab/inputs/b.csv", b"1\n");
+    put(&store, "lab/inputs/c.csv", b"1\n2\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    // --exclusive: one task per node, so three tasks use the three nodes.
+    let srv = start_serve(&sb, &store, &a, &["--sbatch-arg=--exclusive"]);
+    put(
+        &store,
+        "lab/submissions/s1submit.json",
+        &submission(
+            r#"["lab/inputs/a.csv", "lab/inputs/b.csv", "lab/inputs/c.csv"]"#,
+            "lab/configs/c.yaml",
+            "fan1",
+        ),
+    );
+    let job = store.join("lab/results/job__slurm-fan_fan1");
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv.log_text());
+    eprintln!(
+        "fan-out job ended after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(
+        rec["state"],
+        "succeeded",
+        "{rec}\n{cert}\n{}",
+        srv.log_text()
+    );
+    for (ds, lines) in [("a.csv", "3"), ("b.csv", "1"), ("c.csv", "2")] {
+        let st = read_json(&job.join(format!("logs/DATASET_NAME:{ds}_STATUS.txt")));
+        assert_eq!(st["status"], "SUCCESS", "{st}");
+        let got =
+            std::fs::read_to_string(job.join(format!("process_results/{ds}/lines.txt"))).unwrap();
+        assert_eq!(got.trim(), lines, "{ds}");
+        let out = std::fs::read_to_string(job.join(format!("logs/{ds}.stdout.log"))).unwrap();
+        assert!(out.contains(&format!("start {ds}")), "{ds}: {out}");
+    }
+    // Each task was one Slurm job, named and commented so an operator recognises it.
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 3, "{cert}");
+    let mut nodes = BTreeSet::new();
+    for (id, state) in &jobs {
+        assert_eq!(state, "COMPLETED", "{cert}");
+        let info = scontrol(id);
+        assert!(info.contains("JobName=caas-slurm-fan-fan1-"), "{info}");
+        assert!(info.contains("Comment=lab/job__slurm-fan_fan1."), "{info}");
+        if let Some(n) = info
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("BatchHost="))
+        {
+            nodes.insert(n.to_string());
+        }
+    }
+    // The node records say where each task ran.
+    let mut hosts = BTreeSet::new();
+    for i in 0..3 {
+        let r = read_json(&job.join(format!("_caas/tasks/{i}.json")));
+        assert_eq!(r["task"]["state"], "succeeded", "{r}");
+        hosts.insert(r["host"].as_str().unwrap().to_string());
+    }
+    eprintln!("slurm jobs {jobs:?} ran on nodes {hosts:?}");
+    assert_eq!(
+        hosts.len(),
+        3,
+        "one task per node with --exclusive: {hosts:?}"
+    );
+    assert!(
+        containers_of_job(&store, "job__slurm-fan_fan1").is_empty(),
+        "a container was left"
+    );
+}
+
+#[test]
+fn caas_cancel_scancels_the_slurm_job_and_leaves_no_container() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let t0 = Instant::now();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-cancel",
+        "echo started; sleep 300",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let srv = start_serve(&sb, &store, &a, &[]);
+    let st = store.to_str().unwrap();
+    put(
+        &store,
+        "lab/submissions/csubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "c1"),
+    );
+    let job = store.join("lab/results/job__slurm-cancel_c1");
+    assert!(
+        wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+    assert_eq!(
+        containers_of_job(&store, "job__slurm-cancel_c1").len(),
+        1,
+        "the task's container runs on the node"
+    );
+    let t1 = Instant::now();
+    let out = caas()
+        .arg("cancel")
+        .args(["--store", st, "--group", "lab", "c1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_end(&job, Duration::from_secs(60)),
+        "not cancelled in time: {}",
+        srv.log_text()
+    );
+    eprintln!(
+        "cancelled {:.1} s after caas cancel ({:.1} s in all)",
+        t1.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(rec["state"], "cancelled", "{rec}\n{cert}");
+    assert_eq!(rec["tasks"][0]["state"], "cancelled", "{rec}");
+    // Recorded by the node agent itself (it trapped scancel's SIGTERM), not guessed by the
+    // manager from the Slurm state.
+    let node = read_json(&job.join("_caas/tasks/0.json"));
+    assert_eq!(node["task"]["state"], "cancelled", "{node}");
+    assert!(
+        rec["tasks"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the container was stopped"),
+        "{rec}"
+    );
+    let status = read_json(&job.join("logs/DATASET_NAME:a.csv_STATUS.txt"));
+    assert_eq!(status["status"], "FAILED", "{status}");
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 1, "{cert}");
+    assert_eq!(jobs[0].1, "CANCELLED", "{cert}");
+    assert!(scontrol(&jobs[0].0).contains("JobState=CANCELLED"));
+    // The node agent stopped and removed its container (Slurm alone would not).
+    assert!(
+        containers_of_job(&store, "job__slurm-cancel_c1").is_empty(),
+        "a container was left after scancel"
+    );
+}
+
+#[test]
+fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = Sandbox::new();
+    let fail = sb.analysis(&shell_analysis(
+        "slurm-fail",
+        "echo about to fail >&2; exit 3",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let dir2 = sb.path().join("slow");
+    std::fs::create_dir_all(&dir2).unwrap();
+    std::fs::write(
+        dir2.join("caas.toml"),
+        shell_analysis(
+            "slurm-slow",
+            "echo started; sleep 120",
+            "timeout = \"3s\"\n",
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["--executor", "slurm", "--slurm-poll", "500ms"];
+    args.extend(["--analysis", dir2.to_str().unwrap()]);
+    let srv = Server::start(
+        store.to_str().unwrap(),
+        &[&fail],
+        &args,
+        &sb.path().join("serve.log"),
+    );
+    put(
+        &store,
+        "lab/submissions/fsubmit.json",
+        br#"{"dataname": "lab/inputs/a.csv", "configname": "lab/configs/c.yaml", "timestamp": "f1", "analysis": "slurm-fail"}"#,
+    );
+    put(
+        &store,
+        "lab/submissions/tsubmit.json",
+        br#"{"dataname": "lab/inputs/a.csv", "configname": "lab/configs/c.yaml", "timestamp": "t1", "analysis": "slurm-slow"}"#,
+    );
+    let failed = store.join("lab/results/job__slurm-fail_f1");
+    let slow = store.join("lab/results/job__slurm-slow_t1");
+    assert!(wait_end(&failed, LIMIT), "no end.txt: {}", srv.log_text());
+    assert!(wait_end(&slow, LIMIT), "no end.txt: {}", srv.log_text());
+
+    let rec = read_json(&failed.join("job.json"));
+    assert_eq!(rec["state"], "failed", "{rec}");
+    assert_eq!(rec["tasks"][0]["exit_code"], 3, "{rec}");
+    let err = std::fs::read_to_string(failed.join("logs/a.csv.stderr.log")).unwrap();
+    assert!(err.contains("about to fail"), "{err}");
+    let cert = std::fs::read_to_string(failed.join("logs/certificate.txt")).unwrap();
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 1, "{cert}");
+    assert_eq!(
+        jobs[0].1, "FAILED",
+        "the agent's exit status shows in Slurm: {cert}"
+    );
+
+    let rec = read_json(&slow.join("job.json"));
+    assert_eq!(rec["state"], "timed_out", "{rec}");
+    let cert = std::fs::read_to_string(slow.join("logs/certificate.txt")).unwrap();
+    assert!(cert.contains("timed out after 3s"), "{cert}");
+
+    assert!(containers_of_job(&store, "job__slurm-fail_f1").is_empty());
+    assert!(containers_of_job(&store, "job__slurm-slow_t1").is_empty());
+}
+
+#[test]
+fn a_manager_killed_mid_task_re_attaches_to_its_slurm_job_on_restart() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let t0 = Instant::now();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-restart",
+        "echo started; sleep 8; echo 42 > {results}/answer.txt",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let mut srv = start_serve(&sb, &store, &a, &[]);
+    put(
+        &store,
+        "lab/submissions/rsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "r1"),
+    );
+    let job = store.join("lab/results/job__slurm-restart_r1");
+    assert!(
+        wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+    srv.kill9();
+    let srv2 = Server::start(
+        store.to_str().unwrap(),
+        &[&a],
+        &["--executor", "slurm", "--slurm-poll", "500ms"],
+        &sb.path().join("serve2.log"),
+    );
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv2.log_text());
+    eprintln!(
+        "restart job ended after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(
+        rec["state"],
+        "succeeded",
+        "{rec}\n{cert}\n{}",
+        srv2.log_text()
+    );
+    assert!(cert.contains("re-attaching"), "{cert}");
+    let got = std::fs::read_to_string(job.join("process_results/answer.txt")).unwrap();
+    assert_eq!(got.trim(), "42");
+    // One Slurm job ran the task, once.
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 1, "{cert}");
+    assert_eq!(jobs[0].1, "COMPLETED", "{cert}");
+    assert!(!cert.contains("submitting it"), "{cert}");
+    assert!(containers_of_job(&store, "job__slurm-restart_r1").is_empty());
+}
+
+#[test]
+fn an_outside_scancel_ends_the_task_cancelled_with_that_reason() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-outside",
+        "echo started; sleep 300",
+        "",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let srv = start_serve(&sb, &store, &a, &[]);
+    put(
+        &store,
+        "lab/submissions/osubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "o1"),
+    );
+    let job = store.join("lab/results/job__slurm-outside_o1");
+    assert!(
+        wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+    // An administrator cancels it by its name, as squeue shows it.
+    let out = Command::new("scancel")
+        .arg("--name=caas-slurm-outside-o1-0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_end(&job, Duration::from_secs(60)),
+        "not ended: {}",
+        srv.log_text()
+    );
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(rec["state"], "cancelled", "{rec}\n{cert}");
+    let reason = rec["tasks"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("cancelled outside caas") && reason.contains("CANCELLED"),
+        "{reason}"
+    );
+    assert!(cert.contains("cancelled outside caas"), "{cert}");
+    assert!(containers_of_job(&store, "job__slurm-outside_o1").is_empty());
+}

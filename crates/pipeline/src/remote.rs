@@ -1,0 +1,396 @@
+//! Tasks that run elsewhere (a Slurm node): both ends of one task.
+//!
+//! - The manager's end ([`follow`]): the executor submits the task and waits for the remote run
+//!   to end; meanwhile what the node records (`_caas/tasks/<idx>.json`) is mirrored into
+//!   job.json, and at the end it is copied in (with the node's log lines in the certificate).
+//!   A remote run that ended without a terminal record is `lost` (or `cancelled`, when the
+//!   user cancelled it) with the scheduler's state as the reason.
+//! - The node's end ([`run_node_task`], `caas task run`): claims the task exactly once, then
+//!   runs the very same task pipeline (`task::run_task`) with the node's engine; its writer
+//!   writes the node record and the dataset's status file, never job.json or the certificate
+//!   (those have one writer: the manager).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use caas_runtime::{ExecFuture, Executor, RemoteEnd, RemoteTask};
+use caas_spec::layout::{self, JobPaths, running_entry};
+use caas_spec::record::Certificate;
+use caas_spec::{
+    AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord,
+};
+use caas_store::Store;
+
+use crate::request::{JobRequest, TaskCtx};
+use crate::writer::{JobWriter, NodeRecord, Shared, TaskLive, host_name, push_lines};
+use crate::{Observer, PipelineError};
+
+/// How often the manager looks at a remote task's node record while it runs.
+const MIRROR_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a task's record may lag behind the end of its remote run.
+const RECORD_PATIENCE: Duration = Duration::from_secs(10);
+/// The same after a cancel: the node stops its container first (SIGTERM, then SIGKILL after
+/// the pipeline's 10 s grace; Slurm's KillWait must be longer).
+const RECORD_PATIENCE_CANCELLED: Duration = Duration::from_secs(40);
+
+/// The remote description of task `idx`.
+pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize) -> RemoteTask {
+    let req = &ctx.req;
+    RemoteTask {
+        task_id: layout::task_id(&req.group, &ctx.job, idx),
+        store: ctx.store.location().to_string(),
+        analysis: req.spec.analysis.name.to_string(),
+        group: req.group.to_string(),
+        timestamp: req.timestamp.to_string(),
+        dataset: req.datasets[idx].to_string(),
+        index: idx,
+        cpus: req.spec.resources.cpus,
+        memory_bytes: req.spec.resources.memory.map(|m| m.0),
+        timeout: req.spec.timeout(),
+        adopt: ctx.resume,
+    }
+}
+
+async fn read_node(ctx: &TaskCtx, idx: usize) -> Result<Option<NodeRecord>, PipelineError> {
+    let Some(bytes) = ctx
+        .store
+        .get_small(&ctx.writer.paths.node_record(idx), 16 << 20)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&bytes).ok())
+}
+
+fn copy_in(rec: &NodeRecord) -> impl FnOnce(&mut TaskRecord, &mut TaskLive) + '_ {
+    move |t, live| {
+        *t = rec.task.clone();
+        live.std.clear();
+        push_lines(live, rec.std.clone());
+    }
+}
+
+/// The manager's end of a remote task: see the module docs.
+pub(crate) async fn follow(
+    ctx: &TaskCtx,
+    idx: usize,
+    remote: &RemoteTask,
+    run: ExecFuture<'_, RemoteEnd>,
+) -> Result<(), PipelineError> {
+    let key = &ctx.req.datasets[idx];
+    if ctx.resume {
+        let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
+        if task.state.is_terminal() {
+            return Ok(());
+        }
+        if let Some(rec) = read_node(ctx, idx).await?
+            && rec.task.state.is_terminal()
+        {
+            return finish_from_node(ctx, idx, rec).await;
+        }
+        // Re-attach to the task's Slurm job (found by name and comment) and carry on.
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: re-attaching to task {} on {} after a restart",
+                remote.task_id,
+                ctx.executor.kind()
+            ))
+            .await?;
+    } else {
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: submitting task {} to {}",
+                remote.task_id,
+                ctx.executor.kind()
+            ))
+            .await?;
+    }
+    let mut end = wait_remote(ctx, idx, run).await?;
+    if remote.adopt
+        && end.handle.is_none()
+        && !ctx.cancel.is_cancelled()
+        && read_node(ctx, idx).await?.is_none()
+    {
+        // No Slurm job and no trace on a node: the manager stopped before it was submitted.
+        // Submit it now (the node's claim keeps a late duplicate from running it twice).
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: no {} job of task {} was found after the restart and it never started: submitting it",
+                ctx.executor.kind(),
+                remote.task_id
+            ))
+            .await?;
+        let fresh = RemoteTask {
+            adopt: false,
+            ..remote.clone()
+        };
+        if let Some(run) = ctx.executor.run_remote(&fresh, &ctx.cancel) {
+            end = wait_remote(ctx, idx, run).await?;
+        }
+    }
+    let handle = end.handle.as_deref().unwrap_or("(none found)");
+    ctx.writer
+        .log(&format!(
+            "[Job Manager] dataset {key}: {} job {handle} ended {}",
+            ctx.executor.kind(),
+            end.state
+        ))
+        .await?;
+    // The scheduler may call the job ended while the node is still stopping its container and
+    // recording (a scancel's SIGTERM, KillWait): give the node's record time to arrive.
+    let patience = if ctx.cancel.is_cancelled() {
+        RECORD_PATIENCE_CANCELLED
+    } else {
+        RECORD_PATIENCE
+    };
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut rec = read_node(ctx, idx).await?;
+    while !rec.as_ref().is_some_and(|r| r.task.state.is_terminal())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rec = read_node(ctx, idx).await?;
+    }
+    match rec {
+        Some(mut rec) if rec.task.state.is_terminal() => {
+            if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() {
+                // Nobody asked caas to cancel it: the scheduler (an administrator's scancel,
+                // a preemption) stopped it. Say so where the user looks.
+                let why = format!(
+                    "cancelled outside caas: {} job {handle} ended {} (an administrator's scancel, or the scheduler); the container was stopped",
+                    ctx.executor.kind(),
+                    end.state
+                );
+                rec.task.reason = Some(why.clone());
+                finish_from_node(ctx, idx, rec).await?;
+                return ctx
+                    .writer
+                    .log(&format!("[Job Manager] dataset {key}: {why}"))
+                    .await;
+            }
+            finish_from_node(ctx, idx, rec).await
+        }
+        other => {
+            let last = other
+                .map(|r| format!(" (its last recorded state: {})", r.task.state))
+                .unwrap_or_default();
+            let (state, reason) = if ctx.cancel.is_cancelled() {
+                (
+                    State::Cancelled,
+                    format!(
+                        "cancelled: {} job {handle} ended {} before the task recorded an outcome{last}",
+                        ctx.executor.kind(),
+                        end.state
+                    ),
+                )
+            } else {
+                (
+                    State::Lost,
+                    format!(
+                        "lost: {} job {handle} ended {} without the task recording an outcome{last}",
+                        ctx.executor.kind(),
+                        end.state
+                    ),
+                )
+            };
+            end_without_record(ctx, idx, state, reason).await
+        }
+    }
+}
+
+/// Wait for a remote run to end, mirroring the node's record into job.json meanwhile.
+async fn wait_remote(
+    ctx: &TaskCtx,
+    idx: usize,
+    run: ExecFuture<'_, RemoteEnd>,
+) -> Result<RemoteEnd, PipelineError> {
+    let mirror = async {
+        let mut last: Option<String> = None;
+        loop {
+            tokio::time::sleep(MIRROR_INTERVAL).await;
+            match read_node(ctx, idx).await {
+                Ok(Some(rec)) => {
+                    let now = serde_json::to_string(&rec).ok();
+                    if now != last {
+                        last = now;
+                        if let Err(e) = ctx.writer.update_task(idx, copy_in(&rec)).await {
+                            tracing::warn!(error = %e, "mirroring a node record failed");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading a node record failed"),
+            }
+        }
+    };
+    tokio::select! {
+        end = run => Ok(end?),
+        () = mirror => unreachable!("the mirror loop never ends"),
+    }
+}
+
+async fn finish_from_node(ctx: &TaskCtx, idx: usize, rec: NodeRecord) -> Result<(), PipelineError> {
+    ctx.writer.update_task(idx, copy_in(&rec)).await?;
+    for line in &rec.log {
+        ctx.writer.log(&format!("{line} [on {}]", rec.host)).await?;
+    }
+    Ok(())
+}
+
+async fn end_without_record(
+    ctx: &TaskCtx,
+    idx: usize,
+    state: State,
+    reason: String,
+) -> Result<(), PipelineError> {
+    let key = &ctx.req.datasets[idx];
+    ctx.writer
+        .log(&format!("[Job Manager] dataset {key}: {reason}"))
+        .await?;
+    ctx.writer
+        .update_task(idx, |t, _| {
+            t.state = state;
+            t.reason = Some(reason.clone());
+            t.finished = Some(Utc::now());
+            t.container_id = None;
+        })
+        .await?;
+    let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
+    let _ = ctx.store.delete(&running_entry(&task_id)).await;
+    Ok(())
+}
+
+/// What `caas task run` is given.
+#[derive(Clone, Debug)]
+pub struct NodeTask {
+    /// The analysis (its `caas.toml`).
+    pub spec: AnalysisSpec,
+    /// The group.
+    pub group: GroupName,
+    /// The job's timestamp.
+    pub timestamp: JobTimestamp,
+    /// The dataset's key, checked against job.json.
+    pub dataset: String,
+    /// The task's index in job.json.
+    pub index: usize,
+    /// Scratch space on the node.
+    pub work_root: PathBuf,
+    /// Who this attempt is (host, Slurm job id), written in the claim.
+    pub attempt: String,
+}
+
+/// The node's end of a remote task (`caas task run`): claim the task, then run it through the
+/// task pipeline with `executor` (the node's engine), recording it in its node record and status
+/// file. Returns the task as recorded. An error means nothing was run (no job, the task is not
+/// in it, or another attempt claimed it) or the store failed.
+pub async fn run_node_task(
+    store: &Store,
+    executor: &Arc<dyn Executor>,
+    task: NodeTask,
+    observer: Arc<dyn Observer>,
+    cancel: &CancellationToken,
+) -> Result<TaskRecord, PipelineError> {
+    let job = JobId {
+        analysis: task.spec.analysis.name.clone(),
+        timestamp: task.timestamp.clone(),
+    };
+    let paths = JobPaths::new(&task.group, &job);
+    let Some(bytes) = store.get_small(&paths.job_json(), 16 << 20).await? else {
+        return Err(PipelineError::Refused(format!(
+            "job {} has no job.json in {}",
+            job.folder(),
+            store.display_key(paths.root())
+        )));
+    };
+    let record: JobRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        PipelineError::Refused(format!("job.json of {} cannot be read: {e}", job.folder()))
+    })?;
+    let idx = task.index;
+    match record.tasks.get(idx) {
+        Some(t) if t.dataset == task.dataset => {}
+        _ => {
+            return Err(PipelineError::Refused(format!(
+                "job {} has no task {idx} for dataset {}",
+                job.folder(),
+                task.dataset
+            )));
+        }
+    }
+    if record.tasks[idx].state.is_terminal() {
+        return Err(PipelineError::Refused(format!(
+            "task {idx} of job {} has already ended ({})",
+            job.folder(),
+            record.tasks[idx].state
+        )));
+    }
+    let datasets = record
+        .tasks
+        .iter()
+        .map(|t| StoreKey::parse(&t.dataset))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = StoreKey::parse(&record.config)?;
+    // The claim: one attempt runs a task, ever (a requeued Slurm job finds it taken).
+    let claim = serde_json::json!({
+        "attempt": task.attempt,
+        "host": host_name(),
+        "claimed": Utc::now().to_rfc3339(),
+    });
+    if !store
+        .create(&paths.node_claim(idx), claim.to_string())
+        .await?
+    {
+        let by = store
+            .get_small(&paths.node_claim(idx), 1 << 16)
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        return Err(PipelineError::Refused(format!(
+            "task {idx} of job {} was already claimed by another attempt: {by}",
+            job.folder()
+        )));
+    }
+    let req = JobRequest {
+        spec: task.spec.clone(),
+        group: task.group.clone(),
+        timestamp: task.timestamp.clone(),
+        datasets: datasets.clone(),
+        config,
+        image: record.image.clone(),
+        origin: record.origin.clone(),
+        extra_mounts: Vec::new(),
+        concurrency: 1,
+        work_root: task.work_root.clone(),
+    };
+    let n = record.tasks.len();
+    let cert = Certificate::new(record.created, &job, &record.analysis_version);
+    let writer = Arc::new(JobWriter {
+        store: store.clone(),
+        paths,
+        keys: datasets,
+        shared: tokio::sync::Mutex::new(Shared {
+            cert,
+            record,
+            live: (0..n).map(|_| TaskLive::default()).collect(),
+            node_log: Vec::new(),
+        }),
+        observer,
+        node: Some(idx),
+    });
+    let ctx = TaskCtx {
+        store: store.clone(),
+        executor: executor.clone(),
+        req,
+        job,
+        writer: writer.clone(),
+        cancel: cancel.clone(),
+        slots: Vec::new(),
+        resume: false,
+    };
+    crate::task::run_task(&ctx, idx).await?;
+    let t = writer.shared.lock().await.record.tasks[idx].clone();
+    Ok(t)
+}
