@@ -7,7 +7,9 @@
 #      (no registry is reachable here, so every image caas's examples and tests use starts from it);
 #   3. tmux, the pseudo-terminal the `caas shell` tests type into;
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
-#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client).
+#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client);
+#   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with
+#      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge).
 # `setup.sh --run-only` (what scripts/quickstart.sh uses) stops after 2: the main job needs only
 # the engine and the base image; 3 and 4 belong to the tests.
 # A second run with nothing to do takes well under a second.
@@ -93,4 +95,12 @@ if ! s3_up; then
   s3_up || { log "moto did not start; see /var/log/caas-moto.log"; tail -20 /var/log/caas-moto.log >&2; exit 1; }
 fi
 
-log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE, S3 at http://127.0.0.1:$S3_PORT"
+SLURM_SETUP="$(cd "$(dirname "$0")/.." && pwd)/../shared/slurm/setup.sh"
+slurm_note="no ../shared/slurm/setup.sh beside the repository: the Slurm tests will fail"
+if [ -f "$SLURM_SETUP" ]; then
+  SLURM_NODES=${SLURM_NODES:-3} bash "$SLURM_SETUP" >/tmp/caas-setup-slurm.log 2>&1 || {
+    tail -20 /tmp/caas-setup-slurm.log >&2; log "Slurm did not start; see /tmp/caas-setup-slurm.log"; exit 1; }
+  slurm_note="Slurm up"
+fi
+
+log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE, S3 at http://127.0.0.1:$S3_PORT, $slurm_note"
