@@ -46,7 +46,15 @@ impl Serve {
     fn start(caas: &str, store: &Path, analysis: &Path, log: &Path) -> Result<Self, String> {
         let file = std::fs::File::create(log).map_err(|e| e.to_string())?;
         let child = Command::new(caas)
-            .args(["serve", "--poll", "100ms", "--id", "faults", "--concurrency", "4"])
+            .args([
+                "serve",
+                "--poll",
+                "100ms",
+                "--id",
+                "faults",
+                "--concurrency",
+                "4",
+            ])
             .arg("--store")
             .arg(store)
             .arg("--analysis")
@@ -129,7 +137,11 @@ fn main() -> Result<(), String> {
             let body = format!(
                 r#"{{"dataname": ["lab/inputs/a.csv", "lab/inputs/b.csv"], "configname": "lab/configs/c.yaml", "timestamp": "f{submitted}"}}"#
             );
-            put(&store, &format!("lab/submissions/f{submitted}submit.json"), body.as_bytes())?;
+            put(
+                &store,
+                &format!("lab/submissions/f{submitted}submit.json"),
+                body.as_bytes(),
+            )?;
             submitted += 1;
         }
         let srv = Serve::start(caas, &store, &d.join("a"), &d.join(format!("serve{k}.log")))?;
@@ -144,7 +156,9 @@ fn main() -> Result<(), String> {
     let limit = Instant::now() + Duration::from_secs(600);
     let end = |i: usize| {
         store
-            .join(format!("lab/results/job__faults_f{i}/process_results/end.txt"))
+            .join(format!(
+                "lab/results/job__faults_f{i}/process_results/end.txt"
+            ))
             .exists()
     };
     while (0..n).any(|i| !end(i)) && Instant::now() < limit {
@@ -162,9 +176,10 @@ fn main() -> Result<(), String> {
             non_terminal += 1;
             continue;
         }
-        let rec: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(job.join("job.json")).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(job.join("job.json")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
         *states
             .entry(rec["state"].as_str().unwrap_or("?").to_string())
             .or_default() += 1;
@@ -185,7 +200,12 @@ fn main() -> Result<(), String> {
     let created = creations(since, &store_loc)?;
     let twice = created.values().filter(|c| **c > 1).count();
     let left = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=caas.store={store_loc}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=caas.store={store_loc}"),
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     let left = String::from_utf8_lossy(&left.stdout).lines().count();
