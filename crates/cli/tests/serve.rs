@@ -342,7 +342,8 @@ fn two_managers_on_one_store_run_each_submission_exactly_once() {
     for i in 0..n {
         let job = store.join(format!("lab/results/job__svc-twice_t{i}"));
         assert!(wait_end(&job, LIMIT), "t{i}");
-        assert_eq!(read_json(&job.join("job.json"))["state"], "succeeded");
+        let rec = read_json(&job.join("job.json"));
+        assert_eq!(rec["state"], "succeeded", "t{i}: {rec}");
         assert_eq!(
             std::fs::read_to_string(job.join("process_results/once.txt")).unwrap(),
             "once\n"

@@ -68,8 +68,7 @@ impl Store {
         let (fs, k, w) = (fs.clone(), key.to_string(), work_root.to_path_buf());
         blocking(move || {
             let (file, _) = fs.open_file(&k)?;
-            let st = rustix::fs::fstat(&file)?;
-            foreign_links(&st, &k, &w)
+            foreign_links(&file, &k, &w)
         })
         .await
         .map_err(local_err("check", key))
@@ -77,21 +76,46 @@ impl Store {
 }
 
 /// Refuse a file that has names besides its own and caas's staging links under `work_root`.
+///
+/// Other tasks (of this or another manager on the same store) add and remove staging links of
+/// the same dataset all the time, so the link count and the scan are read until they agree: the
+/// count before and after the scan must be equal, else it is read again.
 // `stat` field widths differ between architectures; the conversions are needed on some.
 #[allow(clippy::useless_conversion)]
-fn foreign_links(st: &rustix::fs::Stat, key: &str, work_root: &Path) -> Result<(), LocalError> {
-    let nlink = u64::from(st.st_nlink);
-    if nlink <= 1 {
-        return Ok(());
+fn foreign_links(fd: impl AsFd, key: &str, work_root: &Path) -> Result<(), LocalError> {
+    let mut last = 0;
+    for attempt in 0..20u64 {
+        let before = rustix::fs::fstat(&fd)?;
+        let nlink = u64::from(before.st_nlink);
+        if nlink <= 1 {
+            return Ok(());
+        }
+        let ours = count_links_under(
+            work_root,
+            u64::from(before.st_dev),
+            u64::from(before.st_ino),
+            0,
+        );
+        let after = u64::from(rustix::fs::fstat(&fd)?.st_nlink);
+        if after == nlink {
+            if nlink <= 1 + ours {
+                return Ok(());
+            }
+            // Stable and too many: one more look after a pause rules out a link being made
+            // and another removed during the scan.
+            if last == nlink {
+                return Err(LocalError::Refused(format!(
+                    "{key} is a hard link ({nlink} names for one file) and may name a file \
+                     outside the group's prefix; copy the data into the store instead of linking it"
+                )));
+            }
+            last = nlink;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5 * (attempt + 1)));
     }
-    let ours = count_links_under(work_root, u64::from(st.st_dev), u64::from(st.st_ino), 0);
-    if nlink > 1 + ours {
-        return Err(LocalError::Refused(format!(
-            "{key} is a hard link ({nlink} names for one file) and may name a file outside the \
-             group's prefix; copy the data into the store instead of linking it"
-        )));
-    }
-    Ok(())
+    Err(LocalError::Refused(format!(
+        "{key}: its number of names kept changing while caas checked it for hard links; submit again"
+    )))
 }
 
 /// How many entries under `dir` are the file (dev, ino); bounded in depth.
@@ -128,7 +152,7 @@ fn link_checked(fd: &OwnedFd, key: &str, dest: &Path, work_root: &Path) -> Resul
             st.st_mode as _,
         ))));
     }
-    foreign_links(&st, key, work_root)?;
+    foreign_links(fd, key, work_root)?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
