@@ -213,7 +213,11 @@ fn main() -> Result<(), String> {
         "fault run: {n} submissions x 2 datasets, kill -9 x {kills}, {:.1} s",
         elapsed.as_secs_f64()
     );
-    println!("  job states: {states:?}; tasks adopted after a kill: {adopted}");
+    println!(
+        "  job states: {states:?}; tasks adopted after a kill: {adopted}; containers created: {} for {} tasks",
+        created.values().sum::<usize>(),
+        2 * n
+    );
     println!(
         "  jobs lost: {lost}; duplicated: {} (tasks created twice {twice}, duplicate rejections {rejected_dups}); non-terminal: {non_terminal}; containers left: {left}",
         twice + rejected_dups
