@@ -189,6 +189,11 @@ fn main() -> Result<(), String> {
         {
             lost += 1;
         }
+        for t in rec["tasks"].as_array().into_iter().flatten() {
+            if t["state"] != "succeeded" {
+                println!("  f{i} {}: {} — {}", t["task_id"], t["state"], t["reason"]);
+            }
+        }
         let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap_or_default();
         adopted += cert.matches("adopted its running container").count();
     }
@@ -197,6 +202,8 @@ fn main() -> Result<(), String> {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains("__rejected-"))
         .count();
+    // The engine keeps a bounded buffer of past events, so creations are counted only while
+    // it holds them all (small runs).
     let created = creations(since, &store_loc)?;
     let twice = created.values().filter(|c| **c > 1).count();
     let left = Command::new("docker")
