@@ -216,16 +216,8 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             tokio::time::sleep(CREATE_SETTLE).await;
             found = find_container(ctx, &task_id).await?;
         }
-        if let Some(id) = found {
-            ctx.writer
-                .log(&format!(
-                    "[Job Manager] dataset {key}: adopted its running container after a restart"
-                ))
-                .await?;
-            let start = task.started.unwrap_or_else(Utc::now);
-            return supervise_and_finish(ctx, idx, work, &results_dir, start, Exec::Adopt(id))
-                .await;
-        }
+        // Uploading with its exit code recorded: finish from the record, whether or not the
+        // container is still listed (a removal in progress would vanish under an adoption).
         if task.state == State::Uploading
             && let Some(code) = task.exit_code
         {
@@ -245,10 +237,22 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
                     cpu_seconds: task.usage.cpu_seconds,
                     peak_memory_bytes: task.usage.peak_memory_bytes,
                 },
-                container_id: String::new(),
+                // The outcome is recorded: the container (if the removal the stopped manager
+                // asked for has not finished yet) is only to be removed, never adopted again.
+                container_id: found.clone().unwrap_or_default(),
             };
             let start = task.started.unwrap_or_else(Utc::now);
             return record_outcome(ctx, idx, &results_dir, start, report, Vec::new(), false).await;
+        }
+        if let Some(id) = found {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: adopted its running container after a restart"
+                ))
+                .await?;
+            let start = task.started.unwrap_or_else(Utc::now);
+            return supervise_and_finish(ctx, idx, work, &results_dir, start, Exec::Adopt(id))
+                .await;
         }
         if matches!(task.state, State::Running | State::Uploading) {
             let reason = format!(
