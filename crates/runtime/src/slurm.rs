@@ -424,12 +424,14 @@ async fn sbatch(bin: &Path, argv: &[String], script: &str) -> Result<String, Run
     Ok(id)
 }
 
-/// One `squeue` for every job of this user (all states Slurm still remembers): id → state.
-async fn squeue(bin: &Path) -> Result<HashMap<String, String>, RuntimeError> {
+/// Run `squeue --noheader --me --states=all` with `args`, bounded to 30 s; its stdout. A
+/// failure or no answer is an error the caller treats as "unknown", never as "finished".
+async fn run_squeue(bin: &Path, args: &[String]) -> Result<String, RuntimeError> {
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         Command::new(bin)
-            .args(["--noheader", "--me", "--states=all", "--format=%i|%T"])
+            .args(["--noheader", "--me", "--states=all"])
+            .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),
@@ -452,39 +454,26 @@ async fn squeue(bin: &Path) -> Result<HashMap<String, String>, RuntimeError> {
             transient: true,
         });
     }
-    Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One `squeue` for every job of this user (all states Slurm still remembers): id → state.
+async fn squeue(bin: &Path) -> Result<HashMap<String, String>, RuntimeError> {
+    let out = run_squeue(bin, &["--format=%i|%T".to_string()]).await?;
+    Ok(parse_squeue(&out))
 }
 
 /// The Slurm job of a task (by its name and comment), the newest when several; at a restart.
 async fn find_job(bin: &Path, task: &RemoteTask) -> Result<Option<String>, RuntimeError> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(bin)
-            .args(["--noheader", "--me", "--states=all", "--format=%i|%k"])
-            .arg(format!("--name={}", job_name(task)))
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    let out = run_squeue(
+        bin,
+        &[
+            "--format=%i|%k".to_string(),
+            format!("--name={}", job_name(task)),
+        ],
     )
-    .await
-    .map_err(|_| RuntimeError::Scheduler {
-        what: "squeue did not answer within 30 s".into(),
-        transient: true,
-    })?
-    .map_err(|e| RuntimeError::Scheduler {
-        what: format!("cannot run squeue: {e}"),
-        transient: true,
-    })?;
-    if !out.status.success() {
-        return Err(RuntimeError::Scheduler {
-            what: format!(
-                "squeue failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            transient: true,
-        });
-    }
-    Ok(parse_squeue(&String::from_utf8_lossy(&out.stdout))
+    .await?;
+    Ok(parse_squeue(&out)
         .into_iter()
         .filter(|(_, comment)| *comment == task.task_id)
         .filter_map(|(id, _)| id.parse::<u64>().ok())
