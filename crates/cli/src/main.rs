@@ -5,6 +5,7 @@ mod build;
 mod dev;
 mod errors;
 mod new;
+mod remote;
 mod run;
 mod serve;
 mod task;

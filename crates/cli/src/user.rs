@@ -1,7 +1,8 @@
 //! The analysis user's commands against a store (local folder or S3), the same files a user
 //! with nothing but storage access would read and write: `caas upload`, `submit`, `status`,
 //! `logs`, `results`, `cancel`, `cost`. The operations are `caas_client`'s; this file parses the
-//! arguments and prints the answers.
+//! arguments and prints the answers. With `--server URL` the same commands go to a caas
+//! server's HTTP API instead (`remote.rs`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,19 +19,33 @@ use caas_spec::{GroupName, JobTimestamp};
 use caas_store::Store;
 
 use crate::errors::{client_error, user};
+use crate::remote::{self, Remote};
 
-/// Where: the store and the group.
+/// Where: the store (or a server) and the group.
 #[derive(Debug, Args)]
 pub struct Where {
     /// The store: a local folder or s3://bucket/prefix.
     #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
     store: String,
-    /// The group (top-level prefix); default: your user name, or `default`.
+    /// A caas server's address (http://host:port) to use instead of a store; the token is
+    /// read from CAAS_TOKEN.
+    #[arg(long, env = "CAAS_SERVER", conflicts_with = "store")]
+    server: Option<String>,
+    /// The group (top-level prefix); default: your user name, or `default` (with --server:
+    /// the token's only group).
     #[arg(long, env = "CAAS_GROUP")]
     group: Option<String>,
 }
 
 impl Where {
+    /// The server, when the command goes to one.
+    async fn remote(&self) -> anyhow::Result<Option<Remote>> {
+        match &self.server {
+            Some(url) => Ok(Some(Remote::open(url, self.group.as_deref()).await?)),
+            None => Ok(None),
+        }
+    }
+
     fn open(&self) -> anyhow::Result<(Store, GroupName)> {
         let group = match &self.group {
             Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
@@ -60,12 +75,15 @@ pub struct UploadArgs {
 }
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<i32> {
-    let (store, group) = args.at.open()?;
     let kind = if args.config {
         InputKind::Config
     } else {
         InputKind::Dataset
     };
+    if let Some(r) = args.at.remote().await? {
+        return remote::upload(&r, &args.files, kind).await;
+    }
+    let (store, group) = args.at.open()?;
     for f in &args.files {
         let key = client::upload_input(&store, f, &group, kind)
             .await
@@ -129,11 +147,23 @@ async fn key_or_upload(
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
-    let (store, group) = args.at.open()?;
-    let timestamp = match &args.timestamp {
-        Some(t) => t.parse::<JobTimestamp>().map_err(|e| user(e.to_string()))?,
-        None => JobTimestamp::now(),
+    let given = match &args.timestamp {
+        Some(t) => Some(t.parse::<JobTimestamp>().map_err(|e| user(e.to_string()))?),
+        None => None,
     };
+    if let Some(r) = args.at.remote().await? {
+        return remote::submit(
+            &r,
+            &args.data,
+            &args.config,
+            given.as_ref(),
+            args.analysis.as_deref(),
+            args.json,
+        )
+        .await;
+    }
+    let (store, group) = args.at.open()?;
+    let timestamp = given.unwrap_or_else(JobTimestamp::now);
     let mut data = Vec::new();
     for d in &args.data {
         data.push(key_or_upload(&store, &group, d, InputKind::Dataset).await?);
@@ -191,6 +221,9 @@ pub struct StatusArgs {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    if let Some(r) = args.at.remote().await? {
+        return remote::status(&r, args.job.as_deref(), args.json).await;
+    }
     let (store, group) = args.at.open()?;
     if let Some(job) = &args.job {
         let JobStatus { job, record: rec } = client::job_status(&store, &group, job)
@@ -264,16 +297,20 @@ pub struct LogsArgs {
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
+    let stream = if args.stderr {
+        LogStream::Stderr
+    } else {
+        LogStream::Stdout
+    };
+    if let Some(r) = args.job.at.remote().await? {
+        return remote::logs(&r, &args.job.job, stream, args.follow).await;
+    }
     let (store, group) = args.job.at.open()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
         .map_err(client_error)?;
     let opts = FollowOptions {
-        stream: if args.stderr {
-            LogStream::Stderr
-        } else {
-            LogStream::Stdout
-        },
+        stream,
         follow: args.follow,
         ..FollowOptions::default()
     };
@@ -316,6 +353,9 @@ pub struct ResultsArgs {
 }
 
 pub async fn results(args: ResultsArgs) -> anyhow::Result<i32> {
+    if let Some(r) = args.job.at.remote().await? {
+        return remote::results(&r, &args.job.job, &args.output).await;
+    }
     let (store, group) = args.job.at.open()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
@@ -345,6 +385,9 @@ pub async fn results(args: ResultsArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn cancel(args: JobArg) -> anyhow::Result<i32> {
+    if let Some(r) = args.at.remote().await? {
+        return remote::cancel(&r, &args.job).await;
+    }
     let (store, group) = args.at.open()?;
     let by = std::env::var("USER").unwrap_or_default();
     match client::request_cancel(&store, &group, &args.job, &by)
@@ -377,6 +420,9 @@ pub struct CostArgs {
     /// The store: a local folder or s3://bucket/prefix.
     #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
     store: String,
+    /// A caas server's address to ask instead of a store (token in CAAS_TOKEN; one group).
+    #[arg(long, env = "CAAS_SERVER", conflicts_with = "store")]
+    server: Option<String>,
     /// Only this group.
     #[arg(long)]
     group: Option<String>,
@@ -389,6 +435,13 @@ pub struct CostArgs {
 }
 
 pub async fn cost(args: CostArgs) -> anyhow::Result<i32> {
+    if let Some(url) = &args.server {
+        if args.since.is_some() {
+            return Err(user("--since is not available with --server"));
+        }
+        let r = Remote::open(url, args.group.as_deref()).await?;
+        return remote::cost(&r, args.json).await;
+    }
     let store = Store::open(&args.store)?;
     let since = match &args.since {
         None => None,

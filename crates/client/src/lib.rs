@@ -10,17 +10,22 @@
 //! - [`request_cancel`]: the cancel protocol (`cancel.json` in the job folder);
 //! - [`upload_input`]: upload a local dataset or config, never replacing different content;
 //! - [`submit`]: write `<group>/submissions/<timestamp>submit.json`;
-//! - [`costs`]: the usage ledger summed per group.
+//! - [`costs`]: the usage ledger summed per group;
+//! - [`Server`]: the same operations over a caas server's HTTP API (`--server URL`).
 
 mod cost;
+mod http;
 mod input;
 mod jobs;
 mod logs;
 mod results;
+mod sse;
 mod submit;
 mod upload;
+mod view;
 
 pub use cost::{GroupCost, costs, parse_since, sum_ledger};
+pub use http::{JobRequest, Server};
 pub use input::{InputKind, stored_key, upload_input};
 pub use jobs::{
     CancelOutcome, JobListing, JobMatch, JobRef, JobStatus, find_job_folder, job_status, list_jobs,
@@ -28,8 +33,10 @@ pub use jobs::{
 };
 pub use logs::{FollowOptions, LogEvent, LogStream, follow_logs};
 pub use results::{DownloadSummary, ResultFile, download_results, list_results, result_path};
+pub use sse::{SseEvent, SseParser};
 pub use submit::{NewSubmission, Submitted, submit};
 pub use upload::basename;
+pub use view::{DatasetView, JobView, ResultEntry, StoredInput, WhoAmI};
 
 /// What can go wrong in a user operation. The variants tell the caller's mistake
 /// ([`NotFound`](Self::NotFound), [`BadInput`](Self::BadInput), [`Conflict`](Self::Conflict))
@@ -53,6 +60,12 @@ pub enum ClientError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] caas_store::StoreError),
+    /// The server refused the token (401) or the token may not do this (403).
+    #[error("{0}")]
+    Denied(String),
+    /// The server failed or cannot be reached.
+    #[error("{0}")]
+    Remote(String),
     /// A record in the store cannot be read.
     #[error("reading {key}: {source}")]
     Damaged {
@@ -69,7 +82,7 @@ impl ClientError {
     pub fn is_caller_error(&self) -> bool {
         matches!(
             self,
-            Self::NotFound(_) | Self::BadInput(_) | Self::Conflict(_)
+            Self::NotFound(_) | Self::BadInput(_) | Self::Conflict(_) | Self::Denied(_)
         )
     }
 
@@ -79,7 +92,20 @@ impl ClientError {
             Self::NotFound(_) => 404,
             Self::BadInput(_) => 400,
             Self::Conflict(_) => 409,
+            Self::Denied(_) => 403,
+            Self::Remote(_) => 502,
             Self::Local(_) | Self::Store(_) | Self::Damaged { .. } => 500,
+        }
+    }
+
+    /// The error an HTTP answer `status` with the message `msg` stands for.
+    pub fn from_http(status: u16, msg: String) -> Self {
+        match status {
+            404 => Self::NotFound(msg),
+            409 => Self::Conflict(msg),
+            401 | 403 => Self::Denied(msg),
+            400..=499 => Self::BadInput(msg),
+            _ => Self::Remote(format!("the server answered {status}: {msg}")),
         }
     }
 }

@@ -1,0 +1,263 @@
+//! The user's commands with `--server URL` (and the token in `CAAS_TOKEN`): the same `caas
+//! upload/submit/status/logs/results/cancel/cost` as against a store, spoken over the HTTP
+//! API for a user who has a token but no storage credentials. The operations are
+//! `caas_client::Server`'s; this file picks the group and prints.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use caas_client::{InputKind, JobRequest, JobView, LogStream, Server};
+use caas_spec::JobTimestamp;
+
+use crate::errors::{client_error, user};
+
+/// A server, the group its commands act on, and how to reach it.
+#[derive(Debug)]
+pub struct Remote {
+    pub server: Server,
+    pub group: String,
+}
+
+impl Remote {
+    /// Connect to `url` with the token in `CAAS_TOKEN`; the group is `group`, or the token's
+    /// only group.
+    pub async fn open(url: &str, group: Option<&str>) -> anyhow::Result<Self> {
+        let token = std::env::var("CAAS_TOKEN").map_err(|_| {
+            user("--server needs the token in CAAS_TOKEN (from `caas token create`)")
+        })?;
+        let server = Server::new(url, &token).map_err(client_error)?;
+        let group = match group {
+            Some(g) => g.to_string(),
+            None => {
+                let me = server.whoami().await.map_err(client_error)?;
+                match me.groups.as_slice() {
+                    [one] => one.clone(),
+                    [] => return Err(user(format!("user {} is in no group", me.user))),
+                    many => {
+                        return Err(user(format!(
+                            "user {} is in several groups ({}); pick one with --group",
+                            me.user,
+                            many.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        Ok(Self { server, group })
+    }
+
+    /// `value` as a name on the server: a local file is uploaded first; `<group>/inputs/x`
+    /// (a store key) and `x` both name `x`.
+    async fn name_or_upload(&self, value: &str, kind: InputKind) -> anyhow::Result<String> {
+        let path = Path::new(value);
+        if path.exists() {
+            let up = self
+                .server
+                .upload(&self.group, kind, path)
+                .await
+                .map_err(client_error)?;
+            return Ok(up.name);
+        }
+        let folder = match kind {
+            InputKind::Dataset => "inputs",
+            InputKind::Config => "configs",
+        };
+        let prefix = format!("{}/{folder}/", self.group);
+        Ok(value.strip_prefix(&prefix).unwrap_or(value).to_string())
+    }
+}
+
+pub async fn upload(r: &Remote, files: &[PathBuf], kind: InputKind) -> anyhow::Result<i32> {
+    for f in files {
+        let up = r
+            .server
+            .upload(&r.group, kind, f)
+            .await
+            .map_err(client_error)?;
+        let verb = if up.created == Some(false) {
+            "already stored"
+        } else {
+            "uploaded"
+        };
+        println!("{}", up.name);
+        eprintln!("caas: {} {verb} ({} bytes)", up.name, up.size);
+    }
+    Ok(0)
+}
+
+pub async fn submit(
+    r: &Remote,
+    data: &[String],
+    config: &str,
+    timestamp: Option<&JobTimestamp>,
+    analysis: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<i32> {
+    let mut dataname = Vec::new();
+    for d in data {
+        dataname.push(r.name_or_upload(d, InputKind::Dataset).await?);
+    }
+    let req = JobRequest {
+        analysis: analysis.map(str::to_string),
+        dataname,
+        configname: r.name_or_upload(config, InputKind::Config).await?,
+        timestamp: timestamp.map(|t| t.as_str().to_string()),
+    };
+    let job = r
+        .server
+        .submit(&r.group, &req)
+        .await
+        .map_err(client_error)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else {
+        println!("{}", job.timestamp);
+        eprintln!(
+            "caas: job {} {}; watch it with `caas status {} --server ...`",
+            job.job, job.state, job.timestamp
+        );
+    }
+    Ok(0)
+}
+
+fn print_job(job: &JobView) {
+    println!(
+        "{}  {} ({})",
+        job.job,
+        job.state.neurocaas_word(),
+        job.state
+    );
+    if let Some(r) = &job.reason {
+        println!("  reason: {r}");
+    }
+    for d in &job.datasets {
+        println!(
+            "  {:<30} {:<12} {}{}",
+            d.name,
+            d.state.neurocaas_word(),
+            d.state,
+            d.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+pub async fn status(r: &Remote, job: Option<&str>, as_json: bool) -> anyhow::Result<i32> {
+    if let Some(job) = job {
+        let view = r.server.job(&r.group, job).await.map_err(client_error)?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            print_job(&view);
+        }
+        return Ok(0);
+    }
+    let jobs = r.server.jobs(&r.group).await.map_err(client_error)?;
+    if as_json {
+        let v: Vec<_> = jobs
+            .iter()
+            .map(|j| json!({"job": j.job, "state": j.state, "status": j.state.neurocaas_word(), "created": j.created, "reason": j.reason}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for j in &jobs {
+            println!("{}  {} ({})", j.job, j.state.neurocaas_word(), j.state);
+        }
+    }
+    Ok(0)
+}
+
+pub async fn logs(r: &Remote, job: &str, stream: LogStream, follow: bool) -> anyhow::Result<i32> {
+    let view = r.server.job(&r.group, job).await.map_err(client_error)?;
+    let streams = view.datasets.iter().map(|d| {
+        r.server
+            .logs(&r.group, &view.job, &d.name, stream, follow)
+            .boxed()
+    });
+    // Every dataset's output as it comes (followed ones interleave by chunk).
+    let mut all = futures::stream::select_all(streams);
+    while let Some(chunk) = all.next().await {
+        let chunk = chunk.map_err(client_error)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    if view.datasets.is_empty() {
+        eprintln!(
+            "caas: job {} {} ({}){}",
+            view.job,
+            view.state.neurocaas_word(),
+            view.state,
+            view.reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+pub async fn results(r: &Remote, job: &str, output: &Path) -> anyhow::Result<i32> {
+    let files = r
+        .server
+        .results(&r.group, job)
+        .await
+        .map_err(client_error)?;
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = indicatif::ProgressBar::new(total);
+    let done = r
+        .server
+        .download(&r.group, job, &files, output, |b| bar.inc(b))
+        .await
+        .map_err(client_error)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "caas: {} file(s), {} bytes of {job} in {}",
+        done.files,
+        done.bytes,
+        output.display()
+    );
+    Ok(0)
+}
+
+pub async fn cancel(r: &Remote, job: &str) -> anyhow::Result<i32> {
+    let view = r.server.cancel(&r.group, job).await.map_err(client_error)?;
+    if view.state.is_terminal() {
+        eprintln!(
+            "caas: job {} ended: {} ({})",
+            view.job,
+            view.state.neurocaas_word(),
+            view.state
+        );
+    } else {
+        eprintln!(
+            "caas: cancel requested for {}; `caas status {job} --server ...` shows `cancelled`",
+            view.job
+        );
+    }
+    Ok(0)
+}
+
+pub async fn cost(r: &Remote, as_json: bool) -> anyhow::Result<i32> {
+    let c = r.server.cost(&r.group).await.map_err(client_error)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(0);
+    }
+    let num = |k: &str| c.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    println!(
+        "{:<20} {:>8} {:>12} {:>12} {:>12}",
+        "GROUP", "TASKS", "COST (USD)", "WALL (s)", "CPU (s)"
+    );
+    println!(
+        "{:<20} {:>8} {:>12.4} {:>12.1} {:>12.1}",
+        r.group,
+        num("tasks"),
+        num("cost_usd"),
+        num("wall_seconds"),
+        num("cpu_seconds")
+    );
+    Ok(0)
+}

@@ -1,0 +1,116 @@
+//! The JSON a user sees of a job over HTTP (`docs/api.md`'s "Job"): the parts of `job.json`
+//! that concern the user, without the store's keys or container ids. It lives here, beside the
+//! store operations, so the server that writes it and the CLI's `--server` mode that reads it
+//! share one type.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use caas_spec::{JobRecord, State};
+
+/// A job, as the API answers it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The job folder, `job__<analysis>_<timestamp>`.
+    pub job: String,
+    /// The group that owns it.
+    pub group: String,
+    /// The analysis.
+    pub analysis: String,
+    /// The submission's timestamp.
+    pub timestamp: String,
+    /// The job's state.
+    pub state: State,
+    /// Why it ended as it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// When it was claimed.
+    pub created: DateTime<Utc>,
+    /// When it ended.
+    #[serde(default)]
+    pub finished: Option<DateTime<Utc>>,
+    /// What its tasks cost so far, USD.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// One per dataset.
+    #[serde(default)]
+    pub datasets: Vec<DatasetView>,
+}
+
+/// One dataset of a job (one task).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatasetView {
+    /// The dataset's name.
+    pub name: String,
+    /// The task's state.
+    pub state: State,
+    /// Why it ended as it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The container's exit code, once it exited.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// What it cost, USD.
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+impl From<&JobRecord> for JobView {
+    fn from(r: &JobRecord) -> Self {
+        Self {
+            job: r.job_id.clone(),
+            group: r.group.to_string(),
+            analysis: r.analysis.to_string(),
+            timestamp: r.timestamp.clone(),
+            state: r.state,
+            reason: r.reason.clone(),
+            created: r.created,
+            finished: r.finished,
+            cost_usd: r.tasks.iter().map(|t| t.cost_usd).sum(),
+            datasets: r
+                .tasks
+                .iter()
+                .map(|t| DatasetView {
+                    name: t.dataset_name.to_string(),
+                    state: t.state,
+                    reason: t.reason.clone(),
+                    exit_code: t.exit_code,
+                    cost_usd: t.cost_usd,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Who a token belongs to (`GET /api/v1/whoami`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The user's name.
+    pub user: String,
+    /// The groups the token may see.
+    pub groups: Vec<String>,
+    /// True when the token may not write.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// One stored input or config (`GET .../inputs`), or the answer to an upload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInput {
+    /// Its name under `inputs/` or `configs/`.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// On an upload: false when identical content was already stored.
+    #[serde(default)]
+    pub created: Option<bool>,
+}
+
+/// One result file of a job (`GET .../results`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultEntry {
+    /// Its path below the job folder (`process_results/...` or `logs/...`).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
