@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use serde_json::json;
 
-use caas_client::{InputKind, JobRequest, JobView, LogStream, Server};
+use caas_client::{InputKind, JobRequest, LogStream, Server};
 use caas_spec::JobTimestamp;
 
 use crate::errors::{client_error, user};
+use crate::user::print_job;
 
 /// A server, the group its commands act on, and how to reach it.
 #[derive(Debug)]
@@ -121,30 +122,6 @@ pub async fn submit(
         );
     }
     Ok(0)
-}
-
-fn print_job(job: &JobView) {
-    println!(
-        "{}  {} ({})",
-        job.job,
-        job.state.neurocaas_word(),
-        job.state
-    );
-    if let Some(r) = &job.reason {
-        println!("  reason: {r}");
-    }
-    for d in &job.datasets {
-        println!(
-            "  {:<30} {:<12} {}{}",
-            d.name,
-            d.state.neurocaas_word(),
-            d.state,
-            d.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        );
-    }
 }
 
 pub async fn status(r: &Remote, job: Option<&str>, as_json: bool) -> anyhow::Result<i32> {

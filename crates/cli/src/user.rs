@@ -12,8 +12,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use caas_client::{
-    self as client, CancelOutcome, FollowOptions, InputKind, JobStatus, LogEvent, LogStream,
-    NewSubmission,
+    self as client, CancelOutcome, FollowOptions, InputKind, JobStatus, JobView, LogEvent,
+    LogStream, NewSubmission,
 };
 use caas_spec::{GroupName, JobTimestamp};
 use caas_store::Store;
@@ -233,27 +233,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&rec)?);
             return Ok(0);
         }
-        println!(
-            "{}  {} ({})",
-            rec.job_id,
-            rec.state.neurocaas_word(),
-            rec.state
-        );
-        if let Some(r) = &rec.reason {
-            println!("  reason: {r}");
-        }
-        for t in &rec.tasks {
-            println!(
-                "  {:<30} {:<12} {}{}",
-                t.dataset,
-                t.state.neurocaas_word(),
-                t.state,
-                t.reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            );
-        }
+        print_job(&JobView::from(&rec));
         println!("  folder: {}", store.display_key(job.root()));
         return Ok(0);
     }
@@ -278,6 +258,31 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A job's state and its datasets', one line each.
+pub(crate) fn print_job(job: &JobView) {
+    println!(
+        "{}  {} ({})",
+        job.job,
+        job.state.neurocaas_word(),
+        job.state
+    );
+    if let Some(r) = &job.reason {
+        println!("  reason: {r}");
+    }
+    for d in &job.datasets {
+        println!(
+            "  {:<30} {:<12} {}{}",
+            d.name,
+            d.state.neurocaas_word(),
+            d.state,
+            d.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// Arguments of `caas logs`.
