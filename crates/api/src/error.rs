@@ -94,7 +94,8 @@ impl From<ClientError> for ApiError {
             ClientError::BadInput(m) => Self::BadRequest(m),
             ClientError::Conflict(m) => Self::conflict(m),
             ClientError::Store(s) => s.into(),
-            ClientError::Local(m) => Self::Store(m),
+            ClientError::Local(m) | ClientError::Remote(m) => Self::Store(m),
+            ClientError::Denied(_) => Self::NotFound,
             ClientError::Damaged { key, source } => {
                 Self::Unprocessable(format!("{key} cannot be read: {source}"))
             }

@@ -7,8 +7,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use caas_client::{CancelOutcome, InputKind, NewSubmission, stored_key};
@@ -29,73 +28,8 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     })
 }
 
-/// One dataset of a job.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DatasetState {
-    /// The dataset's name.
-    pub name: String,
-    /// Its task's state.
-    pub state: String,
-    /// Why it ended as it did.
-    pub reason: Option<String>,
-    /// The container's exit code.
-    pub exit_code: Option<i64>,
-    /// Its cost, USD.
-    pub cost_usd: f64,
-}
-
-/// A job.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Job {
-    /// The job folder (`job__<analysis>_<timestamp>`).
-    pub job: String,
-    /// The group.
-    pub group: String,
-    /// The analysis.
-    pub analysis: String,
-    /// The timestamp it was submitted with.
-    pub timestamp: String,
-    /// `pending`, `validating`, `running`, `succeeded`, `failed`, ... (`caas_spec::State`).
-    pub state: String,
-    /// Why it ended as it did.
-    pub reason: Option<String>,
-    /// When it was claimed.
-    pub created: Option<DateTime<Utc>>,
-    /// When it ended.
-    pub finished: Option<DateTime<Utc>>,
-    /// Its cost so far, USD.
-    pub cost_usd: f64,
-    /// One per dataset.
-    pub datasets: Vec<DatasetState>,
-}
-
-impl Job {
-    /// The answer for a job record in `folder`.
-    pub fn from_record(folder: &str, r: &JobRecord) -> Self {
-        Self {
-            job: folder.to_string(),
-            group: r.group.to_string(),
-            analysis: r.analysis.to_string(),
-            timestamp: r.timestamp.clone(),
-            state: r.state.as_str().to_string(),
-            reason: r.reason.clone(),
-            created: Some(r.created),
-            finished: r.finished,
-            cost_usd: r.tasks.iter().map(|t| t.cost_usd).sum(),
-            datasets: r
-                .tasks
-                .iter()
-                .map(|t| DatasetState {
-                    name: t.dataset_name.to_string(),
-                    state: t.state.as_str().to_string(),
-                    reason: t.reason.clone(),
-                    exit_code: t.exit_code,
-                    cost_usd: t.cost_usd,
-                })
-                .collect(),
-        }
-    }
-}
+/// A job, as every endpoint answers it (shared with the CLI's `--server` mode).
+pub use caas_client::JobView as Job;
 
 /// A job of a group the token may use, by folder name or timestamp; anything that is not one
 /// (a name with `/` or `..`, another group's job) is a plain 404.
@@ -140,7 +74,7 @@ pub async fn list(
     let mut jobs: Vec<Job> = caas_client::list_jobs(st.store(), &group)
         .await?
         .into_iter()
-        .filter_map(|l| l.record.map(|r| Job::from_record(&l.folder, &r)))
+        .filter_map(|l| l.record.map(|r| Job::in_folder(&l.folder, &r)))
         .collect();
     jobs.sort_by(|a, b| b.created.cmp(&a.created).then(b.job.cmp(&a.job)));
     Ok(Json(jobs))
@@ -157,7 +91,7 @@ pub async fn get_job(
 ) -> Result<Json<Job>, ApiError> {
     let (_, j) = find(&st, &p, &group, &job).await?;
     match caas_client::read_record(st.store(), &j.paths).await? {
-        Some(r) => Ok(Json(Job::from_record(&j.folder, &r))),
+        Some(r) => Ok(Json(Job::in_folder(&j.folder, &r))),
         None => Err(ApiError::Missing(format!("job {job} has no record yet"))),
     }
 }
@@ -177,10 +111,7 @@ pub async fn cancel(
     let rec = match caas_client::request_cancel(st.store(), &group, &j.folder, &by).await? {
         CancelOutcome::AlreadyEnded(r) | CancelOutcome::Requested(r) => r,
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Job::from_record(&j.folder, &rec)),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(Job::in_folder(&j.folder, &rec))))
 }
 
 /// `POST .../jobs` body.
@@ -319,13 +250,13 @@ pub async fn create(
                 r.reason.as_deref().unwrap_or("see its certificate")
             )));
         }
-        Some(r) => Job::from_record(&job_id.folder(), r),
+        Some(r) => Job::in_folder(&job_id.folder(), r),
         None => Job {
             job: job_id.folder(),
             group: group.to_string(),
             analysis: job_id.analysis.to_string(),
             timestamp: timestamp.to_string(),
-            state: JobState::Submitted.as_str().to_string(),
+            state: JobState::Submitted,
             reason: None,
             created: None,
             finished: None,

@@ -68,8 +68,7 @@ pub(crate) fn spawn(st: AppState, url: reqwest::Url, key: String, paths: JobPath
                 );
                 if state != last {
                     last = state;
-                    let body =
-                        serde_json::to_vec(&Job::from_record(&folder, &r)).unwrap_or_default();
+                    let body = serde_json::to_vec(&Job::in_folder(&folder, &r)).unwrap_or_default();
                     deliver(&client, &url, &key, body).await;
                 }
                 if r.state.is_terminal() {

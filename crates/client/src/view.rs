@@ -10,6 +10,7 @@ use caas_spec::{JobRecord, State};
 
 /// A job, as the API answers it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     /// The job folder, `job__<analysis>_<timestamp>`.
     pub job: String,
@@ -19,13 +20,15 @@ pub struct JobView {
     pub analysis: String,
     /// The submission's timestamp.
     pub timestamp: String,
-    /// The job's state.
+    /// `submitted`, `validating`, `running`, `succeeded`, `failed`, ... (`caas_spec::State`).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: State,
     /// Why it ended as it did.
     #[serde(default)]
     pub reason: Option<String>,
-    /// When it was claimed.
-    pub created: DateTime<Utc>,
+    /// When it was claimed (none while the claim is still under way).
+    #[serde(default)]
+    pub created: Option<DateTime<Utc>>,
     /// When it ended.
     #[serde(default)]
     pub finished: Option<DateTime<Utc>>,
@@ -39,10 +42,12 @@ pub struct JobView {
 
 /// One dataset of a job (one task).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatasetView {
     /// The dataset's name.
     pub name: String,
     /// The task's state.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: State,
     /// Why it ended as it did.
     #[serde(default)]
@@ -57,14 +62,22 @@ pub struct DatasetView {
 
 impl From<&JobRecord> for JobView {
     fn from(r: &JobRecord) -> Self {
+        Self::in_folder(&r.job_id, r)
+    }
+}
+
+impl JobView {
+    /// The view of the record `r` of the job folder `folder` (a rejected submission's folder
+    /// is not named by its record's job id).
+    pub fn in_folder(folder: &str, r: &JobRecord) -> Self {
         Self {
-            job: r.job_id.clone(),
+            job: folder.to_string(),
             group: r.group.to_string(),
             analysis: r.analysis.to_string(),
             timestamp: r.timestamp.clone(),
             state: r.state,
             reason: r.reason.clone(),
-            created: r.created,
+            created: Some(r.created),
             finished: r.finished,
             cost_usd: r.tasks.iter().map(|t| t.cost_usd).sum(),
             datasets: r
