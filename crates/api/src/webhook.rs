@@ -49,7 +49,17 @@ pub fn signature(key: &str, body: &[u8]) -> String {
 /// Watch the job and POST it on each state change until it ends.
 pub(crate) fn spawn(st: AppState, url: reqwest::Url, key: String, paths: JobPaths, folder: String) {
     tokio::spawn(async move {
-        let client = reqwest::Client::new();
+        // No redirects: a hook may not bounce the job record to an address it was not given.
+        let client = match reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook client");
+                return;
+            }
+        };
         let mut last = String::new();
         loop {
             let rec = caas_client::read_record(st.store(), &paths)
