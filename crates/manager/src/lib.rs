@@ -14,11 +14,14 @@
 //! `_caas/claims/<group>/<id>.json` (one per submission version, permanent) and
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
+mod loops;
 mod manager;
 mod reject;
+mod submitter;
 pub mod worker;
 
-pub use manager::{Analysis, Manager, ManagerConfig, Submitter};
+pub use manager::{Analysis, Manager, ManagerConfig};
+pub use submitter::Submitter;
 
 /// Failures of the manager itself (the store or the engine); a user's mistakes are rejections
 /// written to the store, never errors here.

@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -17,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Executor;
-use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix, submissions_prefix};
+use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
 use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
 
+use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::reject::{Rejection, write_rejection};
 use crate::worker::{self, Statuses, Worker};
-use crate::{CANCEL_FILE, ManagerError, active_key, claim_key, submission_id};
+use crate::{ManagerError, active_key, claim_key};
 
 /// One analysis the manager serves.
 #[derive(Clone, Debug)]
@@ -73,19 +72,19 @@ pub struct Startup {
     pub reaped: usize,
 }
 
-struct Inner {
-    cfg: ManagerConfig,
-    global: Arc<Semaphore>,
-    groups: Mutex<HashMap<GroupName, Arc<Semaphore>>>,
-    running: Mutex<HashMap<String, CancellationToken>>,
-    jobs: Mutex<JoinSet<()>>,
+pub(crate) struct Inner {
+    pub(crate) cfg: ManagerConfig,
+    pub(crate) global: Arc<Semaphore>,
+    pub(crate) groups: Mutex<HashMap<GroupName, Arc<Semaphore>>>,
+    pub(crate) running: Mutex<HashMap<String, CancellationToken>>,
+    pub(crate) jobs: Mutex<JoinSet<()>>,
     /// What each group has spent (USD), read from the ledger once, then kept up to date.
-    spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
+    pub(crate) spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
     /// Estimates of each group's jobs in flight (see `caas_pipeline::Budget`).
-    in_flight: Mutex<HashMap<GroupName, Arc<Mutex<f64>>>>,
+    pub(crate) in_flight: Mutex<HashMap<GroupName, Arc<Mutex<f64>>>>,
     /// Submission versions already handled (claimed by anyone, or being handled here), shared
     /// by the polling watcher and [`Submitter`] so that one version is handled once.
-    seen: Mutex<HashSet<String>>,
+    pub(crate) seen: Mutex<HashSet<String>>,
 }
 
 /// A running manager.
@@ -118,6 +117,11 @@ impl Observer for JobLog {
 }
 
 impl Manager {
+    /// The shared state (for the submitter).
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+
     /// Start: remove orphaned containers, learn which submissions are already claimed, resume
     /// this manager's jobs in flight, and start the polling loops.
     pub async fn start(cfg: ManagerConfig) -> Result<Self, ManagerError> {
@@ -273,78 +277,19 @@ impl Manager {
     }
 }
 
-/// A handle that hands a submission to a running manager at once, without waiting for its
-/// next poll (the HTTP API's `POST .../jobs`): the same claim, checks and job as a polled
-/// `submit.json`, exactly once even if a poll sees the submission at the same moment.
-#[derive(Clone)]
-pub struct Submitter {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Submitter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Submitter").finish_non_exhaustive()
-    }
-}
-
-impl Manager {
-    /// A handle to hand submissions to this manager directly.
-    pub fn submitter(&self) -> Submitter {
-        Submitter {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl Submitter {
-    /// Handle the submission at `key` (already written under `<group>/submissions/`) now: claim
-    /// it and start its job in the background. Returns once the job is started (or the
-    /// submission was already handled); the job's record appears as for any submission.
-    pub async fn submitted(&self, group: &GroupName, key: &str) -> Result<(), ManagerError> {
-        let Some(meta) = self.inner.cfg.store.head(key).await? else {
-            return Ok(());
-        };
-        let id = submission_id(key, &meta);
-        if !self.inner.first_sight(&id) {
-            return Ok(());
-        }
-        let inner = self.inner.clone();
-        let (group, key) = (group.clone(), key.to_string());
-        self.inner.spawn(async move {
-            if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
-                tracing::error!(submission = %key, error = %e, "a submission could not be handled; the next poll tries again");
-                if let Ok(mut seen) = inner.seen.lock() {
-                    seen.remove(&id);
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// The analyses this manager serves.
-    pub fn analyses(&self) -> &[Analysis] {
-        &self.inner.cfg.analyses
-    }
-
-    /// The store it watches.
-    pub fn store(&self) -> &Store {
-        &self.inner.cfg.store
-    }
-}
-
 /// How long shutdown waits for cancelled jobs to record their end.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Inner {
     /// Whether the submission version `id` is seen for the first time (and mark it seen).
-    fn first_sight(&self, id: &str) -> bool {
+    pub(crate) fn first_sight(&self, id: &str) -> bool {
         self.seen
             .lock()
             .map(|mut seen| seen.insert(id.to_string()))
             .unwrap_or(false)
     }
 
-    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Ok(mut jobs) = self.jobs.lock() {
             // Reap finished job tasks so the set stays small.
             while jobs.try_join_next().is_some() {}
@@ -352,7 +297,7 @@ impl Inner {
         }
     }
 
-    fn group_slot(&self, group: &GroupName) -> Option<Arc<Semaphore>> {
+    pub(crate) fn group_slot(&self, group: &GroupName) -> Option<Arc<Semaphore>> {
         let limit = self.cfg.group_limit?;
         let mut groups = self.groups.lock().ok()?;
         Some(
@@ -365,7 +310,7 @@ impl Inner {
 
     /// Claim one version of a submission (exactly once over every manager on the store) and
     /// run it.
-    async fn claim_and_run(
+    pub(crate) async fn claim_and_run(
         &self,
         group: &GroupName,
         key: &str,
@@ -400,7 +345,7 @@ impl Inner {
     }
 
     /// What `group` has spent: the sum of its ledger (`logs/<group>/*.json`), read once.
-    async fn spent(&self, group: &GroupName) -> Result<f64, ManagerError> {
+    pub(crate) async fn spent(&self, group: &GroupName) -> Result<f64, ManagerError> {
         let mut spent = self.spent.lock().await;
         if let Some(s) = spent.get(group) {
             return Ok(*s);
@@ -423,7 +368,7 @@ impl Inner {
         Ok(total)
     }
 
-    fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
+    pub(crate) fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
         match raw.and_then(|v| v.get("analysis")) {
             None | Some(Value::Null) => Ok(&self.cfg.analyses[0]),
             Some(Value::String(name)) => self
@@ -441,7 +386,7 @@ impl Inner {
         }
     }
 
-    fn names(&self) -> String {
+    pub(crate) fn names(&self) -> String {
         self.cfg
             .analyses
             .iter()
@@ -451,7 +396,7 @@ impl Inner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn reject(
+    pub(crate) async fn reject(
         &self,
         analysis: &Analysis,
         group: &GroupName,
@@ -483,7 +428,7 @@ impl Inner {
 
     /// Read, check and run a claimed submission; `resuming` after a restart, when its job may
     /// already exist.
-    async fn process(
+    pub(crate) async fn process(
         &self,
         group: &GroupName,
         key: &str,
@@ -500,7 +445,7 @@ impl Inner {
         r
     }
 
-    async fn process_inner(
+    pub(crate) async fn process_inner(
         &self,
         group: &GroupName,
         key: &str,
@@ -663,140 +608,5 @@ impl Inner {
             }
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// Finds new submissions: one listing of the groups, one of each group's submissions folder.
-struct SubmissionWatcher {
-    inner: Arc<Inner>,
-    retry: Arc<Mutex<Vec<String>>>,
-}
-
-impl Worker for SubmissionWatcher {
-    fn name(&self) -> &'static str {
-        "submissions"
-    }
-
-    fn interval(&self) -> Duration {
-        self.inner.cfg.poll
-    }
-
-    fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
-        async move {
-            // Submissions whose handling failed (the store was down) are looked at again.
-            if let (Ok(mut r), Ok(mut seen)) = (self.retry.lock(), self.inner.seen.lock()) {
-                for id in r.drain(..) {
-                    seen.remove(&id);
-                }
-            }
-            let store = self.inner.cfg.store.clone();
-            let (groups, _) = store.list_dir("").await?;
-            for g in groups {
-                let Ok(group) = g.parse::<GroupName>() else {
-                    continue;
-                };
-                // One group's listing failing (e.g. a key S3 returns that no store can hold)
-                // must not stop the others.
-                let objects = match store.list_dir(&submissions_prefix(&group)).await {
-                    Ok((_, objects)) => objects,
-                    Err(e) => {
-                        tracing::warn!(group = %group, error = %e, "cannot list this group's submissions; the other groups carry on");
-                        continue;
-                    }
-                };
-                for o in objects {
-                    let key = o.location.to_string();
-                    if !key.ends_with("submit.json") {
-                        continue;
-                    }
-                    let id = submission_id(&key, &o);
-                    if !self.inner.first_sight(&id) {
-                        continue;
-                    }
-                    let inner = self.inner.clone();
-                    let group = group.clone();
-                    let retry = self.retry.clone();
-                    self.inner.spawn(async move {
-                        if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
-                            tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
-                            if let Ok(mut r) = retry.lock() {
-                                r.push(id);
-                            }
-                        }
-                    });
-                }
-            }
-            Ok(())
-        }
-        .boxed()
-    }
-}
-
-/// Sees `cancel.json` in the folders of running jobs and cancels them (one pass over all).
-struct CancelWatcher {
-    inner: Arc<Inner>,
-}
-
-impl Worker for CancelWatcher {
-    fn name(&self) -> &'static str {
-        "cancel"
-    }
-
-    fn interval(&self) -> Duration {
-        self.inner.cfg.poll
-    }
-
-    fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
-        async move {
-            let running: Vec<(String, CancellationToken)> = match self.inner.running.lock() {
-                Ok(r) => r
-                    .iter()
-                    .filter(|(_, t)| !t.is_cancelled())
-                    .map(|(k, t)| (k.clone(), t.clone()))
-                    .collect(),
-                Err(_) => return Ok(()),
-            };
-            for (root, token) in running {
-                if self
-                    .inner
-                    .cfg
-                    .store
-                    .head(&format!("{root}/{CANCEL_FILE}"))
-                    .await?
-                    .is_some()
-                {
-                    tracing::info!(job = %root, "cancel requested");
-                    token.cancel();
-                }
-            }
-            Ok(())
-        }
-        .boxed()
-    }
-}
-
-/// Removes containers left past their deadline by any caas process.
-struct Reaper {
-    executor: Arc<dyn Executor>,
-}
-
-impl Worker for Reaper {
-    fn name(&self) -> &'static str {
-        "reaper"
-    }
-
-    fn interval(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-
-    fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
-        async move {
-            let reaped = self.executor.reap_expired().await?;
-            if !reaped.is_empty() {
-                tracing::info!(containers = ?reaped, "removed containers past their deadline");
-            }
-            Ok(())
-        }
-        .boxed()
     }
 }
