@@ -1,6 +1,7 @@
 //! The `caas` binary: parses the command line, runs one command, and maps its result to an exit
 //! code. All the work is in the library crates; this file only wires them to a terminal.
 
+mod access;
 mod build;
 mod dev;
 mod errors;
@@ -67,6 +68,12 @@ enum Command {
     Cancel(user::JobArg),
     /// Report usage and cost per group from the ledger.
     Cost(user::CostArgs),
+    /// Manage the HTTP API's users (kept in the store).
+    #[command(subcommand)]
+    Users(access::UsersCmd),
+    /// Manage the HTTP API's tokens (kept in the store, hashed).
+    #[command(subcommand)]
+    Token(access::TokenCmd),
     /// Internal: what a cluster node runs (`caas task run`, submitted by `caas serve
     /// --executor slurm`).
     #[command(hide = true)]
@@ -107,6 +114,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Results(args) => user::results(args).await,
         Command::Cancel(args) => user::cancel(args).await,
         Command::Cost(args) => user::cost(args).await,
+        Command::Users(cmd) => access::users(cmd).await,
+        Command::Token(cmd) => access::token(cmd).await,
         Command::Task(args) => task::task(args).await,
     }
 }

@@ -69,6 +69,14 @@ pub struct ServeArgs {
     /// Slurm: time between two squeue passes (one squeue call per pass for all tasks).
     #[arg(long, default_value = "1s", value_parser = humantime_duration)]
     slurm_poll: Duration,
+    /// Serve the HTTP API (and the web page) on this address, e.g. 127.0.0.1:8080, beside the
+    /// manager and over the same store. Tokens: `caas users add`, `caas token create`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// The largest upload body the API takes in one request (a single PUT or one part of a
+    /// resumable upload), e.g. 1GiB, 64MiB.
+    #[arg(long, default_value = "1GiB")]
+    max_body: caas_spec::units::ByteSize,
 }
 
 /// Where `caas serve` runs tasks.
@@ -155,6 +163,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             Arc::new(Slurm::new(cfg, Some(docker)))
         }
     };
+    let served = analyses.clone();
     let manager = Manager::start(ManagerConfig {
         store: store.clone(),
         executor,
@@ -182,10 +191,45 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         s.resumed,
         s.reaped
     );
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api = match args.listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| user(format!("--listen {addr}: {e}")))?;
+            let local = listener.local_addr()?;
+            let state = caas_api::AppState::new(
+                store.clone(),
+                served,
+                Some(manager.submitter()),
+                caas_api::ApiConfig {
+                    max_body: args.max_body.0,
+                    ..caas_api::ApiConfig::default()
+                },
+            );
+            let app = caas_api::router(state);
+            eprintln!("caas serve: API on http://{local}/api/v1/ (tokens: caas token create USER)");
+            Some(tokio::spawn(caas_api::serve(listener, app, async move {
+                let _ = api_stopped.await;
+            })))
+        }
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+    if let Some(api) = api {
+        // Open log streams would hold a graceful stop; they get a few seconds.
+        let _ = stop_api.send(());
+        let abort = api.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(3), api)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     if args.stop_on_exit {
         eprintln!("caas serve: stopping: cancelling running tasks and recording them...");

@@ -18,7 +18,7 @@ mod manager;
 mod reject;
 pub mod worker;
 
-pub use manager::{Analysis, Manager, ManagerConfig};
+pub use manager::{Analysis, Manager, ManagerConfig, Submitter};
 
 /// Failures of the manager itself (the store or the engine); a user's mistakes are rejections
 /// written to the store, never errors here.

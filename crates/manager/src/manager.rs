@@ -83,6 +83,9 @@ struct Inner {
     spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
     /// Estimates of each group's jobs in flight (see `caas_pipeline::Budget`).
     in_flight: Mutex<HashMap<GroupName, Arc<Mutex<f64>>>>,
+    /// Submission versions already handled (claimed by anyone, or being handled here), shared
+    /// by the polling watcher and [`Submitter`] so that one version is handled once.
+    seen: Mutex<HashSet<String>>,
 }
 
 /// A running manager.
@@ -154,6 +157,7 @@ impl Manager {
             jobs: Mutex::new(JoinSet::new()),
             spent: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
+            seen: Mutex::new(seen),
             cfg,
         });
 
@@ -205,7 +209,6 @@ impl Manager {
         let workers: Vec<Box<dyn Worker>> = vec![
             Box::new(SubmissionWatcher {
                 inner: inner.clone(),
-                seen,
                 retry: Arc::default(),
             }),
             Box::new(CancelWatcher {
@@ -270,10 +273,77 @@ impl Manager {
     }
 }
 
+/// A handle that hands a submission to a running manager at once, without waiting for its
+/// next poll (the HTTP API's `POST .../jobs`): the same claim, checks and job as a polled
+/// `submit.json`, exactly once even if a poll sees the submission at the same moment.
+#[derive(Clone)]
+pub struct Submitter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Submitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitter").finish_non_exhaustive()
+    }
+}
+
+impl Manager {
+    /// A handle to hand submissions to this manager directly.
+    pub fn submitter(&self) -> Submitter {
+        Submitter {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Submitter {
+    /// Handle the submission at `key` (already written under `<group>/submissions/`) now: claim
+    /// it and start its job in the background. Returns once the job is started (or the
+    /// submission was already handled); the job's record appears as for any submission.
+    pub async fn submitted(&self, group: &GroupName, key: &str) -> Result<(), ManagerError> {
+        let Some(meta) = self.inner.cfg.store.head(key).await? else {
+            return Ok(());
+        };
+        let id = submission_id(key, &meta);
+        if !self.inner.first_sight(&id) {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let (group, key) = (group.clone(), key.to_string());
+        self.inner.spawn(async move {
+            if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
+                tracing::error!(submission = %key, error = %e, "a submission could not be handled; the next poll tries again");
+                if let Ok(mut seen) = inner.seen.lock() {
+                    seen.remove(&id);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The analyses this manager serves.
+    pub fn analyses(&self) -> &[Analysis] {
+        &self.inner.cfg.analyses
+    }
+
+    /// The store it watches.
+    pub fn store(&self) -> &Store {
+        &self.inner.cfg.store
+    }
+}
+
 /// How long shutdown waits for cancelled jobs to record their end.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Inner {
+    /// Whether the submission version `id` is seen for the first time (and mark it seen).
+    fn first_sight(&self, id: &str) -> bool {
+        self.seen
+            .lock()
+            .map(|mut seen| seen.insert(id.to_string()))
+            .unwrap_or(false)
+    }
+
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Ok(mut jobs) = self.jobs.lock() {
             // Reap finished job tasks so the set stays small.
@@ -599,7 +669,6 @@ impl Inner {
 /// Finds new submissions: one listing of the groups, one of each group's submissions folder.
 struct SubmissionWatcher {
     inner: Arc<Inner>,
-    seen: HashSet<String>,
     retry: Arc<Mutex<Vec<String>>>,
 }
 
@@ -615,9 +684,9 @@ impl Worker for SubmissionWatcher {
     fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
         async move {
             // Submissions whose handling failed (the store was down) are looked at again.
-            if let Ok(mut r) = self.retry.lock() {
+            if let (Ok(mut r), Ok(mut seen)) = (self.retry.lock(), self.inner.seen.lock()) {
                 for id in r.drain(..) {
-                    self.seen.remove(&id);
+                    seen.remove(&id);
                 }
             }
             let store = self.inner.cfg.store.clone();
@@ -641,7 +710,7 @@ impl Worker for SubmissionWatcher {
                         continue;
                     }
                     let id = submission_id(&key, &o);
-                    if !self.seen.insert(id.clone()) {
+                    if !self.inner.first_sight(&id) {
                         continue;
                     }
                     let inner = self.inner.clone();

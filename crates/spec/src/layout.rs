@@ -220,6 +220,57 @@ pub fn in_flight_key(manager: &str, id: &str) -> String {
     format!("{}/{id}.json", in_flight_prefix(manager))
 }
 
+/// Where the HTTP API's users live: `_caas/users/<name>.json`.
+pub const USERS_PREFIX: &str = "_caas/users";
+
+/// The record of the API user `name` (a name checked like a group name).
+pub fn user_key(name: &GroupName) -> String {
+    format!("{USERS_PREFIX}/{name}.json")
+}
+
+/// Where the HTTP API's tokens live: `_caas/tokens/<id>.json` (the secret is never stored).
+pub const TOKENS_PREFIX: &str = "_caas/tokens";
+
+/// Whether `id` can be a token id: 12 lowercase hex characters.
+pub fn is_token_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The record of the token `id`; `None` when `id` is not a token id.
+pub fn token_key(id: &str) -> Option<String> {
+    is_token_id(id).then(|| format!("{TOKENS_PREFIX}/{id}.json"))
+}
+
+/// Where uploads in progress (the API's resumable uploads and single `PUT`s) are staged.
+pub const UPLOADS_PREFIX: &str = "_caas/uploads";
+
+/// Whether `id` can be an upload id: 24 lowercase hex characters.
+pub fn is_upload_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The folder of one upload of `group`: `_caas/uploads/<group>/<id>`; `None` for a bad id.
+pub fn upload_folder(group: &GroupName, id: &str) -> Option<String> {
+    is_upload_id(id).then(|| format!("{UPLOADS_PREFIX}/{group}/{id}"))
+}
+
+/// The record of a resumable upload (`upload.json` in its folder).
+pub fn upload_record(folder: &str) -> String {
+    format!("{folder}/upload.json")
+}
+
+/// One part of a resumable upload, named by its start offset (zero-padded, so parts list in
+/// order).
+pub fn upload_part(folder: &str, offset: u64) -> String {
+    format!("{folder}/part-{offset:020}")
+}
+
+/// The whole content of an upload, composed from its parts (or streamed by a single `PUT` on
+/// a store that cannot create a file only if absent while streaming it).
+pub fn upload_data(folder: &str) -> String {
+    format!("{folder}/data")
+}
+
 /// The folder holding every group's ledger folder.
 pub const LEDGER_ROOT: &str = "logs";
 
@@ -263,5 +314,34 @@ mod tests {
             running_entry(&task_id(&a, &j, 0)),
             running_entry(&task_id(&b, &j, 0))
         );
+    }
+
+    #[test]
+    fn api_keys_are_built_only_from_checked_ids() {
+        let g: GroupName = "lab".parse().unwrap();
+        assert_eq!(user_key(&g), "_caas/users/lab.json");
+        assert_eq!(
+            token_key("0123456789ab").as_deref(),
+            Some("_caas/tokens/0123456789ab.json")
+        );
+        for bad in [
+            "",
+            "0123456789AB",
+            "0123456789a",
+            "../../x/yyyyy",
+            "0123456789ab/",
+        ] {
+            assert_eq!(token_key(bad), None, "{bad}");
+        }
+        let id = "0123456789abcdef01234567";
+        let folder = upload_folder(&g, id).unwrap();
+        assert_eq!(folder, "_caas/uploads/lab/0123456789abcdef01234567");
+        assert_eq!(upload_folder(&g, "../x"), None);
+        assert_eq!(
+            upload_part(&folder, 8),
+            format!("{folder}/part-00000000000000000008")
+        );
+        assert_eq!(upload_record(&folder), format!("{folder}/upload.json"));
+        assert_eq!(upload_data(&folder), format!("{folder}/data"));
     }
 }

@@ -26,6 +26,9 @@ use caas_retry::{Policy, Transient, retry};
 mod local;
 pub mod profile;
 pub mod stage;
+mod stream;
+
+pub use stream::{ObjectReader, StoreWriter};
 
 use local::LocalError;
 

@@ -260,6 +260,41 @@ impl LocalFs {
         Ok(buf)
     }
 
+    /// A fresh temporary file in the key's folder (created if missing), for a write that
+    /// becomes visible under the key only when complete: the folder, the temporary name, the
+    /// key's last segment and the open file.
+    pub(crate) fn begin_tmp(
+        &self,
+        key: &str,
+    ) -> Result<(OwnedFd, String, String, std::fs::File), LocalError> {
+        let (dir, name) = self.parent(key, true)?;
+        let tmp = tmp_name();
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )?;
+        Ok((dir, tmp, name.to_string(), std::fs::File::from(fd)))
+    }
+
+    /// Give the temporary file `tmp` of [`LocalFs::begin_tmp`] its name, only if nothing has
+    /// that name (`Ok(false)` then); the temporary name is removed either way.
+    pub(crate) fn link_tmp(dir: &OwnedFd, tmp: &str, name: &str) -> Result<bool, LocalError> {
+        let r = rustix::fs::linkat(dir, tmp, dir, name, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+        match r {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Remove the temporary file `tmp` (an abandoned write).
+    pub(crate) fn drop_tmp(dir: &OwnedFd, tmp: &str) {
+        let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+    }
+
     /// Write `bytes` to a fresh temporary file in the key's folder; returns the folder and name.
     fn write_tmp(
         &self,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod api;
 pub mod server;
 
 /// The base image scripts/setup.sh builds without a registry.

@@ -1,0 +1,358 @@
+//! Jobs: submit (the same `submit.json`, claim and checks as a user dropping one into the
+//! store, handed to the manager at once), list, read, cancel. A job answers as the `Job` JSON
+//! of `docs/api.md`, made from its `job.json`.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use caas_client::{CancelOutcome, InputKind, NewSubmission, stored_key};
+use caas_spec::layout::JobPaths;
+use caas_spec::{GroupName, JobId, JobRecord, JobTimestamp, State as JobState};
+
+use crate::AppState;
+use crate::auth::{Auth, Principal};
+use crate::error::ApiError;
+use crate::inputs::checked_name;
+
+/// Parse a JSON body; anything malformed is a 400 saying where.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not the JSON expected here ({e}); see /api/v1/openapi.json"
+        ))
+    })
+}
+
+/// One dataset of a job.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DatasetState {
+    /// The dataset's name.
+    pub name: String,
+    /// Its task's state.
+    pub state: String,
+    /// Why it ended as it did.
+    pub reason: Option<String>,
+    /// The container's exit code.
+    pub exit_code: Option<i64>,
+    /// Its cost, USD.
+    pub cost_usd: f64,
+}
+
+/// A job.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Job {
+    /// The job folder (`job__<analysis>_<timestamp>`).
+    pub job: String,
+    /// The group.
+    pub group: String,
+    /// The analysis.
+    pub analysis: String,
+    /// The timestamp it was submitted with.
+    pub timestamp: String,
+    /// `pending`, `validating`, `running`, `succeeded`, `failed`, ... (`caas_spec::State`).
+    pub state: String,
+    /// Why it ended as it did.
+    pub reason: Option<String>,
+    /// When it was claimed.
+    pub created: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished: Option<DateTime<Utc>>,
+    /// Its cost so far, USD.
+    pub cost_usd: f64,
+    /// One per dataset.
+    pub datasets: Vec<DatasetState>,
+}
+
+impl Job {
+    /// The answer for a job record in `folder`.
+    pub fn from_record(folder: &str, r: &JobRecord) -> Self {
+        Self {
+            job: folder.to_string(),
+            group: r.group.to_string(),
+            analysis: r.analysis.to_string(),
+            timestamp: r.timestamp.clone(),
+            state: r.state.as_str().to_string(),
+            reason: r.reason.clone(),
+            created: Some(r.created),
+            finished: r.finished,
+            cost_usd: r.tasks.iter().map(|t| t.cost_usd).sum(),
+            datasets: r
+                .tasks
+                .iter()
+                .map(|t| DatasetState {
+                    name: t.dataset_name.to_string(),
+                    state: t.state.as_str().to_string(),
+                    reason: t.reason.clone(),
+                    exit_code: t.exit_code,
+                    cost_usd: t.cost_usd,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A job of a group the token may use, by folder name or timestamp; anything that is not one
+/// (a name with `/` or `..`, another group's job) is a plain 404.
+pub(crate) async fn find(
+    st: &AppState,
+    p: &Principal,
+    group: &str,
+    job: &str,
+) -> Result<(GroupName, caas_client::JobRef), ApiError> {
+    let group = p.group(group)?;
+    if job.is_empty()
+        || job.contains('/')
+        || job.contains("..")
+        || job.chars().any(char::is_control)
+    {
+        return Err(ApiError::NotFound);
+    }
+    match caas_client::resolve_job(st.store(), &group, job).await {
+        Ok(j) => Ok((group, j)),
+        Err(caas_client::ClientError::BadInput(_)) => Err(ApiError::NotFound),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The group's jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/groups/{group}/jobs", tag = "jobs",
+    params(("group" = String, Path)),
+    responses((status = 200, body = [Job]), (status = 404, body = crate::openapi::ErrorBody)))]
+pub async fn list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(group): Path<String>,
+) -> Result<Json<Vec<Job>>, ApiError> {
+    let group = p.group(&group)?;
+    let mut jobs: Vec<Job> = caas_client::list_jobs(st.store(), &group)
+        .await?
+        .into_iter()
+        .filter_map(|l| l.record.map(|r| Job::from_record(&l.folder, &r)))
+        .collect();
+    jobs.sort_by(|a, b| b.created.cmp(&a.created).then(b.job.cmp(&a.job)));
+    Ok(Json(jobs))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}", tag = "jobs",
+    params(("group" = String, Path), ("job" = String, Path, description = "folder name or timestamp")),
+    responses((status = 200, body = Job), (status = 404, body = crate::openapi::ErrorBody)))]
+pub async fn get_job(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((group, job)): Path<(String, String)>,
+) -> Result<Json<Job>, ApiError> {
+    let (_, j) = find(&st, &p, &group, &job).await?;
+    match caas_client::read_record(st.store(), &j.paths).await? {
+        Some(r) => Ok(Json(Job::from_record(&j.folder, &r))),
+        None => Err(ApiError::Missing(format!("job {job} has no record yet"))),
+    }
+}
+
+/// Ask for a job to be cancelled.
+#[utoipa::path(post, path = "/api/v1/groups/{group}/jobs/{job}/cancel", tag = "jobs",
+    params(("group" = String, Path), ("job" = String, Path)),
+    responses((status = 202, body = Job), (status = 404, body = crate::openapi::ErrorBody)))]
+pub async fn cancel(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((group, job)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let (group, j) = find(&st, &p, &group, &job).await?;
+    p.may_write()?;
+    let by = format!("{} (API token {})", p.user.name, p.token.id);
+    let rec = match caas_client::request_cancel(st.store(), &group, &j.folder, &by).await? {
+        CancelOutcome::AlreadyEnded(r) | CancelOutcome::Requested(r) => r,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Job::from_record(&j.folder, &rec)),
+    ))
+}
+
+/// `POST .../jobs` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// The analysis (default: the first served).
+    #[serde(default)]
+    pub analysis: Option<String>,
+    /// Dataset names in the group's `inputs/` (one task each); a string is one dataset.
+    #[schema(value_type = Vec<String>)]
+    pub dataname: Value,
+    /// The config's name in the group's `configs/`.
+    pub configname: String,
+    /// Names the job (default: now); must be unused.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    /// A URL that receives the job on each state change.
+    #[serde(default)]
+    pub webhook: Option<String>,
+}
+
+/// The key of a dataset or config named in a job request.
+fn input_key(group: &GroupName, kind: InputKind, value: &str) -> Result<String, ApiError> {
+    if let Some(k) = stored_key(group, kind, value) {
+        return Ok(k);
+    }
+    let name = checked_name(kind, value)?;
+    Ok(format!("{}/{name}", kind.prefix(group)))
+}
+
+/// Submit a job.
+#[utoipa::path(post, path = "/api/v1/groups/{group}/jobs", tag = "jobs",
+    params(("group" = String, Path)), request_body = NewJob,
+    responses((status = 201, body = Job), (status = 400, body = crate::openapi::ErrorBody),
+        (status = 409, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody)))]
+pub async fn create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(group): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let group = p.group(&group)?;
+    p.may_write()?;
+    let req: NewJob = parse_json(&body)?;
+    let analysis = match &req.analysis {
+        None => st.analyses().first(),
+        Some(name) => st
+            .analyses()
+            .iter()
+            .find(|a| a.spec.analysis.name.as_str() == name),
+    }
+    .ok_or_else(|| {
+        let served: Vec<String> = st
+            .analyses()
+            .iter()
+            .map(|a| a.spec.analysis.name.to_string())
+            .collect();
+        ApiError::Unprocessable(format!(
+            "analysis {:?} is not served here; pick one of: {} (GET /api/v1/analyses)",
+            req.analysis.as_deref().unwrap_or(""),
+            served.join(", ")
+        ))
+    })?;
+    let names: Vec<String> = match &req.dataname {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| ApiError::BadRequest("dataname must be a list of names".into()))?,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "dataname must be a list of names".into(),
+            ));
+        }
+    };
+    if names.is_empty() {
+        return Err(ApiError::BadRequest(
+            "dataname is empty: name at least one dataset of the group's inputs".into(),
+        ));
+    }
+    let data = names
+        .iter()
+        .map(|n| input_key(&group, InputKind::Dataset, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = input_key(&group, InputKind::Config, &req.configname)?;
+    let timestamp: JobTimestamp = match &req.timestamp {
+        Some(t) => t
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("{e}; give another timestamp")))?,
+        None => JobTimestamp::now(),
+    };
+    let webhook = match &req.webhook {
+        Some(url) => Some(crate::webhook::check_url(url)?),
+        None => None,
+    };
+    let job_id = JobId {
+        analysis: analysis.spec.analysis.name.clone(),
+        timestamp: timestamp.clone(),
+    };
+    let paths = JobPaths::new(&group, &job_id);
+    let store = st.store();
+    let reused = || {
+        ApiError::conflict(format!(
+            "the timestamp {timestamp} was already used (job {}); the earlier job is untouched. \
+             Submit again with a new timestamp.",
+            job_id.folder()
+        ))
+    };
+    if store.head(&paths.job_json()).await?.is_some() {
+        return Err(reused());
+    }
+    let sub = NewSubmission {
+        data,
+        config,
+        timestamp: timestamp.clone(),
+        analysis: Some(job_id.analysis.to_string()),
+    };
+    let written = match caas_client::submit(store, &group, &sub).await {
+        Ok(w) => w,
+        Err(caas_client::ClientError::Conflict(_)) => return Err(reused()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(user = %p.user.name, submission = %written.key, "job submitted through the API");
+    if let Some(s) = st.submitter()
+        && let Err(e) = s.submitted(&group, &written.key).await
+    {
+        tracing::warn!(error = %e, "handing the submission to the manager failed; its poll picks it up");
+    }
+    let record = wait_claimed(&st, &paths).await?;
+    let job = match &record {
+        Some(r) if r.state == JobState::Rejected => {
+            return Err(ApiError::Unprocessable(format!(
+                "the job was rejected: {}",
+                r.reason.as_deref().unwrap_or("see its certificate")
+            )));
+        }
+        Some(r) => Job::from_record(&job_id.folder(), r),
+        None => Job {
+            job: job_id.folder(),
+            group: group.to_string(),
+            analysis: job_id.analysis.to_string(),
+            timestamp: timestamp.to_string(),
+            state: JobState::Submitted.as_str().to_string(),
+            reason: None,
+            created: None,
+            finished: None,
+            cost_usd: 0.0,
+            datasets: Vec::new(),
+        },
+    };
+    if let Some(url) = webhook {
+        crate::webhook::spawn(
+            st.clone(),
+            url,
+            p.token.hash.clone(),
+            paths,
+            job_id.folder(),
+        );
+    }
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// Wait until the job is claimed and checked (its `job.json` exists and is past validation),
+/// at most the configured time.
+async fn wait_claimed(st: &AppState, paths: &JobPaths) -> Result<Option<JobRecord>, ApiError> {
+    let t0 = Instant::now();
+    let mut last = None;
+    loop {
+        if let Some(r) = caas_client::read_record(st.store(), paths).await? {
+            if !matches!(r.state, JobState::Submitted | JobState::Validating) {
+                return Ok(Some(r));
+            }
+            last = Some(r);
+        }
+        if t0.elapsed() > st.cfg().claim_wait {
+            return Ok(last);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

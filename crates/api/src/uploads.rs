@@ -1,0 +1,253 @@
+//! Resumable uploads: announce a file (`POST .../uploads`), send it in parts at the offset
+//! the server has received so far (`PUT .../uploads/{id}?offset=N`; after an interruption, ask
+//! `GET .../uploads/{id}` where to go on), then `POST .../complete`, which composes the parts
+//! into the final name only if nothing is there. Parts and the record live under
+//! `_caas/uploads/<group>/<id>/`; nothing is visible under the final name before completion.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use caas_spec::GroupName;
+use caas_spec::layout::{upload_data, upload_folder, upload_part, upload_record};
+
+use crate::AppState;
+use crate::auth::{Auth, upload_id};
+use crate::error::ApiError;
+use crate::inputs::{
+    Uploaded, checked_name, content_length, kind_of, publish, stream_body, too_large,
+};
+
+/// `POST .../uploads` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewUpload {
+    /// `inputs` or `configs`.
+    pub kind: String,
+    /// The final name.
+    pub name: String,
+    /// The whole file's size, bytes.
+    pub size: u64,
+}
+
+/// A resumable upload's state.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UploadState {
+    /// Its id.
+    pub id: String,
+    /// `inputs` or `configs`.
+    pub kind: String,
+    /// The final name.
+    pub name: String,
+    /// The announced size.
+    pub size: u64,
+    /// Bytes received so far (the next part's offset).
+    pub received: u64,
+}
+
+/// `?offset=N` of a part.
+#[derive(Debug, Deserialize)]
+pub struct Offset {
+    /// Where the part starts.
+    pub offset: u64,
+}
+
+async fn load(
+    st: &AppState,
+    group: &GroupName,
+    id: &str,
+) -> Result<(String, UploadState), ApiError> {
+    let folder = upload_folder(group, id).ok_or(ApiError::NotFound)?;
+    let bytes = st
+        .store()
+        .get_small(&upload_record(&folder), 64 << 10)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let rec = serde_json::from_slice(&bytes).map_err(|_| ApiError::NotFound)?;
+    Ok((folder, rec))
+}
+
+async fn save(st: &AppState, folder: &str, rec: &UploadState) -> Result<(), ApiError> {
+    st.store()
+        .put(
+            &upload_record(folder),
+            serde_json::to_vec(rec).unwrap_or_default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Announce a resumable upload.
+#[utoipa::path(post, path = "/api/v1/groups/{group}/uploads", tag = "files",
+    params(("group" = String, Path)), request_body = NewUpload,
+    responses((status = 201, body = UploadState), (status = 400, body = crate::openapi::ErrorBody)))]
+pub async fn start(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(group): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<UploadState>), ApiError> {
+    let group = p.group(&group)?;
+    p.may_write()?;
+    let req: NewUpload = crate::jobs::parse_json(&body)?;
+    let kind = kind_of(&req.kind).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "kind {:?}: give \"inputs\" or \"configs\"",
+            req.kind
+        ))
+    })?;
+    let name = checked_name(kind, &req.name)?;
+    if req.size > st.cfg().max_upload {
+        return Err(too_large(st.cfg().max_upload));
+    }
+    let id = upload_id()?;
+    let folder = upload_folder(&group, &id).ok_or(ApiError::NotFound)?;
+    let rec = UploadState {
+        id,
+        kind: req.kind,
+        name: name.to_string(),
+        size: req.size,
+        received: 0,
+    };
+    save(&st, &folder, &rec).await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// Where a resumable upload stands.
+#[utoipa::path(get, path = "/api/v1/groups/{group}/uploads/{id}", tag = "files",
+    params(("group" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = UploadState), (status = 404, body = crate::openapi::ErrorBody)))]
+pub async fn status(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((group, id)): Path<(String, String)>,
+) -> Result<Json<UploadState>, ApiError> {
+    let group = p.group(&group)?;
+    Ok(Json(load(&st, &group, &id).await?.1))
+}
+
+/// Send one part, starting at `offset` (which must be what was received so far).
+#[utoipa::path(put, path = "/api/v1/groups/{group}/uploads/{id}", tag = "files",
+    params(("group" = String, Path), ("id" = String, Path), ("offset" = u64, Query)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = UploadState), (status = 409, body = crate::openapi::ErrorBody)))]
+pub async fn part(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((group, id)): Path<(String, String)>,
+    Query(Offset { offset }): Query<Offset>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let group = p.group(&group)?;
+    p.may_write()?;
+    let (folder, mut rec) = load(&st, &group, &id).await?;
+    if offset != rec.received {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "the part starts at {offset}, but {} bytes were received; send from there",
+                rec.received
+            ),
+            extra: Some(json!({"received": rec.received})),
+        });
+    }
+    let limit = st.cfg().max_body.min(rec.size - rec.received);
+    if content_length(&headers).is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge(format!(
+            "the part is larger than {limit} bytes (the body limit, or what is left of the announced size)"
+        )));
+    }
+    let key = upload_part(&folder, offset);
+    let w = st.store().writer(&key, &format!("{key}.staging")).await?;
+    let w = stream_body(w, body, limit).await?;
+    let n = w.written();
+    if !w.finish_create().await? {
+        return Err(ApiError::Conflict {
+            message: "another part at this offset arrived at the same time; ask where to go on"
+                .into(),
+            extra: Some(json!({"received": rec.received})),
+        });
+    }
+    rec.received += n;
+    save(&st, &folder, &rec).await?;
+    Ok(Json(json!({"received": rec.received})))
+}
+
+/// Compose the parts into the final name (only if nothing is there).
+#[utoipa::path(post, path = "/api/v1/groups/{group}/uploads/{id}/complete", tag = "files",
+    params(("group" = String, Path), ("id" = String, Path)),
+    responses((status = 201, body = Uploaded), (status = 200, body = Uploaded),
+        (status = 409, body = crate::openapi::ErrorBody)))]
+pub async fn complete(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path((group, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
+    let group = p.group(&group)?;
+    p.may_write()?;
+    let (folder, rec) = load(&st, &group, &id).await?;
+    if rec.received != rec.size {
+        return Err(ApiError::Conflict {
+            message: format!(
+                "{} of {} bytes were received; send the rest first",
+                rec.received, rec.size
+            ),
+            extra: Some(json!({"received": rec.received})),
+        });
+    }
+    let kind = kind_of(&rec.kind).ok_or(ApiError::NotFound)?;
+    let name = checked_name(kind, &rec.name)?;
+    let key = format!("{}/{name}", kind.prefix(&group));
+    let store = st.store();
+    let mut parts: Vec<(u64, String)> = store
+        .list(&folder)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let k = o.location.to_string();
+            let off = k.rsplit_once("/part-")?.1.parse::<u64>().ok()?;
+            Some((off, k))
+        })
+        .collect();
+    parts.sort();
+    let mut w = store.writer(&key, &upload_data(&folder)).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, k) in &parts {
+        if *off != w.written() {
+            w.abort().await;
+            return Err(ApiError::conflict(
+                "the upload's parts do not fit together; start the upload again",
+            ));
+        }
+        let Some((_, mut r)) = store.reader(k).await? else {
+            w.abort().await;
+            return Err(ApiError::conflict(
+                "a part of the upload is missing; start it again",
+            ));
+        };
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    w.abort().await;
+                    return Err(ApiError::Store(e.to_string()));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            w.write(&buf[..n]).await?;
+        }
+    }
+    let answer = publish(store, w, &key, name.as_str(), kind).await;
+    if answer.is_ok() {
+        for (_, k) in &parts {
+            store.delete(k).await?;
+        }
+        store.delete(&upload_record(&folder)).await?;
+    }
+    answer
+}
