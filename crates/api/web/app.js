@@ -397,6 +397,7 @@ async function uploadResumable(file, kind, label) {
       const u = await apiJson('GET', `${base}/${encodeURIComponent(id)}`);
       if (u && u.name === file.name && u.size === file.size && u.kind === kind) {
         received = Number(u.received) || 0;
+        $('upload-progress').dataset.resumedFrom = String(received);
         progress(received, file.size, `resuming ${label} at ${bytes(received)}`);
       } else {
         id = null;

@@ -539,7 +539,7 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
             .await;
         let got = wait_download(&downloads, "spikes.csv", LIMIT);
         let stored = std::fs::read(
-            store.join(format!("lab/results/{job}/process_results")).join(&path),
+            store.join(format!("lab/results/{job}")).join(&path),
         )
         .unwrap();
         assert_eq!(got, stored, "downloaded spikes.csv differs from the stored one");
