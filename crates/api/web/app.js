@@ -237,7 +237,8 @@ function schemaForm(a) {
   const schema = a.config_schema;
   const props = schema.properties && typeof schema.properties === 'object' ? schema.properties : {};
   const required = new Set(Array.isArray(schema.required) ? schema.required : []);
-  const form = el('form', { class: 'schema-form' });
+  // novalidate: the checks below say what is wrong in #error, as every other failure does.
+  const form = el('form', { class: 'schema-form', novalidate: true });
   const fields = [];
   form.append(el('p', { class: 'muted', text: 'Make a config from this analysis\' schema:' }));
   for (const [key, p0] of Object.entries(props)) {
@@ -365,6 +366,8 @@ function progress(done, total, text) {
 }
 
 async function uploadFiles(files, forced) {
+  clearError();
+  let last = '';
   const inputs = [];
   const configs = [];
   for (const file of files) {
@@ -372,11 +375,14 @@ async function uploadFiles(files, forced) {
     const label = `${file.name} → ${kind === 'inputs' ? 'datasets' : 'configs'}`;
     progress(0, file.size, `uploading ${label}…`);
     const r = file.size > PART ? await uploadResumable(file, kind, label) : await uploadSingle(file, kind, label);
-    progress(file.size, file.size, `${label}: ${r && r.created === false ? 'identical file already stored' : 'uploaded'} (${bytes(file.size)})`);
+    last = `${label}: ${r && r.created === false ? 'identical file already stored' : 'uploaded'} (${bytes(file.size)})`;
+    progress(file.size, file.size, `${last}; refreshing the lists…`);
     (kind === 'inputs' ? inputs : configs).push(file.name);
   }
   if (inputs.length) await loadInputs(inputs);
   if (configs.length) await loadConfigs(configs[configs.length - 1]);
+  // Said last, so "uploaded" means the file is also listed (and ticked or selected) below.
+  if (last) $('upload-status').textContent = last;
 }
 
 function uploadSingle(file, kind, label) {

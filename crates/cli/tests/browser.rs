@@ -177,7 +177,7 @@ impl Page {
         let script = format!(
             "const p = document.getElementById('upload-progress'); \
              const s = document.getElementById('upload-status').textContent; \
-             return p.value === 100 && s.startsWith({name:?}) && s.includes('uploaded');",
+             return p.value === 100 && s.startsWith({name:?}) && s.includes(': uploaded (') && s.endsWith(')');",
             name = format!("{name} ")
         );
         self.until(&format!("upload of {name}"), &script, limit)
@@ -229,11 +229,29 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
     let spike = example_analysis();
     let sb = Sandbox::new();
     // A second analysis whose output comes slowly: the logs must arrive while it runs.
+    // Its config has a JSON Schema, which the page turns into a form.
     let ticker = sb.analysis(&shell_analysis(
         "ticker",
         "for i in 1 2 3 4 5 6; do echo tick $i; sleep 1; done; echo ticked > {results}/ticks.txt",
-        "",
+        "[inputs]\nschema = \"schema.json\"\n",
     ));
+    std::fs::write(
+        ticker.join("schema.json"),
+        json!({
+            "type": "object",
+            "required": ["count", "mode"],
+            "properties": {
+                "count": {"type": "integer", "minimum": 1, "default": 6, "description": "how many ticks"},
+                "rate": {"type": "number"},
+                "label": {"type": "string", "default": "tick"},
+                "loud": {"type": "boolean"},
+                "mode": {"enum": ["slow", "fast"]}
+            },
+            "additionalProperties": false
+        })
+        .to_string(),
+    )
+    .unwrap();
     let store = sb.store();
     std::fs::create_dir_all(&store).unwrap();
     caas_ok(&store, &["users", "add", "alice", "--group", "lab"]);
@@ -323,10 +341,11 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
         p.shot("sign-in").await;
 
         // A wrong token: the API's 401 message is shown, nothing else.
+        let bad_token = &format!("caas_000000000000_{}", "0".repeat(64));
         p.c.find(Locator::Id("token"))
             .await
             .unwrap()
-            .send_keys("caas_000000000000_nope")
+            .send_keys(bad_token)
             .await
             .unwrap();
         p.click("#sign-in").await;
@@ -337,10 +356,16 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
                 LIMIT,
             )
             .await;
-        assert!(
-            err.as_str().unwrap().contains("sign in again"),
-            "error shown: {err}"
-        );
+        let said: Value = reqwest::Client::new()
+            .get(format!("{base}api/v1/whoami"))
+            .bearer_auth(bad_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(err, said["error"], "the page must show the API's message");
         assert_eq!(p.js("return document.getElementById('app').hidden;", vec![]).await, json!(true));
         p.shot("bad-token").await;
 
@@ -356,7 +381,8 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
         p.until(
             "sign-in",
             "return document.getElementById('whoami').textContent.startsWith('alice') && \
-             document.querySelectorAll('#analyses .analysis').length === 2;",
+             document.querySelectorAll('#analyses .analysis').length === 2 && \
+             getComputedStyle(document.getElementById('sign-in-form')).display === 'none';",
             LIMIT,
         )
         .await;
@@ -565,6 +591,46 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
         )
         .await;
         p.shot("jobs").await;
+        // The ticker's config from the form its schema makes: a bad value is refused by the
+        // page, a good one uploaded as JSON and picked as the config.
+        let form = "#analyses .analysis[data-analysis='ticker'] form";
+        p.js(
+            "document.getElementById('cfg-ticker-count').value = '2.5';",
+            vec![],
+        )
+        .await;
+        p.click(&format!("{form} button[type='submit']")).await;
+        let err = p
+            .until(
+                "the form's complaint",
+                "const e = document.getElementById('error'); return !e.hidden && e.textContent;",
+                LIMIT,
+            )
+            .await;
+        assert_eq!(err, json!("count must be an integer"));
+        p.js(
+            "document.getElementById('cfg-ticker-count').value = '6'; \
+             document.getElementById('cfg-ticker-rate').value = '0.5'; \
+             document.getElementById('cfg-ticker-loud').checked = true; \
+             document.getElementById('cfg-ticker-mode').value = '1';",
+            vec![],
+        )
+        .await;
+        p.click(&format!("{form} button[type='submit']")).await;
+        p.wait_uploaded("ticker-config.json", LIMIT).await;
+        let made: Value = serde_json::from_slice(
+            &std::fs::read(store.join("lab/configs/ticker-config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            made,
+            json!({"count": 6, "rate": 0.5, "label": "tick", "loud": true, "mode": "fast"})
+        );
+        assert_eq!(
+            p.js("return document.getElementById('configs').value;", vec![]).await,
+            json!("ticker-config.json")
+        );
+        p.shot("schema-form").await;
         p.js(
             "document.getElementById('analysis').value = 'ticker';",
             vec![],
@@ -580,8 +646,11 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
                 LIMIT,
             )
             .await;
+        // The page polls the job's state each second: it may still show an earlier state
+        // than the running one, but never an end.
         assert!(
-            ["running", "uploading"].contains(&live["state"].as_str().unwrap()),
+            !["succeeded", "failed", "timed_out", "cancelled", "lost", "rejected"]
+                .contains(&live["state"].as_str().unwrap()),
             "the first log line showed only when the job was {}",
             live["state"]
         );
