@@ -319,9 +319,11 @@ fn the_web_page_signs_in_uploads_submits_follows_a_job_and_downloads_its_results
             .connect(&format!("http://127.0.0.1:{driver_port}"))
             .await
             .expect("a chromedriver session");
+        let shots = target_dir().join("screenshots");
+        let _ = std::fs::remove_dir_all(&shots); // only this run's steps
         let mut p = Page {
             c,
-            shots: target_dir().join("screenshots"),
+            shots,
             step: 0,
             server_log: server_log.clone(),
         };
