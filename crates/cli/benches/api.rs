@@ -7,7 +7,8 @@
 //!     logs by SSE, for `CAAS_BENCH_SECONDS` (default 60) s: p50/p99 latency, the server's RSS
 //!     and CPU (targets p99 < 50 ms, RSS < 100 MB);
 //! (c) upload and download of a `CAAS_BENCH_MIB` (default 1024) MiB dataset through the API
-//!     (resumable 8 MiB parts as the web page sends them; the download a result file) against
+//!     (resumable 8 MiB parts as the web page sends them, and one streamed `PUT`; the download
+//!     a result file) against
 //!     `aws s3 cp` to the same moto S3 server the server's store is on (target ratio <= 1.2).
 //!
 //! `cargo bench --bench api`. The clients run in this process on the same machine as the
@@ -582,6 +583,23 @@ async fn part_c(dir: &Path, analyses: &Path, mib: u64) -> R<()> {
     .await?;
     let api_up = t.elapsed().as_secs_f64();
 
+    // The same file as one streamed PUT (what a script would send), under another name.
+    let t = Instant::now();
+    let file = tokio::fs::File::open(&data).await.map_err(e)?;
+    let body =
+        reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    check(
+        http.put(format!("{}/groups/bench/inputs/big-put.bin", s.base))
+            .bearer_auth(&s.token)
+            .header("Content-Length", size)
+            .body(body)
+            .send()
+            .await
+            .map_err(e)?,
+    )
+    .await?;
+    let api_put = t.elapsed().as_secs_f64();
+
     let job = post_json(
         &http,
         &s,
@@ -650,6 +668,11 @@ async fn part_c(dir: &Path, analyses: &Path, mib: u64) -> R<()> {
         mbs(api_up),
         mbs(aws_up),
         api_up / aws_up
+    );
+    println!(
+        "    upload as one streamed PUT: API {api_put:.2} s ({:.0} MiB/s): ratio {:.2}",
+        mbs(api_put),
+        api_put / aws_up
     );
     println!(
         "    download: API {api_down:.2} s ({:.0} MiB/s), aws s3 cp {aws_down:.2} s ({:.0} MiB/s): ratio {:.2} (target <= 1.2)",
