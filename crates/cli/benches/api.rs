@@ -365,26 +365,34 @@ async fn part_b(
             tokio::time::sleep(Duration::from_millis(poll_ms * i / pollers.max(1))).await;
             let mut lat = Vec::new();
             let mut errors = 0u64;
+            let mut first_error = None;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let ok = match http
+                let res = match http
                     .get(format!("{base}{path}"))
                     .bearer_auth(&*token)
                     .send()
                     .await
                 {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
+                    Ok(r) if r.status().is_success() => r.bytes().await.map(drop).map_err(e),
+                    Ok(r) => Err(format!(
+                        "{}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(x) => Err(x.to_string()),
                 };
-                if ok {
-                    lat.push(t.elapsed().as_secs_f64());
-                } else {
-                    errors += 1;
+                match res {
+                    Ok(()) => lat.push(t.elapsed().as_secs_f64()),
+                    Err(x) => {
+                        errors += 1;
+                        first_error.get_or_insert(x);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(poll_ms).saturating_sub(t.elapsed()))
                     .await;
             }
-            (lat, errors)
+            (lat, errors, first_error)
         }));
     }
     let mut follows = Vec::new();
@@ -443,10 +451,12 @@ async fn part_b(
     }
     let mut lat = Vec::new();
     let mut poll_errors = 0;
+    let mut first_error = None;
     for p in polls {
-        let (l, er) = p.await.map_err(e)?;
+        let (l, er, first) = p.await.map_err(e)?;
         lat.extend(l);
         poll_errors += er;
+        first_error = first_error.or(first);
     }
     let mut connect = Vec::new();
     let (mut events, mut sse_errors) = (0, 0);
@@ -471,6 +481,9 @@ async fn part_b(
         percentile(&mut lat, 0.99) * 1e3,
         percentile(&mut lat, 1.0) * 1e3,
     );
+    if let Some(x) = first_error {
+        println!("    first status error: {x}");
+    }
     println!(
         "    SSE: {} streams opened, time to headers p50 {:.2} ms, p99 {:.2} ms; {events} events received, {sse_errors} errors",
         connect.len(),
