@@ -113,11 +113,18 @@ pub(crate) async fn find(
     {
         return Err(ApiError::NotFound);
     }
-    match caas_client::resolve_job(st.store(), &group, job).await {
-        Ok(j) => Ok((group, j)),
-        Err(caas_client::ClientError::BadInput(_)) => Err(ApiError::NotFound),
-        Err(e) => Err(e.into()),
+    let j = match caas_client::resolve_job(st.store(), &group, job).await {
+        Ok(j) => j,
+        Err(caas_client::ClientError::BadInput(_) | caas_client::ClientError::NotFound(_)) => {
+            return Err(ApiError::NotFound);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // A folder without a record is not (yet) a job: the same answer as no folder.
+    if st.store().head(&j.paths.job_json()).await?.is_none() {
+        return Err(ApiError::NotFound);
     }
+    Ok((group, j))
 }
 
 /// The group's jobs, newest first.

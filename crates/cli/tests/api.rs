@@ -3,6 +3,8 @@
 //! starts at once, live logs by SSE, results and results.tar, cost, a reused timestamp,
 //! resumable uploads) on a local store and on S3 (moto).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
