@@ -9,9 +9,11 @@
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
 #      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client);
 #   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with
-#      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge).
+#      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge);
+#   6. Debian's chromium and chromium-driver, the headless browser the web page's test drives
+#      (crates/cli/tests/browser.rs starts chromedriver itself; nothing runs in the background).
 # `setup.sh --run-only` (what scripts/quickstart.sh uses) stops after 2: the main job needs only
-# the engine and the base image; 3 and 4 belong to the tests.
+# the engine and the base image; 3 to 6 belong to the tests.
 # A second run with nothing to do takes well under a second.
 set -euo pipefail
 
@@ -33,6 +35,8 @@ need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
 [ "$RUN_ONLY" = 1 ] || command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
+[ "$RUN_ONLY" = 1 ] || [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+[ "$RUN_ONLY" = 1 ] || [ -x /usr/bin/chromedriver ] || need_pkgs+=(chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log "missing ${need_pkgs[*]}; run this script as root to install them"; exit 1; }
   log "installing ${need_pkgs[*]}"
@@ -103,4 +107,4 @@ if [ -f "$SLURM_SETUP" ]; then
   slurm_note="Slurm up"
 fi
 
-log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE, S3 at http://127.0.0.1:$S3_PORT, $slurm_note"
+log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE, S3 at http://127.0.0.1:$S3_PORT, $slurm_note, chromium $(dpkg-query -W -f='${Version}' chromium 2>/dev/null)"

@@ -23,6 +23,7 @@ mod jobs;
 mod meta;
 mod openapi;
 mod uploads;
+mod web;
 mod webhook;
 
 pub use error::ApiError;
@@ -140,6 +141,7 @@ pub fn router(state: AppState) -> Router {
             get(files::result_file),
         )
         .route(&format!("{g}/cost"), get(files::cost))
+        .merge(web::routes())
         .fallback(meta::fallback)
         // Uploads stream and count their own bytes against `max_body`.
         .layer(DefaultBodyLimit::disable())
