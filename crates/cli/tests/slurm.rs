@@ -48,11 +48,13 @@ fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
         let out = Command::new("bash")
             .arg(&script)
             .env("SLURM_NODES", "3")
+            .env("SLURM_ACCOUNTING", "1")
+            .env("SLURM_WITH_PODMAN", "1")
             .output()
             .expect("run setup.sh");
         assert!(
             out.status.success(),
-            "Slurm could not be brought up with SLURM_NODES=3 bash {} (it needs root):\n{}\n{}",
+            "Slurm could not be brought up with SLURM_NODES=3 SLURM_ACCOUNTING=1 SLURM_WITH_PODMAN=1 bash {} (it needs root):\n{}\n{}",
             script.display(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)

@@ -407,6 +407,7 @@ mod tests {
     use super::*;
 
     use super::args::tests::task;
+    use std::path::PathBuf;
 
     /// Fake `sbatch`/`squeue`/`scancel` over a queue file: the polling contract without Slurm.
     fn fake_slurm(dir: &Path) {
@@ -509,5 +510,83 @@ mod tests {
             n + 1
         );
         assert!(passes_after < n, "{passes_after} calls for {} jobs", n + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_squeue_forgot_is_asked_of_sacct_once_per_pass_and_a_failed_sacct_is_unknown() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fake_slurm(dir);
+        let d = dir.display();
+        // sacct: fails while `sacct-fail` exists, else answers from `acct`.
+        let sacct = format!(
+            "#!/bin/sh\necho x >> {d}/sacct-calls\nif [ -e {d}/sacct-fail ]; then echo 'Socket timed out' >&2; exit 1; fi\ncat {d}/acct\n"
+        );
+        std::fs::write(dir.join("sacct"), sacct).unwrap();
+        std::fs::set_permissions(dir.join("sacct"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(dir.join("sacct-fail"), "").unwrap();
+        let mut cfg = SlurmConfig::new(BTreeMap::from([(
+            "pca".to_string(),
+            PathBuf::from("/a/pca"),
+        )]));
+        cfg.bin_dir = Some(dir.to_path_buf());
+        cfg.poll = Duration::from_millis(50);
+        let slurm = Arc::new(Slurm::new(cfg, None));
+        let mut runs = Vec::new();
+        for i in 0..3 {
+            let s = slurm.clone();
+            let mut t = task();
+            t.index = i;
+            runs.push(tokio::spawn(async move {
+                let tok = CancellationToken::new();
+                let run = s.run_remote(&t, &tok).expect("remote");
+                run.await
+            }));
+        }
+        let t0 = std::time::Instant::now();
+        while lines(&dir.join("queue")) < 3 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "not all submitted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Slurm's controller forgets them all; accounting knows how they ended.
+        let ids: Vec<String> = std::fs::read_to_string(dir.join("queue"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split('|').next().map(String::from))
+            .collect();
+        std::fs::write(
+            dir.join("acct"),
+            format!("{}|NODE_FAIL\n{}|CANCELLED by 0\n", ids[0], ids[1]),
+        )
+        .unwrap();
+        std::fs::write(dir.join("queue"), "").unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            runs.iter().all(|r| !r.is_finished()),
+            "a failed sacct ended a task"
+        );
+        let failed_calls = lines(&dir.join("sacct-calls"));
+        let passes = slurm.query_calls().passes.load(Ordering::Relaxed) as usize;
+        assert!(failed_calls >= 2 && failed_calls <= passes, "{failed_calls} sacct calls in {passes} passes");
+        std::fs::remove_file(dir.join("sacct-fail")).unwrap();
+        let mut states = Vec::new();
+        for r in runs {
+            let end = tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .expect("ended once sacct answers")
+                .unwrap()
+                .unwrap();
+            states.push(end.state);
+        }
+        // (Submitted concurrently: the queue's order is not the tasks'.)
+        states.sort();
+        assert_eq!(states, vec!["CANCELLED", GONE, "NODE_FAIL"]);
+        assert_eq!(
+            slurm.query_calls().sacct.load(Ordering::Relaxed) as usize,
+            lines(&dir.join("sacct-calls"))
+        );
     }
 }
