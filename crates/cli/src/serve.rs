@@ -109,6 +109,11 @@ pub enum ExecutorKind {
     Slurm,
 }
 
+/// Parse `500ms`, `2s`, `5m` (also used by `caas task run` for its environment).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_duration(s)
+}
+
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

@@ -118,6 +118,29 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
     let group = args.group.parse().map_err(|e| user(format!("{e}")))?;
     let timestamp = args.timestamp.parse().map_err(|e| user(format!("{e}")))?;
     let store = Store::open(&args.store)?;
+    // The first contact with the store is bounded: a node that cannot reach it says so (in the
+    // Slurm job's output, which the manager quotes) instead of retrying for minutes.
+    let patience = std::env::var("CAAS_NODE_STORE_TIMEOUT")
+        .ok()
+        .and_then(|v| crate::serve::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(60));
+    let probe = caas_spec::layout::in_flight_prefix("node-probe");
+    match tokio::time::timeout(patience, store.head(&probe)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(user(format!(
+                "the store {} cannot be reached from this node: {e}",
+                store.location()
+            )));
+        }
+        Err(_) => {
+            return Err(user(format!(
+                "the store {} cannot be reached from this node: no answer within {} s",
+                store.location(),
+                patience.as_secs()
+            )));
+        }
+    }
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("node-work"),

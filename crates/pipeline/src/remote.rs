@@ -203,8 +203,13 @@ pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineErro
                     );
                     return end_without_record(ctx, idx, State::Cancelled, reason).await;
                 }
+                let said = end
+                    .detail
+                    .as_deref()
+                    .map(|d| format!("; the node agent's last output: {d}"))
+                    .unwrap_or_default();
                 let reason = format!(
-                    "lost: {kind} job {handle} ended {} without the task recording an outcome{last}",
+                    "lost: {kind} job {handle} ended {} without the task recording an outcome{last}{said}",
                     end.state
                 );
                 if attempt >= retries {

@@ -77,6 +77,9 @@ pub struct RemoteEnd {
     pub handle: Option<String>,
     /// The scheduler's last state of it (e.g. `COMPLETED`, `CANCELLED`, `GONE`).
     pub state: String,
+    /// The last lines the node agent printed, when the manager can read them (a diagnostic
+    /// for a run that recorded nothing; never trusted as an outcome).
+    pub detail: Option<String>,
 }
 
 /// Runs task containers. The places a second executor has to implement.

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod server;
+pub mod slurm;
 
 /// The base image scripts/setup.sh builds without a registry.
 pub const BASE_IMAGE: &str = "local/busybox:test";

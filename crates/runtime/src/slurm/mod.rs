@@ -185,6 +185,7 @@ impl Slurm {
             return Ok(RemoteEnd {
                 handle: None,
                 state: "not submitted".into(),
+                detail: None,
             });
         }
         let id = if task.adopt {
@@ -197,6 +198,7 @@ impl Slurm {
                     return Ok(RemoteEnd {
                         handle: None,
                         state: GONE.into(),
+                        detail: None,
                     });
                 }
             }
@@ -235,12 +237,36 @@ impl Slurm {
                 }
             }
         };
-        let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-        t.jobs.remove(&id);
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .jobs
+            .remove(&id);
+        let detail = self.agent_output_tail(&id);
         Ok(RemoteEnd {
             handle: Some(id),
             state,
+            detail,
         })
+    }
+
+    /// The last lines of a job's `--output` file, when it is readable from here (a shared
+    /// filesystem, or one host) and its name depends on the job id alone.
+    fn agent_output_tail(&self, id: &str) -> Option<String> {
+        let path = self.cfg.output.replace("%j", id);
+        if path.contains('%') {
+            return None;
+        }
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&path).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(2048))).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        (!tail.is_empty()).then_some(tail)
     }
 }
 
