@@ -1,7 +1,7 @@
 //! `caas serve --executor slurm` when things go wrong or differ, against the real three-node
-//! Slurm cluster on this host: a node that goes down mid-task (`lost`, then retried on another
-//! node), Podman on the nodes with the image published through the store and loaded there,
-//! S3 as the store, and a store the nodes cannot reach (a clear reason, not a hang).
+//! Slurm cluster on this host: a node that goes down mid-task (`lost`, then retried), Podman on
+//! the nodes with the image published through the store and loaded there, S3 as the store, a
+//! store the nodes cannot reach (a clear reason, not a hang), Slurm's time-limit warning.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,7 +47,7 @@ fn node_of(job_name: &str) -> String {
 }
 
 #[test]
-fn a_node_that_goes_down_mid_task_makes_the_run_lost_and_it_is_retried_on_another_node() {
+fn a_node_that_goes_down_mid_task_makes_the_run_lost_and_it_is_retried() {
     ensure_engine();
     let _one = ensure_slurm();
     let sb = Sandbox::new();
@@ -119,8 +119,8 @@ fn a_node_that_goes_down_mid_task_makes_the_run_lost_and_it_is_retried_on_anothe
     assert_eq!(first["task"]["state"], "cancelled", "{first}");
     let second = read_json(&job.join("_caas/tasks/0.attempt1.json"));
     assert_eq!(second["task"]["state"], "succeeded", "{second}");
-    let info = scontrol(&jobs[1].0);
-    assert!(!info.contains(&format!("BatchHost={node}")), "{info}");
+    // (The retry may land on the same node: ReturnToService=2 puts a node that re-registers
+    // back into service.)
     let got = std::fs::read_to_string(job.join("process_results/answer.txt")).unwrap();
     assert_eq!(got.trim(), "42");
     assert!(containers_of_job(&store, "job__slurm-lost_l1").is_empty());

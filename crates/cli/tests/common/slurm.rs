@@ -61,8 +61,10 @@ pub fn submission(data: &str, config: &str, ts: &str) -> Vec<u8> {
     format!(r#"{{"dataname": {data}, "configname": "{config}", "timestamp": "{ts}"}}"#).into_bytes()
 }
 
-/// The Slurm job ids the manager's certificate names ("slurm job N ended STATE").
+/// The Slurm job ids the manager's certificate names ("slurm job N ended STATE"), each once, in
+/// order.
 pub fn slurm_jobs(cert: &str) -> Vec<(String, String)> {
+    let mut seen = std::collections::BTreeSet::new();
     cert.lines()
         .filter_map(|l| {
             let rest = l.split("slurm job ").nth(1)?;
@@ -70,6 +72,7 @@ pub fn slurm_jobs(cert: &str) -> Vec<(String, String)> {
             let id = it.next()?.to_string();
             (it.next()? == "ended").then(|| (id, it.next().unwrap_or_default().to_string()))
         })
+        .filter(|(id, _)| seen.insert(id.clone()))
         .collect()
 }
 
