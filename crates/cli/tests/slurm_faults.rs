@@ -126,6 +126,50 @@ fn a_node_that_goes_down_mid_task_makes_the_run_lost_and_it_is_retried() {
     assert!(containers_of_job(&store, "job__slurm-lost_l1").is_empty());
 }
 
+#[test]
+fn slurms_time_limit_warning_makes_the_agent_record_timed_out_and_remove_its_container() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = Sandbox::new();
+    // caas' own timeout is far away; Slurm's limit (1 min, given by the operator) comes first
+    // and warns the agent with SIGUSR1 50 s before it.
+    let a = sb.analysis(&shell_analysis(
+        "slurm-warned",
+        "echo started; sleep 300",
+        "timeout = \"10m\"\n",
+    ));
+    let store = sb.store();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    let srv = start_serve(
+        &sb,
+        &store,
+        &a,
+        &["--sbatch-arg=--time=1", "--slurm-signal", "50s"],
+    );
+    put(
+        &store,
+        "lab/submissions/wsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "w1"),
+    );
+    let job = store.join("lab/results/job__slurm-warned_w1");
+    let t0 = Instant::now();
+    assert!(
+        wait_end(&job, Duration::from_secs(150)),
+        "no end.txt: {}",
+        srv.log_text()
+    );
+    eprintln!("warned and ended after {:.1} s", t0.elapsed().as_secs_f64());
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(rec["state"], "timed_out", "{rec}\n{cert}\n{}", srv.log_text());
+    let reason = rec["tasks"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("time limit"), "{reason}");
+    let node = read_json(&job.join("_caas/tasks/0.json"));
+    assert_eq!(node["task"]["state"], "timed_out", "{node}");
+    assert!(containers_of_job(&store, "job__slurm-warned_w1").is_empty());
+}
+
 fn podman(args: &[&str]) -> Output {
     Command::new("podman").args(args).output().unwrap()
 }
