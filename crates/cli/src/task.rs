@@ -229,7 +229,11 @@ async fn podman() -> anyhow::Result<(Docker, Option<PodmanService>)> {
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| user(format!("cannot start `podman system service` on this node: {e}")))?;
+        .map_err(|e| {
+            user(format!(
+                "cannot start `podman system service` on this node: {e}"
+            ))
+        })?;
     let service = PodmanService {
         _child: child,
         socket: socket.clone(),

@@ -162,7 +162,12 @@ fn slurms_time_limit_warning_makes_the_agent_record_timed_out_and_remove_its_con
     eprintln!("warned and ended after {:.1} s", t0.elapsed().as_secs_f64());
     let rec = read_json(&job.join("job.json"));
     let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
-    assert_eq!(rec["state"], "timed_out", "{rec}\n{cert}\n{}", srv.log_text());
+    assert_eq!(
+        rec["state"],
+        "timed_out",
+        "{rec}\n{cert}\n{}",
+        srv.log_text()
+    );
     let reason = rec["tasks"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("time limit"), "{reason}");
     let node = read_json(&job.join("_caas/tasks/0.json"));
@@ -371,7 +376,10 @@ fn s3_as_the_store_of_slurm_tasks() {
         .find(|p| p.ends_with("certificate.txt"))
         .expect("certificate downloaded");
     let cert = std::fs::read_to_string(cert).unwrap();
-    assert!(cert.contains("slurm job") && cert.contains("COMPLETED"), "{cert}");
+    assert!(
+        cert.contains("slurm job") && cert.contains("COMPLETED"),
+        "{cert}"
+    );
 }
 
 #[test]
@@ -387,12 +395,15 @@ fn a_store_the_nodes_cannot_reach_ends_the_task_lost_with_that_reason() {
         &sb,
         &base,
         &a,
-        &["--sbatch-arg=--export=ALL,AWS_ENDPOINT_URL=http://127.0.0.1:9,CAAS_NODE_STORE_TIMEOUT=3s"],
+        &[
+            "--sbatch-arg=--export=ALL,AWS_ENDPOINT_URL=http://127.0.0.1:9,CAAS_NODE_STORE_TIMEOUT=3s",
+        ],
     );
     submit_s3(&sb, &base, "u1");
     assert!(
-        wait_for(Duration::from_secs(150), || status_s3(&base, "u1")["finished"]
-            .is_string()),
+        wait_for(Duration::from_secs(150), || {
+            status_s3(&base, "u1")["finished"].is_string()
+        }),
         "not finished (a hang): {}\n{}",
         status_s3(&base, "u1"),
         srv.log_text()

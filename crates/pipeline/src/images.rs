@@ -70,7 +70,8 @@ pub(crate) async fn publish(
         seen.insert(key);
         return Ok(None);
     }
-    let claim = serde_json::json!({"by": crate::writer::host_name(), "at": Utc::now().to_rfc3339()});
+    let claim =
+        serde_json::json!({"by": crate::writer::host_name(), "at": Utc::now().to_rfc3339()});
     if !store.create(&image_lock(digest), claim.to_string()).await? {
         // Another manager publishes it: wait for its manifest.
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
@@ -161,10 +162,12 @@ pub(crate) async fn ensure_on_node(
         .write(true)
         .open(&lock_path)
         .map_err(io_err("open", &lock_path))?;
-    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-        .await
-        .map_err(|e| PipelineError::Refused(format!("image lock: {e}")))?
-        .map_err(io_err("lock", &lock_path))?;
+    let lock = tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map(|()| lock)
+    })
+    .await
+    .map_err(|e| PipelineError::Refused(format!("image lock: {e}")))?
+    .map_err(|e| io_err("lock", &lock_path)(e.into()))?;
     let loaded = load_locked(store, executor, image_id, digest, &manifest).await;
     drop(lock);
     loaded
@@ -208,4 +211,3 @@ async fn load_locked(
         t0.elapsed().as_secs_f64()
     )))
 }
-

@@ -172,7 +172,10 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     fn load_image<'a>(&'a self, archive: &'a std::path::Path) -> ExecFuture<'a, ()> {
         async move {
             Err(RuntimeError::Refused {
-                what: format!("loading {}: this executor cannot load images", archive.display()),
+                what: format!(
+                    "loading {}: this executor cannot load images",
+                    archive.display()
+                ),
             })
         }
         .boxed()

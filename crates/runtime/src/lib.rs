@@ -14,9 +14,9 @@ mod build;
 mod dev;
 mod docker;
 mod executor;
-mod images;
 #[cfg(feature = "fake")]
 pub mod fake;
+mod images;
 mod slurm;
 
 pub use build::{BuildEvent, BuildOptions};

@@ -151,14 +151,22 @@ impl JobPaths {
     /// attempt `attempt` of task `idx` elsewhere (a Slurm node's `caas task run`) recorded of
     /// it: the only channel from the node back to the manager.
     pub fn node_record(&self, idx: usize, attempt: u32) -> String {
-        format!("{}/_caas/tasks/{idx}{}.json", self.root, attempt_suffix(attempt))
+        format!(
+            "{}/_caas/tasks/{idx}{}.json",
+            self.root,
+            attempt_suffix(attempt)
+        )
     }
 
     /// `_caas/tasks/<idx>.claim` (`<idx>.attempt<N>.claim` for a retry): created exactly once
     /// by the node run of that attempt, so an attempt never runs twice (a requeued or
     /// duplicated Slurm job finds it taken).
     pub fn node_claim(&self, idx: usize, attempt: u32) -> String {
-        format!("{}/_caas/tasks/{idx}{}.claim", self.root, attempt_suffix(attempt))
+        format!(
+            "{}/_caas/tasks/{idx}{}.claim",
+            self.root,
+            attempt_suffix(attempt)
+        )
     }
 
     /// `process_results/end.txt`.
@@ -294,7 +302,10 @@ mod tests {
     fn attempts_and_images_have_their_own_keys() {
         let g: GroupName = "lab".parse().unwrap();
         let p = JobPaths::new(&g, &job("t1"));
-        assert_eq!(p.node_record(2, 0), "lab/results/job__pca_t1/_caas/tasks/2.json");
+        assert_eq!(
+            p.node_record(2, 0),
+            "lab/results/job__pca_t1/_caas/tasks/2.json"
+        );
         assert_eq!(
             p.node_claim(2, 1),
             "lab/results/job__pca_t1/_caas/tasks/2.attempt1.claim"

@@ -94,4 +94,3 @@ pub fn start_serve(sb: &Sandbox, store: &Path, a: &Path, extra: &[&str]) -> Serv
         &sb.path().join("serve.log"),
     )
 }
-

@@ -286,7 +286,10 @@ pub(crate) mod tests {
             script.contains("exec '/usr/bin/caas' 'task' 'run' '--store' '/srv/store it'\\''s'")
         );
         assert!(script.contains("'--dataset' 'lab/inputs/a b.csv' '--index' '2'"));
-        assert!(script.contains("'--attempt' '0' '--engine' 'docker'"), "{script}");
+        assert!(
+            script.contains("'--attempt' '0' '--engine' 'docker'"),
+            "{script}"
+        );
         let mut other = t.clone();
         other.analysis = "nope".into();
         assert!(cfg.batch_script(&other).is_err());
@@ -314,11 +317,17 @@ pub(crate) mod tests {
             "{a:?}"
         );
         let script = cfg.batch_script(&t).unwrap();
-        assert!(script.contains("'--attempt' '1' '--engine' 'podman'"), "{script}");
+        assert!(
+            script.contains("'--attempt' '1' '--engine' 'podman'"),
+            "{script}"
+        );
         cfg.signal_before = None;
         t.gpus = Some(0);
         let a = cfg.sbatch_argv(&t);
-        assert!(!a.iter().any(|x| x.starts_with("--signal") || x.starts_with("--gres")));
+        assert!(
+            !a.iter()
+                .any(|x| x.starts_with("--signal") || x.starts_with("--gres"))
+        );
     }
 
     #[test]

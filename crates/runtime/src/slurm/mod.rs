@@ -28,8 +28,8 @@ mod args;
 mod commands;
 
 pub use args::{NodeEngine, SlurmConfig, job_comment, job_name, parse_rate};
-pub use commands::{GONE, is_involuntary, is_terminal};
 use commands::{Accounting, find_job, sacct, sbatch, scancel, squeue};
+pub use commands::{GONE, is_involuntary, is_terminal};
 
 /// Attempts of one `sbatch` when Slurm says it is busy (the first included).
 const SBATCH_ATTEMPTS: u32 = 6;
@@ -122,9 +122,11 @@ impl Slurm {
             self.rate_limit().await;
             match sbatch(&self.cfg.tool("sbatch"), &argv, &script).await {
                 Ok(id) => return Ok(id),
-                Err(e @ RuntimeError::Scheduler { transient: true, .. })
-                    if attempt < SBATCH_ATTEMPTS =>
-                {
+                Err(
+                    e @ RuntimeError::Scheduler {
+                        transient: true, ..
+                    },
+                ) if attempt < SBATCH_ATTEMPTS => {
                     let delay = caas_retry::backoff(
                         attempt,
                         Duration::from_millis(500),
@@ -596,7 +598,10 @@ mod tests {
         );
         let failed_calls = lines(&dir.join("sacct-calls"));
         let passes = slurm.query_calls().passes.load(Ordering::Relaxed) as usize;
-        assert!(failed_calls >= 2 && failed_calls <= passes, "{failed_calls} sacct calls in {passes} passes");
+        assert!(
+            failed_calls >= 2 && failed_calls <= passes,
+            "{failed_calls} sacct calls in {passes} passes"
+        );
         std::fs::remove_file(dir.join("sacct-fail")).unwrap();
         let mut states = Vec::new();
         for r in runs {
