@@ -140,7 +140,9 @@ fn raw_script(marker: &Path) -> String {
 }
 
 fn end_marker(store: &Path, ts: &str) -> PathBuf {
-    store.join(format!("bench/results/job__noop_{ts}/process_results/end.txt"))
+    store.join(format!(
+        "bench/results/job__noop_{ts}/process_results/end.txt"
+    ))
 }
 
 fn wrappers(dir: &Path) -> Result<String, String> {
@@ -218,7 +220,11 @@ fn main() -> Result<(), String> {
     // 1. Per-task overhead, alternating.
     let srv = serve(d, &store, poll_ms, &["--concurrency", "64"], None)?;
     // Warm-up (publishes the image to the store once, warms the page cache).
-    put(&store, "bench/submissions/warmsubmit.json", &submission("warm"))?;
+    put(
+        &store,
+        "bench/submissions/warmsubmit.json",
+        &submission("warm"),
+    )?;
     wait_until(Duration::from_secs(120), || {
         end_marker(&store, "warm").is_file()
     })?;
@@ -240,7 +246,10 @@ fn main() -> Result<(), String> {
         sbatch(&raw_script(&marker), &[])?;
         wait_until(Duration::from_secs(120), || marker.is_file())?;
         let r = t0.elapsed().as_secs_f64();
-        println!("round {i:>3}: caas {c:.3} s, raw sbatch {r:.3} s, ratio {:.2}", c / r);
+        println!(
+            "round {i:>3}: caas {c:.3} s, raw sbatch {r:.3} s, ratio {:.2}",
+            c / r
+        );
         ours.push(c);
         raw.push(r);
         ratios.push(c / r);
@@ -257,8 +266,12 @@ fn main() -> Result<(), String> {
             &submission(&ts),
         )?;
     }
-    let ends: Vec<_> = (0..n).map(|i| end_marker(&store, &format!("tp{i}"))).collect();
-    wait_until(Duration::from_secs(3600), || ends.iter().all(|e| e.is_file()))?;
+    let ends: Vec<_> = (0..n)
+        .map(|i| end_marker(&store, &format!("tp{i}")))
+        .collect();
+    wait_until(Duration::from_secs(3600), || {
+        ends.iter().all(|e| e.is_file())
+    })?;
     let served = t0.elapsed().as_secs_f64();
     let failed = (0..n)
         .filter(|i| {
@@ -312,10 +325,16 @@ fn main() -> Result<(), String> {
         wait_until(Duration::from_secs(1800), || count(&ids) >= k)?;
         let submit_s = t0.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs(2));
-        let (q0, a0) = (count(&wdir.join("squeue-calls")), count(&wdir.join("sacct-calls")));
+        let (q0, a0) = (
+            count(&wdir.join("squeue-calls")),
+            count(&wdir.join("sacct-calls")),
+        );
         let window = Duration::from_secs(10);
         std::thread::sleep(window);
-        let (q1, a1) = (count(&wdir.join("squeue-calls")), count(&wdir.join("sacct-calls")));
+        let (q1, a1) = (
+            count(&wdir.join("squeue-calls")),
+            count(&wdir.join("sacct-calls")),
+        );
         drop(srv);
         let all: Vec<String> = std::fs::read_to_string(&ids)
             .unwrap_or_default()

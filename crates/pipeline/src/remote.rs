@@ -267,6 +267,15 @@ async fn finish_recorded(
     handle: &str,
     state: &str,
 ) -> Result<(), PipelineError> {
+    if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() && state == "TIMEOUT" {
+        // Slurm's own time limit stopped it (no warning signal asked for, or it came too late).
+        rec.task.state = State::TimedOut;
+        rec.task.reason = Some(format!(
+            "timed out: {} job {handle} reached the scheduler's time limit (TIMEOUT); the container was stopped",
+            ctx.executor.kind()
+        ));
+        return finish_from_node(ctx, idx, rec).await;
+    }
     if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() {
         // Nobody asked caas to cancel it: the scheduler (an administrator's scancel) stopped it.
         // Say so where the user looks.
