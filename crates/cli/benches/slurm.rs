@@ -99,7 +99,7 @@ fn serve(
         .arg(store)
         .arg("--analysis")
         .arg(d.join("noop"))
-        .args(["--poll", "100ms", "--executor", "slurm"])
+        .args(["--executor", "slurm"])
         .arg(format!("--slurm-poll={poll_ms}ms"))
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -109,9 +109,11 @@ fn serve(
     if let Some(p) = path_env {
         c.env("PATH", p);
     }
-    let child = c.spawn().map_err(err)?;
-    // Ready once it claims a first submission; give it a moment to start.
+    let mut child = c.spawn().map_err(err)?;
     std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(st)) = child.try_wait() {
+        return Err(format!("caas serve exited at once ({st}): see {}", d.display()));
+    }
     Ok(Serve(child))
 }
 
@@ -218,7 +220,13 @@ fn main() -> Result<(), String> {
     std::fs::create_dir_all(&markers).map_err(err)?;
 
     // 1. Per-task overhead, alternating.
-    let srv = serve(d, &store, poll_ms, &["--concurrency", "64"], None)?;
+    let srv = serve(
+        d,
+        &store,
+        poll_ms,
+        &["--concurrency", "64", "--poll", "100ms"],
+        None,
+    )?;
     // Warm-up (publishes the image to the store once, warms the page cache).
     put(
         &store,
