@@ -112,7 +112,10 @@ fn serve(
     let mut child = c.spawn().map_err(err)?;
     std::thread::sleep(Duration::from_millis(500));
     if let Ok(Some(st)) = child.try_wait() {
-        return Err(format!("caas serve exited at once ({st}): see {}", d.display()));
+        return Err(format!(
+            "caas serve exited at once ({st}): see {}",
+            d.display()
+        ));
     }
     Ok(Serve(child))
 }
