@@ -176,26 +176,31 @@ pub(crate) async fn sacct(bin: &Path, ids: &[String]) -> Result<Accounting, Runt
     }
 }
 
-/// The Slurm job of a task (by its name and comment), the newest when several; at a restart.
-pub(crate) async fn find_job(
-    bin: &Path,
-    task: &RemoteTask,
-) -> Result<Option<String>, RuntimeError> {
-    let out = query(
-        bin,
-        &squeue_args(&[
-            "--format=%i|%k".to_string(),
-            format!("--name={}", job_name(task)),
-        ]),
-    )
-    .await?;
-    let comment = job_comment(task);
-    Ok(parse_pairs(&out)
-        .into_iter()
-        .filter(|(_, c)| *c == comment)
-        .filter_map(|(id, _)| id.parse::<u64>().ok())
-        .max()
-        .map(|id| id.to_string()))
+/// Every job of this user Slurm still remembers, by (name, comment) → the newest job id: what
+/// a restarted manager re-attaches its tasks by, in ONE `squeue` call for all of them.
+pub(crate) async fn list_named(bin: &Path) -> Result<HashMap<(String, String), u64>, RuntimeError> {
+    let out = query(bin, &squeue_args(&["--format=%i|%j|%k".to_string()])).await?;
+    let mut jobs: HashMap<(String, String), u64> = HashMap::new();
+    for line in out.lines() {
+        let mut it = line.trim().splitn(3, '|');
+        let (Some(id), Some(name), Some(comment)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(id) = id.trim().parse::<u64>() else {
+            continue;
+        };
+        let e = jobs
+            .entry((name.trim().to_string(), comment.trim().to_string()))
+            .or_insert(id);
+        *e = (*e).max(id);
+    }
+    Ok(jobs)
+}
+
+/// The Slurm job of a task in such a listing (by its name and comment).
+pub(crate) fn find_job(jobs: &HashMap<(String, String), u64>, task: &RemoteTask) -> Option<String> {
+    jobs.get(&(job_name(task), job_comment(task)))
+        .map(|id| id.to_string())
 }
 
 /// `id|value` lines; a value's first word for states (`CANCELLED by 0`), all of a comment.
@@ -253,6 +258,17 @@ mod tests {
         assert_eq!(m["15"], "CANCELLED");
         let c = parse_pairs("16|lab/job__x_1.0 attempt 1\n");
         assert_eq!(c["16"], "lab/job__x_1.0 attempt 1");
+        let mut t = crate::slurm::args::tests::task();
+        let name = job_name(&t);
+        let jobs = HashMap::from([
+            ((name.clone(), t.task_id.clone()), 20),
+            ((name.clone(), format!("{} attempt 1", t.task_id)), 31),
+        ]);
+        assert_eq!(find_job(&jobs, &t).as_deref(), Some("20"));
+        t.attempt = 1;
+        assert_eq!(find_job(&jobs, &t).as_deref(), Some("31"));
+        t.attempt = 2;
+        assert_eq!(find_job(&jobs, &t), None);
         assert!(is_terminal("COMPLETED") && is_terminal(GONE) && is_terminal("CANCELLED"));
         assert!(!is_terminal("RUNNING") && !is_terminal("COMPLETING") && !is_terminal("PENDING"));
         assert!(is_involuntary("NODE_FAIL") && !is_involuntary("CANCELLED"));

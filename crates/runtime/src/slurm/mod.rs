@@ -28,7 +28,7 @@ mod args;
 mod commands;
 
 pub use args::{NodeEngine, SlurmConfig, job_comment, job_name, parse_rate};
-use commands::{Accounting, find_job, sacct, sbatch, scancel, squeue};
+use commands::{Accounting, find_job, list_named, sacct, sbatch, scancel, squeue};
 pub use commands::{GONE, is_involuntary, is_terminal};
 
 /// Attempts of one `sbatch` when Slurm says it is busy (the first included).
@@ -70,7 +70,15 @@ pub struct Slurm {
     calls: Arc<QueryCalls>,
     /// When the next `sbatch` may run (`--submit-rate`).
     next_submit: tokio::sync::Mutex<tokio::time::Instant>,
+    /// The last listing of this user's jobs by name and comment (for re-attaching after a
+    /// restart: one `squeue` for all tasks that resume at once), and when it was made.
+    named: tokio::sync::Mutex<Option<(tokio::time::Instant, NamedJobs)>>,
 }
+
+type NamedJobs = Arc<HashMap<(String, String), u64>>;
+
+/// How long one listing serves the re-attachments of a restart.
+const NAMED_FRESH: Duration = Duration::from_secs(5);
 
 impl Slurm {
     /// A Slurm executor; `docker` (the manager host's engine) resolves images when given.
@@ -82,6 +90,7 @@ impl Slurm {
             passes: watch::channel(0).0,
             calls: Arc::default(),
             next_submit: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            named: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -141,6 +150,20 @@ impl Slurm {
         }
     }
 
+    /// This user's jobs by name and comment, listed at most once per [`NAMED_FRESH`].
+    async fn named_jobs(&self) -> Result<NamedJobs, RuntimeError> {
+        let mut named = self.named.lock().await;
+        if let Some((at, jobs)) = named.as_ref()
+            && at.elapsed() < NAMED_FRESH
+        {
+            return Ok(jobs.clone());
+        }
+        self.calls.squeue.fetch_add(1, Ordering::Relaxed);
+        let jobs = Arc::new(list_named(&self.cfg.tool("squeue")).await?);
+        *named = Some((tokio::time::Instant::now(), jobs.clone()));
+        Ok(jobs)
+    }
+
     fn ensure_poller(&self) {
         let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
         if t.poller_started {
@@ -191,7 +214,7 @@ impl Slurm {
             });
         }
         let id = if task.adopt {
-            match find_job(&self.cfg.tool("squeue"), task).await? {
+            match find_job(self.named_jobs().await?.as_ref(), task) {
                 Some(id) => {
                     tracing::info!(task = %task.task_id, slurm_job = %id, "re-attached");
                     id
