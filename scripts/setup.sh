@@ -9,7 +9,9 @@
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
 #      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client);
 #   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with
-#      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge);
+#      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge),
+#      with accounting (MariaDB + slurmdbd, so `sacct` works) and Podman as a second node
+#      engine: ~45 s the first time (packages), ~1 s when all runs;
 #   6. Debian's chromium and chromium-driver, the headless browser the web page's test drives
 #      (crates/cli/tests/browser.rs starts chromedriver itself; nothing runs in the background).
 # `setup.sh --run-only` (what scripts/quickstart.sh uses) stops after 2: the main job needs only
@@ -102,7 +104,8 @@ fi
 SLURM_SETUP="$(cd "$(dirname "$0")/.." && pwd)/../shared/slurm/setup.sh"
 slurm_note="no ../shared/slurm/setup.sh beside the repository: the Slurm tests will fail"
 if [ -f "$SLURM_SETUP" ]; then
-  SLURM_NODES=${SLURM_NODES:-3} bash "$SLURM_SETUP" >/tmp/caas-setup-slurm.log 2>&1 || {
+  SLURM_NODES=${SLURM_NODES:-3} SLURM_ACCOUNTING=${SLURM_ACCOUNTING:-1} SLURM_WITH_PODMAN=${SLURM_WITH_PODMAN:-1} \
+    bash "$SLURM_SETUP" >/tmp/caas-setup-slurm.log 2>&1 || {
     tail -20 /tmp/caas-setup-slurm.log >&2; log "Slurm did not start; see /tmp/caas-setup-slurm.log"; exit 1; }
   slurm_note="Slurm up"
 fi

@@ -9,7 +9,7 @@ use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
 use caas_manager::{Analysis, Manager, ManagerConfig};
-use caas_runtime::{Docker, Executor, Slurm, SlurmConfig};
+use caas_runtime::{Docker, Executor, NodeEngine, Slurm, SlurmConfig};
 use caas_store::Store;
 
 use crate::dev::dev_error;
@@ -20,6 +20,8 @@ use crate::errors::user;
 #[command(after_help = "Examples:
   caas serve --store ./caas-store --analysis examples/spike-detect
   caas serve --store s3://lab-bucket/caas --analysis pca --analysis sorter --concurrency 8 --group-limit 2
+  caas serve --store s3://lab-bucket/caas --analysis pca --executor slurm --partition P --account A \\
+      --sbatch-arg=--qos=short --submit-rate 10/min --node-engine podman --retries 1
 
 Users put <group>/submissions/<name>submit.json ({\"dataname\", \"configname\", \"timestamp\"});
 results, status and logs appear in <group>/results/job__<analysis>_<timestamp>/. With several
@@ -77,6 +79,33 @@ pub struct ServeArgs {
     /// resumable upload), e.g. 1GiB, 64MiB.
     #[arg(long, default_value = "1GiB")]
     max_body: caas_spec::units::ByteSize,
+    /// Slurm: the account to charge (sbatch --account).
+    #[arg(long)]
+    account: Option<String>,
+    /// Slurm: at most this many sbatch calls, e.g. 10/min, 2/s (default: no limit).
+    #[arg(long, value_parser = caas_runtime::parse_rate)]
+    submit_rate: Option<u32>,
+    /// Slurm: the nodes' container engine: docker, or podman (rootful, through its
+    /// Docker-compatible API).
+    #[arg(long, value_enum, default_value_t = NodeEngineArg::Docker)]
+    node_engine: NodeEngineArg,
+    /// Slurm: how many times a task whose Slurm job ended without an outcome (node failure,
+    /// preemption) is run again.
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
+    /// Slurm: how long before Slurm's time limit the node agent is warned (sbatch
+    /// --signal=B:USR1@SECS) to stop its container and record `timed_out`; 0 = not warned.
+    #[arg(long, default_value = "90s", value_parser = humantime_duration)]
+    slurm_signal: Duration,
+}
+
+/// The nodes' container engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeEngineArg {
+    /// Docker.
+    Docker,
+    /// Rootful Podman.
+    Podman,
 }
 
 /// Where `caas serve` runs tasks.
@@ -86,6 +115,11 @@ pub enum ExecutorKind {
     Docker,
     /// A Slurm cluster.
     Slurm,
+}
+
+/// Parse `500ms`, `2s`, `5m` (also used by `caas task run` for its environment).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_duration(s)
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -160,6 +194,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             cfg.partition = args.partition.clone();
             cfg.sbatch_args = args.sbatch_args.clone();
             cfg.poll = args.slurm_poll;
+            cfg.account = args.account.clone();
+            cfg.submit_rate = args.submit_rate;
+            cfg.retries = args.retries;
+            cfg.signal_before = (!args.slurm_signal.is_zero()).then_some(args.slurm_signal);
+            cfg.node_engine = match args.node_engine {
+                NodeEngineArg::Docker => NodeEngine::Docker,
+                NodeEngineArg::Podman => NodeEngine::Podman,
+            };
             Arc::new(Slurm::new(cfg, Some(docker)))
         }
     };

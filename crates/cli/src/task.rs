@@ -1,10 +1,14 @@
 //! `caas task run` (hidden): the node agent. A Slurm batch script runs it on a node; it runs
-//! one task of a job through the same task pipeline as `caas run` and `caas serve`, with the
-//! node's Docker engine, talking only to the store. SIGTERM/SIGINT (scancel, Slurm's time
-//! limit) stop and remove its container and record the task `cancelled`.
+//! one attempt of one task of a job through the same task pipeline as `caas run` and `caas
+//! serve`, with the node's engine (Docker, or rootful Podman through its Docker-compatible
+//! API), talking only to the store. SIGTERM/SIGINT (scancel, Slurm's time limit) stop and
+//! remove its container and record the task `cancelled`; SIGUSR1 (Slurm's `--signal` before the
+//! time limit) does the same and records it `timed_out`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +56,15 @@ pub struct TaskRunArgs {
     /// The task's index in the job.
     #[arg(long)]
     index: usize,
+    /// Which attempt of the task this is (the manager's number; a retry of a lost run is the
+    /// next).
+    #[arg(long, default_value_t = 0)]
+    attempt: u32,
+    /// The node's container engine: docker (DOCKER_HOST or the local socket) or podman
+    /// (rootful, through its Docker-compatible API: CAAS_PODMAN_SOCKET, /run/podman/podman.sock,
+    /// or a `podman system service` this agent starts for its own lifetime).
+    #[arg(long, default_value = "docker")]
+    engine: String,
     /// Scratch folder for staging (default: inside a local store, else the temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -75,13 +88,20 @@ pub async fn task(args: TaskArgs) -> anyhow::Result<i32> {
 async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
     // Trap the signals first: a scancel during start-up must still end the task cleanly.
     let cancel = CancellationToken::new();
+    let deadline_warned = Arc::new(AtomicBool::new(false));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let on_signal = cancel.clone();
+    let warned = deadline_warned.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => eprintln!("caas task run: SIGTERM: stopping the task"),
             _ = int.recv() => eprintln!("caas task run: SIGINT: stopping the task"),
+            _ = usr1.recv() => {
+                eprintln!("caas task run: SIGUSR1: the time limit is near: stopping the task");
+                warned.store(true, Ordering::SeqCst);
+            }
         }
         on_signal.cancel();
     });
@@ -98,14 +118,46 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
     let group = args.group.parse().map_err(|e| user(format!("{e}")))?;
     let timestamp = args.timestamp.parse().map_err(|e| user(format!("{e}")))?;
     let store = Store::open(&args.store)?;
+    // The first contact with the store is bounded: a node that cannot reach it says so (in the
+    // Slurm job's output, which the manager quotes) instead of retrying for minutes.
+    let patience = std::env::var("CAAS_NODE_STORE_TIMEOUT")
+        .ok()
+        .and_then(|v| crate::serve::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(60));
+    let probe = caas_spec::layout::in_flight_prefix("node-probe");
+    match tokio::time::timeout(patience, store.head(&probe)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(user(format!(
+                "the store {} cannot be reached from this node: {e}",
+                store.location()
+            )));
+        }
+        Err(_) => {
+            return Err(user(format!(
+                "the store {} cannot be reached from this node: no answer within {} s",
+                store.location(),
+                patience.as_secs()
+            )));
+        }
+    }
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("node-work"),
         (None, None) => std::env::temp_dir().join("caas-node-work"),
     };
-    let docker = Docker::connect().await?;
+    // Held until the end: a Podman service this agent started stops with it.
+    let (docker, _service) = match args.engine.as_str() {
+        "docker" => (Docker::connect().await?, None),
+        "podman" => podman().await?,
+        other => {
+            return Err(user(format!(
+                "--engine {other}: the node engine is docker or podman"
+            )));
+        }
+    };
     let executor: Arc<dyn Executor> = Arc::new(docker);
-    let attempt = match std::env::var("SLURM_JOB_ID") {
+    let runner = match std::env::var("SLURM_JOB_ID") {
         Ok(id) => format!("slurm job {id}"),
         Err(_) => format!("pid {}", std::process::id()),
     };
@@ -116,7 +168,9 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         dataset: args.dataset,
         index: args.index,
         work_root,
-        attempt,
+        attempt: args.attempt,
+        runner,
+        deadline_warned,
     };
     let t = run_node_task(&store, &executor, task, Arc::new(Stderr), &cancel).await?;
     eprintln!(
@@ -131,4 +185,72 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         State::TimedOut => 124,
         _ => 1,
     })
+}
+
+/// A `podman system service` this agent started; killed when dropped.
+struct PodmanService {
+    _child: tokio::process::Child,
+    socket: PathBuf,
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Rootful Podman through its Docker-compatible API: `CAAS_PODMAN_SOCKET`, else the system
+/// socket `/run/podman/podman.sock` when it answers, else a `podman system service` started for
+/// this agent's lifetime (in its own process group, so the scheduler's signals reach the agent,
+/// which still needs the service to stop its container).
+async fn podman() -> anyhow::Result<(Docker, Option<PodmanService>)> {
+    if let Ok(sock) = std::env::var("CAAS_PODMAN_SOCKET") {
+        return Ok((Docker::connect_to(Some(Path::new(&sock))).await?, None));
+    }
+    let system = Path::new("/run/podman/podman.sock");
+    if system.exists()
+        && let Ok(d) = Docker::connect_to(Some(system)).await
+    {
+        return Ok((d, None));
+    }
+    let dir = std::env::temp_dir().join("caas-podman");
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join(format!(
+        "agent-{}-{}.sock",
+        std::env::var("SLURM_JOB_ID").unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&socket);
+    let child = tokio::process::Command::new("podman")
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            user(format!(
+                "cannot start `podman system service` on this node: {e}"
+            ))
+        })?;
+    let service = PodmanService {
+        _child: child,
+        socket: socket.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        if socket.exists()
+            && let Ok(d) = Docker::connect_to(Some(&socket)).await
+        {
+            return Ok((d, Some(service)));
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(user(format!(
+                "podman system service did not answer on {} within 20 s",
+                socket.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -72,6 +72,7 @@ pub async fn run_job_with(
             finished: None,
             usage: Usage::default(),
             cost_usd: 0.0,
+            attempt: 0,
         })
         .collect();
     let record = JobRecord {

@@ -37,8 +37,8 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(10);
 /// the pipeline's 10 s grace; Slurm's KillWait must be longer).
 const RECORD_PATIENCE_CANCELLED: Duration = Duration::from_secs(40);
 
-/// The remote description of task `idx`.
-pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize) -> RemoteTask {
+/// The remote description of attempt `attempt` of task `idx`, running image `image`.
+pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize, attempt: u32, image: String) -> RemoteTask {
     let req = &ctx.req;
     RemoteTask {
         task_id: layout::task_id(&req.group, &ctx.job, idx),
@@ -50,15 +50,22 @@ pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize) -> RemoteTask {
         index: idx,
         cpus: req.spec.resources.cpus,
         memory_bytes: req.spec.resources.memory.map(|m| m.0),
+        gpus: req.spec.resources.gpus,
         timeout: req.spec.timeout(),
-        adopt: ctx.resume,
+        attempt,
+        image,
+        adopt: false,
     }
 }
 
-async fn read_node(ctx: &TaskCtx, idx: usize) -> Result<Option<NodeRecord>, PipelineError> {
+async fn read_node(
+    ctx: &TaskCtx,
+    idx: usize,
+    attempt: u32,
+) -> Result<Option<NodeRecord>, PipelineError> {
     let Some(bytes) = ctx
         .store
-        .get_small(&ctx.writer.paths.node_record(idx), 16 << 20)
+        .get_small(&ctx.writer.paths.node_record(idx, attempt), 16 << 20)
         .await?
     else {
         return Ok(None);
@@ -74,145 +81,231 @@ fn copy_in(rec: &NodeRecord) -> impl FnOnce(&mut TaskRecord, &mut TaskLive) + '_
     }
 }
 
-/// The manager's end of a remote task: see the module docs.
-pub(crate) async fn follow(
-    ctx: &TaskCtx,
-    idx: usize,
-    remote: &RemoteTask,
-    run: ExecFuture<'_, RemoteEnd>,
-) -> Result<(), PipelineError> {
+/// Slurm states in which the batch script was signalled: the node stops its container and
+/// records, which may take the stop grace.
+fn signalled(state: &str) -> bool {
+    matches!(state, "CANCELLED" | "NODE_FAIL" | "PREEMPTED" | "TIMEOUT")
+}
+
+/// The manager's end of a remote task: see the module docs. Runs attempts until one records
+/// an outcome, the user cancels, or the retries are used up (`lost`).
+pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
     let key = &ctx.req.datasets[idx];
+    let kind = ctx.executor.kind();
+    let (mut attempt, image) = {
+        let s = ctx.writer.shared.lock().await;
+        let image = s
+            .record
+            .image_id
+            .clone()
+            .unwrap_or_else(|| ctx.req.image.clone());
+        (s.record.tasks[idx].attempt, image)
+    };
+    let retries = ctx.executor.remote_retries();
+    let mut adopt = ctx.resume;
     if ctx.resume {
         let task = ctx.writer.shared.lock().await.record.tasks[idx].clone();
         if task.state.is_terminal() {
             return Ok(());
         }
-        if let Some(rec) = read_node(ctx, idx).await?
+        if let Some(rec) = read_node(ctx, idx, attempt).await?
             && rec.task.state.is_terminal()
         {
             return finish_from_node(ctx, idx, rec).await;
         }
-        // Re-attach to the task's Slurm job (found by name and comment) and carry on.
-        ctx.writer
-            .log(&format!(
-                "[Job Manager] dataset {key}: re-attaching to task {} on {} after a restart",
-                remote.task_id,
-                ctx.executor.kind()
-            ))
-            .await?;
-    } else {
-        ctx.writer
-            .log(&format!(
-                "[Job Manager] dataset {key}: submitting task {} to {}",
-                remote.task_id,
-                ctx.executor.kind()
-            ))
-            .await?;
     }
-    let mut end = wait_remote(ctx, idx, run).await?;
-    if remote.adopt
-        && end.handle.is_none()
-        && !ctx.cancel.is_cancelled()
-        && read_node(ctx, idx).await?.is_none()
-    {
-        // No Slurm job and no trace on a node: the manager stopped before it was submitted.
-        // Submit it now (the node's claim keeps a late duplicate from running it twice).
-        ctx.writer
-            .log(&format!(
-                "[Job Manager] dataset {key}: no {} job of task {} was found after the restart and it never started: submitting it",
-                ctx.executor.kind(),
-                remote.task_id
-            ))
-            .await?;
-        let fresh = RemoteTask {
-            adopt: false,
-            ..remote.clone()
-        };
-        if let Some(run) = ctx.executor.run_remote(&fresh, &ctx.cancel) {
-            end = wait_remote(ctx, idx, run).await?;
+    loop {
+        let mut remote = remote_task(ctx, idx, attempt, image.clone());
+        remote.adopt = adopt;
+        if adopt {
+            // Re-attach to the task's Slurm job (found by name and comment) and carry on.
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: re-attaching to task {} on {kind} after a restart",
+                    remote.task_id
+                ))
+                .await?;
+        } else {
+            if let Some(line) = crate::images::publish(&ctx.store, &ctx.executor, &image).await? {
+                ctx.writer.log(&format!("[Job Manager] {line}")).await?;
+            }
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: submitting task {}{} to {kind}",
+                    remote.task_id,
+                    if attempt > 0 {
+                        format!(" (attempt {} of {})", attempt + 1, retries.max(attempt) + 1)
+                    } else {
+                        String::new()
+                    }
+                ))
+                .await?;
         }
-    }
-    let handle = end.handle.as_deref().unwrap_or("(none found)");
-    ctx.writer
-        .log(&format!(
-            "[Job Manager] dataset {key}: {} job {handle} ended {}",
-            ctx.executor.kind(),
-            end.state
-        ))
-        .await?;
-    // The scheduler may call the job ended while the node is still stopping its container and
-    // recording (a scancel's SIGTERM, KillWait): give the node's record time to arrive.
-    let patience = if ctx.cancel.is_cancelled() {
-        RECORD_PATIENCE_CANCELLED
-    } else {
-        RECORD_PATIENCE
-    };
-    let deadline = tokio::time::Instant::now() + patience;
-    let mut rec = read_node(ctx, idx).await?;
-    while !rec.as_ref().is_some_and(|r| r.task.state.is_terminal())
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        rec = read_node(ctx, idx).await?;
-    }
-    match rec {
-        Some(mut rec) if rec.task.state.is_terminal() => {
-            if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() {
-                // Nobody asked caas to cancel it: the scheduler (an administrator's scancel,
-                // a preemption) stopped it. Say so where the user looks.
-                let why = format!(
-                    "cancelled outside caas: {} job {handle} ended {} (an administrator's scancel, or the scheduler); the container was stopped",
-                    ctx.executor.kind(),
+        let mut end = run_once(ctx, idx, &remote).await?;
+        if adopt
+            && end.handle.is_none()
+            && !ctx.cancel.is_cancelled()
+            && read_node(ctx, idx, attempt).await?.is_none()
+        {
+            // No Slurm job and no trace on a node: the manager stopped before it was submitted.
+            // Submit it now (the node's claim keeps a late duplicate from running it twice).
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: no {kind} job of task {} was found after the restart and it never started: submitting it",
+                    remote.task_id
+                ))
+                .await?;
+            remote.adopt = false;
+            end = run_once(ctx, idx, &remote).await?;
+        }
+        adopt = false;
+        let handle = end.handle.as_deref().unwrap_or("(none found)");
+        ctx.writer
+            .log(&format!(
+                "[Job Manager] dataset {key}: {kind} job {handle} ended {}",
+                end.state
+            ))
+            .await?;
+        // The scheduler may call the job ended while the node is still stopping its container
+        // and recording (a scancel's SIGTERM, KillWait): give the node's record time to arrive.
+        let patience = if ctx.cancel.is_cancelled() || signalled(&end.state) {
+            RECORD_PATIENCE_CANCELLED
+        } else {
+            RECORD_PATIENCE
+        };
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut rec = read_node(ctx, idx, attempt).await?;
+        while !rec.as_ref().is_some_and(|r| r.task.state.is_terminal())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rec = read_node(ctx, idx, attempt).await?;
+        }
+        let user_cancelled = ctx.cancel.is_cancelled();
+        // The node failed or the job was preempted: the agent stopped the task when Slurm told
+        // it to, but the task did not end for a reason of its own. Run it again.
+        let involuntary = caas_runtime::is_involuntary(&end.state);
+        match rec {
+            Some(rec)
+                if rec.task.state.is_terminal()
+                    && !(involuntary && rec.task.state == State::Cancelled && !user_cancelled) =>
+            {
+                return finish_recorded(ctx, idx, rec, handle, &end.state).await;
+            }
+            other => {
+                let last = other
+                    .map(|r| format!(" (its last recorded state: {})", r.task.state))
+                    .unwrap_or_default();
+                if user_cancelled {
+                    let reason = format!(
+                        "cancelled: {kind} job {handle} ended {} before the task recorded an outcome{last}",
+                        end.state
+                    );
+                    return end_without_record(ctx, idx, State::Cancelled, reason).await;
+                }
+                let said = end
+                    .detail
+                    .as_deref()
+                    .map(|d| format!("; the node agent's last output: {d}"))
+                    .unwrap_or_default();
+                let reason = format!(
+                    "lost: {kind} job {handle} ended {} without the task recording an outcome{last}{said}",
                     end.state
                 );
-                rec.task.reason = Some(why.clone());
-                finish_from_node(ctx, idx, rec).await?;
-                return ctx
-                    .writer
-                    .log(&format!("[Job Manager] dataset {key}: {why}"))
-                    .await;
+                if attempt >= retries {
+                    let reason = if retries > 0 {
+                        format!("{reason}; no retries left ({} attempts)", attempt + 1)
+                    } else {
+                        reason
+                    };
+                    return end_without_record(ctx, idx, State::Lost, reason).await;
+                }
+                ctx.writer
+                    .log(&format!(
+                        "[Job Manager] dataset {key}: {reason}: retrying it"
+                    ))
+                    .await?;
+                attempt += 1;
+                let next = attempt;
+                ctx.writer
+                    .update_task(idx, |t, live| {
+                        t.attempt = next;
+                        t.state = State::Queued;
+                        t.reason = Some(format!("retried after {reason}"));
+                        t.exit_code = None;
+                        t.started = None;
+                        t.finished = None;
+                        t.container_id = None;
+                        live.std.clear();
+                    })
+                    .await?;
             }
-            finish_from_node(ctx, idx, rec).await
-        }
-        other => {
-            let last = other
-                .map(|r| format!(" (its last recorded state: {})", r.task.state))
-                .unwrap_or_default();
-            let (state, reason) = if ctx.cancel.is_cancelled() {
-                (
-                    State::Cancelled,
-                    format!(
-                        "cancelled: {} job {handle} ended {} before the task recorded an outcome{last}",
-                        ctx.executor.kind(),
-                        end.state
-                    ),
-                )
-            } else {
-                (
-                    State::Lost,
-                    format!(
-                        "lost: {} job {handle} ended {} without the task recording an outcome{last}",
-                        ctx.executor.kind(),
-                        end.state
-                    ),
-                )
-            };
-            end_without_record(ctx, idx, state, reason).await
         }
     }
+}
+
+/// Submit (or re-attach to) one remote run and wait for its end.
+async fn run_once(
+    ctx: &TaskCtx,
+    idx: usize,
+    remote: &RemoteTask,
+) -> Result<RemoteEnd, PipelineError> {
+    let Some(run) = ctx.executor.run_remote(remote, &ctx.cancel) else {
+        return Err(PipelineError::Refused(format!(
+            "executor {} does not run tasks remotely",
+            ctx.executor.kind()
+        )));
+    };
+    wait_remote(ctx, idx, remote.attempt, run).await
+}
+
+/// A terminal node record: copy it in; a `cancelled` nobody asked caas for says who did.
+async fn finish_recorded(
+    ctx: &TaskCtx,
+    idx: usize,
+    mut rec: NodeRecord,
+    handle: &str,
+    state: &str,
+) -> Result<(), PipelineError> {
+    if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() && state == "TIMEOUT" {
+        // Slurm's own time limit stopped it (no warning signal asked for, or it came too late).
+        rec.task.state = State::TimedOut;
+        rec.task.reason = Some(format!(
+            "timed out: {} job {handle} reached the scheduler's time limit (TIMEOUT); the container was stopped",
+            ctx.executor.kind()
+        ));
+        return finish_from_node(ctx, idx, rec).await;
+    }
+    if rec.task.state == State::Cancelled && !ctx.cancel.is_cancelled() {
+        // Nobody asked caas to cancel it: the scheduler (an administrator's scancel) stopped it.
+        // Say so where the user looks.
+        let why = format!(
+            "cancelled outside caas: {} job {handle} ended {state} (an administrator's scancel, or the scheduler); the container was stopped",
+            ctx.executor.kind()
+        );
+        rec.task.reason = Some(why.clone());
+        finish_from_node(ctx, idx, rec).await?;
+        let key = &ctx.req.datasets[idx];
+        return ctx
+            .writer
+            .log(&format!("[Job Manager] dataset {key}: {why}"))
+            .await;
+    }
+    finish_from_node(ctx, idx, rec).await
 }
 
 /// Wait for a remote run to end, mirroring the node's record into job.json meanwhile.
 async fn wait_remote(
     ctx: &TaskCtx,
     idx: usize,
+    attempt: u32,
     run: ExecFuture<'_, RemoteEnd>,
 ) -> Result<RemoteEnd, PipelineError> {
     let mirror = async {
         let mut last: Option<String> = None;
         loop {
             tokio::time::sleep(MIRROR_INTERVAL).await;
-            match read_node(ctx, idx).await {
+            match read_node(ctx, idx, attempt).await {
                 Ok(Some(rec)) => {
                     let now = serde_json::to_string(&rec).ok();
                     if now != last {
@@ -279,8 +372,13 @@ pub struct NodeTask {
     pub index: usize,
     /// Scratch space on the node.
     pub work_root: PathBuf,
-    /// Who this attempt is (host, Slurm job id), written in the claim.
-    pub attempt: String,
+    /// Which attempt of the task this is (the manager's number, in job.json).
+    pub attempt: u32,
+    /// Who runs this attempt (host, Slurm job id), written in the claim.
+    pub runner: String,
+    /// Set when the scheduler warned that its time limit is near (Slurm's `--signal`): a task
+    /// the cancellation then stops is recorded `timed_out`, not `cancelled`.
+    pub deadline_warned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The node's end of a remote task (`caas task run`): claim the task, then run it through the
@@ -320,6 +418,14 @@ pub async fn run_node_task(
             )));
         }
     }
+    let recorded = record.tasks[idx].attempt;
+    if recorded != task.attempt {
+        return Err(PipelineError::Refused(format!(
+            "task {idx} of job {} is at attempt {recorded}, this is attempt {}: not run (a stale or duplicated Slurm job)",
+            job.folder(),
+            task.attempt
+        )));
+    }
     if record.tasks[idx].state.is_terminal() {
         return Err(PipelineError::Refused(format!(
             "task {idx} of job {} has already ended ({})",
@@ -336,30 +442,39 @@ pub async fn run_node_task(
     // The claim: one attempt runs a task, ever (a requeued Slurm job finds it taken).
     let claim = serde_json::json!({
         "attempt": task.attempt,
+        "runner": task.runner,
         "host": host_name(),
         "claimed": Utc::now().to_rfc3339(),
     });
     if !store
-        .create(&paths.node_claim(idx), claim.to_string())
+        .create(&paths.node_claim(idx, task.attempt), claim.to_string())
         .await?
     {
         let by = store
-            .get_small(&paths.node_claim(idx), 1 << 16)
+            .get_small(&paths.node_claim(idx, task.attempt), 1 << 16)
             .await?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         return Err(PipelineError::Refused(format!(
-            "task {idx} of job {} was already claimed by another attempt: {by}",
+            "attempt {} of task {idx} of job {} was already claimed: {by}",
+            task.attempt,
             job.folder()
         )));
     }
+    // The image by its id (what the manager validated); loaded from the store when this
+    // node's engine lacks it.
+    let image = record
+        .image_id
+        .clone()
+        .unwrap_or_else(|| record.image.clone());
+    let loaded = crate::images::ensure_on_node(store, executor, &image).await;
     let req = JobRequest {
         spec: task.spec.clone(),
         group: task.group.clone(),
         timestamp: task.timestamp.clone(),
         datasets: datasets.clone(),
         config,
-        image: record.image.clone(),
+        image: image.clone(),
         origin: record.origin.clone(),
         extra_mounts: Vec::new(),
         concurrency: 1,
@@ -380,6 +495,24 @@ pub async fn run_node_task(
         observer,
         node: Some(idx),
     });
+    match loaded {
+        Ok(Some(line)) => writer.log(&format!("[Job Manager] {line}")).await?,
+        Ok(None) => {}
+        Err(e) => {
+            // Recorded, so the manager ends the task with this reason instead of guessing.
+            let reason = format!("the node could not get the task's image: {e}");
+            writer.log(&format!("[Job Manager] {reason}")).await?;
+            writer
+                .update_task(idx, |t, _| {
+                    t.state = State::Failed;
+                    t.reason = Some(reason.clone());
+                    t.finished = Some(Utc::now());
+                })
+                .await?;
+            let t = writer.shared.lock().await.record.tasks[idx].clone();
+            return Ok(t);
+        }
+    }
     let ctx = TaskCtx {
         store: store.clone(),
         executor: executor.clone(),
@@ -392,5 +525,19 @@ pub async fn run_node_task(
     };
     crate::task::run_task(&ctx, idx).await?;
     let t = writer.shared.lock().await.record.tasks[idx].clone();
+    if t.state == State::Cancelled
+        && task
+            .deadline_warned
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        let reason = "timed out: the scheduler's time limit for the task was about to end (its warning signal came); the container was stopped".to_string();
+        writer
+            .update_task(idx, |t, _| {
+                t.state = State::TimedOut;
+                t.reason = Some(reason.clone());
+            })
+            .await?;
+        return Ok(writer.shared.lock().await.record.tasks[idx].clone());
+    }
     Ok(t)
 }

@@ -197,9 +197,10 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
 
     // An executor that runs whole tasks elsewhere (Slurm): the node runs this same pipeline.
-    let remote = crate::remote::remote_task(ctx, idx);
-    if let Some(run) = ctx.executor.run_remote(&remote, &ctx.cancel) {
-        return crate::remote::follow(ctx, idx, &remote, run).await;
+    let probe = crate::remote::remote_task(ctx, idx, 0, String::new());
+    if ctx.executor.run_remote(&probe, &ctx.cancel).is_some() {
+        // (The future is dropped unpolled: nothing was submitted.)
+        return crate::remote::follow(ctx, idx).await;
     }
 
     if ctx.resume {

@@ -113,7 +113,10 @@ impl JobWriter {
             host: host_name(),
         };
         self.store
-            .put(&self.paths.node_record(idx), encode("node record", &rec)?)
+            .put(
+                &self.paths.node_record(idx, s.record.tasks[idx].attempt),
+                encode("node record", &rec)?,
+            )
             .await?;
         Ok(())
     }

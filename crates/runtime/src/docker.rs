@@ -100,7 +100,7 @@ pub(crate) fn status_of(e: &BollardError) -> Option<u16> {
     }
 }
 
-fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
+pub(crate) fn api(what: impl Into<String>) -> impl FnOnce(BollardError) -> RuntimeError {
     let what = what.into();
     move |source| {
         if lost_connection(&source) {
@@ -157,14 +157,30 @@ fn unix_now() -> u64 {
 impl Docker {
     /// Connect to `DOCKER_HOST` or the local socket, negotiate the API version, and ping.
     pub async fn connect() -> Result<Self, RuntimeError> {
-        let endpoint = std::env::var("DOCKER_HOST")
-            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+        Self::connect_to(None).await
+    }
+
+    /// Connect to the engine API at unix socket `socket` (e.g. Podman's Docker-compatible
+    /// service), or as [`connect`](Self::connect) does when `None`.
+    pub async fn connect_to(socket: Option<&std::path::Path>) -> Result<Self, RuntimeError> {
+        let endpoint = match socket {
+            Some(p) => format!("unix://{}", p.display()),
+            None => std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string()),
+        };
         let unavailable = |message: String| RuntimeError::EngineUnavailable {
             endpoint: endpoint.clone(),
             message,
         };
-        let client =
-            bollard::Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
+        let client = match socket {
+            Some(p) => bollard::Docker::connect_with_unix(
+                &p.to_string_lossy(),
+                300,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            None => bollard::Docker::connect_with_defaults(),
+        }
+        .map_err(|e| unavailable(e.to_string()))?;
         // Long enough for slow engine calls; waits and log streams are not bounded by it.
         let client = client.with_timeout(Duration::from_secs(300));
         let client = tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())

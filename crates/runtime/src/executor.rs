@@ -55,9 +55,15 @@ pub struct RemoteTask {
     pub cpus: Option<f64>,
     /// Memory the task may use, bytes.
     pub memory_bytes: Option<u64>,
+    /// GPUs the task needs.
+    pub gpus: Option<u32>,
     /// The task's own time limit (the node enforces it; the remote scheduler's limit is this
     /// plus a grace for staging and upload).
     pub timeout: Duration,
+    /// Which run of the task this is (0: the first; a retry of a `lost` run is the next).
+    pub attempt: u32,
+    /// The image the node runs: its id (`sha256:...`) when known, else the reference.
+    pub image: String,
     /// After a manager restart: re-attach to the task's remote run (found by its name and
     /// comment) instead of submitting it; none found ends at once with no handle.
     pub adopt: bool,
@@ -71,6 +77,9 @@ pub struct RemoteEnd {
     pub handle: Option<String>,
     /// The scheduler's last state of it (e.g. `COMPLETED`, `CANCELLED`, `GONE`).
     pub state: String,
+    /// The last lines the node agent printed, when the manager can read them (a diagnostic
+    /// for a run that recorded nothing; never trusted as an outcome).
+    pub detail: Option<String>,
 }
 
 /// Runs task containers. The places a second executor has to implement.
@@ -139,6 +148,37 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         _cancel: &'a CancellationToken,
     ) -> Option<ExecFuture<'a, RemoteEnd>> {
         None
+    }
+
+    /// For an executor that runs whole tasks elsewhere: how many times a remote run that ended
+    /// without an outcome (node failure, preemption) is retried.
+    fn remote_retries(&self) -> u32 {
+        0
+    }
+
+    /// Write image `image` (an id or reference) as a `docker save` archive to `dest`, for
+    /// publication through the store to nodes whose engine lacks it. Refused by default.
+    fn save_image<'a>(&'a self, image: &'a str, dest: &'a std::path::Path) -> ExecFuture<'a, u64> {
+        let _ = dest;
+        async move {
+            Err(RuntimeError::Refused {
+                what: format!("saving image {image}: this executor has no engine to save from"),
+            })
+        }
+        .boxed()
+    }
+
+    /// Load a `docker save` archive into the engine; returns nothing once the engine has it.
+    fn load_image<'a>(&'a self, archive: &'a std::path::Path) -> ExecFuture<'a, ()> {
+        async move {
+            Err(RuntimeError::Refused {
+                what: format!(
+                    "loading {}: this executor cannot load images",
+                    archive.display()
+                ),
+            })
+        }
+        .boxed()
     }
 }
 
@@ -209,5 +249,13 @@ impl Executor for Docker {
 
     fn reap_expired(&self) -> ExecFuture<'_, Vec<String>> {
         Docker::reap_expired(self).boxed()
+    }
+
+    fn save_image<'a>(&'a self, image: &'a str, dest: &'a std::path::Path) -> ExecFuture<'a, u64> {
+        Docker::save_image(self, image, dest).boxed()
+    }
+
+    fn load_image<'a>(&'a self, archive: &'a std::path::Path) -> ExecFuture<'a, ()> {
+        Docker::load_image(self, archive).boxed()
     }
 }

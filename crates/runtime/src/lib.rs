@@ -16,6 +16,7 @@ mod docker;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
+mod images;
 mod slurm;
 
 pub use build::{BuildEvent, BuildOptions};
@@ -25,7 +26,10 @@ pub use dev::{
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
 pub use executor::{ExecFuture, Executor, RemoteEnd, RemoteTask, TaskContainer};
-pub use slurm::{Slurm, SlurmConfig};
+pub use slurm::{
+    GONE, NodeEngine, QueryCalls, Slurm, SlurmConfig, is_involuntary, is_terminal, job_comment,
+    job_name, parse_rate,
+};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -147,22 +147,67 @@ impl JobPaths {
         format!("{}/process_results", self.root)
     }
 
-    /// `_caas/tasks/<idx>.json`: what the node running task `idx` elsewhere (a Slurm node's
-    /// `caas task run`) recorded of it: the only channel from the node back to the manager.
-    pub fn node_record(&self, idx: usize) -> String {
-        format!("{}/_caas/tasks/{idx}.json", self.root)
+    /// `_caas/tasks/<idx>.json` (`<idx>.attempt<N>.json` for a retry): what the node running
+    /// attempt `attempt` of task `idx` elsewhere (a Slurm node's `caas task run`) recorded of
+    /// it: the only channel from the node back to the manager.
+    pub fn node_record(&self, idx: usize, attempt: u32) -> String {
+        format!(
+            "{}/_caas/tasks/{idx}{}.json",
+            self.root,
+            attempt_suffix(attempt)
+        )
     }
 
-    /// `_caas/tasks/<idx>.claim`: created exactly once by the node attempt that runs task
-    /// `idx`, so a task never runs twice (a requeued or duplicated Slurm job finds it taken).
-    pub fn node_claim(&self, idx: usize) -> String {
-        format!("{}/_caas/tasks/{idx}.claim", self.root)
+    /// `_caas/tasks/<idx>.claim` (`<idx>.attempt<N>.claim` for a retry): created exactly once
+    /// by the node run of that attempt, so an attempt never runs twice (a requeued or
+    /// duplicated Slurm job finds it taken).
+    pub fn node_claim(&self, idx: usize, attempt: u32) -> String {
+        format!(
+            "{}/_caas/tasks/{idx}{}.claim",
+            self.root,
+            attempt_suffix(attempt)
+        )
     }
 
     /// `process_results/end.txt`.
     pub fn end_marker(&self) -> String {
         format!("{}/process_results/end.txt", self.root)
     }
+}
+
+fn attempt_suffix(attempt: u32) -> String {
+    if attempt == 0 {
+        String::new()
+    } else {
+        format!(".attempt{attempt}")
+    }
+}
+
+/// `_caas/images`: analysis images published through the store for nodes whose engine lacks
+/// them (`<image digest>.tar`, a `docker save` archive, and `<image digest>.json`, its size and
+/// SHA-256, written once the archive is complete).
+pub const IMAGES_PREFIX: &str = "_caas/images";
+
+/// The hex digest of an image id (`sha256:<hex>` or `<hex>`), when it is one.
+pub fn image_digest(image_id: &str) -> Option<&str> {
+    let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// `_caas/images/<hex>.tar`: the published archive of image `sha256:<hex>`.
+pub fn image_archive(hex: &str) -> String {
+    format!("{IMAGES_PREFIX}/{hex}.tar")
+}
+
+/// `_caas/images/<hex>.json`: the archive's size and SHA-256, written after it (its presence
+/// means the archive is complete).
+pub fn image_manifest(hex: &str) -> String {
+    format!("{IMAGES_PREFIX}/{hex}.json")
+}
+
+/// `_caas/images/<hex>.lock`: created once by the manager that publishes the image.
+pub fn image_lock(hex: &str) -> String {
+    format!("{IMAGES_PREFIX}/{hex}.lock")
 }
 
 /// The body of `end.txt`.
@@ -302,6 +347,24 @@ mod tests {
         assert_ne!(ledger_entry(&g, &job("t1"), 0), running_entry(&id));
         assert!(running_entry(&id).starts_with("_caas/running/"));
         assert!("_caas".parse::<GroupName>().is_err());
+    }
+
+    #[test]
+    fn attempts_and_images_have_their_own_keys() {
+        let g: GroupName = "lab".parse().unwrap();
+        let p = JobPaths::new(&g, &job("t1"));
+        assert_eq!(
+            p.node_record(2, 0),
+            "lab/results/job__pca_t1/_caas/tasks/2.json"
+        );
+        assert_eq!(
+            p.node_claim(2, 1),
+            "lab/results/job__pca_t1/_caas/tasks/2.attempt1.claim"
+        );
+        let hex = "ab".repeat(32);
+        assert_eq!(image_digest(&format!("sha256:{hex}")), Some(hex.as_str()));
+        assert_eq!(image_digest("local/busybox:test"), None);
+        assert_eq!(image_archive(&hex), format!("_caas/images/{hex}.tar"));
     }
 
     #[test]

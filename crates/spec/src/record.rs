@@ -142,6 +142,14 @@ pub struct TaskRecord {
     /// Cost in USD (usage × the price table; 0 on a local engine).
     #[serde(default)]
     pub cost_usd: f64,
+    /// Which run of the task this is (0: the first): an executor that runs tasks elsewhere
+    /// (Slurm) retries a run that ended without an outcome (`lost`) as the next attempt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `job.json`: the whole story of one job, rewritten on every state change.
@@ -398,6 +406,7 @@ mod tests {
             finished: None,
             usage: Usage::default(),
             cost_usd: 0.0,
+            attempt: 0,
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 pub mod api;
 pub mod server;
+pub mod slurm;
 
 /// The base image scripts/setup.sh builds without a registry.
 pub const BASE_IMAGE: &str = "local/busybox:test";

@@ -1,0 +1,96 @@
+//! Helpers of the Slurm tests: bring the one-host three-node cluster up (with accounting and
+//! Podman, as scripts/setup.sh does), one test at a time, and read what Slurm says of a job.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::server::Server;
+use super::{Sandbox, repo_root};
+
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// `../shared/slurm/setup.sh` beside the repository (the worktree's parent holds `shared/`).
+pub fn setup_script() -> PathBuf {
+    let root = repo_root();
+    for base in root.ancestors().skip(1) {
+        let p = base.join("shared/slurm/setup.sh");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "no shared/slurm/setup.sh next to {} (or above it): the Slurm tests need it",
+        root.display()
+    );
+}
+
+/// Bring the three-node cluster up (idempotent, ~0.1 s when it runs). Fails the test when it
+/// cannot: no root, no packages, nodes not idle. The returned guard runs this binary's tests
+/// one at a time (they share the three nodes, and the fan-out test needs all of them).
+pub fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let script = setup_script();
+        let t = Instant::now();
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("SLURM_NODES", "3")
+            .env("SLURM_ACCOUNTING", "1")
+            .env("SLURM_WITH_PODMAN", "1")
+            .output()
+            .expect("run setup.sh");
+        assert!(
+            out.status.success(),
+            "Slurm could not be brought up with SLURM_NODES=3 SLURM_ACCOUNTING=1 SLURM_WITH_PODMAN=1 bash {} (it needs root):\n{}\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("slurm ready in {:.1} s", t.elapsed().as_secs_f64());
+    });
+    guard
+}
+
+pub fn submission(data: &str, config: &str, ts: &str) -> Vec<u8> {
+    format!(r#"{{"dataname": {data}, "configname": "{config}", "timestamp": "{ts}"}}"#).into_bytes()
+}
+
+/// The Slurm job ids the manager's certificate names ("slurm job N ended STATE"), each once, in
+/// order.
+pub fn slurm_jobs(cert: &str) -> Vec<(String, String)> {
+    let mut seen = std::collections::BTreeSet::new();
+    cert.lines()
+        .filter_map(|l| {
+            let rest = l.split("slurm job ").nth(1)?;
+            let mut it = rest.split_whitespace();
+            let id = it.next()?.to_string();
+            (it.next()? == "ended").then(|| (id, it.next().unwrap_or_default().to_string()))
+        })
+        .filter(|(id, _)| seen.insert(id.clone()))
+        .collect()
+}
+
+pub fn scontrol(id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn start_serve(sb: &Sandbox, store: &Path, a: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--executor", "slurm", "--slurm-poll", "500ms"];
+    args.extend_from_slice(extra);
+    Server::start(
+        store.to_str().unwrap(),
+        &[a],
+        &args,
+        &sb.path().join("serve.log"),
+    )
+}
