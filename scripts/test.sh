@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
 # test.sh - the whole test suite, as CI runs it: set-up (idempotent), format, lints, tests.
-# Tests talk to the real Docker engine that scripts/setup.sh starts.
+# Tests talk to the real Docker engine, S3 server (moto), Slurm cluster and Chromium that
+# scripts/setup.sh installs and starts. Set-up runs in the background while the format check,
+# the lints and the test build use the CPU, and must be done before the first test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+setup_log=$(mktemp)
+bash scripts/setup.sh >"$setup_log" 2>&1 &
+setup_pid=$!
+finish_setup() {
+  if ! wait "$setup_pid"; then
+    cat "$setup_log" >&2
+    echo "scripts/setup.sh failed" >&2
+    exit 1
+  fi
+  cat "$setup_log" >&2
+}
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --no-run
+finish_setup
 log=$(mktemp)
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
@@ -13,5 +27,5 @@ status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
-rm -f "$log"
+rm -f "$log" "$setup_log"
 exit "$status"
