@@ -64,6 +64,7 @@ fn an_engine_restart_mid_task_ends_the_job_with_a_clear_reason() {
     while engine_up()
         || Command::new("pgrep")
             .args(["-x", "dockerd"])
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap()
             .success()
