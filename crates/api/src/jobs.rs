@@ -265,13 +265,14 @@ pub async fn create(
         },
     };
     if let Some(url) = webhook {
-        crate::webhook::spawn(
-            st.clone(),
+        crate::webhook::register(
+            &st,
             url,
             p.token.hash.clone(),
-            paths,
+            group.clone(),
             job_id.folder(),
-        );
+        )
+        .await;
     }
     Ok((StatusCode::CREATED, Json(job)))
 }

@@ -27,6 +27,7 @@ mod web;
 mod webhook;
 
 pub use error::ApiError;
+pub use webhook::resume as resume_webhooks;
 
 /// How the API behaves.
 #[derive(Clone, Debug)]

@@ -1,13 +1,18 @@
 //! Webhooks: a job submitted with `"webhook": URL` has its Job JSON POSTed to that URL on each
 //! state change, signed `X-Caas-Signature: sha256=<hex HMAC-SHA256 of the body>` keyed by the
 //! submitting token's secret hash, retried with backoff. Failures are logged, never touch the
-//! job.
+//! job. Each hook is recorded under `_caas/webhooks/` until its job's end is delivered, so a
+//! server restarted mid-job ([`resume`]) goes on delivering: at least once per state change
+//! (a receiver may see a state again after a restart; the job and state tell them apart).
 
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 
-use caas_spec::layout::JobPaths;
+use serde::{Deserialize, Serialize};
+
+use caas_spec::GroupName;
+use caas_spec::layout::{JobPaths, WEBHOOKS_PREFIX, webhook_key};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -46,8 +51,86 @@ pub fn signature(key: &str, body: &[u8]) -> String {
     format!("sha256={sig}")
 }
 
-/// Watch the job and POST it on each state change until it ends.
-pub(crate) fn spawn(st: AppState, url: reqwest::Url, key: String, paths: JobPaths, folder: String) {
+/// A hook in flight, as recorded in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HookRecord {
+    url: String,
+    key: String,
+    group: GroupName,
+    folder: String,
+    /// The last state delivered.
+    #[serde(default)]
+    last: String,
+}
+
+/// Record the hook of a new job and start watching it.
+pub(crate) async fn register(
+    st: &AppState,
+    url: reqwest::Url,
+    key: String,
+    group: GroupName,
+    folder: String,
+) {
+    let rec = HookRecord {
+        url: url.to_string(),
+        key,
+        group,
+        folder,
+        last: String::new(),
+    };
+    save(st, &rec).await;
+    spawn(st.clone(), url, rec);
+}
+
+async fn save(st: &AppState, rec: &HookRecord) {
+    let k = webhook_key(&rec.group, &rec.folder);
+    match serde_json::to_vec(rec) {
+        Ok(body) => {
+            if let Err(e) = st.store().put(&k, body).await {
+                tracing::warn!(error = %e, "recording a webhook (a restart would not resume it)");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "recording a webhook"),
+    }
+}
+
+/// Go on delivering the hooks recorded by an earlier run of the server.
+pub async fn resume(st: &AppState) -> usize {
+    let objects = match st.store().list(WEBHOOKS_PREFIX).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing webhooks to resume");
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for o in objects {
+        let key = o.location.to_string();
+        let rec = match st.store().get(&key).await {
+            Ok(Some(b)) => serde_json::from_slice::<HookRecord>(&b).ok(),
+            _ => None,
+        };
+        let Some(rec) = rec else {
+            tracing::warn!(key, "an unreadable webhook record is left alone");
+            continue;
+        };
+        // The record must be where its own group and folder put it.
+        if webhook_key(&rec.group, &rec.folder) != key {
+            continue;
+        }
+        match check_url(&rec.url) {
+            Ok(url) => {
+                spawn(st.clone(), url, rec);
+                n += 1;
+            }
+            Err(_) => tracing::warn!(key, "a webhook record with a refused URL is left alone"),
+        }
+    }
+    n
+}
+
+/// Watch the job and POST it on each state change until it ends, then forget the hook.
+fn spawn(st: AppState, url: reqwest::Url, mut rec: HookRecord) {
     tokio::spawn(async move {
         // No redirects: a hook may not bounce the job record to an address it was not given.
         let client = match reqwest::Client::builder()
@@ -60,13 +143,13 @@ pub(crate) fn spawn(st: AppState, url: reqwest::Url, key: String, paths: JobPath
                 return;
             }
         };
-        let mut last = String::new();
+        let paths = JobPaths::in_folder(&rec.group, &rec.folder);
         loop {
-            let rec = caas_client::read_record(st.store(), &paths)
+            let r = caas_client::read_record(st.store(), &paths)
                 .await
                 .ok()
                 .flatten();
-            if let Some(r) = rec {
+            if let Some(r) = r {
                 let state = format!(
                     "{}:{}",
                     r.state.as_str(),
@@ -76,12 +159,20 @@ pub(crate) fn spawn(st: AppState, url: reqwest::Url, key: String, paths: JobPath
                         .collect::<Vec<_>>()
                         .join(",")
                 );
-                if state != last {
-                    last = state;
-                    let body = serde_json::to_vec(&Job::in_folder(&folder, &r)).unwrap_or_default();
-                    deliver(&client, &url, &key, body).await;
+                if state != rec.last {
+                    let body =
+                        serde_json::to_vec(&Job::in_folder(&rec.folder, &r)).unwrap_or_default();
+                    deliver(&client, &url, &rec.key, body).await;
+                    rec.last = state;
+                    if !r.state.is_terminal() {
+                        save(&st, &rec).await;
+                    }
                 }
                 if r.state.is_terminal() {
+                    let k = webhook_key(&rec.group, &rec.folder);
+                    if let Err(e) = st.store().delete(&k).await {
+                        tracing::warn!(error = %e, "forgetting a delivered webhook");
+                    }
                     return;
                 }
             }

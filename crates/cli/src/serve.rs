@@ -250,6 +250,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                     ..caas_api::ApiConfig::default()
                 },
             );
+            let resumed = caas_api::resume_webhooks(&state).await;
+            if resumed > 0 {
+                tracing::info!(resumed, "webhooks of jobs in flight resumed");
+            }
             let app = caas_api::router(state);
             eprintln!("caas serve: API on http://{local}/api/v1/ (tokens: caas token create USER)");
             Some(tokio::spawn(caas_api::serve(listener, app, async move {

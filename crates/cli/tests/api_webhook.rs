@@ -161,3 +161,55 @@ fn a_webhook_gets_each_state_change_signed_and_retried() {
     );
     println!("webhook deliveries: {states:?}");
 }
+
+#[test]
+fn a_restarted_server_goes_on_delivering_a_jobs_webhook() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "hooked",
+        "echo started; sleep 5; wc -l < {data} > {results}/n.txt",
+        "",
+    ));
+    let store = sb.store();
+    let s = store.to_str().unwrap();
+    let mut api = start_api(s, &[&a], &[], &no_env(), &sb.path().join("serve1.log"));
+    let token = token_for(s, &no_env(), "wes", &["lab"], &[]);
+    let c = Client::new(&api, &token);
+    let g = "/api/v1/groups/lab";
+    assert_eq!(c.put(&format!("{g}/inputs/d.csv"), "1\n2\n").status, 201);
+    assert_eq!(c.put(&format!("{g}/configs/c.json"), "{}").status, 201);
+    let (url, seen) = hook(0);
+    let r = c.post(
+        &format!("{g}/jobs"),
+        &json!({"dataname": ["d.csv"], "configname": "c.json", "timestamp": "wh-r",
+                "webhook": url}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let record = store.join("_caas/webhooks/lab/job__hooked_wh-r.json");
+    assert!(record.is_file(), "the hook is recorded while its job runs");
+    let delivered = |state: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).unwrap()["state"] == state)
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || delivered("running")),
+        "no delivery of running: {}",
+        api.srv.log_text()
+    );
+
+    // kill -9 mid-job; a new server on the same store adopts the job and its hook.
+    api.srv.kill9();
+    assert!(record.is_file());
+    let api2 = start_api(s, &[&a], &[], &no_env(), &sb.path().join("serve2.log"));
+    assert!(
+        wait_for(Duration::from_secs(120), || delivered("succeeded")),
+        "the end was not delivered after the restart: {}",
+        api2.srv.log_text()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || !record.exists()),
+        "the delivered hook's record is not forgotten"
+    );
+}

@@ -316,6 +316,16 @@ pub fn upload_data(folder: &str) -> String {
     format!("{folder}/data")
 }
 
+/// Where the API keeps the webhooks of jobs in flight, so a restarted server goes on
+/// delivering them.
+pub const WEBHOOKS_PREFIX: &str = "_caas/webhooks";
+
+/// The webhook record of the job in `folder` of `group`:
+/// `_caas/webhooks/<group>/<folder>.json`.
+pub fn webhook_key(group: &GroupName, folder: &str) -> String {
+    format!("{WEBHOOKS_PREFIX}/{group}/{folder}.json")
+}
+
 /// The folder holding every group's ledger folder.
 pub const LEDGER_ROOT: &str = "logs";
 
