@@ -112,24 +112,12 @@ fn caas_cancel_scancels_the_slurm_job_and_leaves_no_container() {
         "",
     ));
     let store = sb.store();
-    put(&store, "lab/inputs/a.csv", b"1\n");
-    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put_inputs(&store, b"1\n");
     let srv = start_serve(&sb, &store, &a, &[]);
     let st = store.to_str().unwrap();
-    put(
-        &store,
-        "lab/submissions/csubmit.json",
-        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "c1"),
-    );
+    submit_one(&store, "c1");
     let job = store.join("lab/results/job__slurm-cancel_c1");
-    assert!(
-        wait_for(LIMIT, || {
-            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
-                .is_ok_and(|s| s.contains("started"))
-        }),
-        "the task did not start: {}",
-        srv.log_text()
-    );
+    wait_started(&job, &srv);
     assert_eq!(
         containers_of_job(&store, "job__slurm-cancel_c1").len(),
         1,
@@ -191,8 +179,7 @@ fn a_failing_task_and_a_timed_out_task_end_as_on_docker_with_no_container_left()
         "",
     ));
     let store = sb.store();
-    put(&store, "lab/inputs/a.csv", b"1\n");
-    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put_inputs(&store, b"1\n");
     let dir2 = sb.path().join("slow");
     std::fs::create_dir_all(&dir2).unwrap();
     std::fs::write(
@@ -261,23 +248,11 @@ fn a_manager_killed_mid_task_re_attaches_to_its_slurm_job_on_restart() {
         "",
     ));
     let store = sb.store();
-    put(&store, "lab/inputs/a.csv", b"1\n");
-    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put_inputs(&store, b"1\n");
     let mut srv = start_serve(&sb, &store, &a, &[]);
-    put(
-        &store,
-        "lab/submissions/rsubmit.json",
-        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "r1"),
-    );
+    submit_one(&store, "r1");
     let job = store.join("lab/results/job__slurm-restart_r1");
-    assert!(
-        wait_for(LIMIT, || {
-            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
-                .is_ok_and(|s| s.contains("started"))
-        }),
-        "the task did not start: {}",
-        srv.log_text()
-    );
+    wait_started(&job, &srv);
     srv.kill9();
     let srv2 = Server::start(
         store.to_str().unwrap(),
@@ -320,23 +295,11 @@ fn an_outside_scancel_ends_the_task_cancelled_with_that_reason() {
         "",
     ));
     let store = sb.store();
-    put(&store, "lab/inputs/a.csv", b"1\n");
-    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put_inputs(&store, b"1\n");
     let srv = start_serve(&sb, &store, &a, &[]);
-    put(
-        &store,
-        "lab/submissions/osubmit.json",
-        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "o1"),
-    );
+    submit_one(&store, "o1");
     let job = store.join("lab/results/job__slurm-outside_o1");
-    assert!(
-        wait_for(LIMIT, || {
-            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
-                .is_ok_and(|s| s.contains("started"))
-        }),
-        "the task did not start: {}",
-        srv.log_text()
-    );
+    wait_started(&job, &srv);
     // An administrator cancels it by its name, as squeue shows it.
     let out = Command::new("scancel")
         .arg("--name=caas-slurm-outside-o1-0")

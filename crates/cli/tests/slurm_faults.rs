@@ -57,23 +57,11 @@ fn a_node_that_goes_down_mid_task_makes_the_run_lost_and_it_is_retried() {
         "",
     ));
     let store = sb.store();
-    put(&store, "lab/inputs/a.csv", b"1\n");
-    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put_inputs(&store, b"1\n");
     let srv = start_serve(&sb, &store, &a, &[]);
-    put(
-        &store,
-        "lab/submissions/lsubmit.json",
-        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "l1"),
-    );
+    submit_one(&store, "l1");
     let job = store.join("lab/results/job__slurm-lost_l1");
-    assert!(
-        wait_for(LIMIT, || {
-            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
-                .is_ok_and(|s| s.contains("started"))
-        }),
-        "the task did not start: {}",
-        srv.log_text()
-    );
+    wait_started(&job, &srv);
     let node = node_of("caas-slurm-lost-l1-0");
     assert!(!node.is_empty(), "no node runs the task");
     let _back = NodeBack(node.clone());
@@ -139,19 +127,14 @@ fn slurms_time_limit_warning_makes_the_agent_record_timed_out_and_remove_its_con
         "timeout = \"10m\"\n",
     ));
     let store = sb.store();
-    put(&store, "lab/inputs/a.csv", b"1\n");
-    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put_inputs(&store, b"1\n");
     let srv = start_serve(
         &sb,
         &store,
         &a,
         &["--sbatch-arg=--time=1", "--slurm-signal", "50s"],
     );
-    put(
-        &store,
-        "lab/submissions/wsubmit.json",
-        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "w1"),
-    );
+    submit_one(&store, "w1");
     let job = store.join("lab/results/job__slurm-warned_w1");
     let t0 = Instant::now();
     assert!(

@@ -61,6 +61,34 @@ pub fn submission(data: &str, config: &str, ts: &str) -> Vec<u8> {
     format!(r#"{{"dataname": {data}, "configname": "{config}", "timestamp": "{ts}"}}"#).into_bytes()
 }
 
+/// Put the dataset `lab/inputs/a.csv` (holding `data`) and the config `lab/configs/c.yaml` into
+/// the local `store` (nothing is submitted yet).
+pub fn put_inputs(store: &Path, data: &[u8]) {
+    super::server::put(store, "lab/inputs/a.csv", data);
+    super::server::put(store, "lab/configs/c.yaml", b"threshold: 3\n");
+}
+
+/// Submit `a.csv` with `c.yaml` as the job `ts` (`lab/submissions/<ts>submit.json`).
+pub fn submit_one(store: &Path, ts: &str) {
+    super::server::put(
+        store,
+        &format!("lab/submissions/{ts}submit.json"),
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", ts),
+    );
+}
+
+/// Wait until the job folder's `a.csv` stdout says `started` (the task runs on a node).
+pub fn wait_started(job: &Path, srv: &Server) {
+    assert!(
+        super::server::wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+}
+
 /// The Slurm job ids the manager's certificate names ("slurm job N ended STATE"), each once, in
 /// order.
 pub fn slurm_jobs(cert: &str) -> Vec<(String, String)> {
