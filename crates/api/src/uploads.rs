@@ -195,7 +195,7 @@ pub async fn part(
     let rec = &mut record.state;
     let key = final_key(&group, rec)?;
     let mut s3 = record.s3.take();
-    let mut sess = match &s3 {
+    let sess = match &s3 {
         Some(s3) => Some(upload_s3::session(&mut guard, st.store(), &key, rec, s3).await?),
         None => None,
     };
@@ -208,7 +208,7 @@ pub async fn part(
             "the part is larger than {limit} bytes (the body limit, or what is left of the announced size)"
         )));
     }
-    if let (Some(sess), Some(parts)) = (sess.as_deref_mut(), s3.as_mut()) {
+    if let (Some(sess), Some(parts)) = (sess, s3.as_mut()) {
         upload_s3::part(sess, rec, parts, body, limit).await?;
         let received = rec.received;
         record.s3 = s3;
