@@ -5,10 +5,12 @@
 //! upload id and each S3 part's ETag and SHA-256 after every part request.
 //!
 //! A part either goes in whole or not at all: a part request that fails midway (a dropped
-//! connection) is rolled back, also when its handler was dropped. After a restart (or a
-//! session evicted after an hour idle) the writer is rebuilt from the record: what the S3
-//! parts hold is kept, the bytes that were only in memory are asked for again (`received`
-//! goes back to the end of the last S3 part).
+//! connection) is rolled back, also when its handler was dropped. A part request is answered
+//! while its S3 part may still be on its way (at most [`caas_store::IN_FLIGHT`] are), so that
+//! the client sends the next part meanwhile; the record lists the S3 parts known to be
+//! uploaded. After a restart, a session evicted after an hour idle, or an S3 part that failed
+//! to upload, the writer is rebuilt from the record: what its S3 parts hold is kept, the rest is
+//! asked for again (`received` goes back to the end of the last recorded S3 part).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,6 +121,10 @@ pub(crate) async fn session<'a>(
     rec: &mut UploadState,
     s3: &S3Parts,
 ) -> Result<&'a mut Session, ApiError> {
+    // A writer whose part failed to upload is rebuilt from the record (the last saved parts).
+    if slot.as_ref().is_some_and(|s| s.w.failed()) {
+        *slot = None;
+    }
     if slot.is_none() {
         let done = s3.done();
         let durable = (done.len() as u64 * s3.part).min(rec.size);
@@ -160,7 +166,8 @@ pub(crate) async fn part(
     body: Body,
     limit: u64,
 ) -> Result<(), ApiError> {
-    sess.w.sync().await?;
+    // The S3 parts of earlier part requests may still be on their way (at most
+    // `IN_FLIGHT`): this part is received meanwhile.
     sess.dirty = Some(sess.w.checkpoint());
     let mut n = 0u64;
     let mut stream = body.into_data_stream();
@@ -188,7 +195,7 @@ pub(crate) async fn part(
     let r = if sess.received + n == rec.size {
         sess.w.flush_last().await
     } else {
-        sess.w.sync().await
+        sess.w.collect_finished().await
     };
     if let Err(e) = r {
         rollback(sess).await;

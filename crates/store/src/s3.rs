@@ -251,6 +251,8 @@ pub struct MultipartWriter {
     tail: BytesMut,
     /// Leave the upload when dropped (it is recorded elsewhere).
     keep: bool,
+    /// A part failed to upload.
+    failed: bool,
 }
 
 impl std::fmt::Debug for MultipartWriter {
@@ -280,6 +282,7 @@ impl Store {
             in_flight: VecDeque::new(),
             tail: BytesMut::new(),
             keep: false,
+            failed: false,
         })
     }
 
@@ -347,8 +350,30 @@ impl MultipartWriter {
         if let Some(h) = self.in_flight.pop_front() {
             let part = h
                 .await
-                .map_err(|e| Store::backend("upload", &self.key)(generic(e)))??;
-            self.done.push(part);
+                .map_err(|e| Store::backend("upload", &self.key)(generic(e)))
+                .and_then(|r| r);
+            match part {
+                Ok(p) if !self.failed => self.done.push(p),
+                Ok(_) => {}
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a part failed to upload: the writer is then of no more use (the parts after
+    /// it are not counted).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Take in the parts that have arrived, without waiting for the others.
+    pub async fn collect_finished(&mut self) -> Result<(), StoreError> {
+        while self.in_flight.front().is_some_and(|h| h.is_finished()) {
+            self.collect_one().await?;
         }
         Ok(())
     }
@@ -372,10 +397,8 @@ impl MultipartWriter {
     /// Forget everything written since `cp`: the parts uploaded since are left out (a part
     /// uploaded again later replaces them).
     pub async fn rollback(&mut self, cp: Checkpoint) {
-        while let Some(h) = self.in_flight.pop_front() {
-            if let Ok(Ok(p)) = h.await {
-                self.done.push(p);
-            }
+        while !self.in_flight.is_empty() {
+            let _ = self.collect_one().await;
         }
         self.done.truncate(cp.parts);
         self.tail.clear();
