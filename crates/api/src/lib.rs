@@ -22,6 +22,7 @@ mod inputs;
 mod jobs;
 mod meta;
 mod openapi;
+mod upload_s3;
 mod uploads;
 mod web;
 mod webhook;
@@ -58,6 +59,7 @@ struct Shared {
     analyses: Vec<Analysis>,
     submitter: Option<Submitter>,
     cfg: ApiConfig,
+    uploads: upload_s3::Sessions,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -86,6 +88,7 @@ impl AppState {
             analyses,
             submitter,
             cfg,
+            uploads: upload_s3::Sessions::default(),
         }))
     }
 
@@ -104,6 +107,10 @@ impl AppState {
 
     pub(crate) fn cfg(&self) -> &ApiConfig {
         &self.0.cfg
+    }
+
+    pub(crate) fn uploads(&self) -> &upload_s3::Sessions {
+        &self.0.uploads
     }
 }
 

@@ -1,8 +1,11 @@
 //! Resumable uploads: announce a file (`POST .../uploads`), send it in parts at the offset
 //! the server has received so far (`PUT .../uploads/{id}?offset=N`; after an interruption, ask
 //! `GET .../uploads/{id}` where to go on), then `POST .../complete`, which composes the parts
-//! into the final name only if nothing is there. Parts and the record live under
+//! into the final name only if nothing is there. The record lives under
 //! `_caas/uploads/<group>/<id>/`; nothing is visible under the final name before completion.
+//! On S3 the parts go into one multipart upload straight to the final name
+//! ([`crate::upload_s3`]); on a local store (or for an upload recorded by an older server) each
+//! part is a file of its own beside the record, composed at completion.
 
 use axum::Json;
 use axum::body::Body;
@@ -21,6 +24,7 @@ use crate::error::ApiError;
 use crate::inputs::{
     Uploaded, checked_name, content_length, kind_of, publish, stream_body, too_large,
 };
+use crate::upload_s3::{self, S3Parts};
 
 /// `POST .../uploads` body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -48,6 +52,15 @@ pub struct UploadState {
     pub received: u64,
 }
 
+/// What is stored of an upload: its state, and on S3 its multipart upload.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    state: UploadState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s3: Option<S3Parts>,
+}
+
 /// `?offset=N` of a part.
 #[derive(Debug, Deserialize)]
 pub struct Offset {
@@ -55,22 +68,18 @@ pub struct Offset {
     pub offset: u64,
 }
 
-async fn load(
-    st: &AppState,
-    group: &GroupName,
-    id: &str,
-) -> Result<(String, UploadState), ApiError> {
+async fn load(st: &AppState, group: &GroupName, id: &str) -> Result<(String, Record), ApiError> {
     let folder = upload_folder(group, id).ok_or(ApiError::NotFound)?;
     let bytes = st
         .store()
-        .get_small(&upload_record(&folder), 64 << 10)
+        .get_small(&upload_record(&folder), 4 << 20)
         .await?
         .ok_or(ApiError::NotFound)?;
     let rec = serde_json::from_slice(&bytes).map_err(|_| ApiError::NotFound)?;
     Ok((folder, rec))
 }
 
-async fn save(st: &AppState, folder: &str, rec: &UploadState) -> Result<(), ApiError> {
+async fn save(st: &AppState, folder: &str, rec: &Record) -> Result<(), ApiError> {
     st.store()
         .put(
             &upload_record(folder),
@@ -105,15 +114,26 @@ pub async fn start(
     }
     let id = upload_id()?;
     let folder = upload_folder(&group, &id).ok_or(ApiError::NotFound)?;
-    let rec = UploadState {
-        id,
-        kind: req.kind,
-        name: name.to_string(),
-        size: req.size,
-        received: 0,
+    let part = caas_store::part_size_for(req.size);
+    let s3 = st
+        .store()
+        .multipart(&format!("{}/{name}", kind.prefix(&group)), part)
+        .map(|_| S3Parts {
+            part,
+            ..S3Parts::default()
+        });
+    let rec = Record {
+        state: UploadState {
+            id,
+            kind: req.kind,
+            name: name.to_string(),
+            size: req.size,
+            received: 0,
+        },
+        s3,
     };
     save(&st, &folder, &rec).await?;
-    Ok((StatusCode::CREATED, Json(rec)))
+    Ok((StatusCode::CREATED, Json(rec.state)))
 }
 
 /// Where a resumable upload stands.
@@ -126,7 +146,31 @@ pub async fn status(
     Path((group, id)): Path<(String, String)>,
 ) -> Result<Json<UploadState>, ApiError> {
     let group = p.group(&group)?;
-    Ok(Json(load(&st, &group, &id).await?.1))
+    let (folder, rec) = load(&st, &group, &id).await?;
+    let mut state = rec.state;
+    // A live session knows best (a restart may have lost bytes the record counts).
+    if let Some(s3) = &rec.s3 {
+        let slot = st.uploads().slot(&folder);
+        // A part request in progress holds the session: then the record answers.
+        if let Ok(mut guard) = slot.try_lock() {
+            let key = final_key(&group, &state)?;
+            let mut fresh = state.clone();
+            if upload_s3::session(&mut guard, st.store(), &key, &mut fresh, s3)
+                .await
+                .is_ok()
+            {
+                state.received = fresh.received;
+            }
+        }
+    }
+    Ok(Json(state))
+}
+
+/// The final key of an upload.
+fn final_key(group: &GroupName, rec: &UploadState) -> Result<String, ApiError> {
+    let kind = kind_of(&rec.kind).ok_or(ApiError::NotFound)?;
+    let name = checked_name(kind, &rec.name)?;
+    Ok(format!("{}/{name}", kind.prefix(group)))
 }
 
 /// Send one part, starting at `offset` (which must be what was received so far).
@@ -144,21 +188,36 @@ pub async fn part(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
-    let (folder, mut rec) = load(&st, &group, &id).await?;
+    let folder = upload_folder(&group, &id).ok_or(ApiError::NotFound)?;
+    let slot = st.uploads().slot(&folder);
+    let mut guard = slot.lock().await;
+    let (folder, mut record) = load(&st, &group, &id).await?;
+    let rec = &mut record.state;
+    let key = final_key(&group, rec)?;
+    let mut s3 = record.s3.take();
+    let sess = match &s3 {
+        Some(s3) => Some(upload_s3::session(&mut guard, st.store(), &key, rec, s3).await?),
+        None => None,
+    };
     if offset != rec.received {
-        return Err(ApiError::Conflict {
-            message: format!(
-                "the part starts at {offset}, but {} bytes were received; send from there",
-                rec.received
-            ),
-            extra: Some(json!({"received": rec.received})),
-        });
+        return Err(upload_s3::wrong_offset(offset, rec.received));
     }
     let limit = st.cfg().max_body.min(rec.size - rec.received);
     if content_length(&headers).is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge(format!(
             "the part is larger than {limit} bytes (the body limit, or what is left of the announced size)"
         )));
+    }
+    if let (Some(sess), Some(parts)) = (sess, s3.as_mut()) {
+        upload_s3::part(sess, rec, parts, body, limit).await?;
+        let received = rec.received;
+        record.s3 = s3;
+        if let Err(e) = save(&st, &folder, &record).await {
+            upload_s3::rollback(sess).await;
+            return Err(e);
+        }
+        upload_s3::commit(sess, received);
+        return Ok(Json(json!({"received": received})));
     }
     let key = upload_part(&folder, offset);
     let w = st.store().writer(&key, &format!("{key}.staging")).await?;
@@ -172,8 +231,9 @@ pub async fn part(
         });
     }
     rec.received += n;
-    save(&st, &folder, &rec).await?;
-    Ok(Json(json!({"received": rec.received})))
+    let received = rec.received;
+    save(&st, &folder, &record).await?;
+    Ok(Json(json!({"received": received})))
 }
 
 /// Compose the parts into the final name (only if nothing is there).
@@ -188,7 +248,16 @@ pub async fn complete(
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
-    let (folder, rec) = load(&st, &group, &id).await?;
+    let folder = upload_folder(&group, &id).ok_or(ApiError::NotFound)?;
+    let slot = st.uploads().slot(&folder);
+    let mut guard = slot.lock().await;
+    let (folder, mut record) = load(&st, &group, &id).await?;
+    let rec = &mut record.state;
+    let key = final_key(&group, rec)?;
+    let sess = match &record.s3 {
+        Some(s3) => Some(upload_s3::session(&mut guard, st.store(), &key, rec, s3).await?),
+        None => None,
+    };
     if rec.received != rec.size {
         return Err(ApiError::Conflict {
             message: format!(
@@ -200,8 +269,16 @@ pub async fn complete(
     }
     let kind = kind_of(&rec.kind).ok_or(ApiError::NotFound)?;
     let name = checked_name(kind, &rec.name)?;
-    let key = format!("{}/{name}", kind.prefix(&group));
     let store = st.store();
+    if let Some(sess) = sess {
+        let answer = upload_s3::complete(sess, store, &key, rec, kind.noun()).await;
+        if !matches!(&answer, Err(ApiError::Store(_))) {
+            *guard = None;
+            st.uploads().remove(&folder);
+            store.delete(&upload_record(&folder)).await?;
+        }
+        return answer;
+    }
     let mut parts: Vec<(u64, String)> = store
         .list(&folder)
         .await?

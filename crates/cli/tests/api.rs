@@ -331,10 +331,8 @@ fn a_user_session_over_the_api_on_a_local_store() {
     println!("statuses: {:?}", c.counts());
 }
 
-#[test]
-fn a_user_session_over_the_api_on_s3() {
-    let sb = Sandbox::new();
-    let a = flow_analysis(&sb);
+/// A fresh bucket on moto: (the S3 environment, the store `s3://<bucket>/caas`, the bucket).
+fn s3_bucket(what: &str) -> (Vec<(&'static str, String)>, String, String) {
     let endpoint = "http://127.0.0.1:5055".to_string();
     assert!(
         std::net::TcpStream::connect("127.0.0.1:5055").is_ok(),
@@ -347,26 +345,35 @@ fn a_user_session_over_the_api_on_s3() {
         ("AWS_REGION", "us-east-1".into()),
     ];
     let bucket = format!(
-        "caas-api-{}-{:x}",
+        "caas-{what}-{}-{:x}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos()
     );
-    let mb = std::process::Command::new("/opt/caas-venv/bin/aws")
+    aws_ok(&env, &["s3", "mb", &format!("s3://{bucket}")]);
+    let s = format!("s3://{bucket}/caas");
+    (env, s, bucket)
+}
+
+/// `aws --endpoint-url <moto> ARGS`; panics unless it succeeds; returns stdout.
+fn aws_ok(env: &[(&str, String)], args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("/opt/caas-venv/bin/aws")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args([
-            "--endpoint-url",
-            &endpoint,
-            "s3",
-            "mb",
-            &format!("s3://{bucket}"),
-        ])
+        .args(["--endpoint-url", "http://127.0.0.1:5055"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(mb.status.success(), "{}", stderr(&mb));
-    let s = format!("s3://{bucket}/caas");
+    assert!(out.status.success(), "aws {args:?}: {}", stderr(&out));
+    out.stdout
+}
+
+#[test]
+fn a_user_session_over_the_api_on_s3() {
+    let sb = Sandbox::new();
+    let a = flow_analysis(&sb);
+    let (env, s, bucket) = s3_bucket("api");
     let work = sb.path().join("work");
     let api = start_api(
         &s,
@@ -379,20 +386,159 @@ fn a_user_session_over_the_api_on_s3() {
     let c = Client::new(&api, &token);
     session(&c, "api-s3", None);
     // The uploaded file is in the bucket under exactly its name, and no staging is left.
-    let ls = std::process::Command::new("/opt/caas-venv/bin/aws")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .args([
-            "--endpoint-url",
-            &endpoint,
-            "s3",
-            "ls",
-            "--recursive",
-            &format!("s3://{bucket}/caas/"),
-        ])
-        .output()
-        .unwrap();
-    let ls = stdout(&ls);
+    let ls = aws_ok(
+        &env,
+        &["s3", "ls", "--recursive", &format!("s3://{bucket}/caas/")],
+    );
+    let ls = String::from_utf8_lossy(&ls);
     assert!(ls.contains("caas/lab/inputs/big.bin"), "{ls}");
     assert!(!ls.contains("_caas/uploads/"), "staging left behind: {ls}");
+    println!("statuses: {:?}", c.counts());
+}
+
+/// Send the head of a part and only `sent` bytes of its body, then close the connection.
+fn dropped_part(api: &ApiServer, token: &str, path: &str, announced: usize, sent: &[u8]) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(&api.addr).unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: {announced}\r\n\r\n",
+        api.addr
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(sent).unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+}
+
+#[test]
+fn a_resumable_upload_on_s3_survives_a_dropped_part_and_a_restart() {
+    const MIB: usize = 1 << 20;
+    let sb = Sandbox::new();
+    let (env, s, bucket) = s3_bucket("upl");
+    let a = flow_analysis(&sb);
+    let work = sb.path().join("work");
+    let start = |log: &str| {
+        let extra = ["--work-dir", work.to_str().unwrap()];
+        start_api(&s, &[&a], &extra, &env, &sb.path().join(log))
+    };
+    let mut api = start("serve-1.log");
+    let token = token_for(&s, &env, "ann", &["lab"], &[]);
+    let g = "/api/v1/groups/lab";
+    let data: Vec<u8> = (0..20 * MIB + 12_345)
+        .map(|i| (i % 253) as u8 ^ (i >> 20) as u8)
+        .collect();
+    let c = Client::new(&api, &token);
+    let up = c.post(
+        &format!("{g}/uploads"),
+        &json!({"kind": "inputs", "name": "big.bin", "size": data.len()}),
+    );
+    assert_eq!(up.status, 201, "{}", up.text());
+    let id = up.json()["id"].as_str().unwrap().to_string();
+    let part = |c: &Client, off: usize, end: usize| {
+        c.put(
+            &format!("{g}/uploads/{id}?offset={off}"),
+            data[off..end].to_vec(),
+        )
+    };
+    let received = |c: &Client| c.get(&format!("{g}/uploads/{id}")).json()["received"].clone();
+    assert_eq!(part(&c, 0, 9 * MIB).json()["received"], 9 * MIB);
+
+    // A part whose connection drops after 8 MiB of garbage (past the end of an S3 part):
+    // nothing of it is kept.
+    dropped_part(
+        &api,
+        &token,
+        &format!("{g}/uploads/{id}?offset={}", 9 * MIB),
+        10 * MIB,
+        &vec![0xff; 8 * MIB],
+    );
+    let t0 = Instant::now();
+    while received(&c) != json!(9 * MIB) && t0.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(received(&c), 9 * MIB);
+    assert_eq!(part(&c, 9 * MIB, 17 * MIB).json()["received"], 17 * MIB);
+
+    // A crash: what only the server's memory held (at least the 1 MiB after the last 8 MiB
+    // S3 part; S3 parts still on their way when the part was answered) is asked for again;
+    // the S3 parts the record lists are kept.
+    std::thread::sleep(Duration::from_millis(500));
+    api.srv.kill9();
+    api = start("serve-2.log");
+    let c = Client::new(&api, &token);
+    let kept = received(&c).as_u64().unwrap() as usize;
+    assert!(
+        (8 * MIB..=16 * MIB).contains(&kept) && kept % (8 * MIB) == 0,
+        "kept {kept}"
+    );
+    let late = part(&c, 17 * MIB, data.len());
+    assert_eq!(
+        (late.status, late.json()["received"].clone()),
+        (409, json!(kept))
+    );
+    assert_eq!(part(&c, kept, data.len()).json()["received"], data.len());
+    let listed = c.get(&format!("{g}/inputs")).text();
+    assert!(
+        !listed.contains("big.bin"),
+        "visible before complete: {listed}"
+    );
+    let done = c.post(&format!("{g}/uploads/{id}/complete"), &json!({}));
+    assert_eq!(done.status, 201, "{}", done.text());
+    let stored = aws_ok(
+        &env,
+        &[
+            "s3",
+            "cp",
+            &format!("s3://{bucket}/caas/lab/inputs/big.bin"),
+            "-",
+        ],
+    );
+    assert!(stored == data, "the stored file differs from the upload");
+
+    // The same content again: 200, created false; different content: 409, nothing replaced.
+    let again = |content: &[u8]| {
+        let up = c.post(
+            &format!("{g}/uploads"),
+            &json!({"kind": "inputs", "name": "big.bin", "size": content.len()}),
+        );
+        let id = up.json()["id"].as_str().unwrap().to_string();
+        for off in (0..content.len()).step_by(8 * MIB) {
+            let end = (off + 8 * MIB).min(content.len());
+            let r = c.put(
+                &format!("{g}/uploads/{id}?offset={off}"),
+                content[off..end].to_vec(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        c.post(&format!("{g}/uploads/{id}/complete"), &json!({}))
+    };
+    let same = again(&data);
+    assert_eq!(
+        (same.status, same.json()["created"].clone()),
+        (200, json!(false))
+    );
+    let mut other = data.clone();
+    other[17 * MIB] ^= 1;
+    assert_eq!(again(&other).status, 409);
+    let stored = aws_ok(
+        &env,
+        &[
+            "s3",
+            "cp",
+            &format!("s3://{bucket}/caas/lab/inputs/big.bin"),
+            "-",
+        ],
+    );
+    assert!(stored == data, "the stored file was replaced");
+    let ls = aws_ok(
+        &env,
+        &["s3", "ls", "--recursive", &format!("s3://{bucket}/caas/")],
+    );
+    let ls = String::from_utf8_lossy(&ls);
+    assert!(
+        !ls.contains("_caas/uploads/"),
+        "upload records left behind: {ls}"
+    );
     println!("statuses: {:?}", c.counts());
 }

@@ -25,9 +25,11 @@ use caas_retry::{Policy, Transient, retry};
 
 mod local;
 pub mod profile;
+mod s3;
 pub mod stage;
 mod stream;
 
+pub use s3::{Checkpoint, IN_FLIGHT, MultipartWriter, PART, PartDone, part_size_for};
 pub use stream::{ObjectReader, StoreWriter};
 
 use local::LocalError;
@@ -151,6 +153,8 @@ pub struct Store {
     location: String,
     local_root: Option<PathBuf>,
     policy: Policy,
+    /// On S3: multipart uploads straight to a final key ([`s3`]).
+    direct: Option<Arc<s3::S3Direct>>,
 }
 
 /// Run blocking local file-system work off the async threads.
@@ -242,16 +246,20 @@ impl Store {
             if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
                 builder = builder.with_region(profile.region.as_deref().unwrap_or("us-east-1"));
             }
-            let s3 = builder.build().map_err(|e| open_err(e.to_string()))?;
+            let region = builder
+                .get_config_value(&object_store::aws::AmazonS3ConfigKey::Region)
+                .unwrap_or_else(|| "us-east-1".into());
+            let s3 = Arc::new(builder.build().map_err(|e| open_err(e.to_string()))?);
             let inner: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
-                "" => Arc::new(s3),
-                p => Arc::new(PrefixStore::new(s3, p)),
+                "" => s3.clone(),
+                p => Arc::new(PrefixStore::new(s3.clone() as Arc<dyn ObjectStore>, p)),
             };
             return Ok(Self {
                 backend: Backend::Remote(inner),
                 location: location.to_string(),
                 local_root: None,
                 policy: Policy::default(),
+                direct: Some(Arc::new(s3::S3Direct::new(s3, prefix, &region))),
             });
         }
         if location.contains("://") {
@@ -268,6 +276,7 @@ impl Store {
             location: root.display().to_string(),
             local_root: Some(root),
             policy: Policy::default(),
+            direct: None,
         })
     }
 

@@ -4,8 +4,9 @@
 //! complete, and only if nothing is there yet ([`StoreWriter::finish_create`]).
 //!
 //! On a local folder the bytes go to a hidden temporary file beside the key, which is then
-//! hard-linked to the key (create-if-absent, atomic). On S3 they go as a multipart upload to a
-//! staging key, which is then copied to the key only if absent, and removed.
+//! hard-linked to the key (create-if-absent, atomic). On S3 they go as a multipart upload
+//! straight to the key, completed only if nothing is there ([`crate::s3`]); an S3 client without
+//! that falls back to a staging key, copied to the key only if absent, and removed.
 
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -48,6 +49,7 @@ enum Target {
         name: String,
         file: tokio::fs::File,
     },
+    Direct(crate::s3::MultipartWriter),
     Remote {
         inner: Arc<dyn ObjectStore>,
         staging: ObjPath,
@@ -95,8 +97,8 @@ impl Store {
     }
 
     /// Start streaming into `key`. Nothing is visible under `key` until
-    /// [`StoreWriter::finish_create`]; on S3 the bytes are staged at `staging` (a key of
-    /// caas's own) meanwhile.
+    /// [`StoreWriter::finish_create`]. `staging` (a key of caas's own) is where the bytes wait
+    /// on an S3 client that cannot complete a multipart upload only if absent.
     pub async fn writer(&self, key: &str, staging: &str) -> Result<StoreWriter, StoreError> {
         Self::path(key)?;
         let target = match &self.backend {
@@ -110,6 +112,12 @@ impl Store {
                     tmp,
                     name,
                     file: tokio::fs::File::from_std(file),
+                }
+            }
+            Backend::Remote(_) if self.direct.is_some() => {
+                match self.multipart(key, crate::s3::PART) {
+                    Some(w) => Target::Direct(w),
+                    None => return Err(StoreError::NotFound { key: key.into() }),
                 }
             }
             Backend::Remote(inner) => {
@@ -206,6 +214,7 @@ impl StoreWriter {
                 .write_all(chunk)
                 .await
                 .map_err(io_err("put", &self.key))?,
+            Some(Target::Direct(w)) => w.write(chunk).await?,
             Some(Target::Remote {
                 writer,
                 staging_key,
@@ -254,6 +263,13 @@ impl StoreWriter {
                     .await
                     .map_err(local_err("create", &k))
             }
+            Target::Direct(mut w) => {
+                let r = w.finish_create().await;
+                if r.is_err() {
+                    w.abort().await;
+                }
+                r
+            }
             Target::Remote {
                 inner,
                 staging,
@@ -288,6 +304,7 @@ impl StoreWriter {
                 })
                 .await;
             }
+            Target::Direct(mut w) => w.abort().await,
             Target::Remote {
                 inner,
                 staging,
@@ -305,7 +322,8 @@ impl Drop for StoreWriter {
     /// A write dropped midway (a client that went away) leaves nothing behind.
     fn drop(&mut self) {
         match self.target.take() {
-            None => {}
+            // The multipart writer aborts its own upload when dropped.
+            None | Some(Target::Direct(_)) => {}
             Some(Target::Local { dir, tmp, .. }) => LocalFs::drop_tmp(&dir, &tmp),
             Some(Target::Remote {
                 inner,
