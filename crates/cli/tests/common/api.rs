@@ -162,7 +162,7 @@ impl Client {
         }
     }
 
-    fn record(&self, what: String, status: u16) {
+    pub fn record(&self, what: String, status: u16) {
         assert!(status < 500, "{what}: a 5xx ({status})");
         self.seen.lock().unwrap().push((what, status));
     }
