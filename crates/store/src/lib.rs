@@ -123,6 +123,36 @@ impl Transient for StoreError {
 }
 
 /// `Ok(None)` for an object that does not exist; other errors stay errors.
+/// Put `bytes` at `path` (the object store's name of `key`) only if nothing is there, with
+/// retries; `Ok(false)` when something already is.
+pub(crate) async fn put_if_absent(
+    os: &dyn object_store::ObjectStore,
+    policy: caas_retry::Policy,
+    path: &object_store::path::Path,
+    key: &str,
+    bytes: Bytes,
+) -> Result<bool, StoreError> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    let r = retry(policy, "store create", || async {
+        os.put_opts(path, PutPayload::from(bytes.clone()), opts.clone())
+            .await
+            .map_err(Store::backend("create", key))
+    })
+    .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(StoreError::Backend {
+            source:
+                object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+            ..
+        }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn found<T>(r: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -373,26 +403,7 @@ impl Store {
             }
             Backend::Remote(inner) => inner,
         };
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        let r = retry(self.policy, "store create", || async {
-            inner
-                .put_opts(&path, PutPayload::from(bytes.clone()), opts.clone())
-                .await
-                .map_err(Self::backend("create", key))
-        })
-        .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(StoreError::Backend {
-                source:
-                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-                ..
-            }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        put_if_absent(inner.as_ref(), self.policy, &path, key, bytes).await
     }
 
     /// Read `key`; `None` when it does not exist.

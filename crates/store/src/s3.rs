@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use object_store::PutPayload;
 use object_store::aws::{AmazonS3, AwsAuthorizer};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjPath;
 use object_store::signer::Signer;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use sha2::Digest;
 use tokio::task::JoinHandle;
 
@@ -122,26 +122,7 @@ impl S3Direct {
         policy: Policy,
     ) -> Result<bool, StoreError> {
         let path = self.full(key)?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        let r = retry(policy, "store create", || async {
-            self.s3
-                .put_opts(&path, PutPayload::from(bytes.clone()), opts.clone())
-                .await
-                .map_err(Store::backend("create", key))
-        })
-        .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(StoreError::Backend {
-                source:
-                    object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-                ..
-            }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        crate::put_if_absent(self.s3.as_ref(), policy, &path, key, bytes).await
     }
 
     /// `CompleteMultipartUpload` with `If-None-Match: *`: `Ok(false)` when something is at
