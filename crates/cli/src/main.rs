@@ -5,6 +5,7 @@ mod access;
 mod build;
 mod dev;
 mod errors;
+mod import;
 mod new;
 mod remote;
 mod run;
@@ -75,6 +76,9 @@ enum Command {
     /// Manage the HTTP API's tokens (kept in the store, hashed).
     #[command(subcommand)]
     Token(access::TokenCmd),
+    /// Bring an analysis from another system (a NeuroCAAS blueprint) to caas.
+    #[command(subcommand)]
+    Import(import::ImportCmd),
     /// Internal: what a cluster node runs (`caas task run`, submitted by `caas serve
     /// --executor slurm`).
     #[command(hide = true)]
@@ -117,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cost(args) => user::cost(args).await,
         Command::Users(cmd) => access::users(cmd).await,
         Command::Token(cmd) => access::token(cmd).await,
+        Command::Import(cmd) => import::import(cmd).await,
         Command::Task(args) => task::task(args).await,
     }
 }

@@ -502,8 +502,18 @@ impl Inner {
         let sub = match Submission::parse(&bytes, group) {
             Ok(s) => s,
             Err(e) => {
+                let problem = match (&e, &analysis.spec.inputs.missing_config) {
+                    (
+                        caas_spec::SpecError::MissingField {
+                            field: "configname",
+                            ..
+                        },
+                        Some(message),
+                    ) => message.clone(),
+                    _ => e.to_string(),
+                };
                 return self
-                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX, true)
+                    .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
                     .await;
             }
         };

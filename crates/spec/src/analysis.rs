@@ -237,6 +237,10 @@ pub struct InputsSection {
     /// any compute is spent.
     #[serde(default)]
     pub schema: Option<PathBuf>,
+    /// The message a submission without a `configname` gets, in place of caas's own (NeuroCAAS'
+    /// `MISSING_CONFIG_ERROR`).
+    #[serde(default)]
+    pub missing_config: Option<String>,
 }
 
 impl AnalysisSpec {

@@ -64,6 +64,14 @@ pub enum SpecError {
     /// A submission that cannot be run.
     #[error("{0}")]
     Submission(String),
+    /// A submission lacks a field the manager needs (NeuroCAAS' message, word for word).
+    #[error("INPUT ERROR: Submit file does not contain field '{field}', needed to {what}.")]
+    MissingField {
+        /// The field: `dataname`, `configname` or `timestamp`.
+        field: &'static str,
+        /// What it is needed for.
+        what: &'static str,
+    },
     /// A config file that does not parse.
     #[error("{0}")]
     Config(String),

@@ -47,11 +47,9 @@ impl Submission {
                     .into(),
             );
         };
-        let field = |name: &str, what: &str| match obj.get(name) {
+        let field = |field: &'static str, what: &'static str| match obj.get(field) {
             Some(v) => Ok(v),
-            None => Err(SpecError::Submission(format!(
-                "INPUT ERROR: Submit file does not contain field '{name}', needed to {what}."
-            ))),
+            None => Err(SpecError::MissingField { field, what }),
         };
         let data = field("dataname", "analyze data")?;
         let datanames: Vec<&Value> = match data {

@@ -1,0 +1,88 @@
+//! The EC2 instance types a NeuroCAAS blueprint names, with what `[resources]` and `[pricing]`
+//! need of them: vCPUs, memory, GPUs and the On-Demand price. The table is data
+//! (`data/ec2-instance-types.toml`, with its date and source), not code.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+/// One instance type.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceType {
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory in GiB.
+    pub memory_gib: f64,
+    /// GPUs (0: none).
+    #[serde(default)]
+    pub gpus: u32,
+    /// The GPU's model, when there are GPUs.
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// On-Demand USD per hour (us-east-1, Linux).
+    pub usd_per_hour: f64,
+}
+
+/// The whole table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    /// When the table was written.
+    pub date: String,
+    /// Where its values come from.
+    pub source: String,
+    /// Types by name (`p3.2xlarge`).
+    pub types: BTreeMap<String, InstanceType>,
+}
+
+const TABLE: &str = include_str!("../data/ec2-instance-types.toml");
+
+/// The table (parsed once; its text is part of the binary and checked by a unit test).
+pub fn table() -> &'static Table {
+    static PARSED: OnceLock<Table> = OnceLock::new();
+    PARSED.get_or_init(|| match toml::from_str(TABLE) {
+        Ok(t) => t,
+        // The data is compiled in and parsed by this crate's tests: an empty table would only
+        // make every lookup "unknown", which is reported to the user, never a wrong price.
+        Err(_) => Table {
+            date: String::new(),
+            source: String::new(),
+            types: BTreeMap::new(),
+        },
+    })
+}
+
+/// The instance type `name`, if the table knows it.
+pub fn lookup(name: &str) -> Option<&'static InstanceType> {
+    table().types.get(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_parses_and_is_sane() {
+        let t: Table = toml::from_str(TABLE).expect("the table is valid TOML");
+        assert!(t.types.len() >= 30, "{} types", t.types.len());
+        assert!(!t.date.is_empty() && !t.source.is_empty());
+        for (name, it) in &t.types {
+            assert!(it.vcpus >= 1, "{name}");
+            assert!(it.memory_gib > 0.0, "{name}");
+            assert!(it.usd_per_hour > 0.0 && it.usd_per_hour < 100.0, "{name}");
+            assert_eq!(
+                it.gpus > 0,
+                it.gpu_model.is_some(),
+                "{name}: gpus and model"
+            );
+        }
+        // The GPU families NeuroCAAS served on.
+        for gpu in ["p2.xlarge", "p3.2xlarge", "g4dn.12xlarge"] {
+            assert!(lookup(gpu).is_some_and(|i| i.gpus >= 1), "{gpu}");
+        }
+        assert_eq!(lookup("m5.16xlarge").map(|i| i.vcpus), Some(64));
+        assert!(lookup("your instance type here.").is_none());
+    }
+}
