@@ -8,10 +8,11 @@
 #   3. tmux, the pseudo-terminal the `caas shell` tests type into;
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
 #      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client);
-#   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with
-#      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge),
-#      with accounting (MariaDB + slurmdbd, so `sacct` works) and Podman as a second node
-#      engine: ~45 s the first time (packages), ~1 s when all runs;
+#   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with the
+#      project's own scripts/slurm.sh (Debian's slurm-wlm + munge, accounting with MariaDB +
+#      slurmdbd so `sacct` works, and the node engines: rootful and rootless Podman,
+#      Charliecloud, with the unprivileged user caaslab): ~60 s the first time (packages),
+#      ~1 s when all runs;
 #   6. Debian's chromium and chromium-driver, the headless browser the web page's test drives
 #      (crates/cli/tests/browser.rs starts chromedriver itself; nothing runs in the background).
 # `setup.sh --run-only` (what scripts/quickstart.sh uses) stops after 2: the main job needs only
@@ -101,13 +102,8 @@ if ! s3_up; then
   s3_up || { log "moto did not start; see /var/log/caas-moto.log"; tail -20 /var/log/caas-moto.log >&2; exit 1; }
 fi
 
-SLURM_SETUP="$(cd "$(dirname "$0")/.." && pwd)/../shared/slurm/setup.sh"
-slurm_note="no ../shared/slurm/setup.sh beside the repository: the Slurm tests will fail"
-if [ -f "$SLURM_SETUP" ]; then
-  SLURM_NODES=${SLURM_NODES:-3} SLURM_ACCOUNTING=${SLURM_ACCOUNTING:-1} SLURM_WITH_PODMAN=${SLURM_WITH_PODMAN:-1} \
-    bash "$SLURM_SETUP" >/tmp/caas-setup-slurm.log 2>&1 || {
-    tail -20 /tmp/caas-setup-slurm.log >&2; log "Slurm did not start; see /tmp/caas-setup-slurm.log"; exit 1; }
-  slurm_note="Slurm up"
-fi
+bash "$(dirname "$0")/slurm.sh" >/tmp/caas-setup-slurm.log 2>&1 || {
+  tail -20 /tmp/caas-setup-slurm.log >&2; log "Slurm did not start; see /tmp/caas-setup-slurm.log"; exit 1; }
+slurm_note="Slurm up"
 
 log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE, S3 at http://127.0.0.1:$S3_PORT, $slurm_note, chromium $(dpkg-query -W -f='${Version}' chromium 2>/dev/null)"

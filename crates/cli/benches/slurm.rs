@@ -1,5 +1,5 @@
 //! The Slurm executor against raw Slurm, in one run on the same cluster (the one-host
-//! three-node cluster of `../shared/slurm/setup.sh`, brought up by `scripts/setup.sh`):
+//! three-node cluster of `scripts/slurm.sh`, brought up by `scripts/setup.sh`):
 //!
 //! 1. Per-task overhead: a no-op task through `caas serve --executor slurm`, submission →
 //!    `end.txt`, against `sbatch --wrap 'docker run --rm IMAGE true; touch MARKER'`, sbatch →

@@ -1,5 +1,5 @@
 //! `caas serve --executor slurm` against a real Slurm cluster (three `slurmd` nodes on this
-//! host, brought up by `../shared/slurm/setup.sh` when not running): each task is one Slurm
+//! host, brought up by the project's `scripts/slurm.sh` when not running): each task is one Slurm
 //! job running `caas task run` on a node, which runs the task pipeline with the node's Docker
 //! and reports only through the store. Slurm that cannot be brought up is a failure, not a skip.
 

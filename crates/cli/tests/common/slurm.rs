@@ -1,5 +1,6 @@
-//! Helpers of the Slurm tests: bring the one-host three-node cluster up (with accounting and
-//! Podman, as scripts/setup.sh does), one test at a time, and read what Slurm says of a job.
+//! Helpers of the Slurm tests: bring the one-host three-node cluster up (scripts/slurm.sh, with
+//! accounting and the node engines, as scripts/setup.sh does), one test at a time, and read
+//! what Slurm says of a job.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,22 +12,13 @@ use super::{Sandbox, repo_root};
 
 pub const LIMIT: Duration = Duration::from_secs(120);
 
-/// `../shared/slurm/setup.sh` beside the repository (the worktree's parent holds `shared/`).
+/// The project's own cluster script, `scripts/slurm.sh` (Debian's slurm-wlm, munge, three
+/// slurmd nodes on this host, accounting, the node engines and the unprivileged lab user).
 pub fn setup_script() -> PathBuf {
-    let root = repo_root();
-    for base in root.ancestors().skip(1) {
-        let p = base.join("shared/slurm/setup.sh");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "no shared/slurm/setup.sh next to {} (or above it): the Slurm tests need it",
-        root.display()
-    );
+    repo_root().join("scripts/slurm.sh")
 }
 
-/// Bring the three-node cluster up (idempotent, ~0.1 s when it runs). Fails the test when it
+/// Bring the three-node cluster up (idempotent, ~1 s when it runs). Fails the test when it
 /// cannot: no root, no packages, nodes not idle. The returned guard runs this binary's tests
 /// one at a time (they share the three nodes, and the fan-out test needs all of them).
 pub fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
@@ -38,16 +30,20 @@ pub fn ensure_slurm() -> std::sync::MutexGuard<'static, ()> {
     READY.get_or_init(|| {
         let script = setup_script();
         let t = Instant::now();
+        // Its defaults are the tests' cluster; the knobs are cleared so that a developer's
+        // shell settings cannot shrink it.
         let out = Command::new("bash")
             .arg(&script)
-            .env("SLURM_NODES", "3")
-            .env("SLURM_ACCOUNTING", "1")
-            .env("SLURM_WITH_PODMAN", "1")
+            .env_remove("SLURM_NODES")
+            .env_remove("SLURM_ACCOUNTING")
+            .env_remove("SLURM_WITH_PODMAN")
+            .env_remove("SLURM_ENGINES")
+            .env_remove("SLURM_RESET")
             .output()
-            .expect("run setup.sh");
+            .expect("run scripts/slurm.sh");
         assert!(
             out.status.success(),
-            "Slurm could not be brought up with SLURM_NODES=3 SLURM_ACCOUNTING=1 SLURM_WITH_PODMAN=1 bash {} (it needs root):\n{}\n{}",
+            "Slurm could not be brought up with bash {} (it needs root):\n{}\n{}",
             script.display(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
