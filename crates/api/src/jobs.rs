@@ -262,6 +262,8 @@ pub async fn create(
             finished: None,
             cost_usd: 0.0,
             datasets: Vec::new(),
+            parent: None,
+            children: Vec::new(),
         },
     };
     if let Some(url) = webhook {

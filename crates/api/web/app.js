@@ -553,6 +553,7 @@ function renderJob(j) {
   $('job-reason').textContent = j.reason ? `— ${j.reason}` : '';
   $('job-cost').textContent = usd(j.cost_usd);
   $('cancel').hidden = TERMINAL.has(j.state);
+  renderChain(j);
   const rows = (j.datasets || []).map((d) => el('tr', { 'data-dataset': d.name },
     el('td', { text: d.name }),
     el('td', {}, stateBadge(d.state)),
@@ -569,6 +570,19 @@ function renderJob(j) {
     if (names.includes(was)) sel.value = was;
     if (!S.logCtl && names.length) followLogs();
   }
+}
+
+// The [[then]] chain: the job this one follows, and the jobs that follow it (links).
+function renderChain(j) {
+  const link = (name) => el('a', { href: '#job/' + encodeURIComponent(name), text: name });
+  const parts = [];
+  if (j.parent) parts.push(el('span', { text: 'after ' }), link(j.parent));
+  for (const c of j.children || []) {
+    if (parts.length) parts.push(el('span', { text: ' · ' }));
+    parts.push(el('span', { text: 'then ' }), link(c));
+  }
+  $('job-chain').replaceChildren(...parts);
+  $('job-chain').hidden = parts.length === 0;
 }
 
 async function loadCertificate(job) {

@@ -271,6 +271,12 @@ pub(crate) fn print_job(job: &JobView) {
     if let Some(r) = &job.reason {
         println!("  reason: {r}");
     }
+    if let Some(p) = &job.parent {
+        println!("  after: {p} (this job is a [[then]] step of it)");
+    }
+    for c in &job.children {
+        println!("  then:  {c}");
+    }
     for d in &job.datasets {
         println!(
             "  {:<30} {:<12} {}{}",

@@ -38,6 +38,12 @@ pub struct JobView {
     /// One per dataset.
     #[serde(default)]
     pub datasets: Vec<DatasetView>,
+    /// The job folder whose `[[then]]` step submitted this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The job folders this job's `[[then]]` steps submitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
 }
 
 /// One dataset of a job (one task).
@@ -91,8 +97,15 @@ impl JobView {
                     cost_usd: t.cost_usd,
                 })
                 .collect(),
+            parent: r.parent.as_deref().map(folder_of),
+            children: r.children.iter().map(|c| folder_of(c)).collect(),
         }
     }
+}
+
+/// `job__...` of `<group>/results/job__...`.
+fn folder_of(root: &str) -> String {
+    root.rsplit('/').next().unwrap_or(root).to_string()
 }
 
 /// Who a token belongs to (`GET /api/v1/whoami`).

@@ -18,6 +18,7 @@ mod loops;
 mod manager;
 mod reject;
 mod submitter;
+mod then;
 pub mod worker;
 
 pub use manager::{Analysis, Manager, ManagerConfig};

@@ -129,6 +129,7 @@ impl Manager {
         if cfg.analyses.is_empty() {
             return Err(ManagerError::Config("no analysis to serve".into()));
         }
+        crate::then::check_chains(&cfg.analyses)?;
         if cfg.manager_id.is_empty()
             || cfg
                 .manager_id
@@ -540,10 +541,32 @@ impl Inner {
             }),
             None => None,
         };
+        // A `[[then]]` child names its parent, which must be a job folder of the same group.
+        let parent = match raw.as_ref().and_then(|v| v.get("parent")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p))
+                if p.strip_prefix(&format!("{}/", caas_spec::layout::results_prefix(group)))
+                    .is_some_and(|f| {
+                        f.starts_with(caas_spec::layout::JOB_FOLDER_PREFIX) && !f.contains('/')
+                    }) =>
+            {
+                Some(p.clone())
+            }
+            Some(other) => {
+                let problem = format!(
+                    "'parent' {other} is not a job folder of this group ({}/job__...)",
+                    caas_spec::layout::results_prefix(group)
+                );
+                return self
+                    .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
+                    .await;
+            }
+        };
         let mut opts = JobOptions {
             slots,
             resume: None,
             budget,
+            parent,
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?
@@ -554,7 +577,7 @@ impl Inner {
                 if store.head(&paths.end_marker()).await?.is_none() {
                     store.put(&paths.end_marker(), END_MARKER_BODY).await?;
                 }
-                return Ok(());
+                return self.chain(analysis, group, &job_id, &rec).await;
             }
             opts.resume = Some(rec);
         }
@@ -597,7 +620,7 @@ impl Inner {
                     *s += cost;
                 }
                 tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
-                Ok(())
+                self.chain(analysis, group, &job_id, &outcome.record).await
             }
             Err(PipelineError::JobExists { job, created, .. }) => {
                 let problem = format!(

@@ -91,6 +91,8 @@ pub async fn run_job_with(
         created: started,
         finished: None,
         tasks,
+        parent: opts.parent.clone(),
+        children: Vec::new(),
     };
 
     let resuming = opts.resume.is_some();
@@ -157,6 +159,13 @@ pub async fn run_job_with(
             writer
                 .log("[Job Manager] Detected new job: starting up.")
                 .await?;
+            if let Some(parent) = &opts.parent {
+                writer
+                    .log(&format!(
+                        "[Job Manager] Chained: submitted by a [[then]] step of the job {parent}."
+                    ))
+                    .await?;
+            }
             writer
                 .log("[Job Manager] STEP 1/4 (Initialization): DONE")
                 .await?;

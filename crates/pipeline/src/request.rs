@@ -52,6 +52,9 @@ pub struct JobOptions {
     /// The group's budget and what it has spent so far, USD: a job whose estimated cost is
     /// more than what is left is rejected before any compute, with the numbers.
     pub budget: Option<Budget>,
+    /// The job whose `[[then]]` step asked for this one (`<group>/results/<job folder>`),
+    /// recorded in job.json and the certificate.
+    pub parent: Option<String>,
 }
 
 /// A group's budget, for the check before compute.

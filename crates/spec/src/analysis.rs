@@ -51,9 +51,51 @@ pub struct AnalysisSpec {
     /// `[budget]`: what each group may spend, in USD (NeuroCAAS' MAXCOST; optional).
     #[serde(default)]
     pub budget: BudgetSection,
+    /// `[[then]]`: steps that follow a job of this analysis (NeuroCAAS' post-processing).
+    #[serde(default)]
+    pub then: Vec<ThenStep>,
     /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].
     #[serde(skip)]
     pub config_schema: Option<serde_json::Value>,
+}
+
+/// One `[[then]]` step: when a job of this analysis ends, `caas serve` submits a job of
+/// `analysis` in the same group, on the finished job's results.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ThenStep {
+    /// Another analysis served by the same `caas serve`.
+    pub analysis: AnalysisName,
+    /// The config, a key in the group's folder (`configs/summary.yaml`).
+    pub config: String,
+    /// `job`: the job's results as one folder dataset; `each`: one dataset per finished task.
+    #[serde(default)]
+    pub datasets: ThenDatasets,
+    /// `success`: only when every dataset succeeded; `always`.
+    #[serde(default)]
+    pub when: ThenWhen,
+}
+
+/// Which datasets a `[[then]]` step runs on.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ThenDatasets {
+    /// All of the job's results as one folder dataset.
+    #[default]
+    Job,
+    /// One dataset per finished task (its results folder).
+    Each,
+}
+
+/// When a `[[then]]` step runs.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ThenWhen {
+    /// Only when every dataset of the job succeeded.
+    #[default]
+    Success,
+    /// Whatever the job's end.
+    Always,
 }
 
 /// `[pricing]`: the price table a task's usage is multiplied by.
@@ -291,6 +333,31 @@ impl AnalysisSpec {
         };
         if self.analysis.version.trim().is_empty() {
             return Err(invalid("version", "the version must not be empty".into()));
+        }
+        for step in &self.then {
+            if step.analysis == self.analysis.name {
+                return Err(invalid(
+                    "then",
+                    format!(
+                        "a step cannot run {} itself: that would chain forever",
+                        step.analysis
+                    ),
+                ));
+            }
+            let ok = step.config.strip_prefix("configs/").is_some_and(|rest| {
+                !rest.is_empty()
+                    && !rest.ends_with('/')
+                    && crate::StoreKey::parse(&step.config).is_ok()
+            });
+            if !ok {
+                return Err(invalid(
+                    "config",
+                    format!(
+                        "{:?} must name a config in the group's folder, e.g. \"configs/summary.yaml\"",
+                        step.config
+                    ),
+                ));
+            }
         }
         if self.environment.image.is_none() && self.environment.dockerfile.is_none() {
             return Err(invalid(

@@ -37,6 +37,16 @@ pub fn submission_key(group: &GroupName, timestamp: &JobTimestamp) -> String {
     format!("{}/{timestamp}submit.json", submissions_prefix(group))
 }
 
+/// `<group>/submissions/<parent job folder>.then<n>.submit.json`: the submission of the `n`th
+/// (1-based) `[[then]]` step of a finished job, derived from the parent's job id so that every
+/// manager writes the same key (created once) and claims it like any other.
+pub fn then_submission_key(group: &GroupName, parent_folder: &str, n: usize) -> String {
+    format!(
+        "{}/{parent_folder}.then{n}.submit.json",
+        submissions_prefix(group)
+    )
+}
+
 /// Every job folder name starts with this (`job__<analysis>_<timestamp>`).
 pub const JOB_FOLDER_PREFIX: &str = "job__";
 

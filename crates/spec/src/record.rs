@@ -188,6 +188,12 @@ pub struct JobRecord {
     pub finished: Option<DateTime<Utc>>,
     /// One per dataset.
     pub tasks: Vec<TaskRecord>,
+    /// The job whose `[[then]]` step submitted this one (`<group>/results/<job folder>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The jobs this one's `[[then]]` steps submitted (`<group>/results/<job folder>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
 }
 
 impl JobRecord {
@@ -454,6 +460,8 @@ mod tests {
             created: Utc::now(),
             finished: None,
             tasks: vec![task(State::Succeeded), task(State::TimedOut)],
+            parent: None,
+            children: Vec::new(),
         };
         assert_eq!(job.combined_state(), State::TimedOut);
         job.tasks[1].state = State::Succeeded;

@@ -66,7 +66,14 @@ impl Submission {
                     "every 'dataname' entry must be a string, found {d}"
                 ));
             };
-            let key = in_group(s, group, "inputs")?;
+            // A finished job's results may be a dataset too (what a `[[then]]` step runs on).
+            let key = match in_group(s, group, "inputs") {
+                Ok(k) => k,
+                Err(e) => match in_group(s, group, "results") {
+                    Ok(k) if is_job_results(&k) => k,
+                    _ => return Err(e),
+                },
+            };
             crate::names::check_dataset_name(key.basename())?;
             datasets.push(key);
         }
@@ -90,6 +97,16 @@ impl Submission {
             timestamp,
         })
     }
+}
+
+/// A key under `<group>/results/job__.../process_results/`: what a finished job wrote.
+fn is_job_results(key: &StoreKey) -> bool {
+    let segs = key.segments();
+    segs.len() >= 4
+        && segs[2]
+            .as_str()
+            .starts_with(crate::layout::JOB_FOLDER_PREFIX)
+        && segs[3].as_str() == "process_results"
 }
 
 /// A key that must lie under `<group>/<folder>/`.
