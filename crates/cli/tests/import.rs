@@ -237,3 +237,61 @@ fn malformed_blueprints_are_refused_naming_the_field_and_nothing_is_written() {
     assert_eq!(snapshot(&sb.store()), before, "the store is untouched");
     assert!(!sb.path().join("out/caas.toml").exists());
 }
+
+#[test]
+fn a_submissions_instance_type_sets_the_jobs_resources_and_price() {
+    let sb = Sandbox::new();
+    // An analysis with no price of its own: only the instance type can make the task cost.
+    let analysis = sb.analysis(&common::shell_analysis(
+        "itype",
+        "if [ -f /sys/fs/cgroup/cpu.max ]; then cat /sys/fs/cgroup/cpu.max; else echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); fi > \"$CAAS_RESULTS/cpu.txt\"; sleep 1",
+        "",
+    ));
+    let store = sb.store();
+    let _server = Server::start(
+        store.to_str().unwrap(),
+        &[&analysis],
+        &[],
+        &sb.path().join("serve.log"),
+    );
+    put(&store, "lab/inputs/d.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"k: 1\n");
+    for (ts, itype) in [("t1", "\"t2.micro\""), ("t2", "\"p9.mega\""), ("t3", "42")] {
+        put(
+            &store,
+            &format!("lab/submissions/{ts}submit.json"),
+            format!(
+                r#"{{"dataname": "lab/inputs/d.csv", "configname": "lab/configs/c.yaml", "timestamp": "{ts}", "instance_type": {itype}}}"#
+            )
+            .as_bytes(),
+        );
+    }
+    let ok = store.join("lab/results/job__itype_t1");
+    assert!(wait_end(&ok, Duration::from_secs(60)));
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ok.join("job.json")).unwrap()).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let cost = job["tasks"][0]["cost_usd"].as_f64().unwrap();
+    let wall = job["tasks"][0]["usage"]["wall_seconds"].as_f64().unwrap();
+    assert!(
+        (cost - wall / 3600.0 * 0.0116).abs() < 1e-9 && cost > 0.0,
+        "t2.micro's price: {cost} for {wall} s"
+    );
+    // t2.micro has one vCPU: the container's CPU quota is one period (cgroup v2 or v1).
+    let cpu = std::fs::read_to_string(ok.join("process_results/cpu.txt")).unwrap();
+    let v: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(v.len(), 2, "{cpu}");
+    assert!((v[0] / v[1] - 1.0).abs() < 1e-9, "cpus = 1: {cpu}");
+    for (ts, needle) in [
+        (
+            "t2",
+            "'instance_type' \"p9.mega\" is not an EC2 instance type caas knows",
+        ),
+        ("t3", "'instance_type' must be a string"),
+    ] {
+        let f = store.join(format!("lab/results/job__itype_{ts}"));
+        assert!(wait_end(&f, Duration::from_secs(60)), "{ts}");
+        let cert = std::fs::read_to_string(f.join("logs/certificate.txt")).unwrap();
+        assert!(cert.contains(needle), "{ts}: {cert}");
+    }
+}

@@ -59,6 +59,39 @@ pub fn lookup(name: &str) -> Option<&'static InstanceType> {
     table().types.get(name)
 }
 
+/// Give `spec` the resources (vCPUs, memory, GPUs) and the On-Demand price of the instance type
+/// `name`: what a NeuroCAAS blueprint's `INSTANCE_TYPE`, or a submission's `instance_type`
+/// override, asks for. Unknown names are refused with the message a user sees.
+pub fn apply(spec: &mut caas_spec::AnalysisSpec, name: &str) -> Result<(), String> {
+    let Some(it) = lookup(name.trim()) else {
+        let family = name.split('.').next().unwrap_or("");
+        let near: Vec<&str> = table()
+            .types
+            .keys()
+            .filter(|k| !family.is_empty() && k.starts_with(&format!("{family}.")))
+            .map(String::as_str)
+            .collect();
+        return Err(format!(
+            "'instance_type' {:?} is not an EC2 instance type caas knows{}",
+            name,
+            if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (of that family: {})", near.join(", "))
+            }
+        ));
+    };
+    spec.resources.cpus = Some(f64::from(it.vcpus));
+    spec.resources.memory = Some(caas_spec::units::ByteSize(
+        (it.memory_gib * 1024.0 * 1024.0 * 1024.0) as u64,
+    ));
+    spec.resources.gpus = (it.gpus > 0).then_some(it.gpus);
+    spec.pricing.wall_hour = it.usd_per_hour;
+    spec.pricing.cpu_hour = 0.0;
+    spec.pricing.memory_gb_hour = 0.0;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +117,23 @@ mod tests {
         }
         assert_eq!(lookup("m5.16xlarge").map(|i| i.vcpus), Some(64));
         assert!(lookup("your instance type here.").is_none());
+    }
+
+    #[test]
+    fn an_instance_type_sets_resources_and_price() {
+        let mut spec = caas_spec::AnalysisSpec::parse(
+            "[analysis]\nname = \"a\"\nversion = \"1\"\n[environment]\nimage = \"x\"\n[run]\ncommand = \"true\"\n[pricing]\ncpu_hour = 1.0\n",
+            std::path::Path::new("caas.toml"),
+        )
+        .expect("valid");
+        apply(&mut spec, "g4dn.12xlarge").expect("known");
+        assert_eq!(spec.resources.cpus, Some(48.0));
+        assert_eq!(spec.resources.gpus, Some(4));
+        assert_eq!(spec.resources.memory.map(|m| m.0), Some(192 << 30));
+        assert_eq!(spec.pricing.wall_hour, 3.912);
+        assert_eq!(spec.pricing.cpu_hour, 0.0, "one price: the instance's");
+        let e = apply(&mut spec, "m5.mega").unwrap_err();
+        assert!(e.contains("m5.large") && e.contains("m5.mega"), "{e}");
+        assert!(apply(&mut spec, "x\ny").unwrap_err().contains("x\\ny"));
     }
 }

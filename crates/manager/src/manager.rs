@@ -518,6 +518,24 @@ impl Inner {
                     .await;
             }
         };
+        // NeuroCAAS' per-submission `instance_type`: the job's resources and price.
+        let mut spec = analysis.spec.clone();
+        match raw.as_ref().and_then(|v| v.get("instance_type")) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(t)) => {
+                if let Err(problem) = caas_import::ec2::apply(&mut spec, t) {
+                    return self
+                        .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
+                        .await;
+                }
+            }
+            Some(other) => {
+                let problem = format!("'instance_type' must be a string, found {other}");
+                return self
+                    .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
+                    .await;
+            }
+        }
         let job_id = JobId {
             analysis: analysis.spec.analysis.name.clone(),
             timestamp: sub.timestamp.clone(),
@@ -583,7 +601,7 @@ impl Inner {
         }
         let n = sub.datasets.len();
         let req = JobRequest {
-            spec: analysis.spec.clone(),
+            spec,
             group: group.clone(),
             timestamp: sub.timestamp.clone(),
             datasets: sub.datasets,
