@@ -17,16 +17,8 @@ use caas_spec::{GroupName, JobId, JobRecord, JobTimestamp, State as JobState};
 use crate::AppState;
 use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::inputs::checked_name;
-
-/// Parse a JSON body; anything malformed is a 400 saying where.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the body is not the JSON expected here ({e}); see /api/v1/openapi.json"
-        ))
-    })
-}
 
 /// A job, as every endpoint answers it (shared with the CLI's `--server` mode).
 pub use caas_client::JobView as Job;
@@ -152,11 +144,10 @@ pub async fn create(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(group): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(req): JsonBody<NewJob>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
-    let req: NewJob = parse_json(&body)?;
     let analysis = match &req.analysis {
         None => st.analyses().first(),
         Some(name) => st

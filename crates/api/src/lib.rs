@@ -17,6 +17,7 @@ use caas_store::Store;
 
 pub mod auth;
 mod error;
+pub mod extract;
 mod files;
 mod inputs;
 mod jobs;
@@ -35,6 +36,9 @@ pub use webhook::resume as resume_webhooks;
 pub struct ApiConfig {
     /// The largest upload body (a single `PUT`, or one part of a resumable upload), bytes.
     pub max_body: u64,
+    /// The largest JSON request body (a job, an upload's announcement, any JSON a route takes),
+    /// bytes; read with this bound before it is parsed (413 past it).
+    pub max_json: u64,
     /// The largest file a resumable upload may announce, bytes.
     pub max_upload: u64,
     /// Time between two reads of a log that is being followed.
@@ -47,6 +51,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body: 1 << 30,
+            max_json: 1 << 20,
             max_upload: 1 << 40,
             log_poll: Duration::from_millis(250),
             claim_wait: Duration::from_secs(30),
@@ -115,7 +120,13 @@ impl AppState {
 }
 
 /// The API's routes (under `/api/v1`); the web page merges its own routes into this router.
+///
+/// A route added here gets the API's mechanisms: take a JSON body with
+/// [`extract::JsonBody`] (bounded, JSON errors), return `Result<_, ApiError>`; the layers below
+/// bound any other buffered body and turn every framework rejection, 404 and 405 into the JSON
+/// error.
 pub fn router(state: AppState) -> Router {
+    let json_limit = usize::try_from(state.cfg().max_json).unwrap_or(usize::MAX);
     let g = "/api/v1/groups/{group}";
     Router::new()
         .route("/api/v1/openapi.json", get(openapi::openapi))
@@ -151,8 +162,12 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{g}/cost"), get(files::cost))
         .merge(web::routes())
         .fallback(meta::fallback)
-        // Uploads stream and count their own bytes against `max_body`.
-        .layer(DefaultBodyLimit::disable())
+        .method_not_allowed_fallback(extract::method_not_allowed)
+        // Any extractor that buffers a body (`Json`, `Bytes`, `String`) is bounded by the JSON
+        // limit; uploads take the raw `Body` and count their own bytes against `max_body`.
+        .layer(DefaultBodyLimit::max(json_limit))
+        // Every error answer, whichever layer made it, is the JSON error body.
+        .layer(axum::middleware::map_response(extract::json_errors))
         .with_state(state)
 }
 

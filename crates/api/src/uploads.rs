@@ -21,6 +21,7 @@ use caas_spec::layout::{upload_data, upload_folder, upload_part, upload_record};
 use crate::AppState;
 use crate::auth::{Auth, upload_id};
 use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::inputs::{
     Uploaded, checked_name, content_length, kind_of, publish, stream_body, too_large,
 };
@@ -97,11 +98,10 @@ pub async fn start(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(group): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(req): JsonBody<NewUpload>,
 ) -> Result<(StatusCode, Json<UploadState>), ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
-    let req: NewUpload = crate::jobs::parse_json(&body)?;
     let kind = kind_of(&req.kind).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "kind {:?}: give \"inputs\" or \"configs\"",
