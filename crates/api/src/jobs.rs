@@ -222,6 +222,17 @@ pub async fn create(
         timestamp: timestamp.clone(),
         analysis: Some(job_id.analysis.to_string()),
     };
+    // The manager's own checks, before anything is written: what it would reject is refused
+    // here with its reason (never a 201 for a job that will not exist).
+    if st.analyses().is_empty() {
+        return Err(ApiError::Unprocessable("this server serves no analysis".into()));
+    }
+    if let Err(r) = caas_manager::check_submission(st.analyses(), &group, &sub.bytes()) {
+        return Err(ApiError::Unprocessable(format!(
+            "the job was rejected: {} Nothing was submitted.",
+            r.problem
+        )));
+    }
     let written = match caas_client::submit(store, &group, &sub).await {
         Ok(w) => w,
         Err(caas_client::ClientError::Conflict(_)) => return Err(reused()),
@@ -234,6 +245,15 @@ pub async fn create(
         tracing::warn!(error = %e, "handing the submission to the manager failed; its poll picks it up");
     }
     let record = wait_claimed(&st, &paths).await?;
+    // A record made from another submission (a job that took the timestamp at the same
+    // moment) is not this job: this submission was rejected beside it.
+    if record
+        .as_ref()
+        .is_some_and(|r| !caas_manager::made_from(&r.origin, &written.key))
+    {
+        return Err(reused());
+    }
+    let mut status = StatusCode::CREATED;
     let job = match &record {
         Some(r) if r.state == JobState::Rejected => {
             return Err(ApiError::Unprocessable(format!(
@@ -242,7 +262,10 @@ pub async fn create(
             )));
         }
         Some(r) => Job::in_folder(&job_id.folder(), r),
-        None => Job {
+        None => {
+            // Not started within the wait: accepted, not (yet) a job.
+            status = StatusCode::ACCEPTED;
+            Job {
             job: job_id.folder(),
             group: group.to_string(),
             analysis: job_id.analysis.to_string(),
@@ -253,7 +276,8 @@ pub async fn create(
             finished: None,
             cost_usd: 0.0,
             datasets: Vec::new(),
-        },
+        }
+        }
     };
     if let Some(url) = webhook {
         crate::webhook::register(
@@ -265,7 +289,7 @@ pub async fn create(
         )
         .await;
     }
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((status, Json(job)))
 }
 
 /// Wait until the job is claimed and checked (its `job.json` exists and is past validation),

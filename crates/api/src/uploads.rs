@@ -220,9 +220,17 @@ pub async fn part(
         return Ok(Json(json!({"received": received})));
     }
     let key = upload_part(&folder, offset);
+    // A part file at the offset the record has reached is not counted by it: a part whose
+    // record update never happened (a failed save, a dropped request). It is replaced.
+    st.store().delete(&key).await?;
     let w = st.store().writer(&key, &format!("{key}.staging")).await?;
     let w = stream_body(w, body, limit).await?;
     let n = w.written();
+    if n == 0 {
+        // An empty part changes nothing and leaves nothing behind.
+        w.abort().await;
+        return Ok(Json(json!({"received": rec.received})));
+    }
     if !w.finish_create().await? {
         return Err(ApiError::Conflict {
             message: "another part at this offset arrived at the same time; ask where to go on"
@@ -290,6 +298,9 @@ pub async fn complete(
         })
         .collect();
     parts.sort();
+    // Only the chain of parts the record counts is composed (a part file left past it by a
+    // request whose record update never happened is not part of the file).
+    parts.retain(|(off, _)| *off < rec.size);
     let mut w = store.writer(&key, &upload_data(&folder)).await?;
     let mut buf = vec![0u8; 1 << 20];
     for (off, k) in &parts {

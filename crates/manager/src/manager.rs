@@ -17,11 +17,11 @@ use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run
 use caas_runtime::Executor;
 use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
-use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
+use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord};
 use caas_store::{Store, StoreError};
 
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
-use crate::reject::{Rejection, write_rejection};
+use crate::reject::{Rejection, check_submission, write_rejection};
 use crate::worker::{self, Statuses, Worker};
 use crate::{ManagerError, active_key, claim_key};
 
@@ -368,33 +368,6 @@ impl Inner {
         Ok(total)
     }
 
-    pub(crate) fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
-        match raw.and_then(|v| v.get("analysis")) {
-            None | Some(Value::Null) => Ok(&self.cfg.analyses[0]),
-            Some(Value::String(name)) => self
-                .cfg
-                .analyses
-                .iter()
-                .find(|a| a.spec.analysis.name.as_str() == name)
-                .ok_or_else(|| {
-                    format!(
-                        "'analysis' {name:?} is not served here; served: {}",
-                        self.names()
-                    )
-                }),
-            Some(other) => Err(format!("'analysis' must be a string, found {other}")),
-        }
-    }
-
-    pub(crate) fn names(&self) -> String {
-        self.cfg
-            .analyses
-            .iter()
-            .map(|a| a.spec.analysis.name.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn reject(
         &self,
@@ -476,34 +449,20 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
-        let raw: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let ts_hint = raw.as_ref().and_then(|v| match v.get("timestamp") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        });
-        let analysis = match self.analysis(raw.as_ref()) {
-            Ok(a) => a,
-            Err(problem) => {
+        let (analysis, sub) = match check_submission(&self.cfg.analyses, group, &bytes) {
+            Ok(ok) => ok,
+            Err(r) => {
                 return self
                     .reject(
-                        &self.cfg.analyses[0],
+                        r.analysis,
                         group,
                         key,
                         id,
-                        ts_hint,
-                        problem,
+                        r.timestamp,
+                        r.problem,
                         FIX,
-                        false,
+                        r.own_folder,
                     )
-                    .await;
-            }
-        };
-        let sub = match Submission::parse(&bytes, group) {
-            Ok(s) => s,
-            Err(e) => {
-                return self
-                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX, true)
                     .await;
             }
         };
@@ -512,7 +471,7 @@ impl Inner {
             timestamp: sub.timestamp.clone(),
         };
         let paths = JobPaths::new(group, &job_id);
-        let origin = format!("caas serve (submission {key}, claim {id})");
+        let origin = crate::submission_origin(key, id);
         let mut slots = Vec::new();
         if let Some(g) = self.group_slot(group) {
             slots.push(g);
