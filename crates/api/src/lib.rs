@@ -16,6 +16,7 @@ use caas_manager::{Analysis, Submitter};
 use caas_store::Store;
 
 pub mod auth;
+pub mod clientlog;
 mod error;
 pub mod extract;
 mod files;
@@ -65,6 +66,7 @@ struct Shared {
     submitter: Option<Submitter>,
     cfg: ApiConfig,
     uploads: upload_s3::Sessions,
+    clientlog: clientlog::ClientLog,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -94,6 +96,7 @@ impl AppState {
             submitter,
             cfg,
             uploads: upload_s3::Sessions::default(),
+            clientlog: clientlog::ClientLog::default(),
         }))
     }
 
@@ -116,6 +119,10 @@ impl AppState {
 
     pub(crate) fn uploads(&self) -> &upload_s3::Sessions {
         &self.0.uploads
+    }
+
+    pub(crate) fn clientlog(&self) -> &clientlog::ClientLog {
+        &self.0.clientlog
     }
 }
 
@@ -171,13 +178,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `app` on `listener` until `shutdown` completes.
+/// Serve `app` on `listener` until `shutdown` completes (handlers see the client's address,
+/// for the per-client limits of [`clientlog`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
         .with_graceful_shutdown(shutdown)
         .await
 }

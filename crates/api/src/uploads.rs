@@ -53,6 +53,13 @@ pub struct UploadState {
     pub received: u64,
 }
 
+/// The answer to a part: how many bytes were received in all (the next part's offset).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Received {
+    /// Bytes received so far.
+    pub received: u64,
+}
+
 /// What is stored of an upload: its state, and on S3 its multipart upload.
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
@@ -177,7 +184,7 @@ fn final_key(group: &GroupName, rec: &UploadState) -> Result<String, ApiError> {
 #[utoipa::path(put, path = "/api/v1/groups/{group}/uploads/{id}", tag = "files",
     params(("group" = String, Path), ("id" = String, Path), ("offset" = u64, Query)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = UploadState), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Received), (status = 409, body = crate::openapi::ErrorBody)))]
 pub async fn part(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -185,7 +192,7 @@ pub async fn part(
     Query(Offset { offset }): Query<Offset>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Received>, ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
     let folder = upload_folder(&group, &id).ok_or(ApiError::NotFound)?;
@@ -217,7 +224,7 @@ pub async fn part(
             return Err(e);
         }
         upload_s3::commit(sess, received);
-        return Ok(Json(json!({"received": received})));
+        return Ok(Json(Received { received }));
     }
     let key = upload_part(&folder, offset);
     // A part file at the offset the record has reached is not counted by it: a part whose
@@ -229,7 +236,9 @@ pub async fn part(
     if n == 0 {
         // An empty part changes nothing and leaves nothing behind.
         w.abort().await;
-        return Ok(Json(json!({"received": rec.received})));
+        return Ok(Json(Received {
+            received: rec.received,
+        }));
     }
     if !w.finish_create().await? {
         return Err(ApiError::Conflict {
@@ -241,7 +250,7 @@ pub async fn part(
     rec.received += n;
     let received = rec.received;
     save(&st, &folder, &record).await?;
-    Ok(Json(json!({"received": received})))
+    Ok(Json(Received { received }))
 }
 
 /// Compose the parts into the final name (only if nothing is there).
