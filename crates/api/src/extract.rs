@@ -142,7 +142,10 @@ mod tests {
         assert!(is_json(&r));
         let b = read_bounded(r.into_body(), 1 << 20).await.expect("body");
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
-        assert!(v["error"].as_str().unwrap_or("").contains("cannot parse"), "{v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("cannot parse"),
+            "{v}"
+        );
     }
 
     #[tokio::test]

@@ -113,8 +113,11 @@ pub async fn logs(
         Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
             Some(n) => n,
             None => {
-                st.clientlog()
-                    .warn(client, "a Last-Event-ID that is not an offset", v.as_bytes());
+                st.clientlog().warn(
+                    client,
+                    "a Last-Event-ID that is not an offset",
+                    v.as_bytes(),
+                );
                 return Err(ApiError::BadRequest(
                     "Last-Event-ID is not an offset of this log (the id: of an event it sent)"
                         .into(),

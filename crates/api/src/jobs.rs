@@ -225,7 +225,9 @@ pub async fn create(
     // The manager's own checks, before anything is written: what it would reject is refused
     // here with its reason (never a 201 for a job that will not exist).
     if st.analyses().is_empty() {
-        return Err(ApiError::Unprocessable("this server serves no analysis".into()));
+        return Err(ApiError::Unprocessable(
+            "this server serves no analysis".into(),
+        ));
     }
     if let Err(r) = caas_manager::check_submission(st.analyses(), &group, &sub.bytes()) {
         return Err(ApiError::Unprocessable(format!(
@@ -266,17 +268,17 @@ pub async fn create(
             // Not started within the wait: accepted, not (yet) a job.
             status = StatusCode::ACCEPTED;
             Job {
-            job: job_id.folder(),
-            group: group.to_string(),
-            analysis: job_id.analysis.to_string(),
-            timestamp: timestamp.to_string(),
-            state: JobState::Submitted,
-            reason: None,
-            created: None,
-            finished: None,
-            cost_usd: 0.0,
-            datasets: Vec::new(),
-        }
+                job: job_id.folder(),
+                group: group.to_string(),
+                analysis: job_id.analysis.to_string(),
+                timestamp: timestamp.to_string(),
+                state: JobState::Submitted,
+                reason: None,
+                created: None,
+                finished: None,
+                cost_usd: 0.0,
+                datasets: Vec::new(),
+            }
         }
     };
     if let Some(url) = webhook {

@@ -39,7 +39,10 @@ impl Modify for Bearer {
 struct Errors;
 
 const COMMON: [(&str, &str); 5] = [
-    ("400", "A malformed request: a path, query or body the server cannot read"),
+    (
+        "400",
+        "A malformed request: a path, query or body the server cannot read",
+    ),
     ("401", "No usable bearer token"),
     ("404", "Nothing there, or nothing this token may see"),
     ("422", "A stored record or file cannot be used"),

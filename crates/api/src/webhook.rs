@@ -214,7 +214,9 @@ async fn deliver(client: &reqwest::Client, url: &reqwest::Url, key: &str, body: 
             Ok(resp) => {
                 tracing::info!(url = %shown(url), status = %resp.status(), attempt, "webhook refused")
             }
-            Err(e) => tracing::info!(url = %shown(url), error = %e.without_url(), attempt, "webhook failed"),
+            Err(e) => {
+                tracing::info!(url = %shown(url), error = %e.without_url(), attempt, "webhook failed")
+            }
         }
         if attempt < ATTEMPTS {
             let d =

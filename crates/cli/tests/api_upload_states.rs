@@ -170,7 +170,10 @@ fn run(t: &Target, data: &[u8], ops: &[Op]) -> Result<(), TestCaseError> {
                 if received == size {
                     continue;
                 }
-                let a = c.post(&format!("/api/v1/groups/lab/uploads/{id}/complete"), &json!({}));
+                let a = c.post(
+                    &format!("/api/v1/groups/lab/uploads/{id}/complete"),
+                    &json!({}),
+                );
                 prop_assert_eq!(a.status, 409, "{:?}: {}", op, a.text());
                 prop_assert_eq!(a.json()["received"].as_u64(), Some(received));
             }
@@ -180,14 +183,25 @@ fn run(t: &Target, data: &[u8], ops: &[Op]) -> Result<(), TestCaseError> {
     // The client can always finish: the rest, then complete.
     while received < size {
         let len = (size - received).min(MAX_BODY);
-        let a = put_part(c, &id, received, data[received as usize..(received + len) as usize].to_vec());
+        let a = put_part(
+            c,
+            &id,
+            received,
+            data[received as usize..(received + len) as usize].to_vec(),
+        );
         prop_assert_eq!(a.status, 200, "{}", a.text());
         received += len;
         prop_assert_eq!(status(c, &id), received);
     }
-    let done = c.post(&format!("/api/v1/groups/lab/uploads/{id}/complete"), &json!({}));
+    let done = c.post(
+        &format!("/api/v1/groups/lab/uploads/{id}/complete"),
+        &json!({}),
+    );
     prop_assert_eq!(done.status, 201, "{}", done.text());
-    prop_assert!((t.read)(&name) == data, "the stored file differs from what was sent");
+    prop_assert!(
+        (t.read)(&name) == data,
+        "the stored file differs from what was sent"
+    );
     Ok(())
 }
 
@@ -230,12 +244,12 @@ fn any_sequence_of_parts_leaves_a_finishable_upload_on_a_local_store() {
         c,
         read: Box::new(move |name| std::fs::read(root.join("lab/inputs").join(name)).unwrap()),
     };
-    check(&t, 48);
-    // Nothing is left of the uploads (every one was completed).
-    let left = std::fs::read_dir(store.join("_caas/uploads/lab"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(left, 0, "upload folders left behind");
+    check(&t, 200);
+    // Nothing is left of the uploads (every one was completed): no part, record or staging.
+    let uploads = store.join("_caas/uploads");
+    assert!(uploads.is_dir(), "the uploads went elsewhere");
+    let left: Vec<String> = snapshot(&uploads).into_iter().map(|(p, _)| p).collect();
+    assert!(left.is_empty(), "upload files left behind: {left:?}");
 }
 
 #[test]

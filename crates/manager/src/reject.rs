@@ -71,7 +71,10 @@ pub fn check_submission<'a>(
             None => {
                 return Err(refuse(
                     &first[0],
-                    format!("'analysis' {name:?} is not served here; served: {}", names()),
+                    format!(
+                        "'analysis' {name:?} is not served here; served: {}",
+                        names()
+                    ),
                     false,
                 ));
             }
