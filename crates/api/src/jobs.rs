@@ -114,9 +114,10 @@ pub struct NewJob {
     #[serde(default)]
     pub analysis: Option<String>,
     /// Dataset names in the group's `inputs/` (one task each); a string is one dataset.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, min_items = 1)]
     pub dataname: Value,
     /// The config's name in the group's `configs/`.
+    #[schema(min_length = 1, max_length = 255)]
     pub configname: String,
     /// Names the job (default: now); must be unused.
     #[serde(default)]

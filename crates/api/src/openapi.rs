@@ -4,7 +4,7 @@
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 /// Every error's body.
@@ -79,6 +79,12 @@ impl Modify for Errors {
             ];
             for (op, write) in ops {
                 let Some(op) = op.as_mut() else { continue };
+                // A raw body may be empty (an empty file is a file).
+                if let Some(body) = op.request_body.as_mut()
+                    && body.content.contains_key("application/octet-stream")
+                {
+                    body.required = Some(Required::False);
+                }
                 let extra = if write { &WRITES[..] } else { &[][..] };
                 for (status, description) in COMMON.iter().chain(extra) {
                     op.responses

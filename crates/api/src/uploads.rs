@@ -31,8 +31,10 @@ use crate::upload_s3::{self, S3Parts};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewUpload {
     /// `inputs` or `configs`.
+    #[schema(pattern = "^(inputs|configs)$")]
     pub kind: String,
     /// The final name.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// The whole file's size, bytes.
     pub size: u64,
@@ -116,6 +118,14 @@ pub async fn start(
         ))
     })?;
     let name = checked_name(kind, &req.name)?;
+    // The document says int64 (what JSON clients can count to); past it is not a size.
+    if i64::try_from(req.size).is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "size {} is not a file size (at most {})",
+            req.size,
+            i64::MAX
+        )));
+    }
     if req.size > st.cfg().max_upload {
         return Err(too_large(st.cfg().max_upload));
     }
