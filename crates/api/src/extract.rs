@@ -54,7 +54,7 @@ fn json_too_large(limit: u64) -> ApiError {
 }
 
 /// Parse a JSON body; anything malformed is a 400 saying where.
-pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!(
             "the body is not the JSON expected here ({e}); see /api/v1/openapi.json"

@@ -110,7 +110,7 @@ pub async fn logs(
     }
     let from = match headers.get("last-event-id") {
         None => 0,
-        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(v) => match last_event_id(v.as_bytes()) {
             Some(n) => n,
             None => {
                 st.clientlog().warn(
@@ -150,6 +150,11 @@ pub async fn logs(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(r)
+}
+
+/// The byte offset a `Last-Event-ID` header names (the `id:` of an event sent before).
+pub fn last_event_id(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// Follows one log for an SSE answer.

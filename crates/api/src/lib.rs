@@ -30,6 +30,9 @@ mod web;
 mod webhook;
 
 pub use error::ApiError;
+pub use files::last_event_id;
+pub use jobs::NewJob;
+pub use uploads::{NewUpload, part_limit};
 pub use webhook::resume as resume_webhooks;
 
 /// How the API behaves.

@@ -219,7 +219,9 @@ pub async fn part(
     if offset != rec.received {
         return Err(upload_s3::wrong_offset(offset, rec.received));
     }
-    let limit = st.cfg().max_body.min(rec.size - rec.received);
+    let limit = part_limit(st.cfg().max_body, rec.size, rec.received).ok_or_else(|| {
+        ApiError::Unprocessable("the upload's record is damaged; start it again".into())
+    })?;
     if content_length(&headers).is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge(format!(
             "the part is larger than {limit} bytes (the body limit, or what is left of the announced size)"
@@ -261,6 +263,12 @@ pub async fn part(
     let received = rec.received;
     save(&st, &folder, &record).await?;
     Ok(Json(Received { received }))
+}
+
+/// The most a part may hold: the body limit, or what is left of the announced size; `None`
+/// when the record's numbers do not fit together (more received than announced).
+pub fn part_limit(max_body: u64, size: u64, received: u64) -> Option<u64> {
+    size.checked_sub(received).map(|left| left.min(max_body))
 }
 
 /// Compose the parts into the final name (only if nothing is there).
