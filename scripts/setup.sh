@@ -87,6 +87,12 @@ if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then
   "$VENV/bin/pip" install -q 'moto[server]' awscli >/tmp/caas-setup-pip.log 2>&1 || {
     cat /tmp/caas-setup-pip.log >&2; exit 1; }
 fi
+# schemathesis 4 checks the API against its OpenAPI document (crates/cli/tests/api_schemathesis.rs).
+if [ ! -x "$VENV/bin/schemathesis" ]; then
+  log "installing schemathesis 4 into $VENV"
+  "$VENV/bin/pip" install -q 'schemathesis>=4,<5' >/tmp/caas-setup-pip.log 2>&1 || {
+    cat /tmp/caas-setup-pip.log >&2; exit 1; }
+fi
 s3_up() { python3 - "$S3_PORT" <<'PY'
 import sys, urllib.request
 try:

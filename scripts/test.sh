@@ -25,6 +25,11 @@ set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# Coverage-guided fuzzing, bounded, when asked for (its sanitizer build takes minutes; the suite
+# above already ran every fuzz target over its seeds and found crashes).
+if [ "$status" -eq 0 ] && [ -n "${CAAS_FUZZ_SECONDS:-}" ]; then
+  bash scripts/fuzz.sh "$CAAS_FUZZ_SECONDS" || status=1
+fi
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
 rm -f "$log" "$setup_log"

@@ -42,6 +42,17 @@ pub enum ApiError {
     /// 422: the job cannot run (unknown analysis, missing dataset, over budget, ...).
     #[error("{0}")]
     Unprocessable(String),
+    /// 405: the path does not take this method.
+    #[error("this path does not take this method; see the Allow header and /api/v1/openapi.json")]
+    MethodNotAllowed,
+    /// Any other status a layer of the HTTP framework answered, with its text.
+    #[error("{message}")]
+    Status {
+        /// The status the layer chose.
+        status: StatusCode,
+        /// Its text.
+        message: String,
+    },
     /// 503: the store failed; retry later.
     #[error("the store failed ({0}); retry later")]
     Store(String),
@@ -59,6 +70,8 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Status { status, .. } => *status,
         }
     }
 

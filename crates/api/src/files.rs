@@ -19,6 +19,7 @@ use caas_spec::FileName;
 
 use crate::AppState;
 use crate::auth::Auth;
+use crate::clientlog::ClientAddr;
 use crate::error::ApiError;
 use crate::jobs::find;
 
@@ -68,6 +69,7 @@ pub async fn logs(
     Auth(p): Auth,
     Path((group, job)): Path<(String, String)>,
     Query(q): Query<LogQuery>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (_, j) = find(&st, &p, &group, &job).await?;
@@ -106,17 +108,30 @@ pub async fn logs(
             None => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response()),
         };
     }
-    let from = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let from = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => match last_event_id(v.as_bytes()) {
+            Some(n) => n,
+            None => {
+                st.clientlog().warn(
+                    client,
+                    "a Last-Event-ID that is not an offset",
+                    v.as_bytes(),
+                );
+                return Err(ApiError::BadRequest(
+                    "Last-Event-ID is not an offset of this log (the id: of an event it sent)"
+                        .into(),
+                ));
+            }
+        },
+    };
     let follower = Follow {
         st: st.clone(),
         paths: j.paths.clone(),
         dataset,
         key,
         offset: from,
+        client,
         pending: Vec::new(),
         first: true,
         done: false,
@@ -137,6 +152,11 @@ pub async fn logs(
     Ok(r)
 }
 
+/// The byte offset a `Last-Event-ID` header names (the `id:` of an event sent before).
+pub fn last_event_id(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
 /// Follows one log for an SSE answer.
 struct Follow {
     st: AppState,
@@ -145,6 +165,8 @@ struct Follow {
     key: String,
     /// Bytes of the log already sent (as events, or skipped by `Last-Event-ID`).
     offset: u64,
+    /// Who follows (its warnings are rate-limited).
+    client: Option<std::net::IpAddr>,
     /// Bytes read but not sent yet (an incomplete UTF-8 character at the end).
     pending: Vec<u8>,
     first: bool,
@@ -190,7 +212,11 @@ impl Follow {
                 }
                 Ok(None) => false,
                 Err(e) => {
-                    tracing::warn!(error = %e, "following a log: the record cannot be read");
+                    self.st.clientlog().warn_error(
+                        self.client,
+                        "following a log: the record cannot be read",
+                        &e,
+                    );
                     false
                 }
             };
@@ -198,7 +224,11 @@ impl Follow {
             match self.st.store().get_from(&self.key, from).await {
                 Ok(Some(b)) if !b.is_empty() => self.pending.extend_from_slice(&b),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "following a log: it cannot be read"),
+                Err(e) => self.st.clientlog().warn_error(
+                    self.client,
+                    "following a log: it cannot be read",
+                    &e,
+                ),
             }
             if !self.pending.is_empty() {
                 let cut = match std::str::from_utf8(&self.pending) {

@@ -17,16 +17,8 @@ use caas_spec::{GroupName, JobId, JobRecord, JobTimestamp, State as JobState};
 use crate::AppState;
 use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::inputs::checked_name;
-
-/// Parse a JSON body; anything malformed is a 400 saying where.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the body is not the JSON expected here ({e}); see /api/v1/openapi.json"
-        ))
-    })
-}
 
 /// A job, as every endpoint answers it (shared with the CLI's `--server` mode).
 pub use caas_client::JobView as Job;
@@ -122,9 +114,10 @@ pub struct NewJob {
     #[serde(default)]
     pub analysis: Option<String>,
     /// Dataset names in the group's `inputs/` (one task each); a string is one dataset.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, min_items = 1)]
     pub dataname: Value,
     /// The config's name in the group's `configs/`.
+    #[schema(min_length = 1, max_length = 255)]
     pub configname: String,
     /// Names the job (default: now); must be unused.
     #[serde(default)]
@@ -152,11 +145,10 @@ pub async fn create(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(group): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(req): JsonBody<NewJob>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
-    let req: NewJob = parse_json(&body)?;
     let analysis = match &req.analysis {
         None => st.analyses().first(),
         Some(name) => st
@@ -231,6 +223,19 @@ pub async fn create(
         timestamp: timestamp.clone(),
         analysis: Some(job_id.analysis.to_string()),
     };
+    // The manager's own checks, before anything is written: what it would reject is refused
+    // here with its reason (never a 201 for a job that will not exist).
+    if st.analyses().is_empty() {
+        return Err(ApiError::Unprocessable(
+            "this server serves no analysis".into(),
+        ));
+    }
+    if let Err(r) = caas_manager::check_submission(st.analyses(), &group, &sub.bytes()) {
+        return Err(ApiError::Unprocessable(format!(
+            "the job was rejected: {} Nothing was submitted.",
+            r.problem
+        )));
+    }
     let written = match caas_client::submit(store, &group, &sub).await {
         Ok(w) => w,
         Err(caas_client::ClientError::Conflict(_)) => return Err(reused()),
@@ -243,6 +248,15 @@ pub async fn create(
         tracing::warn!(error = %e, "handing the submission to the manager failed; its poll picks it up");
     }
     let record = wait_claimed(&st, &paths).await?;
+    // A record made from another submission (a job that took the timestamp at the same
+    // moment) is not this job: this submission was rejected beside it.
+    if record
+        .as_ref()
+        .is_some_and(|r| !caas_manager::made_from(&r.origin, &written.key))
+    {
+        return Err(reused());
+    }
+    let mut status = StatusCode::CREATED;
     let job = match &record {
         Some(r) if r.state == JobState::Rejected => {
             return Err(ApiError::Unprocessable(format!(
@@ -251,20 +265,24 @@ pub async fn create(
             )));
         }
         Some(r) => Job::in_folder(&job_id.folder(), r),
-        None => Job {
-            job: job_id.folder(),
-            group: group.to_string(),
-            analysis: job_id.analysis.to_string(),
-            timestamp: timestamp.to_string(),
-            state: JobState::Submitted,
-            reason: None,
-            created: None,
-            finished: None,
-            cost_usd: 0.0,
-            datasets: Vec::new(),
-            parent: None,
-            children: Vec::new(),
-        },
+        None => {
+            // Not started within the wait: accepted, not (yet) a job.
+            status = StatusCode::ACCEPTED;
+            Job {
+                job: job_id.folder(),
+                group: group.to_string(),
+                analysis: job_id.analysis.to_string(),
+                timestamp: timestamp.to_string(),
+                state: JobState::Submitted,
+                reason: None,
+                created: None,
+                finished: None,
+                cost_usd: 0.0,
+                datasets: Vec::new(),
+                parent: None,
+                children: Vec::new(),
+            }
+        }
     };
     if let Some(url) = webhook {
         crate::webhook::register(
@@ -276,7 +294,7 @@ pub async fn create(
         )
         .await;
     }
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((status, Json(job)))
 }
 
 /// Wait until the job is claimed and checked (its `job.json` exists and is past validation),

@@ -16,7 +16,9 @@ use caas_manager::{Analysis, Submitter};
 use caas_store::Store;
 
 pub mod auth;
+pub mod clientlog;
 mod error;
+pub mod extract;
 mod files;
 mod inputs;
 mod jobs;
@@ -28,6 +30,9 @@ mod web;
 mod webhook;
 
 pub use error::ApiError;
+pub use files::last_event_id;
+pub use jobs::NewJob;
+pub use uploads::{NewUpload, part_limit};
 pub use webhook::resume as resume_webhooks;
 
 /// How the API behaves.
@@ -35,6 +40,9 @@ pub use webhook::resume as resume_webhooks;
 pub struct ApiConfig {
     /// The largest upload body (a single `PUT`, or one part of a resumable upload), bytes.
     pub max_body: u64,
+    /// The largest JSON request body (a job, an upload's announcement, any JSON a route takes),
+    /// bytes; read with this bound before it is parsed (413 past it).
+    pub max_json: u64,
     /// The largest file a resumable upload may announce, bytes.
     pub max_upload: u64,
     /// Time between two reads of a log that is being followed.
@@ -47,6 +55,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body: 1 << 30,
+            max_json: 1 << 20,
             max_upload: 1 << 40,
             log_poll: Duration::from_millis(250),
             claim_wait: Duration::from_secs(30),
@@ -60,6 +69,7 @@ struct Shared {
     submitter: Option<Submitter>,
     cfg: ApiConfig,
     uploads: upload_s3::Sessions,
+    clientlog: clientlog::ClientLog,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -89,6 +99,7 @@ impl AppState {
             submitter,
             cfg,
             uploads: upload_s3::Sessions::default(),
+            clientlog: clientlog::ClientLog::default(),
         }))
     }
 
@@ -112,10 +123,20 @@ impl AppState {
     pub(crate) fn uploads(&self) -> &upload_s3::Sessions {
         &self.0.uploads
     }
+
+    pub(crate) fn clientlog(&self) -> &clientlog::ClientLog {
+        &self.0.clientlog
+    }
 }
 
 /// The API's routes (under `/api/v1`); the web page merges its own routes into this router.
+///
+/// A route added here gets the API's mechanisms: take a JSON body with
+/// [`extract::JsonBody`] (bounded, JSON errors), return `Result<_, ApiError>`; the layers below
+/// bound any other buffered body and turn every framework rejection, 404 and 405 into the JSON
+/// error.
 pub fn router(state: AppState) -> Router {
+    let json_limit = usize::try_from(state.cfg().max_json).unwrap_or(usize::MAX);
     let g = "/api/v1/groups/{group}";
     Router::new()
         .route("/api/v1/openapi.json", get(openapi::openapi))
@@ -151,18 +172,26 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{g}/cost"), get(files::cost))
         .merge(web::routes())
         .fallback(meta::fallback)
-        // Uploads stream and count their own bytes against `max_body`.
-        .layer(DefaultBodyLimit::disable())
+        .method_not_allowed_fallback(extract::method_not_allowed)
+        // Any extractor that buffers a body (`Json`, `Bytes`, `String`) is bounded by the JSON
+        // limit; uploads take the raw `Body` and count their own bytes against `max_body`.
+        .layer(DefaultBodyLimit::max(json_limit))
+        // Every error answer, whichever layer made it, is the JSON error body.
+        .layer(axum::middleware::map_response(extract::json_errors))
         .with_state(state)
 }
 
-/// Serve `app` on `listener` until `shutdown` completes.
+/// Serve `app` on `listener` until `shutdown` completes (handlers see the client's address,
+/// for the per-client limits of [`clientlog`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

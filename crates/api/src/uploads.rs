@@ -21,6 +21,7 @@ use caas_spec::layout::{upload_data, upload_folder, upload_part, upload_record};
 use crate::AppState;
 use crate::auth::{Auth, upload_id};
 use crate::error::ApiError;
+use crate::extract::JsonBody;
 use crate::inputs::{
     Uploaded, checked_name, content_length, kind_of, publish, stream_body, too_large,
 };
@@ -30,8 +31,10 @@ use crate::upload_s3::{self, S3Parts};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewUpload {
     /// `inputs` or `configs`.
+    #[schema(pattern = "^(inputs|configs)$")]
     pub kind: String,
     /// The final name.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// The whole file's size, bytes.
     pub size: u64,
@@ -49,6 +52,13 @@ pub struct UploadState {
     /// The announced size.
     pub size: u64,
     /// Bytes received so far (the next part's offset).
+    pub received: u64,
+}
+
+/// The answer to a part: how many bytes were received in all (the next part's offset).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Received {
+    /// Bytes received so far.
     pub received: u64,
 }
 
@@ -97,11 +107,10 @@ pub async fn start(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(group): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(req): JsonBody<NewUpload>,
 ) -> Result<(StatusCode, Json<UploadState>), ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
-    let req: NewUpload = crate::jobs::parse_json(&body)?;
     let kind = kind_of(&req.kind).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "kind {:?}: give \"inputs\" or \"configs\"",
@@ -109,6 +118,14 @@ pub async fn start(
         ))
     })?;
     let name = checked_name(kind, &req.name)?;
+    // The document says int64 (what JSON clients can count to); past it is not a size.
+    if i64::try_from(req.size).is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "size {} is not a file size (at most {})",
+            req.size,
+            i64::MAX
+        )));
+    }
     if req.size > st.cfg().max_upload {
         return Err(too_large(st.cfg().max_upload));
     }
@@ -177,7 +194,7 @@ fn final_key(group: &GroupName, rec: &UploadState) -> Result<String, ApiError> {
 #[utoipa::path(put, path = "/api/v1/groups/{group}/uploads/{id}", tag = "files",
     params(("group" = String, Path), ("id" = String, Path), ("offset" = u64, Query)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = UploadState), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Received), (status = 409, body = crate::openapi::ErrorBody)))]
 pub async fn part(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -185,7 +202,7 @@ pub async fn part(
     Query(Offset { offset }): Query<Offset>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Received>, ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
     let folder = upload_folder(&group, &id).ok_or(ApiError::NotFound)?;
@@ -202,7 +219,9 @@ pub async fn part(
     if offset != rec.received {
         return Err(upload_s3::wrong_offset(offset, rec.received));
     }
-    let limit = st.cfg().max_body.min(rec.size - rec.received);
+    let limit = part_limit(st.cfg().max_body, rec.size, rec.received).ok_or_else(|| {
+        ApiError::Unprocessable("the upload's record is damaged; start it again".into())
+    })?;
     if content_length(&headers).is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge(format!(
             "the part is larger than {limit} bytes (the body limit, or what is left of the announced size)"
@@ -217,12 +236,22 @@ pub async fn part(
             return Err(e);
         }
         upload_s3::commit(sess, received);
-        return Ok(Json(json!({"received": received})));
+        return Ok(Json(Received { received }));
     }
     let key = upload_part(&folder, offset);
+    // A part file at the offset the record has reached is not counted by it: a part whose
+    // record update never happened (a failed save, a dropped request). It is replaced.
+    st.store().delete(&key).await?;
     let w = st.store().writer(&key, &format!("{key}.staging")).await?;
     let w = stream_body(w, body, limit).await?;
     let n = w.written();
+    if n == 0 {
+        // An empty part changes nothing and leaves nothing behind.
+        w.abort().await;
+        return Ok(Json(Received {
+            received: rec.received,
+        }));
+    }
     if !w.finish_create().await? {
         return Err(ApiError::Conflict {
             message: "another part at this offset arrived at the same time; ask where to go on"
@@ -233,7 +262,13 @@ pub async fn part(
     rec.received += n;
     let received = rec.received;
     save(&st, &folder, &record).await?;
-    Ok(Json(json!({"received": received})))
+    Ok(Json(Received { received }))
+}
+
+/// The most a part may hold: the body limit, or what is left of the announced size; `None`
+/// when the record's numbers do not fit together (more received than announced).
+pub fn part_limit(max_body: u64, size: u64, received: u64) -> Option<u64> {
+    size.checked_sub(received).map(|left| left.min(max_body))
 }
 
 /// Compose the parts into the final name (only if nothing is there).
@@ -290,6 +325,9 @@ pub async fn complete(
         })
         .collect();
     parts.sort();
+    // Only the chain of parts the record counts is composed (a part file left past it by a
+    // request whose record update never happened is not part of the file).
+    parts.retain(|(off, _)| *off < rec.size);
     let mut w = store.writer(&key, &upload_data(&folder)).await?;
     let mut buf = vec![0u8; 1 << 20];
     for (off, k) in &parts {

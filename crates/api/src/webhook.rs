@@ -18,10 +18,20 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::jobs::Job;
 
-/// A webhook URL: `https://...`, or `http://` to this machine.
+/// A webhook URL: `https://...`, or `http://` to this machine; never with user information
+/// (`user:password@`): it would be stored and sent in clear, and a receiver authenticates the
+/// caller by the signature. Neither the answer nor a log line repeats the URL.
 pub(crate) fn check_url(url: &str) -> Result<reqwest::Url, ApiError> {
     let u = reqwest::Url::parse(url)
-        .map_err(|e| ApiError::BadRequest(format!("webhook {url:?}: {e}")))?;
+        .map_err(|e| ApiError::BadRequest(format!("webhook: not a URL ({e})")))?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(ApiError::BadRequest(
+            "webhook: the URL carries user information (user:password@host); caas refuses \
+             credentials in URLs (they would be stored and sent in clear). Drop them and check \
+             the X-Caas-Signature header of each delivery instead."
+                .into(),
+        ));
+    }
     let local = matches!(
         u.host_str(),
         Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
@@ -29,10 +39,16 @@ pub(crate) fn check_url(url: &str) -> Result<reqwest::Url, ApiError> {
     match u.scheme() {
         "https" => Ok(u),
         "http" if local => Ok(u),
-        _ => Err(ApiError::BadRequest(format!(
-            "webhook {url:?}: give an https:// URL (http:// only to localhost)"
-        ))),
+        _ => Err(ApiError::BadRequest(
+            "webhook: give an https:// URL (http:// only to localhost)".into(),
+        )),
     }
+}
+
+/// What a log line says of a webhook URL: its scheme, host and port only (the path and query
+/// of a webhook are often its secret).
+pub(crate) fn shown(url: &reqwest::Url) -> String {
+    url.origin().ascii_serialization()
 }
 
 /// The signature header's value for `body`.
@@ -196,9 +212,11 @@ async fn deliver(client: &reqwest::Client, url: &reqwest::Url, key: &str, body: 
         match r {
             Ok(resp) if resp.status().is_success() => return,
             Ok(resp) => {
-                tracing::info!(url = %url, status = %resp.status(), attempt, "webhook refused")
+                tracing::info!(url = %shown(url), status = %resp.status(), attempt, "webhook refused")
             }
-            Err(e) => tracing::info!(url = %url, error = %e, attempt, "webhook failed"),
+            Err(e) => {
+                tracing::info!(url = %shown(url), error = %e.without_url(), attempt, "webhook failed")
+            }
         }
         if attempt < ATTEMPTS {
             let d =

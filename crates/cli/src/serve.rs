@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// resumable upload), e.g. 1GiB, 64MiB.
     #[arg(long, default_value = "1GiB")]
     max_body: caas_spec::units::ByteSize,
+    /// The largest JSON body the API takes (a job request, an upload's announcement), e.g.
+    /// 1MiB; larger ones are refused with 413 before they are read.
+    #[arg(long, default_value = "1MiB")]
+    max_json: caas_spec::units::ByteSize,
     /// Slurm: the account to charge (sbatch --account).
     #[arg(long)]
     account: Option<String>,
@@ -247,6 +251,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 Some(manager.submitter()),
                 caas_api::ApiConfig {
                     max_body: args.max_body.0,
+                    max_json: args.max_json.0,
                     ..caas_api::ApiConfig::default()
                 },
             );

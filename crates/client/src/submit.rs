@@ -23,6 +23,11 @@ pub struct NewSubmission {
 }
 
 impl NewSubmission {
+    /// The bytes of `submit.json` exactly as [`submit`] writes them (what the manager checks).
+    pub fn bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.body()).unwrap_or_default()
+    }
+
     /// The body of `submit.json` (NeuroCAAS' fields: one dataset is a string, several a list).
     pub fn body(&self) -> Value {
         let mut sub = json!({
@@ -55,7 +60,7 @@ pub async fn submit(
 ) -> Result<Submitted, ClientError> {
     let key = submission_key(group, &sub.timestamp);
     let body = sub.body();
-    let bytes = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    let bytes = sub.bytes();
     if !store.create(&key, bytes).await? {
         return Err(ClientError::Conflict(format!(
             "{} already exists: a submission with timestamp {} was made; use another --timestamp",

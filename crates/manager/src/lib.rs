@@ -22,6 +22,17 @@ mod then;
 pub mod worker;
 
 pub use manager::{Analysis, Manager, ManagerConfig};
+pub use reject::{Refusal, check_submission};
+
+/// The `origin` of a job record made from the submission at `key` under claim `id`.
+pub fn submission_origin(key: &str, id: &str) -> String {
+    format!("caas serve (submission {key}, claim {id})")
+}
+
+/// Whether a job record's `origin` says it was made from the submission at `key`.
+pub fn made_from(origin: &str, key: &str) -> bool {
+    origin.starts_with(&format!("caas serve (submission {key}, claim "))
+}
 pub use submitter::Submitter;
 
 /// Failures of the manager itself (the store or the engine); a user's mistakes are rejections

@@ -17,11 +17,11 @@ use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run
 use caas_runtime::Executor;
 use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
-use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
+use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord};
 use caas_store::{Store, StoreError};
 
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
-use crate::reject::{Rejection, write_rejection};
+use crate::reject::{Rejection, check_submission, write_rejection};
 use crate::worker::{self, Statuses, Worker};
 use crate::{ManagerError, active_key, claim_key};
 
@@ -369,33 +369,6 @@ impl Inner {
         Ok(total)
     }
 
-    pub(crate) fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
-        match raw.and_then(|v| v.get("analysis")) {
-            None | Some(Value::Null) => Ok(&self.cfg.analyses[0]),
-            Some(Value::String(name)) => self
-                .cfg
-                .analyses
-                .iter()
-                .find(|a| a.spec.analysis.name.as_str() == name)
-                .ok_or_else(|| {
-                    format!(
-                        "'analysis' {name:?} is not served here; served: {}",
-                        self.names()
-                    )
-                }),
-            Some(other) => Err(format!("'analysis' must be a string, found {other}")),
-        }
-    }
-
-    pub(crate) fn names(&self) -> String {
-        self.cfg
-            .analyses
-            .iter()
-            .map(|a| a.spec.analysis.name.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn reject(
         &self,
@@ -477,71 +450,47 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
-        let raw: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let ts_hint = raw.as_ref().and_then(|v| match v.get("timestamp") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        });
-        let analysis = match self.analysis(raw.as_ref()) {
-            Ok(a) => a,
-            Err(problem) => {
+        let (analysis, sub) = match check_submission(&self.cfg.analyses, group, &bytes) {
+            Ok(ok) => ok,
+            Err(r) => {
                 return self
                     .reject(
-                        &self.cfg.analyses[0],
+                        r.analysis,
                         group,
                         key,
                         id,
-                        ts_hint,
-                        problem,
+                        r.timestamp,
+                        r.problem,
                         FIX,
-                        false,
+                        r.own_folder,
                     )
                     .await;
             }
         };
-        let sub = match Submission::parse(&bytes, group) {
-            Ok(s) => s,
-            Err(e) => {
-                let problem = match (&e, &analysis.spec.inputs.missing_config) {
-                    (
-                        caas_spec::SpecError::MissingField {
-                            field: "configname",
-                            ..
-                        },
-                        Some(message),
-                    ) => message.clone(),
-                    _ => e.to_string(),
-                };
-                return self
-                    .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
-                    .await;
-            }
-        };
-        // NeuroCAAS' per-submission `instance_type`: the job's resources and price.
+        // NeuroCAAS' per-submission `instance_type` (checked above): the job's resources and price.
         let mut spec = analysis.spec.clone();
-        match raw.as_ref().and_then(|v| v.get("instance_type")) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(t)) => {
-                if let Err(problem) = caas_import::ec2::apply(&mut spec, t) {
-                    return self
-                        .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
-                        .await;
-                }
-            }
-            Some(other) => {
-                let problem = format!("'instance_type' must be a string, found {other}");
-                return self
-                    .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
-                    .await;
-            }
+        if let Some(t) = &sub.instance_type
+            && let Err(problem) = caas_import::ec2::apply(&mut spec, t)
+        {
+            return self
+                .reject(
+                    analysis,
+                    group,
+                    key,
+                    id,
+                    Some(sub.timestamp.to_string()),
+                    problem,
+                    FIX,
+                    true,
+                )
+                .await;
         }
         let job_id = JobId {
             analysis: analysis.spec.analysis.name.clone(),
             timestamp: sub.timestamp.clone(),
         };
         let paths = JobPaths::new(group, &job_id);
-        let origin = format!("caas serve (submission {key}, claim {id})");
+        let origin = crate::submission_origin(key, id);
         let mut slots = Vec::new();
         if let Some(g) = self.group_slot(group) {
             slots.push(g);
@@ -559,32 +508,11 @@ impl Inner {
             }),
             None => None,
         };
-        // A `[[then]]` child names its parent, which must be a job folder of the same group.
-        let parent = match raw.as_ref().and_then(|v| v.get("parent")) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(p))
-                if p.strip_prefix(&format!("{}/", caas_spec::layout::results_prefix(group)))
-                    .is_some_and(|f| {
-                        f.starts_with(caas_spec::layout::JOB_FOLDER_PREFIX) && !f.contains('/')
-                    }) =>
-            {
-                Some(p.clone())
-            }
-            Some(other) => {
-                let problem = format!(
-                    "'parent' {other} is not a job folder of this group ({}/job__...)",
-                    caas_spec::layout::results_prefix(group)
-                );
-                return self
-                    .reject(analysis, group, key, id, ts_hint, problem, FIX, true)
-                    .await;
-            }
-        };
         let mut opts = JobOptions {
             slots,
             resume: None,
             budget,
-            parent,
+            parent: sub.parent.clone(),
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?

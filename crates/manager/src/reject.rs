@@ -11,10 +11,107 @@ use chrono::Utc;
 
 use caas_spec::layout::{END_MARKER_BODY, JobPaths};
 use caas_spec::record::Certificate;
-use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
+use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State, Submission};
 use caas_store::Store;
+use serde_json::Value;
 
 use crate::ManagerError;
+use crate::manager::Analysis;
+
+/// Why [`check_submission`] refused a submission, with what is needed to file the rejection.
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    /// The analysis the rejection is filed under (the first served when the submission names
+    /// none that is served).
+    pub analysis: &'a Analysis,
+    /// What is wrong.
+    pub problem: String,
+    /// The submission's timestamp, when it had one.
+    pub timestamp: Option<String>,
+    /// The job's own folder may hold the rejection (see [`Rejection::own_folder`]).
+    pub own_folder: bool,
+}
+
+/// The checks a submission passes before it becomes a job: its size, JSON, analysis, names
+/// and paths ([`Submission::parse`]). The manager applies them to every `submit.json` it
+/// claims and the HTTP API to a job request before it writes anything, so that whatever the
+/// manager would reject the API refuses with the same reason. `analyses` is never empty.
+pub fn check_submission<'a>(
+    analyses: &'a [Analysis],
+    group: &GroupName,
+    bytes: &[u8],
+) -> Result<(&'a Analysis, Submission), Refusal<'a>> {
+    let first = &analyses[..1];
+    let raw: Option<Value> = serde_json::from_slice(bytes).ok();
+    let timestamp = raw.as_ref().and_then(|v| match v.get("timestamp") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    });
+    let refuse = |analysis: &'a Analysis, problem: String, own_folder: bool| Refusal {
+        analysis,
+        problem,
+        timestamp: timestamp.clone(),
+        own_folder,
+    };
+    let names = || {
+        analyses
+            .iter()
+            .map(|a| a.spec.analysis.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let analysis = match raw.as_ref().and_then(|v| v.get("analysis")) {
+        None | Some(Value::Null) => &first[0],
+        Some(Value::String(name)) => match analyses
+            .iter()
+            .find(|a| a.spec.analysis.name.as_str() == name)
+        {
+            Some(a) => a,
+            None => {
+                return Err(refuse(
+                    &first[0],
+                    format!(
+                        "'analysis' {name:?} is not served here; served: {}",
+                        names()
+                    ),
+                    false,
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(refuse(
+                &first[0],
+                format!("'analysis' must be a string, found {other}"),
+                false,
+            ));
+        }
+    };
+    let sub = match Submission::parse(bytes, group) {
+        Ok(s) => s,
+        // NeuroCAAS' MISSING_CONFIG_ERROR, when the analysis has one.
+        Err(caas_spec::SpecError::MissingField {
+            field: "configname",
+            ..
+        }) if analysis.spec.inputs.missing_config.is_some() => {
+            let message = analysis
+                .spec
+                .inputs
+                .missing_config
+                .clone()
+                .unwrap_or_default();
+            return Err(refuse(analysis, message, true));
+        }
+        Err(e) => return Err(refuse(analysis, e.to_string(), true)),
+    };
+    if let Some(t) = &sub.instance_type {
+        let mut probe = analysis.spec.clone();
+        if let Err(problem) = caas_import::ec2::apply(&mut probe, t) {
+            return Err(refuse(analysis, problem, true));
+        }
+    }
+    Ok((analysis, sub))
+}
 
 /// A submission refused before it became a job.
 pub(crate) struct Rejection<'a> {
@@ -71,7 +168,7 @@ pub(crate) async fn write_rejection(
         config: String::new(),
         state: State::Rejected,
         reason: Some(format!("{} {}", r.problem, r.hint)),
-        origin: format!("caas serve (submission {}, claim {})", r.submission, r.id),
+        origin: crate::submission_origin(r.submission, r.id),
         created: now,
         finished: Some(now),
         tasks: Vec::new(),

@@ -20,6 +20,10 @@ pub struct Submission {
     pub config: StoreKey,
     /// Names the job folder.
     pub timestamp: JobTimestamp,
+    /// NeuroCAAS' per-submission EC2 instance type (resources and price of this job).
+    pub instance_type: Option<String>,
+    /// The job whose `[[then]]` step wrote this submission (`<group>/results/job__...`).
+    pub parent: Option<String>,
 }
 
 impl Submission {
@@ -91,10 +95,36 @@ impl Submission {
             Value::Number(n) => n.to_string().parse()?,
             other => return bad(format!("'timestamp' must be a string, found {other}")),
         };
+        let instance_type = match obj.get("instance_type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(other) => return bad(format!("'instance_type' must be a string, found {other}")),
+        };
+        let parent = match obj.get("parent") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p))
+                if p.strip_prefix(&format!("{}/", crate::layout::results_prefix(group)))
+                    .is_some_and(|f| {
+                        f.starts_with(crate::layout::JOB_FOLDER_PREFIX)
+                            && !f.contains('/')
+                            && crate::names::StoreKey::parse(p).is_ok()
+                    }) =>
+            {
+                Some(p.clone())
+            }
+            Some(other) => {
+                return bad(format!(
+                    "'parent' {other} is not a job folder of this group ({}/job__...)",
+                    crate::layout::results_prefix(group)
+                ));
+            }
+        };
         Ok(Self {
             datasets,
             config,
             timestamp,
+            instance_type,
+            parent,
         })
     }
 }
