@@ -7,7 +7,8 @@
 #      (no registry is reachable here, so every image caas's examples and tests use starts from it);
 #   3. tmux, the pseudo-terminal the `caas shell` tests type into;
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
-#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client);
+#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client, and
+#      prometheus-client, whose parser the tests read GET /metrics with);
 #   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with
 #      ../shared/slurm/setup.sh when it is beside the repository (Debian's slurm-wlm + munge),
 #      with accounting (MariaDB + slurmdbd, so `sacct` works) and Podman as a second node
@@ -84,6 +85,12 @@ if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then
   command -v python3 >/dev/null 2>&1 || apt_install python3
   python3 -m venv "$VENV" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$VENV"; }
   "$VENV/bin/pip" install -q 'moto[server]' awscli >/tmp/caas-setup-pip.log 2>&1 || {
+    cat /tmp/caas-setup-pip.log >&2; exit 1; }
+fi
+# The tests parse GET /metrics with an independent parser: the Prometheus Python client's.
+if ! "$VENV/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; then
+  log "installing prometheus-client into $VENV"
+  "$VENV/bin/pip" install -q prometheus-client >/tmp/caas-setup-pip.log 2>&1 || {
     cat /tmp/caas-setup-pip.log >&2; exit 1; }
 fi
 s3_up() { python3 - "$S3_PORT" <<'PY'

@@ -22,12 +22,14 @@ mod inputs;
 mod jobs;
 mod meta;
 mod openapi;
+mod ops;
 mod upload_s3;
 mod uploads;
 mod web;
 mod webhook;
 
 pub use error::ApiError;
+pub use ops::ReadyCheck;
 pub use webhook::resume as resume_webhooks;
 
 /// How the API behaves.
@@ -60,6 +62,7 @@ struct Shared {
     submitter: Option<Submitter>,
     cfg: ApiConfig,
     uploads: upload_s3::Sessions,
+    ready: std::sync::Mutex<Vec<(String, ReadyCheck)>>,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -89,7 +92,20 @@ impl AppState {
             submitter,
             cfg,
             uploads: upload_s3::Sessions::default(),
+            ready: std::sync::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Add a check `GET /readyz` runs (beside the store's own): the executor, the manager's
+    /// loops, or any other part the service needs. `name` is its key in the answer.
+    pub fn add_ready_check(&self, name: &str, check: ReadyCheck) {
+        if let Ok(mut r) = self.0.ready.lock() {
+            r.push((name.to_string(), check));
+        }
+    }
+
+    pub(crate) fn ready_checks(&self) -> Vec<(String, ReadyCheck)> {
+        self.0.ready.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// The store.
@@ -114,7 +130,8 @@ impl AppState {
     }
 }
 
-/// The API's routes (under `/api/v1`); the web page merges its own routes into this router.
+/// The API's routes (under `/api/v1`), the operator's `/healthz`, `/readyz` and `/metrics`;
+/// the web page merges its own routes into this router.
 pub fn router(state: AppState) -> Router {
     let g = "/api/v1/groups/{group}";
     Router::new()
@@ -149,8 +166,12 @@ pub fn router(state: AppState) -> Router {
             get(files::result_file),
         )
         .route(&format!("{g}/cost"), get(files::cost))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(web::routes())
         .fallback(meta::fallback)
+        .layer(axum::middleware::from_fn(ops::track))
         // Uploads stream and count their own bytes against `max_body`.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

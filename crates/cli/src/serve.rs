@@ -208,7 +208,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let served = analyses.clone();
     let manager = Manager::start(ManagerConfig {
         store: store.clone(),
-        executor,
+        executor: executor.clone(),
         analyses,
         concurrency: args.concurrency,
         group_limit: args.group_limit,
@@ -250,6 +250,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                     ..caas_api::ApiConfig::default()
                 },
             );
+            add_ready_checks(&state, executor.clone(), manager.statuses.clone());
             let resumed = caas_api::resume_webhooks(&state).await;
             if resumed > 0 {
                 tracing::info!(resumed, "webhooks of jobs in flight resumed");
@@ -287,4 +288,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     manager.shutdown().await;
     eprintln!("caas serve: stopped");
     Ok(0)
+}
+
+/// What `GET /readyz` asks beside the store: the executor answers, the manager's loops run.
+fn add_ready_checks(
+    state: &caas_api::AppState,
+    executor: Arc<dyn Executor>,
+    statuses: caas_manager::worker::Statuses,
+) {
+    state.add_ready_check(
+        "executor",
+        Arc::new(move || {
+            let ex = executor.clone();
+            Box::pin(async move { ex.ready().await.map_err(|e| e.to_string()) })
+        }),
+    );
+    state.add_ready_check(
+        "manager",
+        Arc::new(move || {
+            let r = caas_manager::worker::check(&statuses);
+            Box::pin(async move { r })
+        }),
+    );
 }

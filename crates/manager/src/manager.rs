@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Executor;
@@ -341,6 +342,7 @@ impl Inner {
             store.delete(&marker).await?;
             return Ok(());
         }
+        caas_metrics::metrics().claimed.inc();
         self.process(group, key, id, false).await
     }
 
@@ -365,6 +367,7 @@ impl Inner {
             }
         }
         spent.insert(group.clone(), total);
+        set_spent_metric(group, total);
         Ok(total)
     }
 
@@ -406,7 +409,10 @@ impl Inner {
         problem: String,
         hint: &str,
         own_folder: bool,
+        reason: &'static str,
     ) -> Result<(), ManagerError> {
+        caas_metrics::metrics().rejected(reason);
+        caas_metrics::metrics().job_ended(analysis.spec.analysis.name.as_str(), "rejected");
         let root = write_rejection(
             &self.cfg.store,
             &Rejection {
@@ -471,6 +477,7 @@ impl Inner {
                         problem,
                         FIX,
                         false,
+                        "too_large",
                     )
                     .await;
             }
@@ -495,6 +502,7 @@ impl Inner {
                         problem,
                         FIX,
                         false,
+                        "unknown_analysis",
                     )
                     .await;
             }
@@ -503,7 +511,17 @@ impl Inner {
             Ok(s) => s,
             Err(e) => {
                 return self
-                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX, true)
+                    .reject(
+                        analysis,
+                        group,
+                        key,
+                        id,
+                        ts_hint,
+                        e.to_string(),
+                        FIX,
+                        true,
+                        "invalid_submission",
+                    )
                     .await;
             }
         };
@@ -566,6 +584,12 @@ impl Inner {
         if let Ok(mut running) = self.running.lock() {
             running.insert(root.clone(), token.clone());
         }
+        let m = caas_metrics::metrics();
+        let in_flight = caas_metrics::GaugeGuard::new(&m.jobs_running.get_or_create(
+            &caas_metrics::AnalysisLabel {
+                analysis: analysis.spec.analysis.name.to_string(),
+            },
+        ));
         let r = run_job_with(
             store,
             &self.cfg.executor,
@@ -574,17 +598,30 @@ impl Inner {
             Arc::new(JobLog(job_id.folder())),
             &token,
         )
+        // Every log line of the job (the pipeline's, the engine's) carries its id.
+        .instrument(tracing::info_span!("job", job = %paths.root(), group = %group))
         .await;
+        drop(in_flight);
         if let Ok(mut running) = self.running.lock() {
             running.remove(&root);
         }
         match r {
             Ok(outcome) => {
+                let rec = &outcome.record;
+                let name = rec.analysis.as_str();
+                m.job_ended(name, &rec.state.to_string());
+                if rec.state == caas_spec::record::State::Rejected {
+                    m.rejected("job_checks");
+                }
+                for t in &rec.tasks {
+                    m.task_ended(name, &t.state.to_string());
+                }
                 let cost: f64 = outcome.record.tasks.iter().map(|t| t.cost_usd).sum();
                 if cost > 0.0
                     && let Some(s) = self.spent.lock().await.get_mut(group)
                 {
                     *s += cost;
+                    set_spent_metric(group, *s);
                 }
                 tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
                 Ok(())
@@ -603,10 +640,21 @@ impl Inner {
                     problem,
                     "Submit again with a new, unique timestamp.",
                     false,
+                    "timestamp_used",
                 )
                 .await
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Show what `group` has spent on `/metrics`.
+fn set_spent_metric(group: &GroupName, usd: f64) {
+    caas_metrics::metrics()
+        .budget_spent
+        .get_or_create(&caas_metrics::GroupLabel {
+            group: group.to_string(),
+        })
+        .set(usd);
 }
