@@ -157,8 +157,16 @@ impl Metrics {
             // Families are handles: the registry holds clones that share the values.
             r.register("jobs", "Jobs that reached a terminal state", m.jobs.clone());
             r.register("jobs_running", "Jobs in flight", m.jobs_running.clone());
-            r.register("tasks", "Tasks that reached a terminal state", m.tasks.clone());
-            r.register("tasks_running", "Tasks holding a slot", m.tasks_running.clone());
+            r.register(
+                "tasks",
+                "Tasks that reached a terminal state",
+                m.tasks.clone(),
+            );
+            r.register(
+                "tasks_running",
+                "Tasks holding a slot",
+                m.tasks_running.clone(),
+            );
             r.register(
                 "task_duration_seconds",
                 "A task's time from its slot to its end",
