@@ -2,6 +2,7 @@
 //! code. All the work is in the library crates; this file only wires them to a terminal.
 
 mod access;
+mod admin;
 mod build;
 mod dev;
 mod errors;
@@ -78,6 +79,9 @@ enum Command {
     /// Manage the HTTP API's tokens (kept in the store, hashed).
     #[command(subcommand)]
     Token(access::TokenCmd),
+    /// The operator's view of a store: every group's jobs, usage per group.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// Internal: what a cluster node runs (`caas task run`, submitted by `caas serve
     /// --executor slurm`).
     #[command(hide = true)]
@@ -149,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cost(args) => user::cost(args).await,
         Command::Users(cmd) => access::users(cmd).await,
         Command::Token(cmd) => access::token(cmd).await,
+        Command::Admin(cmd) => admin::admin(cmd).await,
         Command::Task(args) => task::task(args).await,
     }
 }
