@@ -199,7 +199,9 @@ impl S3Direct {
     ) -> Result<(reqwest::StatusCode, String), object_store::Error> {
         let cred = self.s3.credentials().get_credential().await?;
         let post = method == http::Method::POST;
-        let mut req = http::Request::builder().method(method.clone()).uri(url.as_str());
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(url.as_str());
         if post {
             req = req
                 .header("if-none-match", "*")

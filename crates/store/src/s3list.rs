@@ -125,7 +125,10 @@ fn warn_once(key: &str, why: &str) {
         std::sync::Mutex::new(None);
     let first = SEEN
         .lock()
-        .map(|mut s| s.get_or_insert_with(Default::default).insert(key.to_string()))
+        .map(|mut s| {
+            s.get_or_insert_with(Default::default)
+                .insert(key.to_string())
+        })
         .unwrap_or(true);
     if first {
         tracing::warn!(key = %key.escape_debug(), "not listed (delete or rename it): {why}");
@@ -163,7 +166,11 @@ impl S3Direct {
             // The bucket's URL exactly as object_store addresses it, without the presigning.
             let mut url = self
                 .s3()
-                .signed_url(reqwest::Method::GET, &ObjPath::from(""), Duration::from_secs(60))
+                .signed_url(
+                    reqwest::Method::GET,
+                    &ObjPath::from(""),
+                    Duration::from_secs(60),
+                )
                 .await
                 .map_err(&err)?;
             url.set_query(None);
