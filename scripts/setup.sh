@@ -7,7 +7,8 @@
 #      (no registry is reachable here, so every image caas's examples and tests use starts from it);
 #   3. tmux, the pseudo-terminal the `caas shell` tests type into;
 #   4. an S3 API server on 127.0.0.1:$CAAS_S3_PORT (moto's server mode, from PyPI in the venv
-#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client);
+#      /opt/caas-venv, which also holds the AWS CLI the tests use as an independent client, and
+#      prometheus-client, whose parser the tests read GET /metrics with);
 #   5. a Slurm cluster of 3 nodes on this host for the Slurm executor's tests, with the
 #      project's own scripts/slurm.sh (Debian's slurm-wlm + munge, accounting with MariaDB +
 #      slurmdbd so `sacct` works, and the node engines: rootful and rootless Podman,
@@ -91,6 +92,12 @@ fi
 if [ ! -x "$VENV/bin/schemathesis" ]; then
   log "installing schemathesis 4 into $VENV"
   "$VENV/bin/pip" install -q 'schemathesis>=4,<5' >/tmp/caas-setup-pip.log 2>&1 || {
+    cat /tmp/caas-setup-pip.log >&2; exit 1; }
+fi
+# The tests parse GET /metrics with an independent parser: the Prometheus Python client's.
+if ! "$VENV/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; then
+  log "installing prometheus-client into $VENV"
+  "$VENV/bin/pip" install -q prometheus-client >/tmp/caas-setup-pip.log 2>&1 || {
     cat /tmp/caas-setup-pip.log >&2; exit 1; }
 fi
 s3_up() { python3 - "$S3_PORT" <<'PY'

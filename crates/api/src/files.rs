@@ -136,6 +136,7 @@ pub async fn logs(
         first: true,
         done: false,
         idle: 0,
+        _open: caas_metrics::GaugeGuard::new(&caas_metrics::metrics().sse_open),
     };
     let events = futures::stream::unfold(follower, |mut f| async move {
         f.next_event()
@@ -173,6 +174,8 @@ struct Follow {
     done: bool,
     /// Passes without news (a comment is sent now and then to keep the connection open).
     idle: u32,
+    /// Counts this stream on `/metrics` while it is open (until the answer is dropped).
+    _open: caas_metrics::GaugeGuard,
 }
 
 /// One SSE event: `id:` then one `data:` line per line of `text`.

@@ -24,6 +24,7 @@ mod inputs;
 mod jobs;
 mod meta;
 mod openapi;
+mod ops;
 mod upload_s3;
 mod uploads;
 mod web;
@@ -32,6 +33,7 @@ mod webhook;
 pub use error::ApiError;
 pub use files::last_event_id;
 pub use jobs::NewJob;
+pub use ops::ReadyCheck;
 pub use uploads::{NewUpload, part_limit};
 pub use webhook::resume as resume_webhooks;
 
@@ -70,6 +72,7 @@ struct Shared {
     cfg: ApiConfig,
     uploads: upload_s3::Sessions,
     clientlog: clientlog::ClientLog,
+    ready: std::sync::Mutex<Vec<(String, ReadyCheck)>>,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -100,7 +103,20 @@ impl AppState {
             cfg,
             uploads: upload_s3::Sessions::default(),
             clientlog: clientlog::ClientLog::default(),
+            ready: std::sync::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Add a check `GET /readyz` runs (beside the store's own): the executor, the manager's
+    /// loops, or any other part the service needs. `name` is its key in the answer.
+    pub fn add_ready_check(&self, name: &str, check: ReadyCheck) {
+        if let Ok(mut r) = self.0.ready.lock() {
+            r.push((name.to_string(), check));
+        }
+    }
+
+    pub(crate) fn ready_checks(&self) -> Vec<(String, ReadyCheck)> {
+        self.0.ready.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// The store.
@@ -129,7 +145,8 @@ impl AppState {
     }
 }
 
-/// The API's routes (under `/api/v1`); the web page merges its own routes into this router.
+/// The API's routes (under `/api/v1`), the operator's `/healthz`, `/readyz` and `/metrics`;
+/// the web page merges its own routes into this router.
 ///
 /// A route added here gets the API's mechanisms: take a JSON body with
 /// [`extract::JsonBody`] (bounded, JSON errors), return `Result<_, ApiError>`; the layers below
@@ -170,6 +187,9 @@ pub fn router(state: AppState) -> Router {
             get(files::result_file),
         )
         .route(&format!("{g}/cost"), get(files::cost))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(web::routes())
         .fallback(meta::fallback)
         .method_not_allowed_fallback(extract::method_not_allowed)
@@ -178,6 +198,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(json_limit))
         // Every error answer, whichever layer made it, is the JSON error body.
         .layer(axum::middleware::map_response(extract::json_errors))
+        .layer(axum::middleware::from_fn(ops::track))
         .with_state(state)
 }
 

@@ -209,6 +209,17 @@ async fn deliver(client: &reqwest::Client, url: &reqwest::Url, key: &str, body: 
             .body(body.clone())
             .send()
             .await;
+        let counted = |outcome| {
+            caas_metrics::metrics()
+                .webhooks
+                .get_or_create(&caas_metrics::OutcomeLabel { outcome })
+                .inc();
+        };
+        match &r {
+            Ok(resp) if resp.status().is_success() => counted("delivered"),
+            _ if attempt == ATTEMPTS => counted("abandoned"),
+            _ => counted("failed"),
+        }
         match r {
             Ok(resp) if resp.status().is_success() => return,
             Ok(resp) => {

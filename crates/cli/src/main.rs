@@ -2,6 +2,7 @@
 //! code. All the work is in the library crates; this file only wires them to a terminal.
 
 mod access;
+mod admin;
 mod build;
 mod dev;
 mod errors;
@@ -10,12 +11,15 @@ mod new;
 mod remote;
 mod run;
 mod serve;
+mod serve_config;
 mod task;
 mod user;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use errors::UserError;
 
@@ -79,13 +83,37 @@ enum Command {
     /// Bring an analysis from another system (a NeuroCAAS blueprint) to caas.
     #[command(subcommand)]
     Import(import::ImportCmd),
+    /// The operator's view of a store: every group's jobs, usage per group.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// Internal: what a cluster node runs (`caas task run`, submitted by `caas serve
     /// --executor slurm`).
     #[command(hide = true)]
     Task(task::TaskArgs),
 }
 
-fn init_tracing(verbose: u8) {
+/// The command line, with `caas serve --config FILE`'s keys read in as flags placed before the
+/// command line's own (which therefore override them).
+fn parse_cli(argv: Vec<OsString>) -> Result<Cli, ExitCode> {
+    let matches = Cli::command().get_matches_from(argv.clone());
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let (Command::Serve(args), Some(("serve", given))) = (&cli.command, matches.subcommand())
+    else {
+        return Ok(cli);
+    };
+    let Some(path) = &args.config else {
+        return Ok(cli);
+    };
+    match serve_config::file_args(path, given) {
+        Ok(extra) => Ok(Cli::parse_from(serve_config::splice(&argv, extra))),
+        Err(msg) => {
+            eprintln!("caas: error: {msg}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn init_tracing(verbose: u8, json: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info,caas=debug",
@@ -93,11 +121,19 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json {
+        // One object a line; `span` and `spans` carry the job's and the task's ids.
+        fmt.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        fmt.init();
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -122,13 +158,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Users(cmd) => access::users(cmd).await,
         Command::Token(cmd) => access::token(cmd).await,
         Command::Import(cmd) => import::import(cmd).await,
+        Command::Admin(cmd) => admin::admin(cmd).await,
         Command::Task(args) => task::task(args).await,
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    let cli = match parse_cli(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let json = matches!(&cli.command, Command::Serve(a) if a.log_format == serve::LogFormat::Json);
+    init_tracing(cli.verbose, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -30,6 +30,14 @@ S3 settings come from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRE
 On SIGTERM running tasks keep running and are adopted by the next `caas serve` with the same
 --id (or are stopped and recorded `cancelled` with --stop-on-exit).")]
 pub struct ServeArgs {
+    /// A TOML file holding any of these flags as keys (`group_limit = 2` for --group-limit 2);
+    /// a flag on the command line overrides its key. See the README's "Operating caas serve".
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The format of the server's own log lines on stderr: `text`, or `json` (one object a
+    /// line, with the job and task ids where there are some).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The store: a local folder or s3://bucket/prefix.
     #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
     store: String,
@@ -101,6 +109,15 @@ pub struct ServeArgs {
     /// --signal=B:USR1@SECS) to stop its container and record `timed_out`; 0 = not warned.
     #[arg(long, default_value = "90s", value_parser = humantime_duration)]
     slurm_signal: Duration,
+}
+
+/// The format of `caas serve`'s log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
 }
 
 /// The nodes' container engine.
@@ -212,7 +229,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let served = analyses.clone();
     let manager = Manager::start(ManagerConfig {
         store: store.clone(),
-        executor,
+        executor: executor.clone(),
         analyses,
         concurrency: args.concurrency,
         group_limit: args.group_limit,
@@ -255,6 +272,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                     ..caas_api::ApiConfig::default()
                 },
             );
+            add_ready_checks(&state, executor.clone(), manager.statuses.clone());
             let resumed = caas_api::resume_webhooks(&state).await;
             if resumed > 0 {
                 tracing::info!(resumed, "webhooks of jobs in flight resumed");
@@ -292,4 +310,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     manager.shutdown().await;
     eprintln!("caas serve: stopped");
     Ok(0)
+}
+
+/// What `GET /readyz` asks beside the store: the executor answers, the manager's loops run.
+fn add_ready_checks(
+    state: &caas_api::AppState,
+    executor: Arc<dyn Executor>,
+    statuses: caas_manager::worker::Statuses,
+) {
+    state.add_ready_check(
+        "executor",
+        Arc::new(move || {
+            let ex = executor.clone();
+            Box::pin(async move { ex.ready().await.map_err(|e| e.to_string()) })
+        }),
+    );
+    state.add_ready_check(
+        "manager",
+        Arc::new(move || {
+            let r = caas_manager::worker::check(&statuses);
+            Box::pin(async move { r })
+        }),
+    );
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Executor;
@@ -342,6 +343,7 @@ impl Inner {
             store.delete(&marker).await?;
             return Ok(());
         }
+        caas_metrics::metrics().claimed.inc();
         self.process(group, key, id, false).await
     }
 
@@ -366,6 +368,7 @@ impl Inner {
             }
         }
         spent.insert(group.clone(), total);
+        set_spent_metric(group, total);
         Ok(total)
     }
 
@@ -380,7 +383,10 @@ impl Inner {
         problem: String,
         hint: &str,
         own_folder: bool,
+        reason: &'static str,
     ) -> Result<(), ManagerError> {
+        caas_metrics::metrics().rejected(reason);
+        caas_metrics::metrics().job_ended(analysis.spec.analysis.name.as_str(), "rejected");
         let root = write_rejection(
             &self.cfg.store,
             &Rejection {
@@ -445,6 +451,7 @@ impl Inner {
                         problem,
                         FIX,
                         false,
+                        "too_large",
                     )
                     .await;
             }
@@ -463,6 +470,11 @@ impl Inner {
                         r.problem,
                         FIX,
                         r.own_folder,
+                        if r.own_folder {
+                            "invalid_submission"
+                        } else {
+                            "unknown_analysis"
+                        },
                     )
                     .await;
             }
@@ -482,6 +494,7 @@ impl Inner {
                     problem,
                     FIX,
                     true,
+                    "invalid_submission",
                 )
                 .await;
         }
@@ -545,6 +558,12 @@ impl Inner {
         if let Ok(mut running) = self.running.lock() {
             running.insert(root.clone(), token.clone());
         }
+        let m = caas_metrics::metrics();
+        let in_flight = caas_metrics::GaugeGuard::new(&m.jobs_running.get_or_create(
+            &caas_metrics::AnalysisLabel {
+                analysis: analysis.spec.analysis.name.to_string(),
+            },
+        ));
         let r = run_job_with(
             store,
             &self.cfg.executor,
@@ -553,17 +572,30 @@ impl Inner {
             Arc::new(JobLog(job_id.folder())),
             &token,
         )
+        // Every log line of the job (the pipeline's, the engine's) carries its id.
+        .instrument(tracing::info_span!("job", job = %paths.root(), group = %group))
         .await;
+        drop(in_flight);
         if let Ok(mut running) = self.running.lock() {
             running.remove(&root);
         }
         match r {
             Ok(outcome) => {
+                let rec = &outcome.record;
+                let name = rec.analysis.as_str();
+                m.job_ended(name, &rec.state.to_string());
+                if rec.state == caas_spec::record::State::Rejected {
+                    m.rejected("job_checks");
+                }
+                for t in &rec.tasks {
+                    m.task_ended(name, &t.state.to_string());
+                }
                 let cost: f64 = outcome.record.tasks.iter().map(|t| t.cost_usd).sum();
                 if cost > 0.0
                     && let Some(s) = self.spent.lock().await.get_mut(group)
                 {
                     *s += cost;
+                    set_spent_metric(group, *s);
                 }
                 tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
                 self.chain(analysis, group, &job_id, &outcome.record).await
@@ -582,10 +614,21 @@ impl Inner {
                     problem,
                     "Submit again with a new, unique timestamp.",
                     false,
+                    "timestamp_used",
                 )
                 .await
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Show what `group` has spent on `/metrics`.
+fn set_spent_metric(group: &GroupName, usd: f64) {
+    caas_metrics::metrics()
+        .budget_spent
+        .get_or_create(&caas_metrics::GroupLabel {
+            group: group.to_string(),
+        })
+        .set(usd);
 }

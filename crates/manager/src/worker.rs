@@ -86,6 +86,28 @@ impl Reporter {
     }
 }
 
+/// Whether every loop is running and its last pass succeeded (`GET /readyz`): `Err` names the
+/// loops that stopped or fail, with their last error. A loop that has not finished a pass yet
+/// is not a failure.
+pub fn check(statuses: &Statuses) -> Result<(), String> {
+    let s = statuses
+        .lock()
+        .map_err(|_| "the manager's status is unreadable".to_string())?;
+    let bad: Vec<String> = s
+        .iter()
+        .filter_map(|(name, st)| match (&st.last_error, st.stopped) {
+            (_, true) => Some(format!("{name}: stopped")),
+            (Some(e), false) => Some(format!("{name}: {e}")),
+            (None, false) => None,
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("; "))
+    }
+}
+
 /// Run `worker` until `shutdown` turns true, recording its status in `statuses`.
 pub fn spawn(
     mut worker: Box<dyn Worker>,
@@ -132,6 +154,21 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_names_stopped_and_failing_loops() {
+        let statuses: Statuses = Arc::default();
+        assert_eq!(check(&statuses), Ok(()));
+        if let Ok(mut s) = statuses.lock() {
+            s.entry("watcher").or_default().passes = 3;
+            s.entry("reaper").or_default().last_error = Some("engine down".into());
+            s.entry("cancel").or_default().stopped = true;
+        }
+        let e = check(&statuses).expect_err("two loops are not well");
+        assert!(e.contains("reaper: engine down"), "{e}");
+        assert!(e.contains("cancel: stopped"), "{e}");
+        assert!(!e.contains("watcher"), "{e}");
+    }
 
     #[test]
     fn a_failing_loop_says_so_once_per_change_and_backs_off() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use caas_runtime::{
     BindMount, ContainerSpec, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
@@ -48,6 +49,11 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
         .work_root
         .join(layout::job_work_dir(&ctx.req.group, &ctx.job))
         .join(idx.to_string());
+    let m = caas_metrics::metrics();
+    let analysis = caas_metrics::AnalysisLabel {
+        analysis: ctx.req.spec.analysis.name.to_string(),
+    };
+    let queued = std::time::Instant::now();
     // Wait for a slot (the manager's limits); a cancellation while waiting ends the task.
     let mut permits = Vec::with_capacity(ctx.slots.len());
     for slot in &ctx.slots {
@@ -59,7 +65,18 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
             () = ctx.cancel.cancelled() => break,
         }
     }
-    let result = run_task_inner(ctx, idx, &work).await;
+    m.queue_wait
+        .get_or_create(&analysis)
+        .observe(queued.elapsed().as_secs_f64());
+    let started = std::time::Instant::now();
+    let holding = caas_metrics::GaugeGuard::new(&m.tasks_running.get_or_create(&analysis));
+    // Every log line of the task carries its id (the job's span is the manager's).
+    let span = tracing::info_span!("task", task = %layout::task_id(&ctx.req.group, &ctx.job, idx));
+    let result = run_task_inner(ctx, idx, &work).instrument(span).await;
+    drop(holding);
+    m.task_duration
+        .get_or_create(&analysis)
+        .observe(started.elapsed().as_secs_f64());
     drop(permits);
     // The work folder holds what the analysis produced until it is in the store: when the
     // store failed (full, unreachable), it stays for the attempt that resumes the task.

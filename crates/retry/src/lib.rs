@@ -67,12 +67,26 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && attempt < policy.attempts.max(1) => {
+                caas_metrics::metrics()
+                    .backend_retries
+                    .get_or_create(&caas_metrics::Metrics::call(what))
+                    .inc();
                 let delay = backoff(attempt, policy.first_delay, policy.max_delay);
                 tracing::warn!(attempt, what, error = %e, "transient error, retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Counted only when a transient error outlived its retries: a permanent one
+                // (not found, conflict) is an answer, not a failing backend.
+                if e.is_transient() {
+                    caas_metrics::metrics()
+                        .backend_errors
+                        .get_or_create(&caas_metrics::Metrics::call(what))
+                        .inc();
+                }
+                return Err(e);
+            }
         }
     }
 }
@@ -142,12 +156,17 @@ mod tests {
             attempts: 3,
             ..Policy::default()
         };
-        let r: Result<(), E> = retry(p, "t", || {
+        let r: Result<(), E> = retry(p, "store gives up", || {
             calls.set(calls.get() + 1);
             async { Err(E(true)) }
         })
         .await;
         assert!(r.is_err());
         assert_eq!(calls.get(), 3);
+        // Counted where /metrics shows them: two retries, one call that failed for good.
+        let labels = caas_metrics::Metrics::call("store gives up");
+        let m = caas_metrics::metrics();
+        assert_eq!(m.backend_retries.get_or_create(&labels).get(), 2);
+        assert_eq!(m.backend_errors.get_or_create(&labels).get(), 1);
     }
 }

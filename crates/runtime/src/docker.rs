@@ -155,6 +155,19 @@ fn unix_now() -> u64 {
 }
 
 impl Docker {
+    /// Whether the engine answers a ping within 5 s.
+    pub async fn ping(&self) -> Result<(), RuntimeError> {
+        let unavailable = |message: String| RuntimeError::EngineUnavailable {
+            endpoint: self.endpoint.clone(),
+            message,
+        };
+        tokio::time::timeout(Duration::from_secs(5), self.client.ping())
+            .await
+            .map_err(|_| unavailable("no answer to ping within 5s".into()))?
+            .map(|_| ())
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
     /// Connect to `DOCKER_HOST` or the local socket, negotiate the API version, and ping.
     pub async fn connect() -> Result<Self, RuntimeError> {
         Self::connect_to(None).await

@@ -130,6 +130,13 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Remove a container, stopping it if needed; one already gone is not an error.
     fn remove<'a>(&'a self, id: &'a str) -> ExecFuture<'a, ()>;
 
+    /// Whether the machine tasks run on answers now (`GET /readyz`): one cheap query that
+    /// changes nothing; by default a search for containers with no label to match.
+    fn ready(&self) -> ExecFuture<'_, ()> {
+        let none = BTreeMap::new();
+        async move { self.find(&none).await.map(|_| ()) }.boxed()
+    }
+
     /// Stop a container: SIGTERM, then SIGKILL after `grace`. Failures are logged, not returned
     /// (the container may be gone).
     fn stop<'a>(&'a self, id: &'a str, grace: Duration) -> BoxFuture<'a, ()>;
@@ -209,6 +216,10 @@ impl Executor for Docker {
         cancel: &'a CancellationToken,
     ) -> ExecFuture<'a, RunReport> {
         Docker::adopt(self, id, remaining, stop_grace, output, cancel).boxed()
+    }
+
+    fn ready(&self) -> ExecFuture<'_, ()> {
+        Docker::ping(self).boxed()
     }
 
     fn find<'a>(

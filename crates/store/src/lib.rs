@@ -26,6 +26,7 @@ use caas_retry::{Policy, Transient, retry};
 mod local;
 pub mod profile;
 mod s3;
+mod s3list;
 pub mod stage;
 mod stream;
 
@@ -508,6 +509,13 @@ impl Store {
                     .filter_map(|f| object_meta(&f.key, &f.meta).ok())
                     .collect())
             }
+            Backend::Remote(_) if let Some(direct) = &self.direct => {
+                Self::path(prefix)?;
+                retry(self.policy, "store list", || async {
+                    Ok(direct.list_tolerant(prefix, false).await?.objects)
+                })
+                .await
+            }
             Backend::Remote(inner) => {
                 let p = Self::path(prefix)?;
                 retry(self.policy, "store list", || async {
@@ -565,6 +573,16 @@ impl Store {
                     .filter_map(|f| object_meta(&f.key, &f.meta).ok())
                     .collect();
                 return Ok((listing.dirs, objs));
+            }
+            Backend::Remote(_) if let Some(direct) = &self.direct => {
+                if !prefix.is_empty() {
+                    Self::path(prefix)?;
+                }
+                return retry(self.policy, "store list", || async {
+                    let l = direct.list_tolerant(prefix, true).await?;
+                    Ok((l.dirs, l.objects))
+                })
+                .await;
             }
             Backend::Remote(inner) => inner,
         };

@@ -53,7 +53,7 @@ pub(crate) struct S3Direct {
     http: reqwest::Client,
 }
 
-fn generic(e: impl std::fmt::Display) -> object_store::Error {
+pub(crate) fn generic(e: impl std::fmt::Display) -> object_store::Error {
     object_store::Error::Generic {
         store: "S3",
         source: e.to_string().into(),
@@ -150,7 +150,6 @@ impl S3Direct {
         body.push_str("</CompleteMultipartUpload>");
         let err = Store::backend("complete", key);
         retry(policy, "store upload complete", || async {
-            let cred = self.s3.credentials().get_credential().await.map_err(&err)?;
             // The object's URL exactly as object_store addresses it (endpoint, path style,
             // encoding), without the presigning query.
             let mut url = self
@@ -160,27 +159,13 @@ impl S3Direct {
                 .map_err(&err)?;
             url.set_query(None);
             url.query_pairs_mut().append_pair("uploadId", id);
-            let mut req = http::Request::builder()
-                .method(http::Method::POST)
-                .uri(url.as_str())
-                .header("if-none-match", "*")
-                .header("content-type", "application/xml")
-                .body(object_store::client::HttpRequestBody::from(body.clone()))
-                .map_err(|e| err(generic(e)))?;
-            AwsAuthorizer::new(&cred, "s3", &self.region).authorize(&mut req, None);
-            let resp = self
-                .http
-                .post(url)
-                .headers(req.headers().clone())
-                .body(body.clone())
-                .send()
+            let (status, text) = self
+                .send_signed(http::Method::POST, url, Some(body.clone()))
                 .await
-                .map_err(|e| err(generic(e)))?;
-            let status = resp.status();
+                .map_err(&err)?;
             if status == reqwest::StatusCode::PRECONDITION_FAILED {
                 return Ok(false);
             }
-            let text = resp.text().await.map_err(|e| err(generic(e)))?;
             // S3 may answer 200 and then report an error in the body.
             if status.is_success() && !text.contains("<Error>") {
                 return Ok(true);
@@ -191,6 +176,54 @@ impl S3Direct {
             ))))
         })
         .await
+    }
+
+    /// The store's prefix in the bucket (no slashes at the ends; `""` for the whole bucket).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The bucket's client.
+    pub(crate) fn s3(&self) -> &AmazonS3 {
+        &self.s3
+    }
+
+    /// Send a request object_store has no call for, signed as it signs its own (SigV4 with the
+    /// store's credentials); `If-None-Match: *` on a POST (a multipart completion). Returns
+    /// the status and the body's text.
+    pub(crate) async fn send_signed(
+        &self,
+        method: http::Method,
+        url: url::Url,
+        body: Option<String>,
+    ) -> Result<(reqwest::StatusCode, String), object_store::Error> {
+        let cred = self.s3.credentials().get_credential().await?;
+        let post = method == http::Method::POST;
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(url.as_str());
+        if post {
+            req = req
+                .header("if-none-match", "*")
+                .header("content-type", "application/xml");
+        }
+        let mut req = req
+            .body(object_store::client::HttpRequestBody::from(
+                body.clone().unwrap_or_default(),
+            ))
+            .map_err(generic)?;
+        AwsAuthorizer::new(&cred, "s3", &self.region).authorize(&mut req, None);
+        let mut send = self
+            .http
+            .request(method, url)
+            .headers(req.headers().clone());
+        if let Some(b) = body {
+            send = send.body(b);
+        }
+        let resp = send.send().await.map_err(generic)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(generic)?;
+        Ok((status, text))
     }
 
     async fn abort(&self, key: &str, id: &str) {

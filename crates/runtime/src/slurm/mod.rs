@@ -428,6 +428,10 @@ impl Executor for Slurm {
         async move { Ok(Vec::new()) }.boxed()
     }
 
+    fn ready(&self) -> ExecFuture<'_, ()> {
+        async move { squeue(&self.cfg.tool("squeue")).await.map(|_| ()) }.boxed()
+    }
+
     fn run_remote<'a>(
         &'a self,
         task: &'a RemoteTask,
