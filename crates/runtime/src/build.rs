@@ -170,7 +170,7 @@ fn match_segments(pat: &[String], path: &[&str]) -> bool {
 
 /// Tar the build context in memory (contexts of analyses are code, not data; data is excluded
 /// through `.dockerignore`).
-fn context_tar(context: &Path) -> Result<Vec<u8>, RuntimeError> {
+pub(crate) fn context_tar(context: &Path) -> Result<Vec<u8>, RuntimeError> {
     let ignore = Ignore::load(context);
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
