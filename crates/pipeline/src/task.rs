@@ -15,7 +15,6 @@ use caas_runtime::{
     BindMount, ContainerSpec, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
     OutputChunk, RunReport,
 };
-use caas_spec::analysis::fill_placeholders;
 use caas_spec::layout::{self, running_entry};
 use caas_spec::{JobId, State, StoreKey};
 use caas_store::Store;
@@ -313,12 +312,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     values.insert("group", req.group.to_string());
     values.insert("job", ctx.job.folder());
     values.insert("dataset", dataset.to_string());
-    let command: Vec<String> = req
-        .spec
-        .argv_template()
-        .iter()
-        .map(|a| fill_placeholders(a, &values))
-        .collect();
+    let command: Vec<String> = req.spec.command_with(&values);
 
     let image_user = ctx
         .executor
