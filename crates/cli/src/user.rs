@@ -4,7 +4,6 @@
 //! arguments and prints the answers. With `--server URL` the same commands go to a caas
 //! server's HTTP API instead (`remote.rs`).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -288,46 +287,68 @@ pub(crate) fn print_job(job: &JobView) {
 /// Arguments of `caas logs`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
-  caas logs run-7                  # stdout of every dataset so far
-  caas logs run-7 --follow --stderr")]
+  caas logs run-7                  # stdout, and stderr with each line marked [stderr]
+  caas logs run-7 --follow         # the same while the job runs
+  caas logs run-7 --stderr         # only stderr (unmarked); --stdout: only stdout
+
+The analysis' stdout goes to caas's stdout as it is (so `caas logs J > out.txt` holds just
+that); its stderr goes to caas's stderr, every line marked `[stderr] ` (`[<dataset> stderr] `
+when the job has several datasets).")]
 pub struct LogsArgs {
     #[command(flatten)]
     job: JobArg,
     /// Keep printing new output until the job ends.
     #[arg(long, short)]
     follow: bool,
-    /// Print stderr instead of stdout.
-    #[arg(long)]
+    /// Print only stderr (to stdout, unmarked).
+    #[arg(long, conflicts_with = "stdout")]
     stderr: bool,
+    /// Print only stdout.
+    #[arg(long)]
+    stdout: bool,
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
-    let stream = if args.stderr {
-        LogStream::Stderr
+    let wanted = if args.stderr {
+        remote::LogsWanted::Only(LogStream::Stderr)
+    } else if args.stdout {
+        remote::LogsWanted::Only(LogStream::Stdout)
     } else {
-        LogStream::Stdout
+        remote::LogsWanted::Both
     };
     if let Some(r) = args.job.at.remote().await? {
-        return remote::logs(&r, &args.job.job, stream, args.follow).await;
+        return remote::logs(&r, &args.job.job, wanted, args.follow).await;
     }
     let (store, group) = args.job.at.open()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
         .map_err(client_error)?;
-    let opts = FollowOptions {
-        stream,
-        follow: args.follow,
-        ..FollowOptions::default()
-    };
-    let mut events = std::pin::pin!(client::follow_logs(store, job.paths, opts));
-    while let Some(event) = events.next().await {
+    let datasets = client::read_record(&store, &job.paths)
+        .await
+        .map_err(client_error)?
+        .map_or(0, |r| r.tasks.len());
+    let followers = wanted.streams().into_iter().map(|stream| {
+        let opts = FollowOptions {
+            stream,
+            follow: args.follow,
+            ..FollowOptions::default()
+        };
+        client::follow_logs(store.clone(), job.paths.clone(), opts)
+            .map(move |e| (stream, e))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(followers);
+    let mut printer = remote::LogsPrinter::new(wanted, datasets);
+    let mut ended = false;
+    while let Some((stream, event)) = events.next().await {
         match event.map_err(client_error)? {
-            LogEvent::Output { bytes, .. } => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)?;
-                out.flush()?;
+            LogEvent::Output { dataset, bytes } => {
+                printer.print(dataset.as_str(), stream, &bytes)?;
             }
             LogEvent::End(rec) => {
+                if std::mem::replace(&mut ended, true) {
+                    continue;
+                }
                 if let Some(rec) =
                     rec.filter(|r| r.tasks.is_empty() || r.state == caas_spec::State::Rejected)
                 {
