@@ -81,6 +81,18 @@ fn a_task_past_its_timeout_is_stopped_and_marked_timed_out() {
         "{}",
         stderr(&out)
     );
+    // It says how to raise the limit, where the user looks.
+    assert!(
+        stderr(&out).contains("`[run] timeout = \"...\"` in caas.toml, e.g. \"4s\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        sb.status("sleepy", "t1")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("[run] timeout")
+    );
     let job = sb.job_json("sleepy", "t1");
     assert_eq!(job["state"], "timed_out");
     assert_eq!(sb.status("sleepy", "t1")["status"], "FAILED");
