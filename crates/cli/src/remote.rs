@@ -11,6 +11,7 @@ use serde_json::json;
 
 use caas_client::{InputKind, JobRequest, LogStream, Server};
 use caas_spec::JobTimestamp;
+use caas_spec::command::shell_word;
 
 use crate::errors::{client_error, user};
 use crate::user::print_job;
@@ -20,6 +21,8 @@ use crate::user::print_job;
 pub struct Remote {
     pub server: Server,
     pub group: String,
+    /// The options a printed `caas ...` hint needs to reach the same server and group.
+    pub hint: String,
 }
 
 impl Remote {
@@ -47,7 +50,16 @@ impl Remote {
                 }
             }
         };
-        Ok(Self { server, group })
+        let hint = format!(
+            " --server {} --group {}",
+            shell_word(url),
+            shell_word(&group)
+        );
+        Ok(Self {
+            server,
+            group,
+            hint,
+        })
     }
 
     /// `value` as a name on the server: a local file is uploaded first; `<group>/inputs/x`
@@ -117,8 +129,8 @@ pub async fn submit(
     } else {
         println!("{}", job.timestamp);
         eprintln!(
-            "caas: job {} {}; watch it with `caas status {} --server ...`",
-            job.job, job.state, job.timestamp
+            "caas: job {} {}; watch it with `caas status {}{}`",
+            job.job, job.state, job.timestamp, r.hint
         );
     }
     Ok(0)
@@ -276,8 +288,10 @@ pub async fn cancel(r: &Remote, job: &str) -> anyhow::Result<i32> {
         );
     } else {
         eprintln!(
-            "caas: cancel requested for {}; `caas status {job} --server ...` shows `cancelled`",
-            view.job
+            "caas: cancel requested for {}; `caas status {}{}` shows `cancelled`",
+            view.job,
+            shell_word(job),
+            r.hint
         );
     }
     Ok(0)

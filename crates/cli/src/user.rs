@@ -14,6 +14,7 @@ use caas_client::{
     self as client, CancelOutcome, FollowOptions, InputKind, JobStatus, JobView, LogEvent,
     LogStream, NewSubmission,
 };
+use caas_spec::command::shell_word;
 use caas_spec::{GroupName, JobTimestamp};
 use caas_store::Store;
 
@@ -52,6 +53,44 @@ impl Where {
         };
         Ok((Store::open(&self.store)?, group))
     }
+
+    /// [`Self::open`] for a command that only reads: a local store that does not exist is
+    /// an error saying so, and nothing is created.
+    fn open_existing(&self) -> anyhow::Result<(Store, GroupName)> {
+        must_exist(&self.store)?;
+        self.open()
+    }
+
+    /// The options a printed `caas ...` hint needs to reach the same store and group.
+    fn hint(&self, group: &GroupName) -> String {
+        format!(
+            " --store {} --group {}",
+            shell_word(&self.store),
+            shell_word(group.as_str())
+        )
+    }
+}
+
+/// A local store given to a command that only reads must already be there.
+pub fn must_exist(store: &str) -> anyhow::Result<()> {
+    if store.contains("://") {
+        return Ok(());
+    }
+    let path = std::path::Path::new(store);
+    if !path.is_dir() {
+        return Err(user(format!(
+            "there is no store at {} ({}); give --store DIR or s3://bucket/prefix (or set \
+             CAAS_STORE), or --server URL; `caas run`, `caas upload` and `caas serve` create a \
+             local store",
+            path.display(),
+            if path.exists() {
+                "not a folder"
+            } else {
+                "no such folder"
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Arguments of `caas upload`.
@@ -188,8 +227,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     } else {
         println!("{timestamp}");
         eprintln!(
-            "caas: submitted {}; watch it with `caas status {timestamp}`",
-            store.display_key(&done.key)
+            "caas: submitted {}; watch it with `caas status {timestamp}{}`",
+            store.display_key(&done.key),
+            args.at.hint(&group)
         );
     }
     Ok(0)
@@ -223,7 +263,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
     if let Some(r) = args.at.remote().await? {
         return remote::status(&r, args.job.as_deref(), args.json).await;
     }
-    let (store, group) = args.at.open()?;
+    let (store, group) = args.at.open_existing()?;
     if let Some(job) = &args.job {
         let JobStatus { job, record: rec } = client::job_status(&store, &group, job)
             .await
@@ -319,7 +359,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     if let Some(r) = args.job.at.remote().await? {
         return remote::logs(&r, &args.job.job, wanted, args.follow).await;
     }
-    let (store, group) = args.job.at.open()?;
+    let (store, group) = args.job.at.open_existing()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
         .map_err(client_error)?;
@@ -382,7 +422,7 @@ pub async fn results(args: ResultsArgs) -> anyhow::Result<i32> {
     if let Some(r) = args.job.at.remote().await? {
         return remote::results(&r, &args.job.job, &args.output).await;
     }
-    let (store, group) = args.job.at.open()?;
+    let (store, group) = args.job.at.open_existing()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
         .map_err(client_error)?;
@@ -414,7 +454,7 @@ pub async fn cancel(args: JobArg) -> anyhow::Result<i32> {
     if let Some(r) = args.at.remote().await? {
         return remote::cancel(&r, &args.job).await;
     }
-    let (store, group) = args.at.open()?;
+    let (store, group) = args.at.open_existing()?;
     let by = std::env::var("USER").unwrap_or_default();
     match client::request_cancel(&store, &group, &args.job, &by)
         .await
@@ -427,8 +467,10 @@ pub async fn cancel(args: JobArg) -> anyhow::Result<i32> {
             rec.state
         ),
         CancelOutcome::Requested(rec) => eprintln!(
-            "caas: cancel requested for {}; the manager stops its tasks at its next pass (`caas status {}` shows `cancelled`)",
-            rec.job_id, args.job
+            "caas: cancel requested for {}; the manager stops its tasks at its next pass (`caas status {}{}` shows `cancelled`)",
+            rec.job_id,
+            shell_word(&args.job),
+            args.at.hint(&group)
         ),
     }
     Ok(0)
@@ -468,6 +510,7 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<i32> {
         let r = Remote::open(url, args.group.as_deref()).await?;
         return remote::cost(&r, args.json).await;
     }
+    must_exist(&args.store)?;
     let store = Store::open(&args.store)?;
     let since = match &args.since {
         None => None,

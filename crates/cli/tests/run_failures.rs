@@ -206,7 +206,9 @@ fn a_missing_image_is_rejected_with_what_to_do() {
     let out = sb.run(&a, "i1", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("local/does-not-exist:1") && stderr(&out).contains("caas build"));
-    assert_eq!(sb.job_json("noimage", "i1")["state"], "rejected");
+    // Refused before anything is stored: no rejected job folder, no inputs, no store.
+    assert!(!sb.job_dir("noimage", "i1").exists());
+    assert!(!sb.store().exists(), "{:?}", snapshot(&sb.store()));
 }
 
 #[test]

@@ -106,6 +106,18 @@ pub fn fill_shell(script: &str, values: &BTreeMap<&str, String>) -> String {
     out
 }
 
+/// `v` as one shell word, quoted only when it needs it (for commands caas prints as hints).
+pub fn shell_word(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        v.to_string()
+    } else {
+        quote(v, Quote::None)
+    }
+}
+
 /// `v` as one literal word where it lands.
 fn quote(v: &str, state: Quote) -> String {
     match state {
@@ -148,6 +160,14 @@ mod tests {
         assert_eq!(shell_script_index(&s(&["sh", "main.sh", "{data}"])), None);
         assert_eq!(shell_script_index(&s(&["python3", "-c", "x"])), None);
         assert_eq!(shell_script_index(&s(&["sh", "-c"])), None);
+    }
+
+    #[test]
+    fn hint_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_word("s3://b/p"), "s3://b/p");
+        assert_eq!(shell_word("my store"), "'my store'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]
