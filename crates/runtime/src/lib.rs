@@ -19,6 +19,7 @@ mod executor;
 pub mod fake;
 mod images;
 mod slurm;
+mod usage;
 
 pub use bake::FolderCommit;
 pub use build::{BuildEvent, BuildOptions};
