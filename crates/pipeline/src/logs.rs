@@ -169,7 +169,7 @@ impl LogSink {
 
 /// Keep `line` among the last [`REASON_LINES`] non-empty ones, printable and bounded.
 fn keep_reason_line(tail: &mut std::collections::VecDeque<String>, line: &str) {
-    let clean = strip_ansi(line);
+    let clean = caas_spec::text::strip_ansi(line);
     let clean: String = clean
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -183,43 +183,6 @@ fn keep_reason_line(tail: &mut std::collections::VecDeque<String>, line: &str) {
     while tail.len() > REASON_LINES {
         tail.pop_front();
     }
-}
-
-/// `line` without ANSI escape sequences (colours, cursor moves).
-pub fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            // CSI: parameters and intermediates up to a final byte in @..~.
-            Some('[') => {
-                chars.next();
-                for n in chars.by_ref() {
-                    if ('@'..='~').contains(&n) {
-                        break;
-                    }
-                }
-            }
-            // OSC: up to BEL or ST.
-            Some(']') => {
-                chars.next();
-                while let Some(n) = chars.next() {
-                    if n == '\u{7}' || (n == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
-                        break;
-                    }
-                }
-            }
-            Some(_) => {
-                chars.next();
-            }
-            None => {}
-        }
-    }
-    out
 }
 
 /// A failed task's reason: what happened, then stderr's last lines when they are known (and,
@@ -246,9 +209,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ansi_codes_and_control_characters_are_removed() {
-        assert_eq!(strip_ansi("\u{1b}[31;1mERROR\u{1b}[0m: x"), "ERROR: x");
-        assert_eq!(strip_ansi("\u{1b}]0;title\u{7}ok"), "ok");
+    fn reason_lines_are_printable_and_bounded() {
         let mut t = std::collections::VecDeque::new();
         for i in 0..8 {
             keep_reason_line(&mut t, &format!("line {i}\r\u{1b}[K"));

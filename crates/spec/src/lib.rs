@@ -11,6 +11,7 @@ pub mod layout;
 pub mod names;
 pub mod record;
 pub mod submission;
+pub mod text;
 pub mod units;
 
 use std::path::PathBuf;
