@@ -157,16 +157,15 @@ pub async fn create(
     let group = p.group(&group)?;
     p.may_write()?;
     let req: NewJob = parse_json(&body)?;
+    let served = st.analyses();
     let analysis = match &req.analysis {
-        None => st.analyses().first(),
-        Some(name) => st
-            .analyses()
+        None => served.first(),
+        Some(name) => served
             .iter()
             .find(|a| a.spec.analysis.name.as_str() == name),
     }
     .ok_or_else(|| {
-        let served: Vec<String> = st
-            .analyses()
+        let served: Vec<String> = served
             .iter()
             .map(|a| a.spec.analysis.name.to_string())
             .collect();

@@ -6,6 +6,7 @@ mod build;
 mod dev;
 mod errors;
 mod new;
+mod reload;
 mod remote;
 mod run;
 mod serve;

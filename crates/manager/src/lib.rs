@@ -14,12 +14,14 @@
 //! `_caas/claims/<group>/<id>.json` (one per submission version, permanent) and
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
+mod analyses;
 mod loops;
 mod manager;
 mod reject;
 mod submitter;
 pub mod worker;
 
+pub use analyses::Analyses;
 pub use manager::{Analysis, Manager, ManagerConfig};
 pub use submitter::Submitter;
 

@@ -20,6 +20,7 @@ use caas_spec::submission::MAX_SUBMISSION_BYTES;
 use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
 
+use crate::analyses::Analyses;
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::reject::{Rejection, write_rejection};
 use crate::worker::{self, Statuses, Worker};
@@ -32,6 +33,8 @@ pub struct Analysis {
     pub spec: AnalysisSpec,
     /// The image its tasks run.
     pub image: String,
+    /// Which version this is (recorded in each job's job.json as `analysis_revision`).
+    pub revision: String,
 }
 
 /// How the manager runs.
@@ -85,6 +88,8 @@ pub(crate) struct Inner {
     /// Submission versions already handled (claimed by anyone, or being handled here), shared
     /// by the polling watcher and [`Submitter`] so that one version is handled once.
     pub(crate) seen: Mutex<HashSet<String>>,
+    /// The analyses as they are now (reloaded by `caas serve`; a job takes a copy at start).
+    pub(crate) analyses: Analyses,
 }
 
 /// A running manager.
@@ -162,6 +167,7 @@ impl Manager {
             spent: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen: Mutex::new(seen),
+            analyses: Analyses::new(cfg.analyses.clone()),
             cfg,
         });
 
@@ -368,14 +374,15 @@ impl Inner {
         Ok(total)
     }
 
-    pub(crate) fn analysis(&self, raw: Option<&Value>) -> Result<&Analysis, String> {
+    /// The analysis a submission names (a copy of its current version), else the first.
+    pub(crate) fn analysis(&self, raw: Option<&Value>) -> Result<Analysis, String> {
+        let served = self.analyses.current();
         match raw.and_then(|v| v.get("analysis")) {
-            None | Some(Value::Null) => Ok(&self.cfg.analyses[0]),
-            Some(Value::String(name)) => self
-                .cfg
-                .analyses
+            None | Some(Value::Null) => Ok(served[0].clone()),
+            Some(Value::String(name)) => served
                 .iter()
                 .find(|a| a.spec.analysis.name.as_str() == name)
+                .cloned()
                 .ok_or_else(|| {
                     format!(
                         "'analysis' {name:?} is not served here; served: {}",
@@ -386,9 +393,14 @@ impl Inner {
         }
     }
 
+    /// The default analysis as it is now.
+    pub(crate) fn first_analysis(&self) -> Analysis {
+        self.analyses.current()[0].clone()
+    }
+
     pub(crate) fn names(&self) -> String {
-        self.cfg
-            .analyses
+        self.analyses
+            .current()
             .iter()
             .map(|a| a.spec.analysis.name.to_string())
             .collect::<Vec<_>>()
@@ -463,7 +475,7 @@ impl Inner {
                 );
                 return self
                     .reject(
-                        &self.cfg.analyses[0],
+                        &self.first_analysis(),
                         group,
                         key,
                         id,
@@ -487,7 +499,7 @@ impl Inner {
             Err(problem) => {
                 return self
                     .reject(
-                        &self.cfg.analyses[0],
+                        &self.first_analysis(),
                         group,
                         key,
                         id,
@@ -503,7 +515,7 @@ impl Inner {
             Ok(s) => s,
             Err(e) => {
                 return self
-                    .reject(analysis, group, key, id, ts_hint, e.to_string(), FIX, true)
+                    .reject(&analysis, group, key, id, ts_hint, e.to_string(), FIX, true)
                     .await;
             }
         };
@@ -534,6 +546,7 @@ impl Inner {
             slots,
             resume: None,
             budget,
+            revision: Some(analysis.revision.clone()),
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?
@@ -595,7 +608,7 @@ impl Inner {
                     sub.timestamp.as_str()
                 );
                 self.reject(
-                    analysis,
+                    &analysis,
                     group,
                     key,
                     id,

@@ -52,6 +52,8 @@ pub struct JobOptions {
     /// The group's budget and what it has spent so far, USD: a job whose estimated cost is
     /// more than what is left is rejected before any compute, with the numbers.
     pub budget: Option<Budget>,
+    /// The analysis version the job runs (recorded in job.json as `analysis_revision`).
+    pub revision: Option<String>,
 }
 
 /// A group's budget, for the check before compute.
