@@ -243,6 +243,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 .await
                 .map_err(|e| user(format!("--listen {addr}: {e}")))?;
             let local = listener.local_addr()?;
+            if !addr.ip().is_loopback() {
+                // caas serves plain HTTP: beyond this machine, tokens would cross in clear text.
+                eprintln!(
+                    "caas serve: WARNING: --listen {addr} is reachable beyond this machine over \
+                     plain HTTP (no TLS): tokens and data would cross the network unencrypted. \
+                     Listen on 127.0.0.1 and put a TLS-terminating reverse proxy (nginx, caddy) \
+                     in front, or reach it through an SSH tunnel"
+                );
+            }
             let state = caas_api::AppState::new(
                 store.clone(),
                 served,

@@ -113,3 +113,44 @@ fn an_edited_analysis_serves_new_jobs_and_jobs_in_flight_keep_theirs() {
         .log_text()
         .contains("new jobs get version 0.3.0")));
 }
+
+#[test]
+fn listening_beyond_loopback_without_tls_says_so_at_start() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis("wide", "true", ""));
+    let store = sb.store();
+    let s = store.to_str().unwrap();
+    // On loopback: no warning.
+    let api = start_api(s, &[&a], &[], &no_env(), &sb.path().join("lo.log"));
+    assert!(
+        !api.srv.log_text().contains("WARNING"),
+        "{}",
+        api.srv.log_text()
+    );
+    drop(api);
+    // On every address: the warning, at start.
+    let log = sb.path().join("wide.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let addr = format!("0.0.0.0:{}", free_port());
+    let child = caas()
+        .args(["serve", "--store", s, "--listen", &addr, "--analysis"])
+        .arg(&a)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let srv = common::server::Server { child, log };
+    assert!(
+        wait_for(Duration::from_secs(60), || srv
+            .log_text()
+            .contains("API on")),
+        "{}",
+        srv.log_text()
+    );
+    let text = srv.log_text();
+    assert!(
+        text.contains("WARNING") && text.contains("no TLS") && text.contains(&addr),
+        "{text}"
+    );
+}
