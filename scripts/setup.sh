@@ -15,9 +15,12 @@
 #      Charliecloud, with the unprivileged user caaslab): ~60 s the first time (packages),
 #      ~1 s when all runs;
 #   6. Debian's chromium and chromium-driver, the headless browser the web page's test drives
-#      (crates/cli/tests/browser.rs starts chromedriver itself; nothing runs in the background).
+#      (crates/cli/tests/browser.rs starts chromedriver itself; nothing runs in the background);
+#   7. local/debian-python:test, a Debian-like base with its system Python (python3-pip and
+#      python3-venv from Debian, PEP 668 marker included) for the python template's test,
+#      made by scripts/debian-python-image.sh with `docker import`.
 # `setup.sh --run-only` (what scripts/quickstart.sh uses) stops after 2: the main job needs only
-# the engine and the base image; 3 to 6 belong to the tests.
+# the engine and the base image; 3 to 7 belong to the tests.
 # A second run with nothing to do takes well under a second.
 set -euo pipefail
 
@@ -41,6 +44,9 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 [ "$RUN_ONLY" = 1 ] || command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
 [ "$RUN_ONLY" = 1 ] || [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 [ "$RUN_ONLY" = 1 ] || [ -x /usr/bin/chromedriver ] || need_pkgs+=(chromium-driver)
+# Debian's system Python, for the Debian-python base of the python template's test (7.).
+[ "$RUN_ONLY" = 1 ] || [ -x /usr/bin/pip3 ] || need_pkgs+=(python3-pip)
+[ "$RUN_ONLY" = 1 ] || dpkg -s python3-venv >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log "missing ${need_pkgs[*]}; run this script as root to install them"; exit 1; }
   log "installing ${need_pkgs[*]}"
@@ -78,6 +84,10 @@ if [ "$RUN_ONLY" = 1 ]; then
   log "ready: docker $(docker version -f '{{.Server.Version}}'), base image $BASE_IMAGE"
   exit 0
 fi
+
+# 7. local/debian-python:test: a base like Debian's with its system Python (PEP 668), made from
+#    this host's Debian packages (a few seconds, once).
+"$(dirname "$0")/debian-python-image.sh" local/debian-python:test
 
 S3_PORT=${CAAS_S3_PORT:-5055}
 VENV=${CAAS_VENV:-/opt/caas-venv}

@@ -149,16 +149,15 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let group = p.group(&group)?;
     p.may_write()?;
+    let served = st.analyses();
     let analysis = match &req.analysis {
-        None => st.analyses().first(),
-        Some(name) => st
-            .analyses()
+        None => served.first(),
+        Some(name) => served
             .iter()
             .find(|a| a.spec.analysis.name.as_str() == name),
     }
     .ok_or_else(|| {
-        let served: Vec<String> = st
-            .analyses()
+        let served: Vec<String> = served
             .iter()
             .map(|a| a.spec.analysis.name.to_string())
             .collect();
@@ -230,7 +229,7 @@ pub async fn create(
             "this server serves no analysis".into(),
         ));
     }
-    if let Err(r) = caas_manager::check_submission(st.analyses(), &group, &sub.bytes()) {
+    if let Err(r) = caas_manager::check_submission(&served, &group, &sub.bytes()) {
         return Err(ApiError::Unprocessable(format!(
             "the job was rejected: {} Nothing was submitted.",
             r.problem

@@ -67,7 +67,7 @@ impl Default for ApiConfig {
 
 struct Shared {
     store: Store,
-    analyses: Vec<Analysis>,
+    analyses: Arc<Vec<Analysis>>,
     submitter: Option<Submitter>,
     cfg: ApiConfig,
     uploads: upload_s3::Sessions,
@@ -98,7 +98,7 @@ impl AppState {
     ) -> Self {
         Self(Arc::new(Shared {
             store,
-            analyses,
+            analyses: Arc::new(analyses),
             submitter,
             cfg,
             uploads: upload_s3::Sessions::default(),
@@ -124,8 +124,13 @@ impl AppState {
         &self.0.store
     }
 
-    pub(crate) fn analyses(&self) -> &[Analysis] {
-        &self.0.analyses
+    /// The analyses served, as they are now: the manager's (which `caas serve` reloads when
+    /// a caas.toml changes), else those given at start.
+    pub(crate) fn analyses(&self) -> Arc<Vec<Analysis>> {
+        match &self.0.submitter {
+            Some(s) => s.analyses(),
+            None => self.0.analyses.clone(),
+        }
     }
 
     pub(crate) fn submitter(&self) -> Option<&Submitter> {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use caas_dev::{AnalysisFolder, BuildSummary, ImageRef};
+use caas_dev::{AnalysisFolder, BuildSummary, ImageRef, short};
 use caas_runtime::{BuildEvent, BuildOptions, Docker};
 
 use crate::dev::dev_error;
@@ -58,6 +58,8 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
     // A damaged state file stops the build before it starts.
     analysis.state().map_err(dev_error)?;
     let docker = Docker::connect().await?;
+    // What the tag names now: a build that moves it says so.
+    let before = docker.image_info(&tag).await?.map(|i| i.id);
     // No build-time labels: the legacy builder (engine 20.10) turns each into an extra,
     // uncached LABEL step, which costs more than the code change itself. The image is tied to
     // the analysis through its tag and the history instead.
@@ -111,10 +113,20 @@ pub async fn build(args: BuildArgs) -> anyhow::Result<i32> {
     analysis
         .record_build(&image, BuildSummary { steps, cached })
         .map_err(dev_error)?;
+    let moved_from = before.filter(|b| *b != id);
+    if let Some(old) = &moved_from {
+        eprintln!(
+            "caas: the tag {tag} moved from image {} to {}; the history keeps both by id \
+             (`caas history`, `caas run --image {}` runs the old one while the engine has it)",
+            short(old),
+            short(&id),
+            short(old)
+        );
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"image": tag, "id": id, "steps": steps, "cached": cached})
+            serde_json::json!({"image": tag, "id": id, "steps": steps, "cached": cached, "moved_from": moved_from})
         );
     } else {
         eprintln!("caas: built {tag} ({id}): {steps} step(s), {cached} from cache");

@@ -95,7 +95,8 @@ pub struct SaveArgs {
     /// What changed, for the history.
     #[arg(long, short)]
     message: Option<String>,
-    /// Move an existing tag to the new image.
+    /// Move an existing tag to the new image; save a development container started from an
+    /// image older than the active one.
     #[arg(long)]
     force: bool,
     /// Print a JSON summary on stdout.
@@ -183,6 +184,19 @@ async fn enter(
             dev.name,
             dev.image.tag,
             short(&dev.image.id)
+        );
+    }
+    if let Some(active) = &env.behind {
+        let dev = &env.container;
+        eprintln!(
+            "caas: note: the development container {} was started from {} ({}), before the \
+             active image {} ({}) was built or saved: it lacks what changed since. To start \
+             from the active image: `caas save` what you want to keep, then `caas reset`",
+            dev.name,
+            dev.image.tag,
+            short(&dev.image.id),
+            active.tag,
+            short(&active.id)
         );
     }
     Ok(env)
@@ -382,15 +396,27 @@ pub async fn save(args: SaveArgs) -> anyhow::Result<i32> {
     if args.json {
         println!(
             "{}",
-            json!({"image": saved.reference, "id": saved.id, "parent": saved.parent, "diff": saved.diff})
+            json!({"image": saved.reference, "id": saved.id, "parent": saved.parent, "diff": saved.diff, "source": saved.source})
         );
     } else {
+        let source = saved
+            .source
+            .as_ref()
+            .map(|s| {
+                format!(
+                    " and the source {} as it is now (at {})",
+                    s.display(),
+                    a.spec.source_target()
+                )
+            })
+            .unwrap_or_default();
         eprintln!(
-            "caas: saved {} ({}) from {}: {} added, {} changed, {} deleted; it is now \
-             the active image",
+            "caas: saved {} ({}) from {} ({}): {} added, {} changed, {} deleted in the \
+             container{source}; it is now the active image",
             saved.reference,
             short(&saved.id),
             saved.parent.tag,
+            short(&saved.parent.id),
             saved.diff.added,
             saved.diff.changed,
             saved.diff.deleted
@@ -440,7 +466,11 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<i32> {
         let what = match (&e.diff, &e.build) {
             (Some(d), _) => format!(
                 "from {}: +{} ~{} -{}",
-                e.parent.as_ref().map_or("?", |p| p.tag.as_str()),
+                e.parent.as_ref().map_or("?".to_string(), |p| format!(
+                    "{} ({})",
+                    p.tag,
+                    short(&p.id)
+                )),
                 d.added,
                 d.changed,
                 d.deleted

@@ -8,6 +8,7 @@ mod dev;
 mod errors;
 mod import;
 mod new;
+mod reload;
 mod remote;
 mod run;
 mod serve;

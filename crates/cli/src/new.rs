@@ -102,17 +102,28 @@ COPY src/ /opt/analysis/
         ),
         Template::Python => format!(
             r#"# Ordered for the layer cache: what changes least comes first, so a code change
-# rebuilds only the last layer, in seconds.
+# rebuilds only the last layer, in seconds. Builds on python:3.x images and on Debian/Ubuntu
+# bases with their system Python.
 FROM {base}
 
-# 1. System packages.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+# 1. System packages: python3 and its venv module, when the base lacks them (a plain
+#    Debian/Ubuntu image; python:3.x images have both and skip this).
+RUN if ! command -v python3 >/dev/null 2>&1 \
+      || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
-# 2. Language packages: requirements first, so editing code does not reinstall them.
+# 2. Language packages, in a virtual environment of their own: pip never touches the system
+#    Python, which Debian and Ubuntu refuse (PEP 668, "externally-managed-environment").
+#    Requirements first, so editing code does not reinstall them.
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.txt /opt/requirements.txt
-RUN pip install --no-cache-dir -r /opt/requirements.txt
+RUN if grep -q '^[[:space:]]*[^#[:space:]]' /opt/requirements.txt; then \
+      pip install --no-cache-dir --disable-pip-version-check --no-color -r /opt/requirements.txt; \
+    fi
 
 # 3. The analysis code, last.
 COPY src/ /opt/analysis/

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use caas_client::{InputKind, JobRequest, LogStream, Server};
 use caas_spec::JobTimestamp;
+use caas_spec::command::shell_word;
 
 use crate::errors::{client_error, user};
 use crate::user::print_job;
@@ -20,6 +21,8 @@ use crate::user::print_job;
 pub struct Remote {
     pub server: Server,
     pub group: String,
+    /// The options a printed `caas ...` hint needs to reach the same server and group.
+    pub hint: String,
 }
 
 impl Remote {
@@ -47,7 +50,16 @@ impl Remote {
                 }
             }
         };
-        Ok(Self { server, group })
+        let hint = format!(
+            " --server {} --group {}",
+            shell_word(url),
+            shell_word(&group)
+        );
+        Ok(Self {
+            server,
+            group,
+            hint,
+        })
     }
 
     /// `value` as a name on the server: a local file is uploaded first; `<group>/inputs/x`
@@ -117,8 +129,8 @@ pub async fn submit(
     } else {
         println!("{}", job.timestamp);
         eprintln!(
-            "caas: job {} {}; watch it with `caas status {} --server ...`",
-            job.job, job.state, job.timestamp
+            "caas: job {} {}; watch it with `caas status {}{}`",
+            job.job, job.state, job.timestamp, r.hint
         );
     }
     Ok(0)
@@ -149,20 +161,86 @@ pub async fn status(r: &Remote, job: Option<&str>, as_json: bool) -> anyhow::Res
     Ok(0)
 }
 
-pub async fn logs(r: &Remote, job: &str, stream: LogStream, follow: bool) -> anyhow::Result<i32> {
+/// Which outputs `caas logs` shows, and how.
+#[derive(Clone, Copy, Debug)]
+pub enum LogsWanted {
+    /// One stream, unmarked, on our stdout.
+    Only(LogStream),
+    /// stdout as it is, stderr marked on our stderr.
+    Both,
+}
+
+impl LogsWanted {
+    /// The streams to read.
+    pub fn streams(self) -> Vec<LogStream> {
+        match self {
+            Self::Only(s) => vec![s],
+            Self::Both => vec![LogStream::Stdout, LogStream::Stderr],
+        }
+    }
+}
+
+/// Writes the chunks of `caas logs`: stdout unmarked, stderr with each line marked (when both
+/// are shown).
+#[derive(Debug)]
+pub struct LogsPrinter {
+    wanted: LogsWanted,
+    several: bool,
+    labels: caas_client::LineLabeller,
+}
+
+impl LogsPrinter {
+    /// A printer for a job with `datasets` datasets.
+    pub fn new(wanted: LogsWanted, datasets: usize) -> Self {
+        Self {
+            wanted,
+            several: datasets > 1,
+            labels: caas_client::LineLabeller::default(),
+        }
+    }
+
+    /// Print one chunk of `dataset`'s `stream`.
+    pub fn print(&mut self, dataset: &str, stream: LogStream, bytes: &[u8]) -> std::io::Result<()> {
+        if matches!(self.wanted, LogsWanted::Only(_)) || stream == LogStream::Stdout {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            return out.flush();
+        }
+        let label = if self.several {
+            format!("[{dataset} stderr] ")
+        } else {
+            "[stderr] ".to_string()
+        };
+        let marked = self
+            .labels
+            .label(&format!("{dataset}\n{}", stream.as_str()), &label, bytes);
+        let mut err = std::io::stderr().lock();
+        err.write_all(&marked)?;
+        err.flush()
+    }
+}
+
+pub async fn logs(r: &Remote, job: &str, wanted: LogsWanted, follow: bool) -> anyhow::Result<i32> {
     let view = r.server.job(&r.group, job).await.map_err(client_error)?;
-    let streams = view.datasets.iter().map(|d| {
-        r.server
-            .logs(&r.group, &view.job, &d.name, stream, follow)
-            .boxed()
-    });
+    let streams = wanted.streams();
+    let mut all_streams = Vec::new();
+    for d in &view.datasets {
+        for &stream in &streams {
+            let name = d.name.clone();
+            all_streams.push(
+                r.server
+                    .logs(&r.group, &view.job, &d.name, stream, follow)
+                    .map(move |c| (name.clone(), stream, c))
+                    .boxed(),
+            );
+        }
+    }
     // Every dataset's output as it comes (followed ones interleave by chunk).
-    let mut all = futures::stream::select_all(streams);
-    while let Some(chunk) = all.next().await {
+    let mut all = futures::stream::select_all(all_streams);
+    let mut printer = LogsPrinter::new(wanted, view.datasets.len());
+    while let Some((dataset, stream, chunk)) = all.next().await {
         let chunk = chunk.map_err(client_error)?;
-        let mut out = std::io::stdout().lock();
-        out.write_all(&chunk)?;
-        out.flush()?;
+        printer.print(&dataset, stream, &chunk)?;
     }
     if view.datasets.is_empty() {
         eprintln!(
@@ -210,8 +288,10 @@ pub async fn cancel(r: &Remote, job: &str) -> anyhow::Result<i32> {
         );
     } else {
         eprintln!(
-            "caas: cancel requested for {}; `caas status {job} --server ...` shows `cancelled`",
-            view.job
+            "caas: cancel requested for {}; `caas status {}{}` shows `cancelled`",
+            view.job,
+            shell_word(job),
+            r.hint
         );
     }
     Ok(0)

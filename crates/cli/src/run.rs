@@ -114,7 +114,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             "caas run works on a local folder store; to use S3, submit to `caas serve`".to_string(),
         ));
     }
-    let store = Store::open(&args.store)?;
     let docker = Docker::connect().await?;
     match docker.reap_expired().await {
         Ok(reaped) if !reaped.is_empty() => {
@@ -131,6 +130,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         Some(i) => i.clone(),
         None => default_image(&docker, &analysis).await.map_err(dev_error)?,
     };
+    // A missing image is refused before anything is stored: no job folder, no inputs.
+    if docker.image_info(&image).await?.is_none() {
+        let how = if args.image.is_none() && spec.environment.dockerfile.is_some() {
+            "build it with `caas build` first".to_string()
+        } else {
+            "build or load it into the Docker engine first (`caas build` for an analysis with \
+             `[environment] dockerfile`), or give another with --image"
+                .to_string()
+        };
+        return Err(user(format!(
+            "image {image} was not found on the Docker engine; {how}"
+        )));
+    }
     let mut extra_mounts = Vec::new();
     if args.dev {
         let Some(src) = analysis.source_dir() else {
@@ -173,6 +185,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
 
+    let store = Store::open(&args.store)?;
     let data = upload_input(&store, &args.data, &group, InputKind::Dataset)
         .await
         .map_err(client_error)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
-use caas_manager::{Analysis, Manager, ManagerConfig};
+use caas_manager::{Manager, ManagerConfig};
 use caas_runtime::{Docker, Executor, NodeEngine, Slurm, SlurmConfig};
 use caas_store::Store;
 
@@ -185,15 +185,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let docker = Docker::connect().await?;
     let mut analyses = Vec::new();
     let mut dirs = std::collections::BTreeMap::new();
+    let mut watched = Vec::new();
     for dir in &args.analysis {
         // The same image `caas run` would use in that folder: the active (built or saved) one.
         let folder = AnalysisFolder::load(dir).map_err(dev_error)?;
-        let image = default_image(&docker, &folder).await.map_err(dev_error)?;
+        default_image(&docker, &folder).await.map_err(dev_error)?;
+        let a = crate::reload::load(&docker, dir).await.map_err(user)?;
         dirs.insert(folder.spec.analysis.name.to_string(), folder.dir.clone());
-        analyses.push(Analysis {
-            spec: folder.spec,
-            image,
-        });
+        watched.push(folder.dir.clone());
+        analyses.push(a);
     }
     let store = Store::open(&args.store)?;
     let work_root = match (&args.work_dir, store.local_root()) {
@@ -254,6 +254,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         s.resumed,
         s.reaped
     );
+    // An edited caas.toml or a new active image is served to new jobs (see reload.rs).
+    let watcher = tokio::spawn(crate::reload::watch(watched, manager.analyses()));
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api = match args.listen {
         None => None,
@@ -262,6 +264,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 .await
                 .map_err(|e| user(format!("--listen {addr}: {e}")))?;
             let local = listener.local_addr()?;
+            if !addr.ip().is_loopback() {
+                // caas serves plain HTTP: beyond this machine, tokens would cross in clear text.
+                eprintln!(
+                    "caas serve: WARNING: --listen {addr} is reachable beyond this machine over \
+                     plain HTTP (no TLS): tokens and data would cross the network unencrypted. \
+                     Listen on 127.0.0.1 and put a TLS-terminating reverse proxy (nginx, caddy) \
+                     in front, or reach it through an SSH tunnel"
+                );
+            }
             let state = caas_api::AppState::new(
                 store.clone(),
                 served,
@@ -307,6 +318,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             "caas serve: stopping: running tasks keep running and are adopted at the next start"
         );
     }
+    watcher.abort();
     manager.shutdown().await;
     eprintln!("caas serve: stopped");
     Ok(0)

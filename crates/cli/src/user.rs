@@ -4,7 +4,6 @@
 //! arguments and prints the answers. With `--server URL` the same commands go to a caas
 //! server's HTTP API instead (`remote.rs`).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -15,6 +14,7 @@ use caas_client::{
     self as client, CancelOutcome, FollowOptions, InputKind, JobStatus, JobView, LogEvent,
     LogStream, NewSubmission,
 };
+use caas_spec::command::shell_word;
 use caas_spec::{GroupName, JobTimestamp};
 use caas_store::Store;
 
@@ -53,6 +53,44 @@ impl Where {
         };
         Ok((Store::open(&self.store)?, group))
     }
+
+    /// [`Self::open`] for a command that only reads: a local store that does not exist is
+    /// an error saying so, and nothing is created.
+    fn open_existing(&self) -> anyhow::Result<(Store, GroupName)> {
+        must_exist(&self.store)?;
+        self.open()
+    }
+
+    /// The options a printed `caas ...` hint needs to reach the same store and group.
+    fn hint(&self, group: &GroupName) -> String {
+        format!(
+            " --store {} --group {}",
+            shell_word(&self.store),
+            shell_word(group.as_str())
+        )
+    }
+}
+
+/// A local store given to a command that only reads must already be there.
+pub fn must_exist(store: &str) -> anyhow::Result<()> {
+    if store.contains("://") {
+        return Ok(());
+    }
+    let path = std::path::Path::new(store);
+    if !path.is_dir() {
+        return Err(user(format!(
+            "there is no store at {} ({}); give --store DIR or s3://bucket/prefix (or set \
+             CAAS_STORE), or --server URL; `caas run`, `caas upload` and `caas serve` create a \
+             local store",
+            path.display(),
+            if path.exists() {
+                "not a folder"
+            } else {
+                "no such folder"
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Arguments of `caas upload`.
@@ -189,8 +227,9 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     } else {
         println!("{timestamp}");
         eprintln!(
-            "caas: submitted {}; watch it with `caas status {timestamp}`",
-            store.display_key(&done.key)
+            "caas: submitted {}; watch it with `caas status {timestamp}{}`",
+            store.display_key(&done.key),
+            args.at.hint(&group)
         );
     }
     Ok(0)
@@ -224,7 +263,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
     if let Some(r) = args.at.remote().await? {
         return remote::status(&r, args.job.as_deref(), args.json).await;
     }
-    let (store, group) = args.at.open()?;
+    let (store, group) = args.at.open_existing()?;
     if let Some(job) = &args.job {
         let JobStatus { job, record: rec } = client::job_status(&store, &group, job)
             .await
@@ -294,46 +333,68 @@ pub(crate) fn print_job(job: &JobView) {
 /// Arguments of `caas logs`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
-  caas logs run-7                  # stdout of every dataset so far
-  caas logs run-7 --follow --stderr")]
+  caas logs run-7                  # stdout, and stderr with each line marked [stderr]
+  caas logs run-7 --follow         # the same while the job runs
+  caas logs run-7 --stderr         # only stderr (unmarked); --stdout: only stdout
+
+The analysis' stdout goes to caas's stdout as it is (so `caas logs J > out.txt` holds just
+that); its stderr goes to caas's stderr, every line marked `[stderr] ` (`[<dataset> stderr] `
+when the job has several datasets).")]
 pub struct LogsArgs {
     #[command(flatten)]
     job: JobArg,
     /// Keep printing new output until the job ends.
     #[arg(long, short)]
     follow: bool,
-    /// Print stderr instead of stdout.
-    #[arg(long)]
+    /// Print only stderr (to stdout, unmarked).
+    #[arg(long, conflicts_with = "stdout")]
     stderr: bool,
+    /// Print only stdout.
+    #[arg(long)]
+    stdout: bool,
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
-    let stream = if args.stderr {
-        LogStream::Stderr
+    let wanted = if args.stderr {
+        remote::LogsWanted::Only(LogStream::Stderr)
+    } else if args.stdout {
+        remote::LogsWanted::Only(LogStream::Stdout)
     } else {
-        LogStream::Stdout
+        remote::LogsWanted::Both
     };
     if let Some(r) = args.job.at.remote().await? {
-        return remote::logs(&r, &args.job.job, stream, args.follow).await;
+        return remote::logs(&r, &args.job.job, wanted, args.follow).await;
     }
-    let (store, group) = args.job.at.open()?;
+    let (store, group) = args.job.at.open_existing()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
         .map_err(client_error)?;
-    let opts = FollowOptions {
-        stream,
-        follow: args.follow,
-        ..FollowOptions::default()
-    };
-    let mut events = std::pin::pin!(client::follow_logs(store, job.paths, opts));
-    while let Some(event) = events.next().await {
+    let datasets = client::read_record(&store, &job.paths)
+        .await
+        .map_err(client_error)?
+        .map_or(0, |r| r.tasks.len());
+    let followers = wanted.streams().into_iter().map(|stream| {
+        let opts = FollowOptions {
+            stream,
+            follow: args.follow,
+            ..FollowOptions::default()
+        };
+        client::follow_logs(store.clone(), job.paths.clone(), opts)
+            .map(move |e| (stream, e))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(followers);
+    let mut printer = remote::LogsPrinter::new(wanted, datasets);
+    let mut ended = false;
+    while let Some((stream, event)) = events.next().await {
         match event.map_err(client_error)? {
-            LogEvent::Output { bytes, .. } => {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)?;
-                out.flush()?;
+            LogEvent::Output { dataset, bytes } => {
+                printer.print(dataset.as_str(), stream, &bytes)?;
             }
             LogEvent::End(rec) => {
+                if std::mem::replace(&mut ended, true) {
+                    continue;
+                }
                 if let Some(rec) =
                     rec.filter(|r| r.tasks.is_empty() || r.state == caas_spec::State::Rejected)
                 {
@@ -367,7 +428,7 @@ pub async fn results(args: ResultsArgs) -> anyhow::Result<i32> {
     if let Some(r) = args.job.at.remote().await? {
         return remote::results(&r, &args.job.job, &args.output).await;
     }
-    let (store, group) = args.job.at.open()?;
+    let (store, group) = args.job.at.open_existing()?;
     let job = client::resolve_job(&store, &group, &args.job.job)
         .await
         .map_err(client_error)?;
@@ -399,7 +460,7 @@ pub async fn cancel(args: JobArg) -> anyhow::Result<i32> {
     if let Some(r) = args.at.remote().await? {
         return remote::cancel(&r, &args.job).await;
     }
-    let (store, group) = args.at.open()?;
+    let (store, group) = args.at.open_existing()?;
     let by = std::env::var("USER").unwrap_or_default();
     match client::request_cancel(&store, &group, &args.job, &by)
         .await
@@ -412,8 +473,10 @@ pub async fn cancel(args: JobArg) -> anyhow::Result<i32> {
             rec.state
         ),
         CancelOutcome::Requested(rec) => eprintln!(
-            "caas: cancel requested for {}; the manager stops its tasks at its next pass (`caas status {}` shows `cancelled`)",
-            rec.job_id, args.job
+            "caas: cancel requested for {}; the manager stops its tasks at its next pass (`caas status {}{}` shows `cancelled`)",
+            rec.job_id,
+            shell_word(&args.job),
+            args.at.hint(&group)
         ),
     }
     Ok(0)
@@ -453,6 +516,7 @@ pub async fn cost(args: CostArgs) -> anyhow::Result<i32> {
         let r = Remote::open(url, args.group.as_deref()).await?;
         return remote::cost(&r, args.json).await;
     }
+    must_exist(&args.store)?;
     let store = Store::open(&args.store)?;
     let since = match &args.since {
         None => None,

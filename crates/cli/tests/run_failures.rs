@@ -81,6 +81,18 @@ fn a_task_past_its_timeout_is_stopped_and_marked_timed_out() {
         "{}",
         stderr(&out)
     );
+    // It says how to raise the limit, where the user looks.
+    assert!(
+        stderr(&out).contains("`[run] timeout = \"...\"` in caas.toml, e.g. \"4s\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        sb.status("sleepy", "t1")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("[run] timeout")
+    );
     let job = sb.job_json("sleepy", "t1");
     assert_eq!(job["state"], "timed_out");
     assert_eq!(sb.status("sleepy", "t1")["status"], "FAILED");
@@ -194,7 +206,9 @@ fn a_missing_image_is_rejected_with_what_to_do() {
     let out = sb.run(&a, "i1", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("local/does-not-exist:1") && stderr(&out).contains("caas build"));
-    assert_eq!(sb.job_json("noimage", "i1")["state"], "rejected");
+    // Refused before anything is stored: no rejected job folder, no inputs, no store.
+    assert!(!sb.job_dir("noimage", "i1").exists());
+    assert!(!sb.store().exists(), "{:?}", snapshot(&sb.store()));
 }
 
 #[test]

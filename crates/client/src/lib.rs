@@ -31,7 +31,7 @@ pub use jobs::{
     CancelOutcome, JobListing, JobMatch, JobRef, JobStatus, find_job_folder, job_status, list_jobs,
     read_record, request_cancel, resolve_job,
 };
-pub use logs::{FollowOptions, LogEvent, LogStream, follow_logs};
+pub use logs::{FollowOptions, LineLabeller, LogEvent, LogStream, follow_logs};
 pub use results::{DownloadSummary, ResultFile, download_results, list_results, result_path};
 pub use sse::{SseEvent, SseParser};
 pub use submit::{NewSubmission, Submitted, submit};

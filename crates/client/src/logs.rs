@@ -35,6 +35,33 @@ impl LogStream {
     }
 }
 
+/// Puts a label at the start of every line of several interleaved outputs (`caas logs`
+/// shows stderr beside stdout, each of its lines marked), remembering per output whether its
+/// last chunk ended a line, so a line split across chunks gets one label.
+#[derive(Debug, Default)]
+pub struct LineLabeller {
+    mid_line: BTreeMap<String, bool>,
+}
+
+impl LineLabeller {
+    /// `bytes` of output `key` with `label` before each line that starts in them.
+    pub fn label(&mut self, key: &str, label: &str, bytes: &[u8]) -> Vec<u8> {
+        let mid = self.mid_line.entry(key.to_string()).or_insert(false);
+        let mut out = Vec::with_capacity(bytes.len() + label.len());
+        for &b in bytes {
+            if !*mid {
+                out.extend_from_slice(label.as_bytes());
+                *mid = true;
+            }
+            out.push(b);
+            if b == b'\n' {
+                *mid = false;
+            }
+        }
+        out
+    }
+}
+
 /// How to read a job's output.
 #[derive(Clone, Debug)]
 pub struct FollowOptions {
@@ -156,6 +183,15 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn every_line_gets_one_label_across_chunks() {
+        let mut l = LineLabeller::default();
+        assert_eq!(l.label("a", "[e] ", b"one\ntw"), b"[e] one\n[e] tw");
+        assert_eq!(l.label("b", "[f] ", b"x"), b"[f] x");
+        assert_eq!(l.label("a", "[e] ", b"o\nthree\n"), b"o\n[e] three\n");
+        assert_eq!(l.label("a", "[e] ", b""), b"");
+    }
 
     #[tokio::test]
     async fn output_is_read_incrementally_and_the_stream_ends_with_the_job() {

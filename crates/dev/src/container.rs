@@ -93,6 +93,9 @@ pub struct DevEnv {
     pub container: DevContainer,
     /// Whether this call created it (else it existed and was started if stopped).
     pub created: bool,
+    /// The active image, when the (existing) container was started from an older one: it
+    /// lacks what was built or saved since.
+    pub behind: Option<ImageRef>,
 }
 
 /// Load the analysis folder, connect to the engine, and find, check, create or start its
@@ -108,11 +111,17 @@ pub async fn enter(
     let docker = Docker::connect().await?;
     let mut st = a.state()?;
     let (container, created) = ensure_dev(&docker, &a, &mut st, image, credentials).await?;
+    let behind = if image.is_none() {
+        container.behind(st.active.as_ref()).cloned()
+    } else {
+        None
+    };
     Ok(DevEnv {
         folder: a,
         docker,
         container,
         created,
+        behind,
     })
 }
 
@@ -204,6 +213,7 @@ async fn ensure_dev(
         created: Utc::now(),
         credentials: creds.map(|p| (p, DEV_CREDENTIALS_TARGET.to_string())),
         saved_diff: None,
+        last_saved: None,
     };
     // Record before starting, so a failure after this point still leaves it findable.
     *st = a.update(|s| s.dev_container = Some(dev.clone()))?;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use serde::Serialize;
 
-use caas_runtime::{Docker, ImageDetails, LABEL_ANALYSIS, LABEL_DEV, LABEL_FOLDER};
+use caas_runtime::{Docker, FolderCommit, ImageDetails, LABEL_ANALYSIS, LABEL_DEV, LABEL_FOLDER};
 
 use crate::DevError;
 use crate::policy::{credential_paths, has_unsaved_changes, own_changes, parse_tag, short};
@@ -25,7 +25,8 @@ pub struct SaveOptions {
     pub tag: Option<String>,
     /// What changed, for the history.
     pub message: Option<String>,
-    /// Move an existing tag to the new image.
+    /// Move an existing tag to the new image; save a container started from an image older
+    /// than the active one.
     pub force: bool,
 }
 
@@ -40,6 +41,8 @@ pub struct Saved {
     pub parent: ImageRef,
     /// What the container changed.
     pub diff: DiffSummary,
+    /// The host source folder copied into the image (it replaced the image's copy).
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// Commit the development container to a new image, record it in the history with its parent
@@ -91,6 +94,21 @@ pub async fn save(
             }
         }
     };
+    if let Some(active) = dev.behind(st.active.as_ref())
+        && !opts.force
+    {
+        return Err(DevError::Refused(format!(
+            "the development container {} was started from {} ({}), older than the active \
+             image {} ({}) built or saved since; saving it would replace the active image with \
+             one that lacks those changes. `caas reset` (after keeping what you need) to start \
+             from the active image, or `caas save --force` to save it anyway",
+            dev.name,
+            dev.image.tag,
+            short(&dev.image.id),
+            active.tag,
+            short(&active.id)
+        )));
+    }
     let reference = format!("{repo}:{tag}");
     if let Some(existing) = docker.image_details(&reference).await?
         && !opts.force
@@ -112,8 +130,20 @@ pub async fn save(
     labels.insert(LABEL_FOLDER.to_string(), a.hash.clone());
     labels.insert(LABEL_ANALYSIS.to_string(), a.spec.analysis.name.to_string());
     let message = opts.message.clone().unwrap_or_default();
+    // The source is mounted over the image's copy in the container, and a commit never
+    // holds a mount: the host folder the developer last ran is copied in, so a save never
+    // ships the code of the last build.
+    let source = a.source_dir().filter(|s| s.is_dir());
     let id = docker
-        .commit(&c.id, &repo, &tag, &message, &parent, labels)
+        .commit_with_folder(&FolderCommit {
+            container: &c.id,
+            repo: &repo,
+            tag: &tag,
+            comment: &message,
+            parent: &parent,
+            labels,
+            folder: source.as_deref().map(|s| (s, a.spec.source_target())),
+        })
         .await?;
     let summary = summarise(&changes);
     let image = ImageRef {
@@ -121,6 +151,7 @@ pub async fn save(
         id: id.clone(),
     };
     dev.saved_diff = Some(diff_fingerprint(&changes));
+    dev.last_saved = Some(image.clone());
     a.update(|st| {
         st.history.push(Entry {
             kind: "save".into(),
@@ -139,6 +170,7 @@ pub async fn save(
         id,
         parent: dev.image,
         diff: summary,
+        source,
     })
 }
 

@@ -229,6 +229,7 @@ mod tests {
             created: chrono::Utc::now(),
             credentials: None,
             saved_diff: None,
+            last_saved: None,
         };
         let changes = [ch('A', "/opt/x")];
         assert!(!has_unsaved_changes(&dev, &[]));

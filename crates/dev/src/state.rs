@@ -208,6 +208,21 @@ pub struct DevContainer {
     /// Fingerprint of its `docker diff` at the last `caas save` (unsaved changes differ).
     #[serde(default)]
     pub saved_diff: Option<String>,
+    /// The image its last `caas save` made (the active image may be that one without the
+    /// container being out of date).
+    #[serde(default)]
+    pub last_saved: Option<ImageRef>,
+}
+
+impl DevContainer {
+    /// The active image when the container was not started from it nor saved to it: a build
+    /// or a save elsewhere made it since, and the container lacks what changed.
+    pub fn behind<'a>(&self, active: Option<&'a ImageRef>) -> Option<&'a ImageRef> {
+        let active = active?;
+        let ours = active.id == self.image.id
+            || self.last_saved.as_ref().map(|s| &s.id) == Some(&active.id);
+        (!ours).then_some(active)
+    }
 }
 
 /// One history entry.

@@ -14,6 +14,7 @@
 //! `_caas/claims/<group>/<id>.json` (one per submission version, permanent) and
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
+mod analyses;
 mod loops;
 mod manager;
 mod reject;
@@ -21,6 +22,7 @@ mod submitter;
 mod then;
 pub mod worker;
 
+pub use analyses::Analyses;
 pub use manager::{Analysis, Manager, ManagerConfig};
 pub use reject::{Refusal, check_submission};
 
@@ -34,6 +36,7 @@ pub fn made_from(origin: &str, key: &str) -> bool {
     origin.starts_with(&format!("caas serve (submission {key}, claim "))
 }
 pub use submitter::Submitter;
+pub use then::check_chains;
 
 /// Failures of the manager itself (the store or the engine); a user's mistakes are rejections
 /// written to the store, never errors here.

@@ -21,6 +21,7 @@ use caas_spec::submission::MAX_SUBMISSION_BYTES;
 use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord};
 use caas_store::{Store, StoreError};
 
+use crate::analyses::Analyses;
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::reject::{Rejection, check_submission, write_rejection};
 use crate::worker::{self, Statuses, Worker};
@@ -33,6 +34,8 @@ pub struct Analysis {
     pub spec: AnalysisSpec,
     /// The image its tasks run.
     pub image: String,
+    /// Which version this is (recorded in each job's job.json as `analysis_revision`).
+    pub revision: String,
 }
 
 /// How the manager runs.
@@ -86,6 +89,8 @@ pub(crate) struct Inner {
     /// Submission versions already handled (claimed by anyone, or being handled here), shared
     /// by the polling watcher and [`Submitter`] so that one version is handled once.
     pub(crate) seen: Mutex<HashSet<String>>,
+    /// The analyses as they are now (reloaded by `caas serve`; a job takes a copy at start).
+    pub(crate) analyses: Analyses,
 }
 
 /// A running manager.
@@ -164,6 +169,7 @@ impl Manager {
             spent: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen: Mutex::new(seen),
+            analyses: Analyses::new(cfg.analyses.clone()),
             cfg,
         });
 
@@ -372,6 +378,11 @@ impl Inner {
         Ok(total)
     }
 
+    /// The default analysis as it is now.
+    pub(crate) fn first_analysis(&self) -> Analysis {
+        self.analyses.current()[0].clone()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn reject(
         &self,
@@ -443,7 +454,7 @@ impl Inner {
                 );
                 return self
                     .reject(
-                        &self.cfg.analyses[0],
+                        &self.first_analysis(),
                         group,
                         key,
                         id,
@@ -457,7 +468,8 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
-        let (analysis, sub) = match check_submission(&self.cfg.analyses, group, &bytes) {
+        let served = self.analyses.current();
+        let (analysis, sub) = match check_submission(&served, group, &bytes) {
             Ok(ok) => ok,
             Err(r) => {
                 return self
@@ -526,6 +538,7 @@ impl Inner {
             resume: None,
             budget,
             parent: sub.parent.clone(),
+            revision: Some(analysis.revision.clone()),
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?
@@ -606,7 +619,7 @@ impl Inner {
                     sub.timestamp.as_str()
                 );
                 self.reject(
-                    analysis,
+                    &analysis,
                     group,
                     key,
                     id,

@@ -165,6 +165,7 @@ pub(crate) async fn write_rejection(
         timestamp: r.timestamp.clone().unwrap_or_default(),
         image: String::new(),
         image_id: None,
+        analysis_revision: None,
         config: String::new(),
         state: State::Rejected,
         reason: Some(format!("{} {}", r.problem, r.hint)),

@@ -31,6 +31,12 @@ impl Manager {
             inner: self.inner(),
         }
     }
+
+    /// The served analyses: `caas serve` reloads edited ones through it, and its
+    /// [`Analyses::load_errors`] say why an edit was refused (for `/readyz`).
+    pub fn analyses(&self) -> crate::Analyses {
+        self.inner().analyses.clone()
+    }
 }
 
 impl Submitter {
@@ -58,9 +64,9 @@ impl Submitter {
         Ok(())
     }
 
-    /// The analyses this manager serves.
-    pub fn analyses(&self) -> &[Analysis] {
-        &self.inner.cfg.analyses
+    /// The analyses this manager serves, as they are now.
+    pub fn analyses(&self) -> std::sync::Arc<Vec<Analysis>> {
+        self.inner.analyses.current()
     }
 
     /// The store it watches.

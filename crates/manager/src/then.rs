@@ -25,7 +25,7 @@ use crate::{ManagerError, submission_id};
 
 /// Refuse a set of analyses whose `[[then]]` steps name an analysis not served, or chain in a
 /// cycle (which would run forever).
-pub(crate) fn check_chains(analyses: &[Analysis]) -> Result<(), ManagerError> {
+pub fn check_chains(analyses: &[Analysis]) -> Result<(), ManagerError> {
     let graph: BTreeMap<&AnalysisName, Vec<&AnalysisName>> = analyses
         .iter()
         .map(|a| {

@@ -108,6 +108,7 @@ impl Env {
             analyses: vec![Analysis {
                 spec: spec(),
                 image: IMAGE.into(),
+                revision: "r1".into(),
             }],
             concurrency: 4,
             group_limit: None,

@@ -84,6 +84,7 @@ pub async fn run_job_with(
         timestamp: req.timestamp.to_string(),
         image: req.image.clone(),
         image_id: None,
+        analysis_revision: opts.revision.clone(),
         config: req.config.to_string(),
         state: State::Submitted,
         reason: None,

@@ -13,6 +13,10 @@ use crate::{PipelineError, io_err};
 
 /// The longest line kept in the status tail (longer lines are cut, the log files keep all).
 const MAX_LINE: usize = 2000;
+/// How many of stderr's last lines a failed task's reason carries.
+pub(crate) const REASON_LINES: usize = 5;
+/// The longest stderr line a reason carries (in characters).
+const REASON_LINE_CHARS: usize = 300;
 
 struct StreamFile {
     file: std::fs::File,
@@ -25,6 +29,8 @@ struct StreamFile {
 /// The two log files of one task.
 pub(crate) struct LogSink {
     streams: [StreamFile; 2],
+    /// stderr's last non-empty lines, for a failed task's reason.
+    err_tail: std::collections::VecDeque<String>,
     remote: bool,
     /// When the spool files were last uploaded, and how long that took: a remote log is
     /// uploaded whole, so uploads are spaced to keep their cost to a fifth of the time.
@@ -73,6 +79,7 @@ impl LogSink {
         let [out, err] = keys;
         Ok(Self {
             streams: [open(out, "stdout.log")?, open(err, "stderr.log")?],
+            err_tail: std::collections::VecDeque::new(),
             remote,
             last_upload: None,
         })
@@ -98,7 +105,20 @@ impl LogSink {
                 s.partial.push(b);
             }
         }
+        if stream == StreamKind::Stderr {
+            for l in &lines {
+                keep_reason_line(&mut self.err_tail, l);
+            }
+        }
         Ok(lines)
+    }
+
+    /// stderr's last non-empty lines so far (control characters removed, long lines cut).
+    pub fn stderr_tail(&self) -> Vec<String> {
+        let mut tail = self.err_tail.clone();
+        let partial = String::from_utf8_lossy(&self.streams[1].partial).into_owned();
+        keep_reason_line(&mut tail, &partial);
+        tail.into()
     }
 
     /// Upload changed spool files (remote stores only), unless the last upload was so recent
@@ -147,10 +167,61 @@ impl LogSink {
     }
 }
 
+/// Keep `line` among the last [`REASON_LINES`] non-empty ones, printable and bounded.
+fn keep_reason_line(tail: &mut std::collections::VecDeque<String>, line: &str) {
+    let clean = caas_spec::text::strip_ansi(line);
+    let clean: String = clean
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(REASON_LINE_CHARS)
+        .collect();
+    let clean = clean.trim();
+    if clean.is_empty() {
+        return;
+    }
+    tail.push_back(clean.to_string());
+    while tail.len() > REASON_LINES {
+        tail.pop_front();
+    }
+}
+
+/// A failed task's reason: what happened, then stderr's last lines when they are known (and,
+/// with `say_none`, that there were none).
+pub(crate) fn with_stderr(what: String, tail: Option<&[String]>, say_none: bool) -> String {
+    match tail {
+        None => what,
+        Some([]) if say_none => format!("{what} (it wrote nothing to stderr)"),
+        Some([]) => what,
+        Some(t) => format!("{what}; stderr ends: {}", t.join(" | ")),
+    }
+}
+
 fn take_line(buf: &mut Vec<u8>) -> String {
     let line = String::from_utf8_lossy(buf)
         .trim_end_matches('\r')
         .to_string();
     buf.clear();
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_lines_are_printable_and_bounded() {
+        let mut t = std::collections::VecDeque::new();
+        for i in 0..8 {
+            keep_reason_line(&mut t, &format!("line {i}\r\u{1b}[K"));
+            keep_reason_line(&mut t, "   ");
+        }
+        keep_reason_line(&mut t, &"x".repeat(5000));
+        assert_eq!(t.len(), REASON_LINES);
+        assert_eq!(t[0], "line 4");
+        assert_eq!(t[REASON_LINES - 1].len(), REASON_LINE_CHARS);
+        assert_eq!(
+            with_stderr("exit 1".into(), Some(&["a".into(), "b".into()]), true),
+            "exit 1; stderr ends: a | b"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use caas_spec::{State, StoreKey};
 use caas_store::Store;
 
 use crate::PipelineError;
+use crate::logs::with_stderr;
 use crate::request::TaskCtx;
 use crate::results::collect_results;
 use crate::writer::push_lines;
@@ -84,15 +85,29 @@ pub(crate) fn ledger_json(
 
 /// Move or upload the results and record how the task ended (state, reason, usage, cost, the
 /// ledger entry).
+/// What the task printed, as the outcome needs it.
+pub(crate) struct TaskOutput {
+    /// The last lines not yet in the status tail.
+    pub tail: Vec<String>,
+    /// stderr's last non-empty lines (for a failure's reason), when known.
+    pub err_tail: Option<Vec<String>>,
+    /// Whether the container was adopted after a restart.
+    pub adopted: bool,
+}
+
 pub(crate) async fn record_outcome(
     ctx: &TaskCtx,
     idx: usize,
     results_dir: &Path,
     start: chrono::DateTime<Utc>,
     report: RunReport,
-    tail: Vec<String>,
-    adopted: bool,
+    output: TaskOutput,
 ) -> Result<(), PipelineError> {
+    let TaskOutput {
+        tail,
+        err_tail,
+        adopted,
+    } = output;
     let req = &ctx.req;
     let key = &req.datasets[idx];
     let dataset = key.basename().clone();
@@ -147,24 +162,39 @@ pub(crate) async fn record_outcome(
         Outcome::Exited(0) => (State::Succeeded, None, Some(0), false),
         Outcome::Exited(code) => (
             State::Failed,
-            Some(format!("the analysis exited with code {code}")),
+            Some(with_stderr(
+                format!("the analysis exited with code {code}"),
+                err_tail.as_deref(),
+                true,
+            )),
             Some(code),
             false,
         ),
         Outcome::OomKilled { exit_code } => (
             State::Failed,
-            Some(format!(
-                "OOM: killed for using more memory than its limit ({}); raise [resources] memory",
-                limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
+            Some(with_stderr(
+                format!(
+                    "OOM: killed for using more memory than its limit ({}); raise [resources] \
+                     memory in caas.toml",
+                    limit.map_or_else(|| "the machine's".to_string(), |m| m.to_string())
+                ),
+                err_tail.as_deref(),
+                false,
             )),
             Some(exit_code),
             true,
         ),
         Outcome::TimedOut => (
             State::TimedOut,
-            Some(format!(
-                "timed out after {}; the container was stopped",
-                humanize(timeout)
+            Some(with_stderr(
+                format!(
+                    "timed out after {}; the container was stopped (raise the limit with \
+                     `[run] timeout = \"...\"` in caas.toml, e.g. \"{}\")",
+                    humanize(timeout),
+                    humanize(timeout.saturating_mul(2))
+                ),
+                err_tail.as_deref(),
+                false,
             )),
             None,
             false,

@@ -55,6 +55,8 @@ pub struct JobOptions {
     /// The job whose `[[then]]` step asked for this one (`<group>/results/<job folder>`),
     /// recorded in job.json and the certificate.
     pub parent: Option<String>,
+    /// The analysis version the job runs (recorded in job.json as `analysis_revision`).
+    pub revision: Option<String>,
 }
 
 /// A group's budget, for the check before compute.

@@ -16,7 +16,6 @@ use caas_runtime::{
     BindMount, ContainerSpec, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
     OutputChunk, RunReport,
 };
-use caas_spec::analysis::fill_placeholders;
 use caas_spec::layout::{self, running_entry};
 use caas_spec::{JobId, State, StoreKey};
 use caas_store::Store;
@@ -260,7 +259,13 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
                 container_id: found.clone().unwrap_or_default(),
             };
             let start = task.started.unwrap_or_else(Utc::now);
-            return record_outcome(ctx, idx, &results_dir, start, report, Vec::new(), false).await;
+            // The output went to the log files before the restart; its tail is not known here.
+            let output = crate::outcome::TaskOutput {
+                tail: Vec::new(),
+                err_tail: None,
+                adopted: false,
+            };
+            return record_outcome(ctx, idx, &results_dir, start, report, output).await;
         }
         if let Some(id) = found {
             ctx.writer
@@ -330,12 +335,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     values.insert("group", req.group.to_string());
     values.insert("job", ctx.job.folder());
     values.insert("dataset", dataset.to_string());
-    let command: Vec<String> = req
-        .spec
-        .argv_template()
-        .iter()
-        .map(|a| fill_placeholders(a, &values))
-        .collect();
+    let command: Vec<String> = req.spec.command_with(&values);
 
     let image_user = ctx
         .executor
@@ -518,13 +518,14 @@ async fn supervise_and_finish(
                 }
             }
         }
+        let err_tail = sink.stderr_tail();
         match sink.finish(&store).await {
             Ok(rest) => pending.extend(rest),
             Err(e) => {
                 failure.get_or_insert(e);
             }
         }
-        (pending, failure)
+        (pending, failure, err_tail)
     });
 
     let run = match &exec {
@@ -537,7 +538,9 @@ async fn supervise_and_finish(
                 .await
         }
     };
-    let (tail, log_failure) = consumer.await.unwrap_or_else(|_| (Vec::new(), None));
+    let (tail, log_failure, err_tail) = consumer
+        .await
+        .unwrap_or_else(|_| (Vec::new(), None, Vec::new()));
     let report = match run {
         Ok(r) => r,
         Err(e) => {
@@ -552,7 +555,12 @@ async fn supervise_and_finish(
         tracing::warn!(error = %e, "writing logs failed");
     }
 
-    record_outcome(ctx, idx, results_dir, start, report, tail, adopted).await
+    let output = crate::outcome::TaskOutput {
+        tail,
+        err_tail: Some(err_tail),
+        adopted,
+    };
+    record_outcome(ctx, idx, results_dir, start, report, output).await
 }
 
 async fn cancel_before_start(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {

@@ -314,15 +314,21 @@ async fn a_non_zero_exit_fails_the_task_with_its_code() {
         (t.state, t.exit_code, t.oom_killed),
         (State::Failed, Some(3), false)
     );
-    assert_eq!(t.reason.as_deref(), Some("the analysis exited with code 3"));
+    assert_eq!(
+        t.reason.as_deref(),
+        Some("the analysis exited with code 3; stderr ends: Traceback: bad input")
+    );
     let rec = assert_ended(&env, "t1", State::Failed).await;
     assert_eq!(
         rec.reason.as_deref(),
-        Some("the analysis exited with code 3")
+        Some("the analysis exited with code 3; stderr ends: Traceback: bad input")
     );
     let status = env.json(&status_key(&env, "t1", "a.txt")).await;
     assert_eq!(status["status"], "FAILED");
-    assert_eq!(status["reason"], "the analysis exited with code 3");
+    assert_eq!(
+        status["reason"],
+        "the analysis exited with code 3; stderr ends: Traceback: bad input"
+    );
     assert!(status["std"].to_string().contains("Traceback: bad input"));
     let paths = env.paths("t1");
     assert!(
@@ -381,7 +387,9 @@ async fn a_task_past_its_time_limit_is_timed_out() {
     assert_eq!((t.state, t.exit_code), (State::TimedOut, None));
     assert_eq!(
         t.reason.as_deref(),
-        Some("timed out after 1s; the container was stopped")
+        Some(
+            "timed out after 1s; the container was stopped (raise the limit with `[run] timeout = \"...\"` in caas.toml, e.g. \"2s\")"
+        )
     );
     assert!(t.usage.wall_seconds >= 0.9, "{:?}", t.usage);
     assert_ended(&env, "t1", State::TimedOut).await;
@@ -475,7 +483,7 @@ async fn one_failing_task_fails_the_job_and_the_other_succeeds() {
     let rec = assert_ended(&env, "t1", State::Failed).await;
     assert_eq!(
         rec.reason.as_deref(),
-        Some("the analysis exited with code 2")
+        Some("the analysis exited with code 2 (it wrote nothing to stderr)")
     );
     assert_eq!(
         env.json(&status_key(&env, "t1", "a.txt")).await["status"],
@@ -892,7 +900,10 @@ async fn a_container_that_exited_during_the_restart_has_its_outcome_collected() 
     let out = resume(&env, &f, "t1", rec).await;
     let t = &out.record.tasks[0];
     assert_eq!((t.state, t.exit_code), (State::Failed, Some(4)));
-    assert_eq!(t.reason.as_deref(), Some("the analysis exited with code 4"));
+    assert_eq!(
+        t.reason.as_deref(),
+        Some("the analysis exited with code 4 (it wrote nothing to stderr)")
+    );
     assert_eq!(f.adopted(), [id]);
     assert!(f.containers().is_empty());
     assert!(

@@ -9,6 +9,7 @@ use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
 
 use caas_spec::analysis::glob_match;
+use caas_spec::text::strip_ansi;
 
 use crate::{Docker, RuntimeError};
 
@@ -62,7 +63,7 @@ impl Docker {
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
                     return Err(RuntimeError::BuildFailed {
                         step,
-                        message: error,
+                        message: strip_ansi(&error),
                         output: tail.join("\n"),
                     });
                 }
@@ -77,11 +78,13 @@ impl Docker {
             if let Some(detail) = info.error_detail {
                 return Err(RuntimeError::BuildFailed {
                     step,
-                    message: detail.message.unwrap_or_else(|| "unknown error".into()),
+                    message: strip_ansi(&detail.message.unwrap_or_else(|| "unknown error".into())),
                     output: tail.join("\n"),
                 });
             }
             if let Some(text) = info.stream {
+                // Plain text: colour codes of pip and friends never reach a message.
+                let text = strip_ansi(&text);
                 for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
                     let event = if line.starts_with("Step ") {
                         step = Some(line.to_string());
@@ -170,7 +173,7 @@ fn match_segments(pat: &[String], path: &[&str]) -> bool {
 
 /// Tar the build context in memory (contexts of analyses are code, not data; data is excluded
 /// through `.dockerignore`).
-fn context_tar(context: &Path) -> Result<Vec<u8>, RuntimeError> {
+pub(crate) fn context_tar(context: &Path) -> Result<Vec<u8>, RuntimeError> {
     let ignore = Ignore::load(context);
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_retry::{Policy, retry};
 
+use crate::usage::Cgroups;
 use crate::{ContainerSpec, Measured, Outcome, OutputChunk, RunReport, RuntimeError, StreamKind};
 
 /// Label: the job folder a container belongs to.
@@ -52,6 +53,8 @@ pub struct Docker {
     client: bollard::Docker,
     endpoint: String,
     policy: Policy,
+    /// The engine's cgroups, when caas can read a task's CPU time from them.
+    cgroups: Option<Cgroups>,
 }
 
 /// What caas needs to know of an image.
@@ -204,10 +207,22 @@ impl Docker {
             .await
             .map_err(|_| unavailable("no answer to ping within 10s".into()))?
             .map_err(|e| unavailable(e.to_string()))?;
+        let cgroups = match client.info().await {
+            Ok(info) => Cgroups::detect(
+                &endpoint,
+                info.cgroup_driver.map(|d| d.to_string()).as_deref(),
+                info.cgroup_version.map(|v| v.to_string()).as_deref(),
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "no engine info; CPU time from the stats stream only");
+                None
+            }
+        };
         Ok(Self {
             client,
             endpoint,
             policy: Policy::default(),
+            cgroups,
         })
     }
 
@@ -320,6 +335,10 @@ impl Docker {
             pids_limit: Some(spec.pids_limit.map_or(PIDS_LIMIT, i64::from)),
             init: Some(true),
             network_mode: None,
+            cgroup_parent: self
+                .cgroups
+                .as_ref()
+                .map(|_| Cgroups::parent_for(&spec.name)),
             device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {
                 vec![DeviceRequest {
                     count: Some(i64::from(g)),
@@ -512,6 +531,16 @@ impl Docker {
                 .map_err(api(format!("inspect container {name}")))
         })
         .await?;
+        // The cgroup parent's counter holds the whole run's CPU time, however short it was.
+        let parent = inspect.host_config.and_then(|h| h.cgroup_parent);
+        let mut cpu_seconds = sampled.0;
+        if let (Some(cg), Some(parent)) = (&self.cgroups, parent) {
+            if let Some(cpu) = cg.cpu_seconds(&parent) {
+                cpu_seconds = cpu_seconds.max(cpu);
+            }
+            let cg = cg.clone();
+            tokio::spawn(async move { cg.remove(&parent).await });
+        }
         let state = inspect.state.unwrap_or_default();
         let exit_code = state.exit_code.unwrap_or(-1);
         let outcome = match stopped_for {
@@ -523,7 +552,7 @@ impl Docker {
             outcome,
             measured: Measured {
                 wall,
-                cpu_seconds: sampled.0,
+                cpu_seconds,
                 peak_memory_bytes: sampled.1,
             },
             container_id: id.to_string(),

@@ -10,6 +10,7 @@
 //! in-memory one for tests that need no engine. The developer commands (build, dev containers)
 //! still use [`Docker`] directly.
 
+mod bake;
 mod build;
 mod dev;
 mod docker;
@@ -18,7 +19,9 @@ mod executor;
 pub mod fake;
 mod images;
 mod slurm;
+mod usage;
 
+pub use bake::FolderCommit;
 pub use build::{BuildEvent, BuildOptions};
 pub use dev::{
     ContainerState, DevSpec, ExecInput, ExecOutput, FileChange, ImageDetails, LABEL_DEV,

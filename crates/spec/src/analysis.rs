@@ -559,7 +559,7 @@ pub fn sanitize_tag(s: &str) -> String {
 }
 
 /// A `{name}` at the start of `tail` (an identifier between braces), if there is one.
-fn placeholder_at(tail: &str) -> Option<&str> {
+pub(crate) fn placeholder_at(tail: &str) -> Option<&str> {
     let inner = tail.strip_prefix('{')?;
     let end = inner.find('}')?;
     let name = &inner[..end];

@@ -5,11 +5,13 @@
 //! local file), so all of it is unit-tested without infrastructure.
 
 pub mod analysis;
+pub mod command;
 pub mod config;
 pub mod layout;
 pub mod names;
 pub mod record;
 pub mod submission;
+pub mod text;
 pub mod units;
 
 use std::path::PathBuf;

@@ -10,34 +10,57 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::SpecError;
 
-/// Why a name was refused; shown to the user after the offending value.
-fn check_segment(kind: &'static str, value: &str, max_len: usize) -> Result<(), SpecError> {
-    let refuse = |why: &str| {
-        Err(SpecError::InvalidName {
-            kind,
-            value: value.escape_debug().to_string(),
-            reason: why.to_string(),
-        })
-    };
+/// Refuse `value` for every problem found at once (joined with "; "), or accept it.
+fn refuse_all(kind: &'static str, value: &str, problems: Vec<String>) -> Result<(), SpecError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(SpecError::InvalidName {
+        kind,
+        value: value.escape_debug().to_string(),
+        reason: problems.join("; "),
+    })
+}
+
+/// The distinct characters of `value` that `bad` picks, in order, as `'a', 'b'`.
+fn listed(value: &str, bad: impl Fn(char) -> bool) -> Option<String> {
+    let mut seen: Vec<char> = Vec::new();
+    for c in value.chars().filter(|&c| bad(c)) {
+        if !seen.contains(&c) {
+            seen.push(c);
+        }
+    }
+    (!seen.is_empty()).then(|| {
+        seen.iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// The problems of one path segment (every name that becomes part of a key or a folder).
+fn segment_problems(value: &str, max_len: usize) -> Vec<String> {
+    let mut p = Vec::new();
     if value.is_empty() {
-        return refuse("it is empty");
+        p.push("it is empty".to_string());
     }
     if value.len() > max_len {
-        return refuse(&format!("it is longer than {max_len} bytes"));
+        p.push(format!("it is longer than {max_len} bytes"));
     }
-    if value == "." || value == ".." || value.starts_with('.') {
-        return refuse("it starts with '.' (hidden names and '..' are not allowed)");
+    if value.starts_with('.') {
+        p.push("it starts with '.' (hidden names and '..' are not allowed)".to_string());
     }
-    if let Some(c) = value
-        .chars()
-        .find(|c| c.is_control() || matches!(c, '/' | '\\'))
-    {
-        return refuse(&format!(
-            "it contains {:?}, which cannot be part of a single name",
-            c
+    if let Some(cs) = listed(value, |c| c.is_control() || matches!(c, '/' | '\\')) {
+        p.push(format!(
+            "it contains {cs}, which cannot be part of a single name"
         ));
     }
-    Ok(())
+    p
+}
+
+/// Why a name was refused; shown to the user after the offending value.
+fn check_segment(kind: &'static str, value: &str, max_len: usize) -> Result<(), SpecError> {
+    refuse_all(kind, value, segment_problems(value, max_len))
 }
 
 macro_rules! string_newtype {
@@ -96,28 +119,27 @@ string_newtype!(
 impl FromStr for AnalysisName {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        let refuse = |why: &str| {
-            Err(SpecError::InvalidName {
-                kind: "analysis name",
-                value: s.escape_debug().to_string(),
-                reason: why.to_string(),
-            })
-        };
+        let mut p = Vec::new();
         if s.is_empty() || s.len() > 63 {
-            return refuse("it must be 1 to 63 characters long");
+            p.push("it must be 1 to 63 characters long".to_string());
         }
-        if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
-            return refuse("it must start with a lowercase letter");
+        if !s.is_empty() && !s.starts_with(|c: char| c.is_ascii_lowercase()) {
+            p.push("it must start with a lowercase letter".to_string());
         }
-        if !s
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return refuse("only lowercase letters, digits and '-' are allowed");
+        if let Some(cs) = listed(s, |c| c.is_ascii_uppercase()) {
+            p.push(format!("it has capital letters ({cs}): use lowercase"));
+        }
+        if let Some(cs) = listed(s, |c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c.is_ascii_uppercase())
+        }) {
+            p.push(format!(
+                "it contains {cs}: only lowercase letters, digits and '-' are allowed"
+            ));
         }
         if s.ends_with('-') || s.contains("--") {
-            return refuse("it must not end with '-' or contain '--'");
+            p.push("it must not end with '-' or contain '--'".to_string());
         }
+        refuse_all("analysis name", s, p)?;
         Ok(Self(s.to_string()))
     }
 }
@@ -132,28 +154,22 @@ string_newtype!(
 impl FromStr for GroupName {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        check_segment("group name", s, 63)?;
-        let refuse = |why: &str| {
-            Err(SpecError::InvalidName {
-                kind: "group name",
-                value: s.escape_debug().to_string(),
-                reason: why.to_string(),
-            })
-        };
-        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-            return refuse("it must start with a letter or a digit");
+        let mut p = segment_problems(s, 63);
+        if !s.is_empty() && !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            p.push("it must start with a letter or a digit".to_string());
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-        {
-            return refuse(&format!(
-                "{c:?} is not allowed (use letters, digits, '-', '_', '.')"
+        if let Some(cs) = listed(s, |c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && !(c.is_control() || matches!(c, '/' | '\\'))
+        }) {
+            p.push(format!(
+                "{cs} not allowed (use letters, digits, '-', '_', '.')"
             ));
         }
         if s == "logs" {
-            return refuse("'logs' is reserved for the cost ledger");
+            p.push("'logs' is reserved for the cost ledger".to_string());
         }
+        refuse_all("group name", s, p)?;
         Ok(Self(s.to_string()))
     }
 }
@@ -177,14 +193,11 @@ string_newtype!(
 impl FromStr for JobTimestamp {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        check_segment("timestamp", s, 128)?;
-        if let Some(c) = s.chars().find(|c| c.is_whitespace()) {
-            return Err(SpecError::InvalidName {
-                kind: "timestamp",
-                value: s.escape_debug().to_string(),
-                reason: format!("it contains whitespace {c:?}"),
-            });
+        let mut p = segment_problems(s, 128);
+        if let Some(cs) = listed(s, |c| c.is_whitespace() && !c.is_control()) {
+            p.push(format!("it contains whitespace {cs}"));
         }
+        refuse_all("timestamp", s, p)?;
         Ok(Self(s.to_string()))
     }
 }
@@ -381,6 +394,32 @@ mod tests {
         for bad in ["", "PCA", "1pca", "a_b", "a/b", "a--b", "a-", "../x"] {
             assert!(bad.parse::<AnalysisName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn every_problem_of_a_name_is_reported_at_once() {
+        let err = "Bad_Name".parse::<AnalysisName>().expect_err("bad");
+        let msg = err.to_string();
+        for part in [
+            "must start with a lowercase letter",
+            "capital letters ('B', 'N')",
+            "contains '_'",
+        ] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        let msg = ".a b/c"
+            .parse::<JobTimestamp>()
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            msg.contains("starts with '.'") && msg.contains("'/'") && msg.contains("whitespace"),
+            "{msg}"
+        );
+        let msg = "_x y".parse::<GroupName>().expect_err("bad").to_string();
+        assert!(
+            msg.contains("start with a letter") && msg.contains("' ' not allowed"),
+            "{msg}"
+        );
     }
 
     #[test]

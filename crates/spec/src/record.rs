@@ -172,6 +172,11 @@ pub struct JobRecord {
     /// The image id it resolved to (pinned for the record).
     #[serde(default)]
     pub image_id: Option<String>,
+    /// Which version of the analysis the job runs, as `caas serve` loaded it (a digest of its
+    /// caas.toml and image): a job keeps the version it started with when the analysis is
+    /// edited while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_revision: Option<String>,
     /// The config's key in the store.
     pub config: String,
     /// Job state (the worst/last of its tasks once they run).
@@ -453,6 +458,7 @@ mod tests {
             timestamp: "t".into(),
             image: "i".into(),
             image_id: None,
+            analysis_revision: None,
             config: "c".into(),
             state: State::Running,
             reason: None,
