@@ -14,12 +14,15 @@
 //! `_caas/claims/<group>/<id>.json` (one per submission version, permanent) and
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
+mod events;
 mod loops;
 mod manager;
 mod reject;
+mod schedule;
 mod submitter;
 pub mod worker;
 
+pub use events::{EventStatus, Events};
 pub use manager::{Analysis, Manager, ManagerConfig};
 pub use submitter::Submitter;
 

@@ -53,6 +53,9 @@ impl Submitter {
                 if let Ok(mut seen) = inner.seen.lock() {
                     seen.remove(&id);
                 }
+                if let Ok(mut s) = inner.schedule.lock() {
+                    s.poke(&group, std::time::Instant::now());
+                }
             }
         });
         Ok(())
