@@ -253,18 +253,22 @@ async fn a_burst_that_overflows_the_event_queue_is_listed_and_nothing_is_missed(
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Far more file-system events than the manager's queue holds (4096): every file is a
-    // handful of events (create, write, close, rename).
-    let n = 800;
+    // Far more file-system events than the manager's queue holds (4096): each submission
+    // among ten other files (create, write, close, rename: a handful of events each), faster
+    // than the manager handles them.
+    let n = 400;
     let dir = env.root.join("lab/submissions");
     for i in 0..n {
+        for j in 0..10 {
+            std::fs::write(dir.join(format!("other{i}-{j}.txt")), b"x").unwrap();
+        }
         let body = json!({"dataname": "lab/inputs/a.txt", "configname": "lab/configs/c.yaml", "timestamp": format!("b{i}")});
         let tmp = dir.join(format!(".{i}.tmp"));
         std::fs::write(&tmp, body.to_string()).unwrap();
         std::fs::rename(&tmp, dir.join(format!("b{i}submit.json"))).unwrap();
     }
     let t0 = Instant::now();
-    while env.fake.runs().len() < n && t0.elapsed() < Duration::from_secs(120) {
+    while env.fake.runs().len() < n && t0.elapsed() < Duration::from_secs(180) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(env.fake.runs().len(), n, "every submission ran once");
