@@ -116,6 +116,7 @@ impl Inner {
                 if let Ok(mut sch) = self.schedule.lock() {
                     sch.rescan(now);
                 }
+                self.wake.notify_one();
             }
             Change::Group(g) => {
                 if let Ok(group) = g.parse::<GroupName>() {
@@ -123,6 +124,7 @@ impl Inner {
                     if let Ok(mut sch) = self.schedule.lock() {
                         sch.poke(&group, now);
                     }
+                    self.wake.notify_one();
                 }
             }
             Change::Object(key) => match announced(&key) {
@@ -141,9 +143,7 @@ impl Inner {
                             return Ok(());
                         }
                         Err(e) => {
-                            if let Ok(mut sch) = self.schedule.lock() {
-                                sch.poke(&group, now);
-                            }
+                            self.retry_group(&group);
                             return Err(e.into());
                         }
                     };

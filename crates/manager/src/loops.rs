@@ -46,12 +46,18 @@ impl Inner {
                 if let Ok(mut r) = inner.retry.lock() {
                     r.push(id);
                 }
-                if let Ok(mut s) = inner.schedule.lock() {
-                    s.poke(&group, Instant::now());
-                }
+                inner.retry_group(&group);
             }
         });
         true
+    }
+
+    /// Look at `group` again after the short interval (a submission of it failed).
+    pub(crate) fn retry_group(&self, group: &GroupName) {
+        if let Ok(mut s) = self.schedule.lock() {
+            s.retry(group, Instant::now());
+        }
+        self.wake.notify_one();
     }
 
     fn listed(&self) {
@@ -66,75 +72,89 @@ impl Worker for SubmissionWatcher {
         "submissions"
     }
 
+    /// No fixed interval: a pass waits for its schedule's next listing or a wake-up.
     fn interval(&self) -> Duration {
-        self.inner.cfg.poll
+        Duration::ZERO
     }
 
     fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
         async move {
-            // Submissions whose handling failed (the store was down) are looked at again.
-            if let (Ok(mut r), Ok(mut seen)) = (self.inner.retry.lock(), self.inner.seen.lock()) {
-                for id in r.drain(..) {
-                    seen.remove(&id);
-                }
-            }
-            let store = self.inner.cfg.store.clone();
-            let now = Instant::now();
-            let root_due = self
+            self.listings().await?;
+            let next = self
                 .inner
                 .schedule
                 .lock()
-                .is_ok_and(|s| s.root_due(now));
-            if root_due {
-                let (groups, _) = store.list_dir("").await?;
-                self.inner.listed();
-                let groups: Vec<GroupName> =
-                    groups.iter().filter_map(|g| g.parse().ok()).collect();
-                if let Ok(mut s) = self.inner.schedule.lock() {
-                    s.listed_root(&groups, now);
-                }
-            }
-            let due = self
-                .inner
-                .schedule
-                .lock()
-                .map(|s| s.due_groups(now))
-                .unwrap_or_default();
-            for group in due {
-                // One group's listing failing (e.g. a key S3 returns that no store can hold)
-                // must not stop the others.
-                let listing = store.list_dir(&submissions_prefix(&group)).await;
-                self.inner.listed();
-                let objects = match listing {
-                    Ok((_, objects)) => objects,
-                    Err(e) => {
-                        tracing::warn!(group = %group, error = %e, "cannot list this group's submissions; the other groups carry on");
-                        if let Ok(mut s) = self.inner.schedule.lock() {
-                            s.listed_group(&group, false, now);
-                        }
-                        continue;
-                    }
-                };
-                let mut found = false;
-                for o in objects {
-                    let key = o.location.to_string();
-                    if key.ends_with("submit.json") {
-                        found |= self.inner.consider(&group, key, &o);
-                    }
-                }
-                if let Ok(mut s) = self.inner.schedule.lock() {
-                    s.listed_group(&group, found, now);
-                }
-            }
-            if root_due && self.inner.cfg.events != Events::Poll {
-                if let Ok(mut s) = self.inner.status.lock() {
-                    s.reconciles += 1;
-                    s.last_reconcile = Some(chrono::Utc::now());
-                }
+                .map(|s| s.next_due())
+                .unwrap_or_else(|_| Instant::now() + self.inner.cfg.poll);
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = self.inner.wake.notified() => {}
             }
             Ok(())
         }
         .boxed()
+    }
+}
+
+impl SubmissionWatcher {
+    /// The listings due now.
+    async fn listings(&mut self) -> Result<(), ManagerError> {
+        // Submissions whose handling failed (the store was down) are looked at again.
+        if let (Ok(mut r), Ok(mut seen)) = (self.inner.retry.lock(), self.inner.seen.lock()) {
+            for id in r.drain(..) {
+                seen.remove(&id);
+            }
+        }
+        let store = self.inner.cfg.store.clone();
+        let now = Instant::now();
+        let root_due = self.inner.schedule.lock().is_ok_and(|s| s.root_due(now));
+        if root_due {
+            let (groups, _) = store.list_dir("").await?;
+            self.inner.listed();
+            let groups: Vec<GroupName> = groups.iter().filter_map(|g| g.parse().ok()).collect();
+            if let Ok(mut s) = self.inner.schedule.lock() {
+                s.listed_root(&groups, now);
+            }
+        }
+        let due = self
+            .inner
+            .schedule
+            .lock()
+            .map(|s| s.due_groups(now))
+            .unwrap_or_default();
+        for group in due {
+            // One group's listing failing (e.g. a key S3 returns that no store can hold)
+            // must not stop the others.
+            let listing = store.list_dir(&submissions_prefix(&group)).await;
+            self.inner.listed();
+            let objects = match listing {
+                Ok((_, objects)) => objects,
+                Err(e) => {
+                    tracing::warn!(group = %group, error = %e, "cannot list this group's submissions; the other groups carry on");
+                    if let Ok(mut s) = self.inner.schedule.lock() {
+                        s.listed_group(&group, false, now);
+                    }
+                    continue;
+                }
+            };
+            let mut found = false;
+            for o in objects {
+                let key = o.location.to_string();
+                if key.ends_with("submit.json") {
+                    found |= self.inner.consider(&group, key, &o);
+                }
+            }
+            if let Ok(mut s) = self.inner.schedule.lock() {
+                s.listed_group(&group, found, now);
+            }
+        }
+        if root_due && self.inner.cfg.events != Events::Poll {
+            if let Ok(mut s) = self.inner.status.lock() {
+                s.reconciles += 1;
+                s.last_reconcile = Some(chrono::Utc::now());
+            }
+        }
+        Ok(())
     }
 }
 

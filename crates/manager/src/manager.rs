@@ -99,6 +99,8 @@ pub(crate) struct Inner {
     pub(crate) schedule: Mutex<Schedule>,
     /// The event source's state.
     pub(crate) status: Mutex<EventStatus>,
+    /// Wakes the listing loop when an event asks for a listing.
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 /// A running manager.
@@ -205,6 +207,7 @@ impl Manager {
             retry: Mutex::new(Vec::new()),
             schedule: Mutex::new(schedule),
             status: Mutex::new(status),
+            wake: tokio::sync::Notify::new(),
             cfg,
         });
         if let Some(watch) = watch {

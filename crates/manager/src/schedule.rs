@@ -48,7 +48,7 @@ impl Schedule {
             events,
             poll,
             max: max.max(poll),
-            reconcile: reconcile.max(poll),
+            reconcile: reconcile.max(Duration::from_millis(1)),
             root: Slot {
                 due: now,
                 every: poll,
@@ -128,16 +128,30 @@ impl Schedule {
         );
     }
 
-    /// List group `g` at the next pass (an event pointed at it, or a submission of it failed
-    /// to start), and poll it at the short interval again.
-    pub(crate) fn poke(&mut self, g: &GroupName, now: Instant) {
+    /// List group `g` at `at` at the latest (an event pointed at it: now; a submission of it
+    /// failed to start: after the short interval), and poll it at the short interval again.
+    pub(crate) fn poke(&mut self, g: &GroupName, at: Instant) {
         let poll = self.poll;
         let s = self.groups.entry(g.clone()).or_insert(Slot {
-            due: now,
+            due: at,
             every: poll,
         });
-        s.due = now;
+        s.due = s.due.min(at);
         s.every = poll;
+    }
+
+    /// The retry of a failed submission of `g`: a listing after the short interval.
+    pub(crate) fn retry(&mut self, g: &GroupName, now: Instant) {
+        let at = now + self.poll;
+        self.poke(g, at);
+    }
+
+    /// When the next listing is due.
+    pub(crate) fn next_due(&self) -> Instant {
+        self.groups
+            .values()
+            .map(|s| s.due)
+            .fold(self.root.due, Instant::min)
     }
 
     /// Events were lost: list everything at the next pass.
@@ -197,6 +211,9 @@ mod tests {
         }
         assert!((115..=125).contains(&lists), "{lists} listings in an hour");
         assert_eq!(s.group_interval(&g("idle")), Some(max));
+        // A failed submission is looked at again after the short interval.
+        s.retry(&g("idle"), now);
+        assert_eq!(s.due_groups(now + poll), vec![g("idle")]);
         // Something new: back to the short interval.
         s.listed_group(&g("idle"), true, now);
         assert_eq!(s.group_interval(&g("idle")), Some(poll));
@@ -225,7 +242,9 @@ mod tests {
         }
         let later = t0 + rec - MS;
         assert!(!s.root_due(later) && s.due_groups(later).is_empty());
+        assert_eq!(s.next_due(), t0 + rec);
         s.poke(&g("b"), later);
+        assert_eq!(s.next_due(), later);
         assert_eq!(s.due_groups(later), vec![g("b")]);
         s.listed_group(&g("b"), true, later);
         assert!(s.due_groups(later).is_empty());

@@ -53,9 +53,7 @@ impl Submitter {
                 if let Ok(mut seen) = inner.seen.lock() {
                     seen.remove(&id);
                 }
-                if let Ok(mut s) = inner.schedule.lock() {
-                    s.poke(&group, std::time::Instant::now());
-                }
+                inner.retry_group(&group);
             }
         });
         Ok(())
