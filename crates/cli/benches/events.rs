@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,7 +170,7 @@ impl Proxy {
     }
 }
 
-struct Serve(Child, PathBuf);
+struct Serve(Child);
 
 impl Drop for Serve {
     fn drop(&mut self) {
@@ -207,7 +207,7 @@ fn serve(work: &Path, store: &str, endpoint: &str, extra: &[&str], tag: &str) ->
         .stderr(file)
         .spawn()
         .map_err(|e| e.to_string())?;
-    let s = Serve(child, log.clone());
+    let s = Serve(child);
     wait_until(Duration::from_secs(60), || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("caas serve: ready"))
     })

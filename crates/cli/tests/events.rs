@@ -203,7 +203,7 @@ fn queue_counts(url: &str) -> (u64, u64) {
         "ApproximateNumberOfMessages",
         "ApproximateNumberOfMessagesNotVisible",
     ]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).expect("queue attributes as JSON");
     let n = |k: &str| {
         v["Attributes"][k]
             .as_str()
@@ -224,11 +224,11 @@ fn submit_s3(sb: &Sandbox, base: &str, name: &str, ts: &str) {
             r#"{{"dataname": "lab/inputs/d.txt", "configname": "lab/configs/c.yaml", "timestamp": "{ts}"}}"#
         ),
     )
-    .unwrap();
+    .expect("write the submission");
     aws_ok(&[
         "s3",
         "cp",
-        sub.to_str().unwrap(),
+        sub.to_str().expect("a UTF-8 path"),
         &format!("{base}/lab/submissions/{name}submit.json"),
     ]);
 }
@@ -238,7 +238,7 @@ fn state(base: &str, ts: &str) -> serde_json::Value {
     let out = with_aws_env(&mut c)
         .args(["status", "--store", base, "--group", "lab", ts, "--json"])
         .output()
-        .unwrap();
+        .expect("run caas status");
     serde_json::from_str(&stdout(&out)).unwrap_or(serde_json::Value::Null)
 }
 

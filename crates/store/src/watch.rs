@@ -175,13 +175,12 @@ impl Watch {
             self.pending.push_back(Change::Rescan);
             return;
         }
-        let written = match ev.kind {
-            EventKind::Create(CreateKind::File | CreateKind::Any)
-            | EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => true,
-            EventKind::Create(CreateKind::Folder) => true,
-            _ => false,
-        };
+        let written = matches!(
+            ev.kind,
+            EventKind::Create(CreateKind::File | CreateKind::Any | CreateKind::Folder)
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+        );
         if !written {
             return;
         }
@@ -197,16 +196,12 @@ impl Watch {
                 })
                 .collect();
             match parts.as_deref() {
-                Some([group]) => {
-                    if self.add_group(group) {
-                        self.pending.push_back(Change::Group((*group).to_string()));
-                    }
+                Some([group]) if self.add_group(group) => {
+                    self.pending.push_back(Change::Group((*group).to_string()));
                 }
-                Some([group, SUBMISSIONS]) => {
-                    if group_like(group) && real_dir(path) {
-                        self.add_submissions(group);
-                        self.pending.push_back(Change::Group((*group).to_string()));
-                    }
+                Some([group, SUBMISSIONS]) if group_like(group) && real_dir(path) => {
+                    self.add_submissions(group);
+                    self.pending.push_back(Change::Group((*group).to_string()));
                 }
                 Some([group, SUBMISSIONS, _file]) if group_like(group) => {
                     let key = rel.to_string_lossy().into_owned();
