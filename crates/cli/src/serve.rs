@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
-use caas_manager::{Manager, ManagerConfig};
+use caas_manager::{Events, Manager, ManagerConfig};
 use caas_runtime::{Docker, Executor, NodeEngine, Slurm, SlurmConfig};
 use caas_store::Store;
 
@@ -50,9 +50,26 @@ pub struct ServeArgs {
     /// Tasks running at once per group.
     #[arg(long)]
     group_limit: Option<usize>,
-    /// Time between two polls of the store, e.g. 500ms, 5s.
+    /// Time between two polls of the store, e.g. 500ms, 5s (an active group's interval).
     #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
     poll: Duration,
+    /// How new submissions are seen: `auto` (file-system events on a local store, polling on
+    /// S3), `files`, `poll`, or `sqs://QUEUE-NAME` (the bucket's S3 event notifications from
+    /// that SQS queue, on the store's endpoint and region, with its credentials).
+    #[arg(long, default_value = "auto", value_parser = parse_events)]
+    events: EventsArg,
+    /// With events: the interval of the full listing that catches lost events, e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = humantime_duration)]
+    reconcile: Duration,
+    /// Polling: the longest interval an idle group backs off to, e.g. 30s (= --poll: no
+    /// backoff).
+    #[arg(long, default_value = "30s", value_parser = humantime_duration)]
+    poll_max: Duration,
+    /// Check the event notification setup (with --events sqs://QUEUE: the bucket's
+    /// notification configuration), say what is missing and the configuration to apply, and
+    /// exit (0: complete, 1: something missing).
+    #[arg(long)]
+    check: bool,
     /// This manager's name (default: the host name): a restarted manager with the same name
     /// adopts its jobs; give each manager sharing a store its own.
     #[arg(long)]
@@ -120,6 +137,85 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--events`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventsArg {
+    /// Files on a local store, polling on S3.
+    Auto,
+    /// A chosen source.
+    Chosen(Events),
+}
+
+fn parse_events(s: &str) -> Result<EventsArg, String> {
+    match s {
+        "auto" => Ok(EventsArg::Auto),
+        "files" => Ok(EventsArg::Chosen(Events::Files)),
+        "poll" => Ok(EventsArg::Chosen(Events::Poll)),
+        _ => match s.strip_prefix("sqs://") {
+            Some(q) if !q.is_empty() && !q.contains('/') => {
+                Ok(EventsArg::Chosen(Events::Sqs(q.to_string())))
+            }
+            _ => Err(format!(
+                "{s:?}: use auto, files, poll or sqs://QUEUE-NAME (a queue name, not a URL)"
+            )),
+        },
+    }
+}
+
+/// The event source for `store`.
+fn events_for(arg: &EventsArg, store: &Store) -> Events {
+    match arg {
+        EventsArg::Chosen(e) => e.clone(),
+        EventsArg::Auto if store.local_root().is_some() => Events::Files,
+        EventsArg::Auto => Events::Poll,
+    }
+}
+
+/// `caas serve --check`: what the event setup lacks; exit code 0 when complete, 1 if not.
+async fn check(args: &ServeArgs) -> anyhow::Result<i32> {
+    let store = Store::open(&args.store)?;
+    match events_for(&args.events, &store) {
+        Events::Files => {
+            store.watch(1).map_err(|e| user(e.to_string()))?;
+            println!(
+                "events: file-system events on {}: nothing to configure",
+                store.location()
+            );
+            Ok(0)
+        }
+        Events::Poll => {
+            println!(
+                "events: none (polling, backing off to {:?} on idle groups); on S3 turn them on with --events sqs://QUEUE-NAME",
+                args.poll_max
+            );
+            Ok(0)
+        }
+        Events::Sqs(name) => {
+            let queue = store.queue(&name).await.map_err(|e| user(e.to_string()))?;
+            let report = queue.check().await.map_err(|e| user(e.to_string()))?;
+            Ok(print_report(&name, &report))
+        }
+    }
+}
+
+fn print_report(queue: &str, r: &caas_store::notifications::Report) -> i32 {
+    let yes = |b: bool| if b { "sent to the queue" } else { "MISSING" };
+    println!("events: sqs://{queue}");
+    println!("  new submissions (*submit.json): {}", yes(r.submissions));
+    println!("  cancel requests (cancel.json):  {}", yes(r.cancels));
+    if r.ok() {
+        return 0;
+    }
+    for p in &r.problems {
+        println!("  - {p}");
+    }
+    println!(
+        "apply (this replaces the bucket's whole notification configuration: merge it with\n`aws s3api get-bucket-notification-configuration` first if the bucket has others):\n  {}",
+        r.apply
+    );
+    1
+}
+
 /// The nodes' container engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum NodeEngineArg {
@@ -181,6 +277,9 @@ fn host_name() -> String {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    if args.check {
+        return check(&args).await;
+    }
     let id = args.id.clone().unwrap_or_else(host_name);
     let docker = Docker::connect().await?;
     let mut analyses = Vec::new();
@@ -196,6 +295,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         analyses.push(a);
     }
     let store = Store::open(&args.store)?;
+    let events = events_for(&args.events, &store);
+    if let Events::Sqs(name) = &events {
+        // A start-up check: a missing configuration is said, not fatal (the reconciling
+        // listing still finds every submission).
+        match store.queue(name).await {
+            Ok(q) => match q.check().await {
+                Ok(r) if r.ok() => {}
+                Ok(r) => tracing::warn!(
+                    problems = %r.problems.join("; "),
+                    apply = %r.apply,
+                    "the bucket's event notifications are incomplete; submissions wait for the reconciling listing"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the bucket's notification configuration")
+                }
+            },
+            Err(e) => return Err(user(format!("--events sqs://{name}: {e}"))),
+        }
+    }
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("work"),
@@ -234,6 +352,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         concurrency: args.concurrency,
         group_limit: args.group_limit,
         poll: args.poll,
+        events: events.clone(),
+        poll_max: args.poll_max,
+        reconcile: args.reconcile,
         work_root,
         manager_id: id.clone(),
         stop_on_shutdown: args.stop_on_exit,
@@ -245,14 +366,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     })?;
     let s = &manager.startup;
     eprintln!(
-        "caas serve: ready in {:.0} ms: watching {} for {} (concurrency {}, {} known submission(s), {} job(s) resumed, {} orphan(s) removed)",
+        "caas serve: ready in {:.0} ms: watching {} for {} (concurrency {}, {} known submission(s), {} job(s) resumed, {} orphan(s) removed; {})",
         s.elapsed.as_secs_f64() * 1000.0,
         store.location(),
         names.join(", "),
         args.concurrency,
         s.known_claims,
         s.resumed,
-        s.reaped
+        s.reaped,
+        match &events {
+            Events::Poll => format!(
+                "polling every {:?}, backing off to {:?} on idle groups",
+                args.poll, args.poll_max
+            ),
+            other => format!("events: {other}, reconciling every {:?}", args.reconcile),
+        }
     );
     // An edited caas.toml or a new active image is served to new jobs (see reload.rs).
     let watcher = tokio::spawn(crate::reload::watch(watched, manager.analyses()));

@@ -15,14 +15,17 @@
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
 mod analyses;
+mod events;
 mod loops;
 mod manager;
 mod reject;
+mod schedule;
 mod submitter;
 mod then;
 pub mod worker;
 
 pub use analyses::Analyses;
+pub use events::{EventStatus, Events};
 pub use manager::{Analysis, Manager, ManagerConfig};
 pub use reject::{Refusal, check_submission};
 

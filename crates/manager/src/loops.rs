@@ -1,8 +1,8 @@
-//! The manager's background loops, each a [`Worker`](crate::worker::Worker): new submissions,
-//! cancel requests, and containers past their deadline.
+//! The manager's background loops, each a [`Worker`](crate::worker::Worker): new submissions
+//! (listing on a schedule), cancel requests, and containers past their deadline.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -13,14 +13,58 @@ use caas_runtime::Executor;
 use caas_spec::GroupName;
 use caas_spec::layout::submissions_prefix;
 
+use crate::events::Events;
 use crate::manager::Inner;
 use crate::worker::Worker;
 use crate::{CANCEL_FILE, ManagerError, submission_id};
 
-/// Finds new submissions: one listing of the groups, one of each group's submissions folder.
+/// Finds new submissions by listing, on the [`Schedule`](crate::schedule::Schedule): the
+/// groups, then each due group's submissions folder. Without events, idle groups are listed
+/// less and less often; with events, everything at start-up and every reconcile interval.
 pub(crate) struct SubmissionWatcher {
     pub(crate) inner: Arc<Inner>,
-    pub(crate) retry: Arc<Mutex<Vec<String>>>,
+}
+
+impl Inner {
+    /// Hand a submission found by a listing or an event to a claim (once per version); `true`
+    /// if it is new here.
+    pub(crate) fn consider(
+        self: &Arc<Self>,
+        group: &GroupName,
+        key: String,
+        meta: &caas_store::ObjectMeta,
+    ) -> bool {
+        let id = submission_id(&key, meta);
+        if !self.first_sight(&id) {
+            return false;
+        }
+        let inner = self.clone();
+        let group = group.clone();
+        self.spawn(async move {
+            if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
+                tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
+                if let Ok(mut r) = inner.retry.lock() {
+                    r.push(id);
+                }
+                inner.retry_group(&group);
+            }
+        });
+        true
+    }
+
+    /// Look at `group` again after the short interval (a submission of it failed).
+    pub(crate) fn retry_group(&self, group: &GroupName) {
+        if let Ok(mut s) = self.schedule.lock() {
+            s.retry(group, Instant::now());
+        }
+        self.wake.notify_one();
+    }
+
+    fn listed(&self) {
+        if let Ok(mut s) = self.status.lock() {
+            s.listings += 1;
+        }
+    }
 }
 
 impl Worker for SubmissionWatcher {
@@ -28,58 +72,89 @@ impl Worker for SubmissionWatcher {
         "submissions"
     }
 
+    /// No fixed interval: a pass waits for its schedule's next listing or a wake-up.
     fn interval(&self) -> Duration {
-        self.inner.cfg.poll
+        Duration::ZERO
     }
 
     fn pass(&mut self) -> BoxFuture<'_, Result<(), ManagerError>> {
         async move {
-            // Submissions whose handling failed (the store was down) are looked at again.
-            if let (Ok(mut r), Ok(mut seen)) = (self.retry.lock(), self.inner.seen.lock()) {
-                for id in r.drain(..) {
-                    seen.remove(&id);
-                }
-            }
-            let store = self.inner.cfg.store.clone();
-            let (groups, _) = store.list_dir("").await?;
-            for g in groups {
-                let Ok(group) = g.parse::<GroupName>() else {
-                    continue;
-                };
-                // One group's listing failing (e.g. a key S3 returns that no store can hold)
-                // must not stop the others.
-                let objects = match store.list_dir(&submissions_prefix(&group)).await {
-                    Ok((_, objects)) => objects,
-                    Err(e) => {
-                        tracing::warn!(group = %group, error = %e, "cannot list this group's submissions; the other groups carry on");
-                        continue;
-                    }
-                };
-                for o in objects {
-                    let key = o.location.to_string();
-                    if !key.ends_with("submit.json") {
-                        continue;
-                    }
-                    let id = submission_id(&key, &o);
-                    if !self.inner.first_sight(&id) {
-                        continue;
-                    }
-                    let inner = self.inner.clone();
-                    let group = group.clone();
-                    let retry = self.retry.clone();
-                    self.inner.spawn(async move {
-                        if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
-                            tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
-                            if let Ok(mut r) = retry.lock() {
-                                r.push(id);
-                            }
-                        }
-                    });
-                }
+            self.listings().await?;
+            let next = self
+                .inner
+                .schedule
+                .lock()
+                .map(|s| s.next_due())
+                .unwrap_or_else(|_| Instant::now() + self.inner.cfg.poll);
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = self.inner.wake.notified() => {}
             }
             Ok(())
         }
         .boxed()
+    }
+}
+
+impl SubmissionWatcher {
+    /// The listings due now.
+    async fn listings(&mut self) -> Result<(), ManagerError> {
+        // Submissions whose handling failed (the store was down) are looked at again.
+        if let (Ok(mut r), Ok(mut seen)) = (self.inner.retry.lock(), self.inner.seen.lock()) {
+            for id in r.drain(..) {
+                seen.remove(&id);
+            }
+        }
+        let store = self.inner.cfg.store.clone();
+        let now = Instant::now();
+        let root_due = self.inner.schedule.lock().is_ok_and(|s| s.root_due(now));
+        if root_due {
+            let (groups, _) = store.list_dir("").await?;
+            self.inner.listed();
+            let groups: Vec<GroupName> = groups.iter().filter_map(|g| g.parse().ok()).collect();
+            if let Ok(mut s) = self.inner.schedule.lock() {
+                s.listed_root(&groups, now);
+            }
+        }
+        let due = self
+            .inner
+            .schedule
+            .lock()
+            .map(|s| s.due_groups(now))
+            .unwrap_or_default();
+        for group in due {
+            // One group's listing failing (e.g. a key S3 returns that no store can hold)
+            // must not stop the others.
+            let listing = store.list_dir(&submissions_prefix(&group)).await;
+            self.inner.listed();
+            let objects = match listing {
+                Ok((_, objects)) => objects,
+                Err(e) => {
+                    tracing::warn!(group = %group, error = %e, "cannot list this group's submissions; the other groups carry on");
+                    if let Ok(mut s) = self.inner.schedule.lock() {
+                        s.listed_group(&group, false, now);
+                    }
+                    continue;
+                }
+            };
+            let mut found = false;
+            for o in objects {
+                let key = o.location.to_string();
+                if key.ends_with("submit.json") {
+                    found |= self.inner.consider(&group, key, &o);
+                }
+            }
+            if let Ok(mut s) = self.inner.schedule.lock() {
+                s.listed_group(&group, found, now);
+            }
+        }
+        if root_due && self.inner.cfg.events != Events::Poll {
+            if let Ok(mut s) = self.inner.status.lock() {
+                s.reconciles += 1;
+                s.last_reconcile = Some(chrono::Utc::now());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -22,8 +22,10 @@ use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord};
 use caas_store::{Store, StoreError};
 
 use crate::analyses::Analyses;
+use crate::events::{EventStatus, Events, FileEvents, SqsEvents};
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::reject::{Rejection, check_submission, write_rejection};
+use crate::schedule::Schedule;
 use crate::worker::{self, Statuses, Worker};
 use crate::{ManagerError, active_key, claim_key};
 
@@ -51,8 +53,14 @@ pub struct ManagerConfig {
     pub concurrency: usize,
     /// Tasks running at once per group.
     pub group_limit: Option<usize>,
-    /// Time between two polling passes.
+    /// Time between two polling passes (the short interval of an active group).
     pub poll: Duration,
+    /// How new submissions are announced: events (file-system, SQS) or polling alone.
+    pub events: Events,
+    /// Polling: the longest interval an idle group backs off to.
+    pub poll_max: Duration,
+    /// With events: the interval of the full listing that catches lost events.
+    pub reconcile: Duration,
     /// Scratch space for staging (for a local store, inside it).
     pub work_root: PathBuf,
     /// This manager's name: the jobs it has in flight are recorded under it and resumed by a
@@ -91,6 +99,14 @@ pub(crate) struct Inner {
     pub(crate) seen: Mutex<HashSet<String>>,
     /// The analyses as they are now (reloaded by `caas serve`; a job takes a copy at start).
     pub(crate) analyses: Analyses,
+    /// Submission versions whose handling failed, to look at again.
+    pub(crate) retry: Mutex<Vec<String>>,
+    /// When each folder is listed next.
+    pub(crate) schedule: Mutex<Schedule>,
+    /// The event source's state.
+    pub(crate) status: Mutex<EventStatus>,
+    /// Wakes the listing loop when an event asks for a listing.
+    pub(crate) wake: tokio::sync::Notify,
 }
 
 /// A running manager.
@@ -161,6 +177,32 @@ impl Manager {
             }
         }
         let known_claims = seen.len();
+        // The event source first, so that nothing written during start-up is missed: the
+        // first listing comes after it.
+        let mut source: Option<Box<dyn Worker>> = None;
+        let (watch, queue) = match &cfg.events {
+            Events::Poll => (None, None),
+            Events::Files => match cfg.store.watch(caas_store::watch::DEFAULT_CAPACITY)? {
+                Some(w) => (Some(w), None),
+                None => {
+                    return Err(ManagerError::Config(
+                        "file-system events need a local store; for S3 use --events sqs://QUEUE or --events poll".into(),
+                    ));
+                }
+            },
+            Events::Sqs(name) => (None, Some(cfg.store.queue(name).await?)),
+        };
+        let schedule = Schedule::new(
+            cfg.events != Events::Poll,
+            cfg.poll,
+            cfg.poll_max,
+            cfg.reconcile,
+            Instant::now(),
+        );
+        let status = EventStatus {
+            source: cfg.events.to_string(),
+            ..EventStatus::default()
+        };
         let inner = Arc::new(Inner {
             global: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             groups: Mutex::new(HashMap::new()),
@@ -170,8 +212,24 @@ impl Manager {
             in_flight: Mutex::new(HashMap::new()),
             seen: Mutex::new(seen),
             analyses: Analyses::new(cfg.analyses.clone()),
+            retry: Mutex::new(Vec::new()),
+            schedule: Mutex::new(schedule),
+            status: Mutex::new(status),
+            wake: tokio::sync::Notify::new(),
             cfg,
         });
+        if let Some(watch) = watch {
+            source = Some(Box::new(FileEvents {
+                inner: inner.clone(),
+                watch,
+            }));
+        }
+        if let Some(queue) = queue {
+            source = Some(Box::new(SqsEvents {
+                inner: inner.clone(),
+                queue,
+            }));
+        }
 
         // Jobs this manager had in flight when it stopped.
         let prefix = caas_spec::layout::in_flight_prefix(&inner.cfg.manager_id);
@@ -218,10 +276,9 @@ impl Manager {
 
         let (shutdown, rx) = watch::channel(false);
         let statuses: Statuses = Arc::default();
-        let workers: Vec<Box<dyn Worker>> = vec![
+        let mut workers: Vec<Box<dyn Worker>> = vec![
             Box::new(SubmissionWatcher {
                 inner: inner.clone(),
-                retry: Arc::default(),
             }),
             Box::new(CancelWatcher {
                 inner: inner.clone(),
@@ -230,6 +287,7 @@ impl Manager {
                 executor: inner.cfg.executor.clone(),
             }),
         ];
+        workers.extend(source);
         let workers = workers
             .into_iter()
             .map(|w| worker::spawn(w, rx.clone(), statuses.clone()))
@@ -246,6 +304,15 @@ impl Manager {
                 reaped,
             },
         })
+    }
+
+    /// The event source's state: its kind, events seen, their lag, the last reconcile.
+    pub fn event_status(&self) -> EventStatus {
+        self.inner
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Stop polling; then either stop running tasks and record them (`stop_on_shutdown`), or

@@ -59,6 +59,7 @@ impl Submitter {
                 if let Ok(mut seen) = inner.seen.lock() {
                     seen.remove(&id);
                 }
+                inner.retry_group(&group);
             }
         });
         Ok(())

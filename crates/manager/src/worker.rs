@@ -40,6 +40,9 @@ pub type Statuses = Arc<Mutex<BTreeMap<&'static str, WorkerStatus>>>;
 /// The longest wait between two failing passes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The first wait after a failing pass of a loop without an interval.
+const MIN_FAILING: Duration = Duration::from_secs(1);
+
 /// What a loop says about a pass's result: only changes of state.
 #[derive(Debug, Default)]
 pub(crate) struct Reporter {
@@ -81,7 +84,13 @@ impl Reporter {
         if self.failures == 0 {
             interval
         } else {
-            caas_retry::backoff(self.failures, interval, MAX_BACKOFF.max(interval))
+            // A loop that waits for events (no interval) still backs off from a second.
+            let first = if interval.is_zero() {
+                MIN_FAILING
+            } else {
+                interval
+            };
+            caas_retry::backoff(self.failures, first, MAX_BACKOFF.max(interval))
         }
     }
 }
@@ -190,5 +199,10 @@ mod tests {
         assert_eq!(r.record(Ok(())), Some(Report::Recovered(12)));
         assert_eq!(r.record(Ok(())), None);
         assert_eq!(r.delay(poll), poll);
+        // A loop that waits for events has no interval, yet a failing one still waits.
+        assert_eq!(r.delay(Duration::ZERO), Duration::ZERO);
+        r.record(down());
+        let d = r.delay(Duration::ZERO);
+        assert!(d >= MIN_FAILING / 2 && d <= MAX_BACKOFF, "{d:?}");
     }
 }

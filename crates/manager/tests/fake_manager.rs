@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use caas_manager::{Analysis, CANCEL_FILE, Manager, ManagerConfig};
+use caas_manager::{Analysis, CANCEL_FILE, Events, Manager, ManagerConfig};
 use caas_runtime::fake::{FakeExecutor, Script, Seeded};
 use caas_runtime::{Executor, LABEL_DEADLINE};
 use caas_spec::layout::END_MARKER_BODY;
@@ -113,6 +113,9 @@ impl Env {
             concurrency: 4,
             group_limit: None,
             poll: POLL,
+            events: Events::Poll,
+            poll_max: POLL,
+            reconcile: Duration::from_secs(300),
             work_root: self.root.join(".caas").join("work"),
             manager_id: id.into(),
             stop_on_shutdown: false,

@@ -24,14 +24,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use caas_retry::{Policy, Transient, retry};
 
 mod local;
+pub mod notifications;
 pub mod profile;
 mod s3;
 mod s3list;
+pub mod sqs;
 pub mod stage;
 mod stream;
+pub mod watch;
 
 pub use s3::{Checkpoint, IN_FLIGHT, MultipartWriter, PART, PartDone, part_size_for};
 pub use stream::{ObjectReader, StoreWriter};
+pub use watch::{Change, Watch};
 
 use local::LocalError;
 
@@ -109,6 +113,17 @@ pub enum StoreError {
         /// The limit.
         max: u64,
     },
+    /// The store's event notifications (an SQS queue, the bucket's configuration, file-system
+    /// events) failed.
+    #[error("{op}: {message}")]
+    Events {
+        /// What was being done.
+        op: &'static str,
+        /// Why it failed.
+        message: String,
+        /// Whether trying again may help.
+        transient: bool,
+    },
 }
 
 impl Transient for StoreError {
@@ -118,6 +133,7 @@ impl Transient for StoreError {
                 source,
                 object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
             ),
+            Self::Events { transient, .. } => *transient,
             _ => false,
         }
     }
@@ -186,6 +202,8 @@ pub struct Store {
     policy: Policy,
     /// On S3: multipart uploads straight to a final key ([`s3`]).
     direct: Option<Arc<s3::S3Direct>>,
+    /// On S3: what its event notifications need ([`sqs`]).
+    aws: Option<Arc<sqs::Aws>>,
 }
 
 /// Run blocking local file-system work off the async threads.
@@ -290,7 +308,14 @@ impl Store {
                 location: location.to_string(),
                 local_root: None,
                 policy: Policy::default(),
-                direct: Some(Arc::new(s3::S3Direct::new(s3, prefix, &region))),
+                direct: Some(Arc::new(s3::S3Direct::new(s3.clone(), prefix, &region))),
+                aws: Some(Arc::new(sqs::Aws {
+                    s3,
+                    bucket: bucket.to_string(),
+                    prefix: prefix.trim_matches('/').to_string(),
+                    region,
+                    endpoint,
+                })),
             });
         }
         if location.contains("://") {
@@ -308,6 +333,7 @@ impl Store {
             local_root: Some(root),
             policy: Policy::default(),
             direct: None,
+            aws: None,
         })
     }
 
