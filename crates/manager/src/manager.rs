@@ -534,6 +534,7 @@ impl Inner {
             slots,
             resume: None,
             budget,
+            no_cache: false,
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?

@@ -10,6 +10,7 @@ mod images;
 mod job;
 mod logs;
 mod outcome;
+mod provenance;
 mod remote;
 mod request;
 mod results;
@@ -18,6 +19,7 @@ mod validate;
 mod writer;
 
 pub use job::{run_job, run_job_with};
+pub use provenance::CAAS_VERSION;
 pub use remote::{NodeTask, run_node_task};
 pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
 pub use writer::NodeRecord;

@@ -52,6 +52,9 @@ pub struct JobOptions {
     /// The group's budget and what it has spent so far, USD: a job whose estimated cost is
     /// more than what is left is rejected before any compute, with the numbers.
     pub budget: Option<Budget>,
+    /// Never take results from the result cache nor add to it (`--no-cache`,
+    /// `"cache": false`, `caas rerun`).
+    pub no_cache: bool,
 }
 
 /// A group's budget, for the check before compute.

@@ -405,6 +405,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             t.state = State::Running;
             t.command = command.clone();
             t.started = Some(start);
+            t.node = Some(crate::writer::host_name());
         })
         .await?;
     ctx.writer

@@ -54,6 +54,9 @@ pub struct AnalysisSpec {
     /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].
     #[serde(skip)]
     pub config_schema: Option<serde_json::Value>,
+    /// SHA-256 (hex) of the `caas.toml` text this spec was parsed from, for provenance.
+    #[serde(skip)]
+    pub toml_sha256: String,
 }
 
 /// `[pricing]`: the price table a task's usage is multiplied by.
@@ -275,7 +278,10 @@ impl AnalysisSpec {
             message: e.to_string().trim_end().to_string(),
         })?;
         spec.check(text, path)?;
-        Ok(spec)
+        Ok(Self {
+            toml_sha256: crate::provenance::sha256_hex(text.as_bytes()),
+            ..spec
+        })
     }
 
     fn check(&self, text: &str, path: &Path) -> Result<(), SpecError> {

@@ -173,6 +173,29 @@ impl JobPaths {
     pub fn end_marker(&self) -> String {
         format!("{}/process_results/end.txt", self.root)
     }
+
+    /// `ro-crate-metadata.json`: the job's provenance crate, created once with its end.
+    pub fn ro_crate(&self) -> String {
+        format!("{}/{}", self.root, crate::provenance::CRATE_FILE)
+    }
+}
+
+/// The key of a dataset or config relative to a job folder of the same group
+/// (`<group>/inputs/x` -> `../../inputs/x`): how the provenance crate names it.
+pub fn relative_to_job(key: &str) -> String {
+    match key.split_once('/') {
+        Some((_, rest)) => format!("../../{rest}"),
+        None => key.to_string(),
+    }
+}
+
+/// `_caas/hashes/<hex SHA-256 of the object's key>.json`: an object's content hash, with the
+/// size and modification time (or entity tag) it was computed for, reused while they match.
+pub fn hash_record(object_key: &str) -> String {
+    format!(
+        "_caas/hashes/{}.json",
+        crate::provenance::sha256_hex(object_key.as_bytes())
+    )
 }
 
 fn attempt_suffix(attempt: u32) -> String {

@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod config;
 pub mod layout;
 pub mod names;
+pub mod provenance;
 pub mod record;
 pub mod submission;
 pub mod units;
