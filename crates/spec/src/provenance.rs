@@ -201,6 +201,14 @@ fn input_entities(input: &InputFact, graph: &mut Vec<Value>) {
         let mut e = file_entity(f);
         e["name"] = Value::String(input.key.clone());
         graph.push(e);
+    } else {
+        // Named by the job but not stored when it ended (a rejected job's missing input).
+        graph.push(json!({
+            "@id": encode_path(&input.path),
+            "@type": "File",
+            "name": input.key,
+            "description": "not in the store when the job ended",
+        }));
     }
 }
 
