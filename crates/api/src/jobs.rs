@@ -132,6 +132,9 @@ pub struct NewJob {
     /// A URL that receives the job on each state change.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// `false`: neither reuse cached results nor add to the result cache.
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 /// The key of a dataset or config named in a job request.
@@ -230,6 +233,7 @@ pub async fn create(
         config,
         timestamp: timestamp.clone(),
         analysis: Some(job_id.analysis.to_string()),
+        no_cache: req.cache == Some(false),
     };
     let written = match caas_client::submit(store, &group, &sub).await {
         Ok(w) => w,

@@ -117,6 +117,9 @@ pub struct SubmitArgs {
     /// Which analysis, when the manager serves several.
     #[arg(long)]
     analysis: Option<String>,
+    /// Neither reuse cached results nor add to the result cache (`"cache": false`).
+    #[arg(long)]
+    no_cache: bool,
     /// Print the submission as JSON.
     #[arg(long)]
     json: bool,
@@ -174,6 +177,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         config,
         timestamp,
         analysis: args.analysis.clone(),
+        no_cache: args.no_cache,
     };
     let done = client::submit(&store, &group, &sub)
         .await

@@ -534,7 +534,7 @@ impl Inner {
             slots,
             resume: None,
             budget,
-            no_cache: false,
+            no_cache: sub.no_cache,
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?

@@ -75,6 +75,7 @@ pub(crate) async fn write_rejection(
         created: now,
         finished: Some(now),
         tasks: Vec::new(),
+        no_cache: false,
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     json.push(b'\n');

@@ -93,6 +93,7 @@ pub async fn run_job_with(
         created: started,
         finished: None,
         tasks,
+        no_cache: opts.no_cache,
     };
 
     let resuming = opts.resume.is_some();

@@ -6,6 +6,7 @@
 //! Every state change is written to the store (job.json, certificate, per-dataset status files)
 //! before caas acts on it, and every job ends in a terminal state with `end.txt` written.
 
+mod cache;
 mod images;
 mod job;
 mod logs;

@@ -279,6 +279,9 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     if ctx.cancel.is_cancelled() {
         return cancel_before_start(ctx, idx).await;
     }
+    if crate::cache::try_reuse(ctx, idx).await? {
+        return Ok(());
+    }
     ctx.writer
         .update_task(idx, |t, _| t.state = State::Staging)
         .await?;

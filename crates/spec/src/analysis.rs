@@ -51,6 +51,9 @@ pub struct AnalysisSpec {
     /// `[budget]`: what each group may spend, in USD (NeuroCAAS' MAXCOST; optional).
     #[serde(default)]
     pub budget: BudgetSection,
+    /// `[cache]`: whether and with whom results are reused (see `caas_spec::cache`).
+    #[serde(default)]
+    pub cache: crate::cache::CacheSection,
     /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].
     #[serde(skip)]
     pub config_schema: Option<serde_json::Value>,
@@ -291,6 +294,20 @@ impl AnalysisSpec {
             key: key.to_string(),
             message,
         };
+        if let Some(bad) = self
+            .cache
+            .key_extra
+            .iter()
+            .find(|k| !crate::cache::EXTRA_KEYS.contains(&k.as_str()))
+        {
+            return Err(invalid(
+                "key_extra",
+                format!(
+                    "{bad:?} is not a resource; `[cache] key_extra` may name {}",
+                    crate::cache::EXTRA_KEYS.join(", ")
+                ),
+            ));
+        }
         if self.analysis.version.trim().is_empty() {
             return Err(invalid("version", "the version must not be empty".into()));
         }

@@ -5,6 +5,7 @@
 //! local file), so all of it is unit-tested without infrastructure.
 
 pub mod analysis;
+pub mod cache;
 pub mod config;
 pub mod layout;
 pub mod names;

@@ -204,6 +204,9 @@ pub struct JobRecord {
     pub finished: Option<DateTime<Utc>>,
     /// One per dataset.
     pub tasks: Vec<TaskRecord>,
+    /// The job was asked not to use the result cache (`--no-cache`, `"cache": false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
 }
 
 impl JobRecord {
@@ -472,6 +475,7 @@ mod tests {
             created: Utc::now(),
             finished: None,
             tasks: vec![task(State::Succeeded), task(State::TimedOut)],
+            no_cache: false,
         };
         assert_eq!(job.combined_state(), State::TimedOut);
         job.tasks[1].state = State::Succeeded;

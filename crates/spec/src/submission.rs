@@ -20,6 +20,8 @@ pub struct Submission {
     pub config: StoreKey,
     /// Names the job folder.
     pub timestamp: JobTimestamp,
+    /// `"cache": false`: never take results from the result cache nor add to it.
+    pub no_cache: bool,
 }
 
 impl Submission {
@@ -86,10 +88,18 @@ impl Submission {
             Value::Number(n) => n.to_string().parse()?,
             other => return bad(format!("'timestamp' must be a string, found {other}")),
         };
+        let no_cache = match obj.get("cache") {
+            None | Some(Value::Null) | Some(Value::Bool(true)) => false,
+            Some(Value::Bool(false)) => true,
+            Some(other) => {
+                return bad(format!("'cache' must be true or false, found {other}"));
+            }
+        };
         Ok(Self {
             datasets,
             config,
             timestamp,
+            no_cache,
         })
     }
 }
@@ -129,6 +139,22 @@ mod tests {
         )
         .unwrap();
         assert!(s.datasets[1].is_folder());
+        assert!(!s.no_cache);
+        let s = Submission::parse(
+            br#"{"dataname":"grp/inputs/a","configname":"grp/configs/c.yaml","timestamp":"1","cache":false}"#,
+            &g(),
+        )
+        .unwrap();
+        assert!(s.no_cache);
+        let err = Submission::parse(
+            br#"{"dataname":"grp/inputs/a","configname":"grp/configs/c.yaml","timestamp":"1","cache":"no"}"#,
+            &g(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("'cache' must be true or false"),
+            "{err}"
+        );
     }
 
     #[test]
