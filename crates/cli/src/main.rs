@@ -73,6 +73,9 @@ enum Command {
     /// Run a job's analysis, image, datasets and config again; say whether each result is
     /// byte-identical.
     Rerun(prov::RerunArgs),
+    /// The result cache: `caas cache explain JOB`.
+    #[command(subcommand)]
+    Cache(prov::CacheCmd),
     /// Report usage and cost per group from the ledger.
     Cost(user::CostArgs),
     /// Manage the HTTP API's users (kept in the store).
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cost(args) => user::cost(args).await,
         Command::Verify(args) => prov::verify(args).await,
         Command::Rerun(args) => prov::rerun(args).await,
+        Command::Cache(cmd) => prov::cache(cmd).await,
         Command::Users(cmd) => access::users(cmd).await,
         Command::Token(cmd) => access::token(cmd).await,
         Command::Task(args) => task::task(args).await,

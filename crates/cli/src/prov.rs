@@ -276,3 +276,89 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
     }
     Ok(if identical { 0 } else { 1 })
 }
+
+/// `caas cache ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCmd {
+    /// Say for each task of a job whether the result cache was a hit, a miss or off, and for
+    /// a miss which part of the key differed from the nearest earlier job.
+    #[command(after_help = "Examples:
+  caas cache explain run-8
+  caas cache explain job__pca_run-8 --store s3://lab/caas --json
+
+A miss names the components of the cache key that differ from the nearest earlier job in
+the task's scope (its group, or the store for analyses with [cache] share = \"store\"):
+image, command, config, dataset N, key_extra.")]
+    Explain(ExplainArgs),
+}
+
+/// Arguments of `caas cache explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    at: Where,
+    /// The job: its folder name or its timestamp.
+    job: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn cache(cmd: CacheCmd) -> anyhow::Result<i32> {
+    let CacheCmd::Explain(args) = cmd;
+    if args.at.server.is_some() {
+        return Err(user(
+            "caas cache explain reads the store (--store), not a server",
+        ));
+    }
+    let (store, group) = args.at.open()?;
+    let job = client::resolve_job(&store, &group, &args.job)
+        .await
+        .map_err(client_error)?;
+    let tasks = client::explain_cache(&store, &job)
+        .await
+        .map_err(client_error)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"job": job.folder, "tasks": tasks}))?
+        );
+        return Ok(0);
+    }
+    for t in &tasks {
+        let head = format!("task {} ({})", t.task, t.dataset);
+        let line = match &t.outcome {
+            None => "no cache check recorded (the task never reached it)".to_string(),
+            Some(caas_spec::cache::CacheOutcome::Off) => {
+                format!("cache off: {}", t.reason.as_deref().unwrap_or("not used"))
+            }
+            Some(caas_spec::cache::CacheOutcome::Hit) => format!(
+                "hit: reused results of {} (cache key {})",
+                t.reused.as_deref().unwrap_or("?"),
+                t.key.as_deref().unwrap_or("?")
+            ),
+            Some(caas_spec::cache::CacheOutcome::Miss) => {
+                let mut s = format!("miss (cache key {})", t.key.as_deref().unwrap_or("?"));
+                if let Some(r) = &t.reason {
+                    s.push_str(&format!(": {r}"));
+                }
+                match &t.nearest {
+                    Some(n) if n.differs.is_empty() => s.push_str(&format!(
+                        "; the nearest earlier job {} (task {}) has the same key",
+                        n.job, n.task
+                    )),
+                    Some(n) => s.push_str(&format!(
+                        "; differs from the nearest earlier job {} (task {}) in: {}",
+                        n.job,
+                        n.task,
+                        n.differs.join(", ")
+                    )),
+                    None => s.push_str("; no earlier job in its scope"),
+                }
+                s
+            }
+        };
+        println!("{head}: {line}");
+    }
+    Ok(0)
+}

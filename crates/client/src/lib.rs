@@ -14,6 +14,7 @@
 //! - [`verify_job`], [`compare_results`]: a job's provenance crate checked against the store;
 //! - [`Server`]: the same operations over a caas server's HTTP API (`--server URL`).
 
+mod cache;
 mod cost;
 mod http;
 mod input;
@@ -26,6 +27,7 @@ mod submit;
 mod upload;
 mod view;
 
+pub use cache::{Nearest, TaskCache, explain_cache};
 pub use cost::{GroupCost, costs, parse_since, sum_ledger};
 pub use http::{JobRequest, Server};
 pub use input::{InputKind, stored_key, upload_input};
