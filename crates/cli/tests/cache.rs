@@ -417,3 +417,56 @@ fn served_jobs_reuse_per_dataset_and_honour_cache_false_and_identical_jobs_at_on
         }
     }
 }
+
+#[test]
+fn api_jobs_reuse_results_write_crates_and_honour_cache_false() {
+    use common::api::{Client, no_env, start_api, token_for};
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis("apic", SCRIPT, ""));
+    let store = sb.store();
+    let st = store.to_str().unwrap().to_string();
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.json", b"{}");
+    let api = start_api(&st, &[&a], &[], &no_env(), &sb.path().join("api.log"));
+    let token = token_for(&st, &no_env(), "ana", &["lab"], &[]);
+    let c = Client::new(&api, &token);
+    let post = |ts: &str, cache: Option<bool>| {
+        let mut body =
+            serde_json::json!({"dataname": ["a.csv"], "configname": "c.json", "timestamp": ts});
+        if let Some(v) = cache {
+            body["cache"] = serde_json::json!(v);
+        }
+        let r = c.post("/api/v1/groups/lab/jobs", &body);
+        assert!(r.status < 300, "{} {}", r.status, r.text());
+        let job = c.wait_job("lab", ts, Duration::from_secs(120));
+        assert_eq!(job["state"], "succeeded", "{job}");
+        // The end marker follows the crate.
+        assert!(wait_for(Duration::from_secs(30), || sb
+            .job_dir("apic", ts)
+            .join("process_results/end.txt")
+            .exists()));
+    };
+    post("a1", None);
+    post("a2", None);
+    post("a3", Some(false));
+    for ts in ["a1", "a2", "a3"] {
+        assert!(
+            sb.job_dir("apic", ts)
+                .join("ro-crate-metadata.json")
+                .exists()
+        );
+    }
+    assert_eq!(id_of(&sb, "apic", "a2"), id_of(&sb, "apic", "a1"));
+    assert_eq!(
+        sb.job_json("apic", "a2")["tasks"][0]["reused"]["job"],
+        "lab/results/job__apic_a1"
+    );
+    assert_ne!(id_of(&sb, "apic", "a3"), id_of(&sb, "apic", "a1"));
+    assert_eq!(sb.job_json("apic", "a3")["no_cache"], true);
+    // A non-boolean "cache" is refused with the reason, never a 5xx.
+    let r = c.post(
+        "/api/v1/groups/lab/jobs",
+        &serde_json::json!({"dataname": ["a.csv"], "configname": "c.json", "timestamp": "a4", "cache": "no"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+}
