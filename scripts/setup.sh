@@ -110,6 +110,12 @@ if ! "$VENV/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q prometheus-client >/tmp/caas-setup-pip.log 2>&1 || {
     cat /tmp/caas-setup-pip.log >&2; exit 1; }
 fi
+# The independent RO-Crate readers the provenance tests check job crates with.
+if [ ! -x "$VENV/bin/runcrate" ] || ! "$VENV/bin/python" -c 'import rocrate' >/dev/null 2>&1; then
+  log "installing rocrate and runcrate into $VENV"
+  "$VENV/bin/pip" install -q rocrate runcrate >/tmp/caas-setup-pip-rocrate.log 2>&1 || {
+    cat /tmp/caas-setup-pip-rocrate.log >&2; exit 1; }
+fi
 s3_up() { python3 - "$S3_PORT" <<'PY'
 import sys, urllib.request
 try:

@@ -125,6 +125,9 @@ pub struct NewJob {
     /// A URL that receives the job on each state change.
     #[serde(default)]
     pub webhook: Option<String>,
+    /// `false`: neither reuse cached results nor add to the result cache.
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 /// The key of a dataset or config named in a job request.
@@ -221,6 +224,7 @@ pub async fn create(
         config,
         timestamp: timestamp.clone(),
         analysis: Some(job_id.analysis.to_string()),
+        no_cache: req.cache == Some(false),
     };
     // The manager's own checks, before anything is written: what it would reject is refused
     // here with its reason (never a 201 for a job that will not exist).

@@ -69,6 +69,9 @@ fn main() -> Result<(), String> {
                 "config.yaml",
             ])
             .args(["--store", "store", "--group", "bench"])
+            // Every round computes (the result cache would reuse the first round's results):
+            // this measures the task with its provenance crate, not a cache hit.
+            .arg("--no-cache")
             .arg("--timestamp")
             .arg(format!("b{i}"));
         c

@@ -8,6 +8,7 @@ mod dev;
 mod errors;
 mod import;
 mod new;
+mod prov;
 mod reload;
 mod remote;
 mod run;
@@ -73,6 +74,14 @@ enum Command {
     Results(user::ResultsArgs),
     /// Ask the manager to cancel a job.
     Cancel(user::JobArg),
+    /// Re-hash what a job's provenance crate names; exit 0 only when all match.
+    Verify(prov::VerifyArgs),
+    /// Run a job's analysis, image, datasets and config again; say whether each result is
+    /// byte-identical.
+    Rerun(prov::RerunArgs),
+    /// The result cache: `caas cache explain JOB`.
+    #[command(subcommand)]
+    Cache(prov::CacheCmd),
     /// Report usage and cost per group from the ledger.
     Cost(user::CostArgs),
     /// Manage the HTTP API's users (kept in the store).
@@ -156,6 +165,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Results(args) => user::results(args).await,
         Command::Cancel(args) => user::cancel(args).await,
         Command::Cost(args) => user::cost(args).await,
+        Command::Verify(args) => prov::verify(args).await,
+        Command::Rerun(args) => prov::rerun(args).await,
+        Command::Cache(cmd) => prov::cache(cmd).await,
         Command::Users(cmd) => access::users(cmd).await,
         Command::Token(cmd) => access::token(cmd).await,
         Command::Import(cmd) => import::import(cmd).await,

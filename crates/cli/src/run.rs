@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_client::{InputKind, upload_input};
 use caas_dev::{AnalysisFolder, credentials_file, default_image};
-use caas_pipeline::{JobRequest, Observer, run_job};
+use caas_pipeline::{JobOptions, JobRequest, Observer, run_job_with};
 use caas_runtime::{BindMount, Docker, Executor, StreamKind};
 use caas_spec::{FileName, GroupName, JobTimestamp};
 use caas_store::Store;
@@ -65,6 +65,9 @@ pub struct RunArgs {
     /// Mount this credentials file read-only (default: the analysis' `[run] credentials`).
     #[arg(long)]
     credentials: Option<PathBuf>,
+    /// Neither reuse cached results nor add to the result cache.
+    #[arg(long)]
+    no_cache: bool,
     /// Print a JSON summary on stdout (the container's output then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -236,7 +239,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let observer = Arc::new(Terminal { json: args.json });
     let executor: Arc<dyn Executor> = Arc::new(docker);
-    let outcome = match run_job(&store, &executor, req, observer, &cancel).await {
+    let opts = JobOptions {
+        no_cache: args.no_cache,
+        ..JobOptions::default()
+    };
+    let outcome = match run_job_with(&store, &executor, req, opts, observer, &cancel).await {
         Ok(o) => o,
         Err(e @ caas_pipeline::PipelineError::JobExists { .. }) => return Err(user(e.to_string())),
         Err(e) => return Err(e.into()),

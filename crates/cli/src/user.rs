@@ -26,11 +26,11 @@ use crate::remote::{self, Remote};
 pub struct Where {
     /// The store: a local folder or s3://bucket/prefix.
     #[arg(long, default_value = "./caas-store", env = "CAAS_STORE")]
-    store: String,
+    pub(crate) store: String,
     /// A caas server's address (http://host:port) to use instead of a store; the token is
     /// read from CAAS_TOKEN.
     #[arg(long, env = "CAAS_SERVER", conflicts_with = "store")]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// The group (top-level prefix); default: your user name, or `default` (with --server:
     /// the token's only group).
     #[arg(long, env = "CAAS_GROUP")]
@@ -46,7 +46,7 @@ impl Where {
         }
     }
 
-    fn open(&self) -> anyhow::Result<(Store, GroupName)> {
+    pub(crate) fn open(&self) -> anyhow::Result<(Store, GroupName)> {
         let group = match &self.group {
             Some(g) => g.parse::<GroupName>().map_err(|e| user(e.to_string()))?,
             None => GroupName::default_for_user(std::env::var("USER").ok().as_deref()),
@@ -155,6 +155,9 @@ pub struct SubmitArgs {
     /// Which analysis, when the manager serves several.
     #[arg(long)]
     analysis: Option<String>,
+    /// Neither reuse cached results nor add to the result cache (`"cache": false`).
+    #[arg(long)]
+    no_cache: bool,
     /// Print the submission as JSON.
     #[arg(long)]
     json: bool,
@@ -212,6 +215,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         config,
         timestamp,
         analysis: args.analysis.clone(),
+        no_cache: args.no_cache,
     };
     let done = client::submit(&store, &group, &sub)
         .await

@@ -98,6 +98,33 @@ fn a_three_dataset_job_fans_out_over_slurm_nodes_and_succeeds() {
         containers_of_job(&store, "job__slurm-fan_fan1").is_empty(),
         "a container was left"
     );
+    // The provenance crate, written by the manager at the job's end, names the node each task
+    // ran on and its results, and verifies.
+    let crate_doc = read_json(&job.join("ro-crate-metadata.json"));
+    let actions: Vec<&serde_json::Value> = crate_doc["@graph"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["@type"] == "CreateAction")
+        .collect();
+    assert_eq!(actions.len(), 3, "{crate_doc}");
+    let crate_hosts: BTreeSet<String> = actions
+        .iter()
+        .map(|a| a["caas:node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(crate_hosts, hosts, "{crate_doc}");
+    assert!(
+        actions
+            .iter()
+            .all(|a| a["caas:executor"] == "slurm" && a["exitCode"] == 0)
+    );
+    let v = caas()
+        .args(["verify", "fan1", "--group", "lab", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(v.status.code(), Some(0), "{}{}", stdout(&v), stderr(&v));
+    assert!(stdout(&v).contains("process_results/b.csv/lines.txt: ok"));
 }
 
 #[test]

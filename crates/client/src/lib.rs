@@ -11,19 +11,23 @@
 //! - [`upload_input`]: upload a local dataset or config, never replacing different content;
 //! - [`submit`]: write `<group>/submissions/<timestamp>submit.json`;
 //! - [`costs`]: the usage ledger summed per group;
+//! - [`verify_job`], [`compare_results`]: a job's provenance crate checked against the store;
 //! - [`Server`]: the same operations over a caas server's HTTP API (`--server URL`).
 
+mod cache;
 mod cost;
 mod http;
 mod input;
 mod jobs;
 mod logs;
+mod provenance;
 mod results;
 mod sse;
 mod submit;
 mod upload;
 mod view;
 
+pub use cache::{Nearest, TaskCache, explain_cache};
 pub use cost::{GroupCost, costs, parse_since, sum_ledger};
 pub use http::{JobRequest, Server};
 pub use input::{InputKind, stored_key, upload_input};
@@ -32,6 +36,9 @@ pub use jobs::{
     read_record, request_cancel, resolve_job,
 };
 pub use logs::{FollowOptions, LineLabeller, LogEvent, LogStream, follow_logs};
+pub use provenance::{
+    Checked, Comparison, Finding, compare_results, crate_files, entity_str, read_crate, verify_job,
+};
 pub use results::{DownloadSummary, ResultFile, download_results, list_results, result_path};
 pub use sse::{SseEvent, SseParser};
 pub use submit::{NewSubmission, Submitted, submit};

@@ -20,6 +20,8 @@ pub struct NewSubmission {
     pub timestamp: JobTimestamp,
     /// Which analysis, when the manager serves several.
     pub analysis: Option<String>,
+    /// `"cache": false`: the job neither reuses cached results nor adds to the cache.
+    pub no_cache: bool,
 }
 
 impl NewSubmission {
@@ -37,6 +39,9 @@ impl NewSubmission {
         });
         if let Some(a) = &self.analysis {
             sub["analysis"] = json!(a);
+        }
+        if self.no_cache {
+            sub["cache"] = json!(false);
         }
         sub
     }
@@ -82,6 +87,7 @@ mod tests {
             config: "lab/configs/c.yaml".into(),
             timestamp: "t1".parse().expect("timestamp"),
             analysis: None,
+            no_cache: false,
         };
         assert_eq!(
             sub.body(),
@@ -106,6 +112,7 @@ mod tests {
             config: "lab/configs/c.yaml".into(),
             timestamp: "t1".parse().expect("timestamp"),
             analysis: None,
+            no_cache: false,
         };
         let done = submit(&store, &group, &sub).await.expect("first");
         assert_eq!(done.key, "lab/submissions/t1submit.json");

@@ -606,6 +606,7 @@ impl Inner {
             budget,
             parent: sub.parent.clone(),
             revision: Some(analysis.revision.clone()),
+            no_cache: sub.no_cache,
         };
         if resuming
             && let Some(b) = store.get_small(&paths.job_json(), 16 << 20).await?

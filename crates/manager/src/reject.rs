@@ -175,6 +175,7 @@ pub(crate) async fn write_rejection(
         tasks: Vec::new(),
         parent: None,
         children: Vec::new(),
+        no_cache: false,
     };
     let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     json.push(b'\n');

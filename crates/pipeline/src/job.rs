@@ -73,6 +73,8 @@ pub async fn run_job_with(
             usage: Usage::default(),
             cost_usd: 0.0,
             attempt: 0,
+            node: None,
+            reused: None,
         })
         .collect();
     let record = JobRecord {
@@ -94,6 +96,7 @@ pub async fn run_job_with(
         tasks,
         parent: opts.parent.clone(),
         children: Vec::new(),
+        no_cache: opts.no_cache,
     };
 
     let resuming = opts.resume.is_some();
@@ -203,7 +206,7 @@ pub async fn run_job_with(
                         "[Job Manager] STEP 2/4 (Validation): INPUT ERROR. {problem}"
                     ))
                     .await?;
-                finish_rejected(&writer, &problem).await?;
+                finish_rejected(&writer, &req, executor.kind(), &problem).await?;
             }
             Ok(_) if past_validation => {
                 run_tasks(
@@ -277,7 +280,10 @@ pub async fn run_job_with(
                 }
             }
         }
-        if finish(&writer, Some(reason)).await.is_err() {
+        if finish(&writer, &req, executor.kind(), Some(reason))
+            .await
+            .is_err()
+        {
             tracing::warn!(job = %job_id, error = %e, "could not record the job's failure");
         }
         return Err(e);
@@ -328,13 +334,24 @@ async fn run_tasks(
         }
     }
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-        let _ = finish(writer, Some(format!("caas could not record a task: {e}"))).await;
+        let _ = finish(
+            writer,
+            req,
+            executor.kind(),
+            Some(format!("caas could not record a task: {e}")),
+        )
+        .await;
         return Err(e);
     }
-    finish(writer, None).await
+    finish(writer, req, executor.kind(), None).await
 }
 
-async fn finish_rejected(writer: &JobWriter, problem: &str) -> Result<(), PipelineError> {
+async fn finish_rejected(
+    writer: &JobWriter,
+    req: &JobRequest,
+    executor: &str,
+    problem: &str,
+) -> Result<(), PipelineError> {
     {
         let mut s = writer.shared.lock().await;
         let now = Utc::now();
@@ -347,11 +364,16 @@ async fn finish_rejected(writer: &JobWriter, problem: &str) -> Result<(), Pipeli
         s.record.reason = Some(problem.to_string());
     }
     writer.log("[Job Manager] Shutting down job.").await?;
-    finish(writer, None).await
+    finish(writer, req, executor, None).await
 }
 
-/// Write the terminal state, the last certificate lines and `end.txt`.
-async fn finish(writer: &JobWriter, extra_reason: Option<String>) -> Result<(), PipelineError> {
+/// Write the terminal state, the last certificate lines, the provenance crate and `end.txt`.
+async fn finish(
+    writer: &JobWriter,
+    req: &JobRequest,
+    executor: &str,
+    extra_reason: Option<String>,
+) -> Result<(), PipelineError> {
     let state = {
         let mut s = writer.shared.lock().await;
         if !s.record.state.is_terminal() || s.record.state == State::Rejected {
@@ -378,6 +400,8 @@ async fn finish(writer: &JobWriter, extra_reason: Option<String>) -> Result<(), 
         ))
         .await?;
     writer.write_all().await?;
+    let record = writer.shared.lock().await.record.clone();
+    crate::provenance::write_crate(&writer.store, &writer.paths, req, &record, executor).await?;
     writer
         .store
         .put(&writer.paths.end_marker(), END_MARKER_BODY)

@@ -6,10 +6,12 @@
 //! Every state change is written to the store (job.json, certificate, per-dataset status files)
 //! before caas acts on it, and every job ends in a terminal state with `end.txt` written.
 
+mod cache;
 mod images;
 mod job;
 mod logs;
 mod outcome;
+mod provenance;
 mod remote;
 mod request;
 mod results;
@@ -18,6 +20,7 @@ mod validate;
 mod writer;
 
 pub use job::{run_job, run_job_with};
+pub use provenance::CAAS_VERSION;
 pub use remote::{NodeTask, run_node_task};
 pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
 pub use writer::NodeRecord;

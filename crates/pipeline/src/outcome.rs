@@ -39,7 +39,7 @@ fn humantime_like(secs: u64) -> String {
 }
 
 /// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
-async fn copy_config(
+pub(crate) async fn copy_config(
     store: &Store,
     config: &StoreKey,
     results_key: &str,
@@ -110,7 +110,6 @@ pub(crate) async fn record_outcome(
     } = output;
     let req = &ctx.req;
     let key = &req.datasets[idx];
-    let dataset = key.basename().clone();
     let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let paths = ctx.writer.paths.clone();
     // Results.
@@ -141,11 +140,7 @@ pub(crate) async fn record_outcome(
     {
         tracing::warn!(container = %report.container_id, error = %e, "could not remove container");
     }
-    let dest = if req.datasets.len() > 1 {
-        format!("{}/{}", paths.results(), dataset)
-    } else {
-        paths.results()
-    };
+    let dest = crate::cache::results_dest(ctx, idx);
     let collected = collect_results(&ctx.store, results_dir, &dest).await?;
     for note in collected.notes() {
         ctx.writer
@@ -257,6 +252,12 @@ pub(crate) async fn record_outcome(
         )
         .await?;
     ctx.store.delete(&running_entry(&task_id)).await?;
+    if state == State::Succeeded
+        && collected.skipped.is_empty()
+        && let Err(e) = crate::cache::remember(ctx, idx, &collected.keys).await
+    {
+        tracing::warn!(task = %task_id, error = %e, "could not record the task in the result cache");
+    }
     Ok(())
 }
 

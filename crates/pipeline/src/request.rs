@@ -57,6 +57,9 @@ pub struct JobOptions {
     pub parent: Option<String>,
     /// The analysis version the job runs (recorded in job.json as `analysis_revision`).
     pub revision: Option<String>,
+    /// Never take results from the result cache nor add to it (`--no-cache`,
+    /// `"cache": false`, `caas rerun`).
+    pub no_cache: bool,
 }
 
 /// A group's budget, for the check before compute.

@@ -28,6 +28,8 @@ const NOTES_LISTED: usize = 20;
 pub(crate) struct Collected {
     /// Files stored.
     pub files: usize,
+    /// Their keys in the store.
+    pub keys: Vec<String>,
     /// Entries left out, each with why.
     pub skipped: Vec<String>,
 }
@@ -156,10 +158,10 @@ pub(crate) async fn collect_results(
         .buffer_unordered(UPLOADS_AT_ONCE)
         .collect()
         .await;
-    let mut count = 0;
+    let mut keys = Vec::new();
     for r in moves {
         match r {
-            Ok(_) => count += 1,
+            Ok(k) => keys.push(k),
             // A name the store refuses is the analysis' problem; anything else is the store's.
             Err(caas_store::StoreError::BadKey { key, reason }) => {
                 skipped.push(format!("result {key} not collected: {reason}"));
@@ -168,7 +170,8 @@ pub(crate) async fn collect_results(
         }
     }
     Ok(Collected {
-        files: count,
+        files: keys.len(),
+        keys,
         skipped,
     })
 }

@@ -301,6 +301,9 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     if ctx.cancel.is_cancelled() {
         return cancel_before_start(ctx, idx).await;
     }
+    if crate::cache::try_reuse(ctx, idx).await? {
+        return Ok(());
+    }
     ctx.writer
         .update_task(idx, |t, _| t.state = State::Staging)
         .await?;
@@ -422,6 +425,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             t.state = State::Running;
             t.command = command.clone();
             t.started = Some(start);
+            t.node = Some(crate::writer::host_name());
         })
         .await?;
     ctx.writer

@@ -54,9 +54,15 @@ pub struct AnalysisSpec {
     /// `[[then]]`: steps that follow a job of this analysis (NeuroCAAS' post-processing).
     #[serde(default)]
     pub then: Vec<ThenStep>,
+    /// `[cache]`: whether and with whom results are reused (see `caas_spec::cache`).
+    #[serde(default)]
+    pub cache: crate::cache::CacheSection,
     /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].
     #[serde(skip)]
     pub config_schema: Option<serde_json::Value>,
+    /// SHA-256 (hex) of the `caas.toml` text this spec was parsed from, for provenance.
+    #[serde(skip)]
+    pub toml_sha256: String,
 }
 
 /// One `[[then]]` step: when a job of this analysis ends, `caas serve` submits a job of
@@ -321,7 +327,10 @@ impl AnalysisSpec {
             message: e.to_string().trim_end().to_string(),
         })?;
         spec.check(text, path)?;
-        Ok(spec)
+        Ok(Self {
+            toml_sha256: crate::provenance::sha256_hex(text.as_bytes()),
+            ..spec
+        })
     }
 
     fn check(&self, text: &str, path: &Path) -> Result<(), SpecError> {
@@ -331,6 +340,20 @@ impl AnalysisSpec {
             key: key.to_string(),
             message,
         };
+        if let Some(bad) = self
+            .cache
+            .key_extra
+            .iter()
+            .find(|k| !crate::cache::EXTRA_KEYS.contains(&k.as_str()))
+        {
+            return Err(invalid(
+                "key_extra",
+                format!(
+                    "{bad:?} is not a resource; `[cache] key_extra` may name {}",
+                    crate::cache::EXTRA_KEYS.join(", ")
+                ),
+            ));
+        }
         if self.analysis.version.trim().is_empty() {
             return Err(invalid("version", "the version must not be empty".into()));
         }

@@ -183,6 +183,51 @@ impl JobPaths {
     pub fn end_marker(&self) -> String {
         format!("{}/process_results/end.txt", self.root)
     }
+
+    /// `_caas/cache/<idx>.json`: task `idx`'s cache key, its parts and whether it was a hit,
+    /// a miss (and why) or off: what `caas cache explain` reads.
+    pub fn cache_note(&self, idx: usize) -> String {
+        format!("{}/_caas/cache/{idx}.json", self.root)
+    }
+
+    /// `ro-crate-metadata.json`: the job's provenance crate, created once with its end.
+    pub fn ro_crate(&self) -> String {
+        format!("{}/{}", self.root, crate::provenance::CRATE_FILE)
+    }
+}
+
+/// The key of a dataset or config relative to a job folder of the same group
+/// (`<group>/inputs/x` -> `../../inputs/x`): how the provenance crate names it.
+pub fn relative_to_job(key: &str) -> String {
+    match key.split_once('/') {
+        Some((_, rest)) => format!("../../{rest}"),
+        None => key.to_string(),
+    }
+}
+
+/// Where cache records of one scope live: `_caas/cache/groups/<group>` for a group's own, or
+/// `_caas/cache/store` for analyses that share across the store's groups.
+pub fn cache_scope(shared: bool, group: &GroupName) -> String {
+    if shared {
+        "_caas/cache/store".to_string()
+    } else {
+        format!("_caas/cache/groups/{group}")
+    }
+}
+
+/// `<scope>/<analysis>/<key>.json`: the record of a task whose results can be reused (created
+/// once, by the first task that stored complete results for that key).
+pub fn cache_entry(scope: &str, analysis: &AnalysisName, key: &str) -> String {
+    format!("{scope}/{analysis}/{key}.json")
+}
+
+/// `_caas/hashes/<hex SHA-256 of the object's key>.json`: an object's content hash, with the
+/// size and modification time (or entity tag) it was computed for, reused while they match.
+pub fn hash_record(object_key: &str) -> String {
+    format!(
+        "_caas/hashes/{}.json",
+        crate::provenance::sha256_hex(object_key.as_bytes())
+    )
 }
 
 fn attempt_suffix(attempt: u32) -> String {

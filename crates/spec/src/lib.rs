@@ -5,10 +5,12 @@
 //! local file), so all of it is unit-tested without infrastructure.
 
 pub mod analysis;
+pub mod cache;
 pub mod command;
 pub mod config;
 pub mod layout;
 pub mod names;
+pub mod provenance;
 pub mod record;
 pub mod submission;
 pub mod text;

@@ -146,6 +146,22 @@ pub struct TaskRecord {
     /// (Slurm) retries a run that ended without an outcome (`lost`) as the next attempt.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
+    /// The host that ran the task's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Set when the task's results were reused from an earlier job (the result cache): that
+    /// job's folder and the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<Reused>,
+}
+
+/// Where a task's reused results came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reused {
+    /// The key of the job folder that computed them.
+    pub job: String,
+    /// The cache key (hex SHA-256).
+    pub key: String,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -199,6 +215,9 @@ pub struct JobRecord {
     /// The jobs this one's `[[then]]` steps submitted (`<group>/results/<job folder>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<String>,
+    /// The job was asked not to use the result cache (`--no-cache`, `"cache": false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
 }
 
 impl JobRecord {
@@ -418,6 +437,8 @@ mod tests {
             usage: Usage::default(),
             cost_usd: 0.0,
             attempt: 0,
+            node: None,
+            reused: None,
         }
     }
 
@@ -468,6 +489,7 @@ mod tests {
             tasks: vec![task(State::Succeeded), task(State::TimedOut)],
             parent: None,
             children: Vec::new(),
+            no_cache: false,
         };
         assert_eq!(job.combined_state(), State::TimedOut);
         job.tasks[1].state = State::Succeeded;

@@ -24,6 +24,8 @@ pub struct Submission {
     pub instance_type: Option<String>,
     /// The job whose `[[then]]` step wrote this submission (`<group>/results/job__...`).
     pub parent: Option<String>,
+    /// `"cache": false`: never take results from the result cache nor add to it.
+    pub no_cache: bool,
 }
 
 impl Submission {
@@ -119,12 +121,20 @@ impl Submission {
                 ));
             }
         };
+        let no_cache = match obj.get("cache") {
+            None | Some(Value::Null) | Some(Value::Bool(true)) => false,
+            Some(Value::Bool(false)) => true,
+            Some(other) => {
+                return bad(format!("'cache' must be true or false, found {other}"));
+            }
+        };
         Ok(Self {
             datasets,
             config,
             timestamp,
             instance_type,
             parent,
+            no_cache,
         })
     }
 }
@@ -174,6 +184,22 @@ mod tests {
         )
         .unwrap();
         assert!(s.datasets[1].is_folder());
+        assert!(!s.no_cache);
+        let s = Submission::parse(
+            br#"{"dataname":"grp/inputs/a","configname":"grp/configs/c.yaml","timestamp":"1","cache":false}"#,
+            &g(),
+        )
+        .unwrap();
+        assert!(s.no_cache);
+        let err = Submission::parse(
+            br#"{"dataname":"grp/inputs/a","configname":"grp/configs/c.yaml","timestamp":"1","cache":"no"}"#,
+            &g(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("'cache' must be true or false"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -172,6 +172,49 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Make `to` hold what `from` holds without copying bytes where the store allows, only if
+    /// nothing is at `to` (`Ok(false)` then): a hard link on a local store (a copy when the
+    /// file system refuses links), a server-side copy on S3. Neither key may be a link; the
+    /// result cache materialises reused results with it.
+    pub async fn share_create(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let Backend::Local(fs) = &self.backend else {
+            return self.copy_create(from, to).await;
+        };
+        let (fs, f, t) = (fs.clone(), from.to_string(), to.to_string());
+        let linked = blocking(move || {
+            use rustix::fs::{AtFlags, FileType};
+            let fsegs = crate::local::segments(&f)?;
+            let tsegs = crate::local::segments(&t)?;
+            let (Some((fname, fparents)), Some((tname, tparents))) =
+                (fsegs.split_last(), tsegs.split_last())
+            else {
+                return Err(crate::local::LocalError::BadKey("it is empty".into()));
+            };
+            let fdir = fs.dir(fparents, false)?;
+            let st = rustix::fs::statat(&fdir, *fname, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode as _) != FileType::RegularFile {
+                return Err(crate::local::LocalError::NotRegular(
+                    crate::local::kind_name(FileType::from_raw_mode(st.st_mode as _)),
+                ));
+            }
+            let tdir = fs.dir(tparents, true)?;
+            match rustix::fs::linkat(&fdir, *fname, &tdir, *tname, AtFlags::empty()) {
+                Ok(()) => Ok(Some(true)),
+                Err(rustix::io::Errno::EXIST) => Ok(Some(false)),
+                Err(rustix::io::Errno::XDEV | rustix::io::Errno::PERM) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+        .map_err(local_err("link", from))?;
+        match linked {
+            Some(done) => Ok(done),
+            None => self.copy_create(from, to).await,
+        }
+    }
+}
+
 /// S3's create-if-absent copy: a conditional copy where the store offers one, else a check of
 /// `to` just before a plain copy.
 async fn remote_copy_create(

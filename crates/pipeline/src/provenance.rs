@@ -1,0 +1,198 @@
+//! The job's provenance crate (`ro-crate-metadata.json`), gathered and written with the job's
+//! end on every path (`caas run`, `caas serve`, the API, Slurm: the manager's end of the job
+//! writes it): sizes and SHA-256 of the datasets, the config and every result file, the image
+//! id, the command as run, the caas version, executor and node, times, exit codes, usage, cost.
+//! It is created once and never replaced (a resumed job keeps the first one).
+//!
+//! Content hashes go through [`hash_object`], which keeps each object's hash in
+//! `_caas/hashes/` with the size and entity tag it was computed for, and reuses it while they
+//! still match: a dataset used by many jobs is read once.
+
+use caas_spec::layout::{self, JobPaths, hash_record};
+use caas_spec::provenance::{CrateFacts, FileFact, InputFact, RunFact, build_crate, hex};
+use caas_spec::{JobRecord, StoreKey};
+use caas_store::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::PipelineError;
+use crate::request::JobRequest;
+use crate::writer::encode;
+
+/// caas's own version, as the crate records it.
+pub const CAAS_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A stored content hash and what it was computed for.
+#[derive(Debug, Serialize, Deserialize)]
+struct HashRecord {
+    key: String,
+    size: u64,
+    e_tag: Option<String>,
+    sha256: String,
+}
+
+/// Size and hex SHA-256 of a stored object (`None` when it is not there), computed by one
+/// streamed read, or taken from its hash record while its size and entity tag are unchanged.
+pub(crate) async fn hash_object(
+    store: &Store,
+    key: &str,
+) -> Result<Option<(u64, String)>, PipelineError> {
+    let Some(meta) = store.head(key).await? else {
+        return Ok(None);
+    };
+    let record_key = hash_record(key);
+    if let Some(bytes) = store.get_small(&record_key, 1 << 16).await?
+        && let Ok(rec) = serde_json::from_slice::<HashRecord>(&bytes)
+        && rec.key == key
+        && rec.size == meta.size
+        && rec.e_tag.is_some()
+        && rec.e_tag == meta.e_tag
+    {
+        return Ok(Some((rec.size, rec.sha256)));
+    }
+    let Some(digest) = store.sha256(key).await? else {
+        return Ok(None);
+    };
+    let sha256 = hex(&digest);
+    // Computed for the metadata seen before the read: if the object changed meanwhile, its
+    // entity tag differs from the recorded one and the next use hashes it again.
+    let rec = HashRecord {
+        key: key.to_string(),
+        size: meta.size,
+        e_tag: meta.e_tag,
+        sha256: sha256.clone(),
+    };
+    store.put(&record_key, encode("hash record", &rec)?).await?;
+    Ok(Some((meta.size, sha256)))
+}
+
+/// Size and hash of every file of a dataset or config, named relative to the job folder.
+pub(crate) async fn input_fact(store: &Store, key: &StoreKey) -> Result<InputFact, PipelineError> {
+    let key_s = key.to_string();
+    let mut files = Vec::new();
+    if key.is_folder() {
+        let prefix = key.as_path();
+        let mut objects: Vec<String> = store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.location.as_ref().to_string())
+            .collect();
+        objects.sort();
+        for obj in objects {
+            if let Some((size, sha256)) = hash_object(store, &obj).await? {
+                files.push(FileFact {
+                    path: layout::relative_to_job(&obj),
+                    size,
+                    sha256,
+                });
+            }
+        }
+    } else if let Some((size, sha256)) = hash_object(store, &key.as_path()).await? {
+        files.push(FileFact {
+            path: layout::relative_to_job(&key.as_path()),
+            size,
+            sha256,
+        });
+    }
+    Ok(InputFact {
+        path: layout::relative_to_job(&key_s),
+        key: key_s,
+        files,
+        folder: key.is_folder(),
+    })
+}
+
+/// Every result file of the job (`process_results/...`, without `end.txt`), hashed.
+async fn result_facts(store: &Store, paths: &JobPaths) -> Result<Vec<FileFact>, PipelineError> {
+    let prefix = paths.results();
+    let mut keys: Vec<String> = store
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .map(|o| o.location.as_ref().to_string())
+        .filter(|k| *k != paths.end_marker())
+        .collect();
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    let root_len = paths.root().len() + 1;
+    for key in keys {
+        if let Some((size, sha256)) = hash_object(store, &key).await? {
+            out.push(FileFact {
+                path: key.get(root_len..).unwrap_or(&key).to_string(),
+                size,
+                sha256,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Write the crate of a job that has just ended, unless it has one. Returns whether it wrote.
+pub(crate) async fn write_crate(
+    store: &Store,
+    paths: &JobPaths,
+    req: &JobRequest,
+    record: &JobRecord,
+    executor: &str,
+) -> Result<bool, PipelineError> {
+    let key = paths.ro_crate();
+    if store.head(&key).await?.is_some() {
+        return Ok(false);
+    }
+    let mut datasets = Vec::with_capacity(req.datasets.len());
+    for d in &req.datasets {
+        datasets.push(input_fact(store, d).await?);
+    }
+    let config = input_fact(store, &req.config).await?;
+    let results = result_facts(store, paths).await?;
+    let many = req.datasets.len() > 1;
+    let runs = record
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let own = format!("process_results/{}/", t.dataset_name);
+            RunFact {
+                task_id: t.task_id.clone(),
+                dataset: i,
+                command: t.command.clone(),
+                started: t.started,
+                finished: t.finished,
+                state: t.state.to_string(),
+                reason: t.reason.clone(),
+                exit_code: t.exit_code,
+                usage: t.usage.clone(),
+                cost_usd: t.cost_usd,
+                node: t.node.clone(),
+                results: results
+                    .iter()
+                    .filter(|r| !many || r.path.starts_with(&own))
+                    .map(|r| r.path.clone())
+                    .collect(),
+                reused: t.reused.as_ref().map(|r| (r.job.clone(), r.key.clone())),
+            }
+        })
+        .collect();
+    let facts = CrateFacts {
+        job: record.job_id.clone(),
+        analysis: record.analysis.to_string(),
+        version: record.analysis_version.clone(),
+        toml_sha256: req.spec.toml_sha256.clone(),
+        image: record.image.clone(),
+        image_id: record.image_id.clone(),
+        caas_version: CAAS_VERSION.to_string(),
+        executor: executor.to_string(),
+        origin: record.origin.clone(),
+        created: record.created,
+        finished: record.finished,
+        state: record.state.to_string(),
+        datasets,
+        config,
+        results,
+        runs,
+    };
+    let doc = build_crate(&facts);
+    Ok(store
+        .create(&key, encode("ro-crate-metadata.json", &doc)?)
+        .await?)
+}
