@@ -22,6 +22,7 @@ mod inputs;
 mod jobs;
 mod meta;
 mod openapi;
+mod tes;
 mod upload_s3;
 mod uploads;
 mod web;
@@ -41,6 +42,8 @@ pub struct ApiConfig {
     pub log_poll: Duration,
     /// How long `POST .../jobs` waits for the job to be claimed before answering anyway.
     pub claim_wait: Duration,
+    /// What GA4GH TES tasks may ask for (the manager checks the same policy again).
+    pub tes: caas_manager::tes::TesPolicy,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +53,7 @@ impl Default for ApiConfig {
             max_upload: 1 << 40,
             log_poll: Duration::from_millis(250),
             claim_wait: Duration::from_secs(30),
+            tes: Default::default(),
         }
     }
 }
@@ -149,6 +153,7 @@ pub fn router(state: AppState) -> Router {
             get(files::result_file),
         )
         .route(&format!("{g}/cost"), get(files::cost))
+        .merge(tes::routes())
         .merge(web::routes())
         .fallback(meta::fallback)
         // Uploads stream and count their own bytes against `max_body`.

@@ -18,6 +18,8 @@ mod loops;
 mod manager;
 mod reject;
 mod submitter;
+pub mod tes;
+mod tes_run;
 pub mod worker;
 
 pub use manager::{Analysis, Manager, ManagerConfig};
@@ -42,6 +44,10 @@ pub enum ManagerError {
     /// The configuration makes no sense.
     #[error("{0}")]
     Config(String),
+    /// A GA4GH TES task breaks TES's rules or the operator's policy (the message names the
+    /// field).
+    #[error("{0}")]
+    TesRefused(String),
 }
 
 /// The claim of one version of a submission (built in `caas_spec::layout`).

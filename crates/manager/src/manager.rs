@@ -57,6 +57,8 @@ pub struct ManagerConfig {
     /// On shutdown, stop running tasks (recorded `cancelled`) instead of leaving them running
     /// to be adopted by the next start.
     pub stop_on_shutdown: bool,
+    /// What GA4GH TES tasks may ask for.
+    pub tes: crate::tes::TesPolicy,
 }
 
 /// What start-up found.
@@ -482,7 +484,25 @@ impl Inner {
             Some(Value::Number(n)) => Some(n.to_string()),
             _ => None,
         });
-        let analysis = match self.analysis(raw.as_ref()) {
+        let tes = crate::tes_run::is_tes(raw.as_ref());
+        let tes_analysis = if tes {
+            match self.tes_analysis(group, raw.as_ref()).await? {
+                Ok(a) => Some(a),
+                Err(problem) => {
+                    let placeholder = crate::tes::analysis_for(
+                        &Default::default(),
+                        &self.cfg.tes,
+                        &self.cfg.analyses,
+                    );
+                    return self
+                        .reject(&placeholder, group, key, id, ts_hint, problem, FIX, true)
+                        .await;
+                }
+            }
+        } else {
+            None
+        };
+        let analysis = match tes_analysis.as_ref().map_or_else(|| self.analysis(raw.as_ref()), Ok) {
             Ok(a) => a,
             Err(problem) => {
                 return self
@@ -541,6 +561,9 @@ impl Inner {
             && rec.origin == origin
         {
             if rec.state.is_terminal() {
+                if tes {
+                    self.deliver_tes_outputs(group, raw.as_ref(), &rec).await?;
+                }
                 if store.head(&paths.end_marker()).await?.is_none() {
                     store.put(&paths.end_marker(), END_MARKER_BODY).await?;
                 }
@@ -585,6 +608,10 @@ impl Inner {
                     && let Some(s) = self.spent.lock().await.get_mut(group)
                 {
                     *s += cost;
+                }
+                if tes {
+                    self.deliver_tes_outputs(group, raw.as_ref(), &outcome.record)
+                        .await?;
                 }
                 tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
                 Ok(())
