@@ -114,7 +114,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     tes_max_gpus: u32,
     /// GA4GH TES: a task's time limit.
-    #[arg(long, default_value = "24h", value_parser = humantime_duration)]
+    #[arg(long, default_value = "24h", value_parser = long_duration)]
     tes_timeout: Duration,
 }
 
@@ -134,6 +134,13 @@ pub enum ExecutorKind {
     Docker,
     /// A Slurm cluster.
     Slurm,
+}
+
+/// Parse `30m`, `24h`, `7days` (humantime, as `[run] timeout`).
+fn long_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<caas_spec::units::HumanDuration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
 }
 
 /// Parse `500ms`, `2s`, `5m` (also used by `caas task run` for its environment).

@@ -484,7 +484,7 @@ pub fn driver(task: &TesTask) -> String {
         }
         s.push_str("fi\n");
     }
-    s.push_str("if [ \"$rc\" = 0 ]; then\n");
+    s.push_str("if [ \"$rc\" = 0 ]; then\n  :\n");
     for (n, o) in task.outputs.iter().enumerate() {
         let dest = format!("\"$R/{}\"", tes_output_folder(n));
         match &o.path_prefix {

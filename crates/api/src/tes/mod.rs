@@ -180,7 +180,7 @@ async fn create(
         .parse()
         .map_err(|e| ApiError::Store(format!("task id: {e}")))?;
     let sub = NewSubmission {
-        data: vec![paths.inputs()],
+        data: vec![format!("{}/", paths.inputs())],
         config: paths.task(),
         timestamp,
         analysis: Some(TES_ANALYSIS.into()),
