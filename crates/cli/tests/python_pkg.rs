@@ -31,12 +31,24 @@ fn pip_install(target: &Path) -> String {
         .unwrap();
     assert!(cp.success());
     let out = Command::new(python())
-        .args(["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+        ])
         .arg(target)
         .arg(&src)
         .output()
         .unwrap();
-    assert!(out.status.success(), "pip install ./python: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "pip install ./python: {}",
+        stderr(&out)
+    );
     let out = Command::new(python())
         .args(["-c", "import caas; print(caas.__file__)"])
         .env("PYTHONPATH", target)
@@ -57,7 +69,10 @@ fn session(store: &str, env: &[(&str, String)], sb: &Sandbox) {
     let api = start_api(store, &[&analysis], &[], env, &sb.path().join("serve.log"));
     let target = sb.path().join("site");
     let installed = pip_install(&target);
-    assert!(installed.starts_with(target.to_str().unwrap()), "{installed}");
+    assert!(
+        installed.starts_with(target.to_str().unwrap()),
+        "{installed}"
+    );
     let out = Command::new(python())
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(repo_root().join("python/tests"))
@@ -71,7 +86,10 @@ fn session(store: &str, env: &[(&str, String)], sb: &Sandbox) {
         .unwrap();
     let text = format!("{}{}", stdout(&out), stderr(&out));
     println!("{text}");
-    assert!(out.status.success(), "python -m pytest python/tests:\n{text}");
+    assert!(
+        out.status.success(),
+        "python -m pytest python/tests:\n{text}"
+    );
     assert!(text.contains("5 passed"), "{text}");
 }
 

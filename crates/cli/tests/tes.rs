@@ -83,8 +83,14 @@ fn py_tes_client_end_to_end() {
         .filter(|n| n.starts_with("job__tes_tes-"))
         .collect();
     assert!(jobs.len() >= 10, "{jobs:?}");
-    let claims = std::fs::read_dir(store.join("_caas/claims/lab")).unwrap().count();
-    assert!(claims >= jobs.len(), "{claims} claims for {} jobs", jobs.len());
+    let claims = std::fs::read_dir(store.join("_caas/claims/lab"))
+        .unwrap()
+        .count();
+    assert!(
+        claims >= jobs.len(),
+        "{claims} claims for {} jobs",
+        jobs.len()
+    );
     let ledger = std::fs::read_dir(store.join("logs/lab")).unwrap().count();
     assert!(ledger >= 8, "ledger entries: {ledger}");
     // Nothing of group other was read into lab or changed.

@@ -502,7 +502,10 @@ impl Inner {
         } else {
             None
         };
-        let analysis = match tes_analysis.as_ref().map_or_else(|| self.analysis(raw.as_ref()), Ok) {
+        let analysis = match tes_analysis
+            .as_ref()
+            .map_or_else(|| self.analysis(raw.as_ref()), Ok)
+        {
             Ok(a) => a,
             Err(problem) => {
                 return self

@@ -11,9 +11,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use caas_spec::GroupName;
 use caas_spec::analysis::{Command, ResourcesSection, RunSection};
 use caas_spec::layout::{TES_ANALYSIS, TES_EXECUTORS_FOLDER, tes_output_folder};
-use caas_spec::GroupName;
 use caas_spec::units::{ByteSize, HumanDuration};
 
 use crate::ManagerError;
@@ -306,9 +306,7 @@ pub fn check(task: &TesTask, policy: &TesPolicy, served: &[Analysis]) -> Result<
                 ));
             }
             None if wild => {
-                return refuse(format!(
-                    "{what}: a path with wildcards needs a path_prefix"
-                ));
+                return refuse(format!("{what}: a path with wildcards needs a path_prefix"));
             }
             _ => {}
         }
@@ -538,7 +536,8 @@ pub fn resolve_url(
     };
     let rest = if let Some(r) = url.strip_prefix(CAAS_SCHEME) {
         r
-    } else if let (Some(r), Some(loc)) = (url.strip_prefix("s3://"), location.strip_prefix("s3://")) {
+    } else if let (Some(r), Some(loc)) = (url.strip_prefix("s3://"), location.strip_prefix("s3://"))
+    {
         let loc = loc.trim_end_matches('/');
         match r.strip_prefix(loc).and_then(|r| r.strip_prefix('/')) {
             Some(r) => r,
@@ -565,16 +564,21 @@ pub fn resolve_url(
     };
     let path = path.trim_end_matches('/');
     let bad = path.is_empty()
-        || path.split('/').any(|seg| {
-            seg.is_empty() || seg == "." || seg == ".." || seg.starts_with('.')
-        })
+        || path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.starts_with('.'))
         || path.chars().any(char::is_control);
     if bad {
         return refuse(format!(
             "{what}: {url:?} is not a usable path (empty, '.', '..' or hidden segments, control characters)"
         ));
     }
-    if writing && (path == "submissions" || path.starts_with("submissions/") || path == "results" || path.starts_with("results/")) {
+    if writing
+        && (path == "submissions"
+            || path.starts_with("submissions/")
+            || path == "results"
+            || path.starts_with("results/"))
+    {
         return refuse(format!(
             "{what}: {url:?} is inside caas's own submissions/ or results/ folder; pick another path"
         ));
@@ -652,9 +656,18 @@ mod tests {
     fn urls_resolve_only_inside_the_group() {
         let g: GroupName = "lab".parse().unwrap();
         let s3 = "s3://bkt/pre";
-        assert_eq!(resolve_url(s3, &g, "caas://lab/in/a.csv", "i", false).unwrap(), "lab/in/a.csv");
-        assert_eq!(resolve_url(s3, &g, "s3://bkt/pre/lab/x/", "i", false).unwrap(), "lab/x");
-        assert_eq!(resolve_url("/srv/store", &g, "caas://lab/x", "i", true).unwrap(), "lab/x");
+        assert_eq!(
+            resolve_url(s3, &g, "caas://lab/in/a.csv", "i", false).unwrap(),
+            "lab/in/a.csv"
+        );
+        assert_eq!(
+            resolve_url(s3, &g, "s3://bkt/pre/lab/x/", "i", false).unwrap(),
+            "lab/x"
+        );
+        assert_eq!(
+            resolve_url("/srv/store", &g, "caas://lab/x", "i", true).unwrap(),
+            "lab/x"
+        );
         for bad in [
             "caas://other/x",
             "caas://lab2/x",

@@ -93,14 +93,13 @@ impl Inner {
             let results = paths.job().results();
             for (n, o) in task.outputs.iter().enumerate() {
                 let what = tes::label("output", n, o.name.as_deref(), &o.path);
-                let target =
-                    match tes::resolve_url(store.location(), group, &o.url, &what, true) {
-                        Ok(k) => k,
-                        Err(e) => {
-                            notes.push(e.to_string());
-                            continue;
-                        }
-                    };
+                let target = match tes::resolve_url(store.location(), group, &o.url, &what, true) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        notes.push(e.to_string());
+                        continue;
+                    }
+                };
                 let src = format!("{results}/{}", tes_output_folder(n));
                 let mut files = Vec::new();
                 if let Some(m) = store.head(&src).await? {
@@ -131,7 +130,9 @@ impl Inner {
                         continue;
                     };
                     if store.create(&dest, body).await? {
-                        delivered.push(json!({"url": url, "path": path, "size_bytes": size.to_string()}));
+                        delivered.push(
+                            json!({"url": url, "path": path, "size_bytes": size.to_string()}),
+                        );
                     } else {
                         notes.push(format!(
                             "{what}: {url} already exists and was not replaced; the file is kept in the job's results ({key})"
@@ -141,9 +142,7 @@ impl Inner {
             }
         }
         let body = json!({"outputs": delivered, "system_logs": notes});
-        store
-            .put(&paths.outputs_record(), body.to_string())
-            .await?;
+        store.put(&paths.outputs_record(), body.to_string()).await?;
         tracing::info!(task = %paths.id(), outputs = delivered.len(), "TES outputs delivered");
         Ok(())
     }

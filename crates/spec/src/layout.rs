@@ -340,9 +340,8 @@ pub const TES_ANALYSIS: &str = "tes";
 
 /// A TES task id: `tes-` and 32 lowercase hex digits (128 random bits; unguessable).
 pub fn is_tes_task_id(id: &str) -> bool {
-    id.strip_prefix("tes-").is_some_and(|h| {
-        h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    id.strip_prefix("tes-")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// The keys of one TES task, built only from a checked id.
@@ -383,7 +382,10 @@ impl TesPaths {
 
     /// The job that runs it.
     pub fn job(&self) -> JobPaths {
-        JobPaths::in_folder(&self.group, &format!("{JOB_FOLDER_PREFIX}{TES_ANALYSIS}_{}", self.id))
+        JobPaths::in_folder(
+            &self.group,
+            &format!("{JOB_FOLDER_PREFIX}{TES_ANALYSIS}_{}", self.id),
+        )
     }
 
     /// What became of the task's outputs (written once they are delivered).

@@ -39,10 +39,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route(&format!("{TES_ROOT}/service-info"), get(service_info))
         .route(&format!("{TES_ROOT}/openapi.json"), get(openapi))
-        .route(
-            &format!("{TES_ROOT}/tasks"),
-            get(view::list).post(create),
-        )
+        .route(&format!("{TES_ROOT}/tasks"), get(view::list).post(create))
         .route(
             &format!("{TES_ROOT}/tasks/{{id}}"),
             get(view::get_task).post(cancel),
@@ -141,9 +138,9 @@ async fn create(
     for (n, i) in task.inputs.iter().enumerate() {
         let what = tes::label("input", n, i.name.as_deref(), &i.path);
         let src = match &i.url {
-            Some(url) => Some(
-                tes::resolve_url(&location, &group, url, &what, false).map_err(refused)?,
-            ),
+            Some(url) => {
+                Some(tes::resolve_url(&location, &group, url, &what, false).map_err(refused)?)
+            }
             None => None,
         };
         sources.push((what, src));
@@ -152,8 +149,8 @@ async fn create(
         let what = tes::label("output", n, o.name.as_deref(), &o.path);
         tes::resolve_url(&location, &group, &o.url, &what, true).map_err(refused)?;
     }
-    let paths = TesPaths::new(&group, &new_id()?)
-        .ok_or_else(|| ApiError::Store("task id".into()))?;
+    let paths =
+        TesPaths::new(&group, &new_id()?).ok_or_else(|| ApiError::Store("task id".into()))?;
     // Inputs into the dataset folder.
     for (n, ((what, src), input)) in sources.iter().zip(&task.inputs).enumerate() {
         let dest = paths.input(n);
@@ -173,7 +170,9 @@ async fn create(
         .put(&format!("{}/task.json", paths.inputs()), doc.clone())
         .await?;
     if !store.create(&paths.task(), doc).await? {
-        return Err(ApiError::conflict("a task with this id exists; send it again"));
+        return Err(ApiError::conflict(
+            "a task with this id exists; send it again",
+        ));
     }
     let timestamp: JobTimestamp = paths
         .id()
@@ -212,7 +211,11 @@ async fn copy_input(
     dir: bool,
 ) -> Result<(), ApiError> {
     let store = st.store();
-    let missing = || ApiError::BadRequest(format!("{what}: {key} does not exist in your group's storage"));
+    let missing = || {
+        ApiError::BadRequest(format!(
+            "{what}: {key} does not exist in your group's storage"
+        ))
+    };
     let files: Vec<(String, String, u64)> = if dir {
         store
             .list(key)
