@@ -243,3 +243,19 @@ def test_an_output_never_replaces_a_stored_file():
     assert stored("lab/inputs/lines.txt") == before
     sys_logs = client.get_task(task_id, "FULL").logs[0].system_logs
     assert any("not replaced" in s for s in sys_logs), sys_logs
+
+
+def test_the_served_openapi_document_declares_the_answers():
+    from openapi_spec_validator import validate
+
+    doc = requests.get(API + "/openapi.json", timeout=30).json()
+    validate(doc)
+    ops = doc["paths"]
+    for path, methods in ops.items():
+        for method, op in methods.items():
+            if op.get("security", doc["security"]):
+                assert "401" in op["responses"], (path, method)
+    assert "404" in ops["/tasks/{id}"]["get"]["responses"]
+    assert "400" in ops["/tasks"]["post"]["responses"]
+    states = doc["components"]["schemas"]["tesState"]["enum"]
+    assert client.get_task(client.list_tasks(page_size=1).tasks[0].id).state in states
