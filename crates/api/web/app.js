@@ -678,9 +678,13 @@ function splitRow(line, sep) {
 async function showPreviews(job, files) {
   const box = $('previews');
   box.replaceChildren();
-  for (const f of files) {
+  // Plots first, then tables, JSON and text; caas's own end marker is not worth a look.
+  const rank = { image: 0, table: 1, json: 2, text: 3 };
+  const shown = files.filter((f) => previewKind(f.path) && f.size <= PREVIEW_MAX
+    && f.path.startsWith('process_results/') && f.path !== 'process_results/end.txt')
+    .sort((a, b) => rank[previewKind(a.path)] - rank[previewKind(b.path)] || a.path.localeCompare(b.path));
+  for (const f of shown) {
     const kind = previewKind(f.path);
-    if (!kind || f.size > PREVIEW_MAX || !f.path.startsWith('process_results/')) continue;
     const fig = el('figure', { class: 'preview', 'data-path': f.path, 'data-kind': kind },
       el('figcaption', { text: f.path.replace(/^process_results\//, '') }));
     box.append(fig);
