@@ -458,6 +458,31 @@ mod tests {
     }
 
     #[test]
+    fn tes_keys_are_built_only_from_task_ids() {
+        let g: GroupName = "lab".parse().unwrap();
+        let id = "tes-0123456789abcdef0123456789abcdef";
+        let p = TesPaths::new(&g, id).unwrap();
+        assert_eq!(p.task(), format!("lab/configs/{id}.json"));
+        assert_eq!(p.inputs(), format!("lab/inputs/{id}"));
+        assert_eq!(p.input(2), format!("lab/inputs/{id}/in/2"));
+        assert_eq!(p.job().root(), format!("lab/results/job__tes_{id}"));
+        assert_eq!(
+            p.outputs_record(),
+            format!("lab/results/job__tes_{id}/tes_outputs.json")
+        );
+        for bad in [
+            "",
+            "tes-",
+            "tes-0123456789ABCDEF0123456789abcdef",
+            "tes-0123456789abcdef0123456789abcde",
+            "tes-../../0123456789abcdef012345678",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(TesPaths::new(&g, bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn api_keys_are_built_only_from_checked_ids() {
         let g: GroupName = "lab".parse().unwrap();
         assert_eq!(user_key(&g), "_caas/users/lab.json");
