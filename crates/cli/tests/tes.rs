@@ -46,10 +46,16 @@ fn py_tes_client_end_to_end() {
     let sb = Sandbox::new();
     let store = sb.store();
     let store_s = store.display().to_string();
-    let analysis = sb.analysis(&shell_analysis("tes-base", "true", ""));
+    // Priced, with a group that has no budget left: its tasks are refused before compute.
+    let analysis = sb.analysis(&shell_analysis(
+        "tes-base",
+        "true",
+        "[pricing]\nwall_hour = 0.01\n[budget]\ngroups = { poor = 0.0 }\n",
+    ));
     let env = no_env();
     let ann = token_for(&store_s, &env, "ann", &["lab"], &[]);
     let bob = token_for(&store_s, &env, "bob", &["other"], &[]);
+    let cat = token_for(&store_s, &env, "cat", &["poor"], &[]);
     put(&store, "lab/inputs/lines.txt", b"one\ntwo\nthree\n");
     put(&store, "lab/inputs/folder/a.txt", b"a\n");
     put(&store, "lab/inputs/folder/b.txt", b"b\n");
@@ -69,6 +75,7 @@ fn py_tes_client_end_to_end() {
             ("CAAS_TES_URL", api.base.clone()),
             ("CAAS_TOKEN", ann),
             ("CAAS_OTHER_TOKEN", bob),
+            ("CAAS_POOR_TOKEN", cat),
             ("CAAS_STORE_DIR", store_s.clone()),
             ("CAAS_RUN", run),
         ],
@@ -93,6 +100,12 @@ fn py_tes_client_end_to_end() {
     );
     let ledger = std::fs::read_dir(store.join("logs/lab")).unwrap().count();
     assert!(ledger >= 8, "ledger entries: {ledger}");
+    // The refused task of group poor never ran: no ledger entry, a rejected job.
+    assert!(!store.join("logs/poor").exists());
+    let poor: Vec<_> = std::fs::read_dir(store.join("poor/results"))
+        .unwrap()
+        .collect();
+    assert_eq!(poor.len(), 1);
     // Nothing of group other was read into lab or changed.
     assert_eq!(fingerprint(&store.join("other"), &[]), before_other);
     assert!(!store.join("other/results").exists());

@@ -2,7 +2,7 @@
 
 Run by `crates/cli/tests/tes.rs`, which starts the server (Docker executor, local store) and
 passes CAAS_TES_URL, CAAS_TOKEN (user of group `lab`), CAAS_OTHER_TOKEN (user of group
-`other`), CAAS_STORE_DIR and CAAS_RUN (unique per run) in the environment.
+`other`), CAAS_POOR_TOKEN (group `poor`, no budget left), CAAS_STORE_DIR and CAAS_RUN (unique per run) in the environment.
 """
 
 import os
@@ -15,6 +15,7 @@ import tes
 URL = os.environ["CAAS_TES_URL"]
 TOKEN = os.environ["CAAS_TOKEN"]
 OTHER = os.environ["CAAS_OTHER_TOKEN"]
+POOR = os.environ["CAAS_POOR_TOKEN"]
 STORE = os.environ["CAAS_STORE_DIR"]
 RUN = os.environ["CAAS_RUN"]
 IMAGE = "local/busybox:test"
@@ -259,3 +260,12 @@ def test_the_served_openapi_document_declares_the_answers():
     assert "400" in ops["/tasks"]["post"]["responses"]
     states = doc["components"]["schemas"]["tesState"]["enum"]
     assert client.get_task(client.list_tasks(page_size=1).tasks[0].id).state in states
+
+
+def test_over_budget_is_refused_before_compute():
+    poor = tes.HTTPClient(URL, token=POOR, timeout=30)
+    with pytest.raises(requests.HTTPError) as e:
+        poor.create_task(tes.Task(executors=[tes.Executor(image=IMAGE, command=["true"])]))
+    assert e.value.response.status_code == 400
+    assert "Over budget" in e.value.response.json()["error"]
+    assert (poor.list_tasks(view="MINIMAL").tasks or [])[0].state == "SYSTEM_ERROR"
