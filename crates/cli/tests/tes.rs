@@ -56,6 +56,22 @@ fn py_tes_client_end_to_end() {
     let ann = token_for(&store_s, &env, "ann", &["lab"], &[]);
     let bob = token_for(&store_s, &env, "bob", &["other"], &[]);
     let cat = token_for(&store_s, &env, "cat", &["poor"], &[]);
+    let ro: serde_json::Value = serde_json::from_str(
+        caas_ok(
+            &env,
+            &[
+                "token",
+                "create",
+                "ann",
+                "--read-only",
+                "--json",
+                "--store",
+                &store_s,
+            ],
+        )
+        .trim(),
+    )
+    .unwrap();
     put(&store, "lab/inputs/lines.txt", b"one\ntwo\nthree\n");
     put(&store, "lab/inputs/folder/a.txt", b"a\n");
     put(&store, "lab/inputs/folder/b.txt", b"b\n");
@@ -76,6 +92,10 @@ fn py_tes_client_end_to_end() {
             ("CAAS_TOKEN", ann),
             ("CAAS_OTHER_TOKEN", bob),
             ("CAAS_POOR_TOKEN", cat),
+            (
+                "CAAS_READONLY_TOKEN",
+                ro["token"].as_str().unwrap().to_string(),
+            ),
             ("CAAS_STORE_DIR", store_s.clone()),
             ("CAAS_RUN", run),
         ],

@@ -2,7 +2,7 @@
 
 Run by `crates/cli/tests/tes.rs`, which starts the server (Docker executor, local store) and
 passes CAAS_TES_URL, CAAS_TOKEN (user of group `lab`), CAAS_OTHER_TOKEN (user of group
-`other`), CAAS_POOR_TOKEN (group `poor`, no budget left), CAAS_STORE_DIR and CAAS_RUN (unique per run) in the environment.
+`other`), CAAS_POOR_TOKEN (group `poor`, no budget left), CAAS_READONLY_TOKEN (ann, read-only), CAAS_STORE_DIR and CAAS_RUN (unique per run) in the environment.
 """
 
 import os
@@ -16,6 +16,7 @@ URL = os.environ["CAAS_TES_URL"]
 TOKEN = os.environ["CAAS_TOKEN"]
 OTHER = os.environ["CAAS_OTHER_TOKEN"]
 POOR = os.environ["CAAS_POOR_TOKEN"]
+READONLY = os.environ["CAAS_READONLY_TOKEN"]
 STORE = os.environ["CAAS_STORE_DIR"]
 RUN = os.environ["CAAS_RUN"]
 IMAGE = "local/busybox:test"
@@ -269,3 +270,24 @@ def test_over_budget_is_refused_before_compute():
     assert e.value.response.status_code == 400
     assert "Over budget" in e.value.response.json()["error"]
     assert (poor.list_tasks(view="MINIMAL").tasks or [])[0].state == "SYSTEM_ERROR"
+
+
+def test_hostile_bodies_names_and_tokens():
+    body = '{"executors":[{"image":"%s","command":["true"]}],"description":"%s"}' % (IMAGE, "x" * (9 << 20))
+    r = raw("POST", "/tasks", data=body.encode())
+    assert r.status_code == 413 and "error" in r.json()
+    r = raw("POST", "/tasks", token=READONLY, json={"executors": [{"image": IMAGE, "command": ["true"]}]})
+    assert r.status_code == 403 and "read-only" in r.json()["error"]
+    assert raw("GET", "/tasks", token=READONLY).status_code == 200
+    name = "données 🧪 %2e%2e/..\nline" + "é" * 100
+    tags = {"k\n🧪": "v%00~", "caas.note": "x" * 255}
+    task_id = client.create_task(tes.Task(name=name, tags=tags, executors=[tes.Executor(image=IMAGE, command=["true"])]))
+    got = client.get_task(task_id, "BASIC")
+    assert got.name == name and got.tags == tags
+    r = raw("GET", "/tasks", params={"name_prefix": "données 🧪", "view": "MINIMAL"})
+    assert task_id in [t["id"] for t in r.json()["tasks"]]
+    r = raw("GET", "/tasks", params={"tag_key": "k\n🧪", "tag_value": "v%00~"})
+    assert [t["id"] for t in r.json()["tasks"]] == [task_id]
+    for bad in ["tes-" + "0" * 31 + "g", "tes-%2e%2e%2f", "%00", "tes-" + "a" * 400]:
+        assert raw("GET", "/tasks/" + bad).status_code == 404, bad
+    assert raw("POST", "/tasks/" + task_id + ":pause").status_code == 404
