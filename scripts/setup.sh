@@ -116,6 +116,13 @@ if [ ! -x "$VENV/bin/runcrate" ] || ! "$VENV/bin/python" -c 'import rocrate' >/d
   "$VENV/bin/pip" install -q rocrate runcrate >/tmp/caas-setup-pip-rocrate.log 2>&1 || {
     cat /tmp/caas-setup-pip-rocrate.log >&2; exit 1; }
 fi
+# The TES client tests (py-tes), and the Python package's own tests (httpx, pytest; wheel
+# for `pip install --no-build-isolation ./python`).
+if ! "$VENV/bin/python" -c 'import tes, httpx, pytest, wheel, openapi_spec_validator' >/dev/null 2>&1; then
+  log "installing py-tes, httpx and pytest into $VENV"
+  "$VENV/bin/pip" install -q 'py-tes==1.1.4' 'httpx>=0.27' 'pytest>=8' wheel openapi-spec-validator >/tmp/caas-setup-pip.log 2>&1 || {
+    cat /tmp/caas-setup-pip.log >&2; exit 1; }
+fi
 s3_up() { python3 - "$S3_PORT" <<'PY'
 import sys, urllib.request
 try:

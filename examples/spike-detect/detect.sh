@@ -7,7 +7,8 @@
 # 2. noise: sigma = median(|x|) / 0.6745 (robust to the spikes themselves);
 # 3. detect: negative crossings of -threshold_sd * sigma, at most one per refractory_ms,
 #    each spike placed at its trough within the next refractory_ms.
-# Writes spikes.csv (time_ms,amplitude_uv) and summary.json to RESULTS_DIR.
+# Writes spikes.csv (time_ms,amplitude_uv), summary.json and spikes.svg (the filtered trace,
+# the threshold and each detected spike) to RESULTS_DIR.
 set -eu
 data=$1; config=$2; out=$3
 [ -r "$data" ] || { echo "detect: cannot read dataset $data" >&2; exit 2; }
@@ -70,5 +71,38 @@ duration_ms=$(tail -n 1 "$work/filtered.csv" | cut -d, -f1)
 awk -v n="$n_spikes" -v d="$duration_ms" -v s="$sigma" -v thr="$threshold_sd" -v samples="$samples" 'BEGIN {
   printf "{\n  \"samples\": %d,\n  \"duration_s\": %.3f,\n  \"noise_sigma_uv\": %.3f,\n  \"threshold_uv\": %.3f,\n  \"spikes\": %d,\n  \"rate_hz\": %.3f\n}\n",
     samples, d / 1000, s, -thr * s, n, (d > 0 ? n / (d / 1000) : 0) }' >"$out/summary.json"
+# 4. the plot: the filtered trace as a min/max envelope of 1,000 columns, the threshold line,
+#    and a red mark at each spike (SVG, drawn here so the image needs nothing but awk).
+awk -F, -v thr="$threshold_sd" -v sigma="$sigma" -v spikes="$out/spikes.csv" '
+  { n++; t[n] = $1 + 0; x[n] = $2 + 0; if (x[n] < lo) lo = x[n]; if (x[n] > hi) hi = x[n] }
+  END {
+    W = 1000; H = 300; L = 50; B = 20; cols = 1000
+    level = -thr * sigma; if (level < lo) lo = level
+    if (hi == lo) hi = lo + 1
+    t0 = t[1]; t1 = t[n]; if (t1 == t0) t1 = t0 + 1
+    printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\">\n", W + L, H + B, W + L, H + B
+    printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+    printf "<text x=\"4\" y=\"14\" font-size=\"12\" font-family=\"sans-serif\">%.0f uV</text>\n", hi
+    printf "<text x=\"4\" y=\"%d\" font-size=\"12\" font-family=\"sans-serif\">%.0f uV</text>\n", H, lo
+    printf "<text x=\"%d\" y=\"%d\" font-size=\"12\" font-family=\"sans-serif\">%.0f ms</text>\n", W, H + 16, t1
+    printf "<path fill=\"none\" stroke=\"#1f4e79\" stroke-width=\"1\" d=\""
+    per = n / cols; if (per < 1) per = 1
+    for (c = 0; c * per < n; c++) {
+      a = int(c * per) + 1; b = int((c + 1) * per); if (b > n) b = n
+      mn = x[a]; mx = x[a]
+      for (i = a; i <= b; i++) { if (x[i] < mn) mn = x[i]; if (x[i] > mx) mx = x[i] }
+      px = L + (t[a] - t0) / (t1 - t0) * W
+      printf "%s%.1f %.1fL%.1f %.1f", (c ? "L" : "M"), px, (hi - mx) / (hi - lo) * H, px, (hi - mn) / (hi - lo) * H
+    }
+    printf "\"/>\n"
+    y = (hi - level) / (hi - lo) * H
+    printf "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n", L, L + W, y, y
+    while ((getline line < spikes) > 0) {
+      if (line ~ /^time_ms/) continue
+      split(line, f, ","); px = L + (f[1] - t0) / (t1 - t0) * W; py = (hi - f[2]) / (hi - lo) * H
+      printf "<circle class=\"spike\" cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#c0392b\"/>\n", px, py
+    }
+    printf "</svg>\n"
+  }' "$work/filtered.csv" >"$out/spikes.svg"
 echo "detect: ${n_spikes} spikes in ${duration_ms} ms"
 if [ "$n_spikes" -eq 0 ]; then echo "detect: warning: no spike crossed the threshold" >&2; fi

@@ -309,8 +309,43 @@ pub async fn result_file(
         return Err(ApiError::NotFound);
     }
     match st.store().reader(&key).await? {
-        Some((size, r)) => Ok(streamed(size, r, "application/octet-stream")),
+        Some((size, r)) => {
+            let mut resp = streamed(size, r, preview_type(&path));
+            let h = resp.headers_mut();
+            // Shown, never executed: no sniffing, and a document opened on its own (an SVG)
+            // runs no script and loads nothing.
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; sandbox"),
+            );
+            Ok(resp)
+        }
         None => Err(ApiError::NotFound),
+    }
+}
+
+/// The content type a result file is served with: images the page shows inline (PNG, JPEG,
+/// GIF, WebP, SVG), text it previews (CSV, TSV, JSON, text and logs as `text/plain`, so a
+/// browser never runs them), anything else `application/octet-stream`.
+pub fn preview_type(path: &str) -> &'static str {
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "csv" | "tsv" | "json" | "txt" | "log" | "md" | "yaml" | "yml" => {
+            "text/plain; charset=utf-8"
+        }
+        _ => "application/octet-stream",
     }
 }
 
@@ -422,4 +457,22 @@ pub async fn cost(
             .first()
             .and_then(|a| a.spec.budget.for_group(&group)),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_served_as_images_or_plain_text_never_as_html() {
+        assert_eq!(preview_type("process_results/spikes.svg"), "image/svg+xml");
+        assert_eq!(preview_type("process_results/a.PNG"), "image/png");
+        assert_eq!(
+            preview_type("process_results/s.csv"),
+            "text/plain; charset=utf-8"
+        );
+        for p in ["x.html", "x.htm", "x.js", "x.xhtml", "noext", "x.svgz"] {
+            assert_eq!(preview_type(p), "application/octet-stream", "{p}");
+        }
+    }
 }

@@ -302,7 +302,10 @@ pub async fn create(
 
 /// Wait until the job is claimed and checked (its `job.json` exists and is past validation),
 /// at most the configured time.
-async fn wait_claimed(st: &AppState, paths: &JobPaths) -> Result<Option<JobRecord>, ApiError> {
+pub(crate) async fn wait_claimed(
+    st: &AppState,
+    paths: &JobPaths,
+) -> Result<Option<JobRecord>, ApiError> {
     let t0 = Instant::now();
     let mut last = None;
     loop {

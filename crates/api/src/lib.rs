@@ -25,6 +25,7 @@ mod jobs;
 mod meta;
 mod openapi;
 mod ops;
+mod tes;
 mod upload_s3;
 mod uploads;
 mod web;
@@ -51,6 +52,8 @@ pub struct ApiConfig {
     pub log_poll: Duration,
     /// How long `POST .../jobs` waits for the job to be claimed before answering anyway.
     pub claim_wait: Duration,
+    /// What GA4GH TES tasks may ask for (the manager checks the same policy again).
+    pub tes: caas_manager::tes::TesPolicy,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +64,7 @@ impl Default for ApiConfig {
             max_upload: 1 << 40,
             log_poll: Duration::from_millis(250),
             claim_wait: Duration::from_secs(30),
+            tes: Default::default(),
         }
     }
 }
@@ -195,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(tes::routes())
         .merge(web::routes())
         .fallback(meta::fallback)
         .method_not_allowed_fallback(extract::method_not_allowed)

@@ -44,7 +44,17 @@ function bytes(n) {
   return (i === 0 ? n : n.toFixed(1)) + ' ' + u[i];
 }
 
-const usd = (n) => (typeof n === 'number' ? '$' + n.toFixed(4) : '–');
+// Costs of short tasks are fractions of a cent: show two significant digits past the zeros
+// ($0.0000028), cents for a dollar and more ($1.25), never an exponent.
+function usd(n) {
+  if (typeof n !== 'number' || !isFinite(n)) return '–';
+  if (n === 0) return '$0.00';
+  const a = Math.abs(n);
+  if (a >= 1) return '$' + n.toFixed(2);
+  if (a < 1e-10) return (n < 0 ? '-' : '') + '<$0.0000000001';
+  const digits = Math.min(10, Math.max(2, Math.ceil(-Math.log10(a)) + 1));
+  return '$' + n.toFixed(digits);
+}
 
 function when(s) {
   if (!s) return '';
@@ -233,6 +243,12 @@ async function loadAnalyses() {
   $('analysis').replaceChildren(...S.analyses.map((a) => el('option', { value: a.name, text: `${a.name} ${a.version}` })));
 }
 
+// An enum value as a scientist reads it: `slow`, `3`, `true`; JSON only for lists and objects.
+function enumText(v) {
+  if (v === null) return 'null';
+  return typeof v === 'object' ? JSON.stringify(v) : String(v);
+}
+
 function schemaForm(a) {
   const schema = a.config_schema;
   const props = schema.properties && typeof schema.properties === 'object' ? schema.properties : {};
@@ -249,7 +265,7 @@ function schemaForm(a) {
     if (Array.isArray(p.enum)) {
       input = el('select', { id });
       if (!required.has(key)) input.append(el('option', { value: '', text: '(not set)' }));
-      p.enum.forEach((v, i) => input.append(el('option', { value: String(i), text: JSON.stringify(v) })));
+      p.enum.forEach((v, i) => input.append(el('option', { value: String(i), text: enumText(v) })));
       const d = p.enum.findIndex((v) => JSON.stringify(v) === JSON.stringify(p.default));
       if (d >= 0) input.value = String(d);
     } else if (type === 'boolean') {
@@ -328,13 +344,43 @@ async function loadConfigs(select) {
   if (S.configs.some((f) => f.name === was)) sel.value = was;
 }
 
+// The job list: fetched once per refresh, then filtered (state, analysis, text) and shown a
+// page at a time, so a group with thousands of jobs renders 50 rows, not all of them.
+const JOBS_PAGE = 50;
+
 async function loadJobs() {
-  const jobs = (await apiJson('GET', gpath() + '/jobs')) || [];
-  const body = $('jobs');
-  body.replaceChildren();
-  if (!jobs.length) body.append(el('tr', {}, el('td', { colspan: 6, class: 'muted', text: 'No job yet.' })));
-  for (const j of jobs) {
-    body.append(el('tr', { 'data-job': j.job },
+  S.allJobs = (await apiJson('GET', gpath() + '/jobs')) || [];
+  const fill = (id, values, all) => {
+    const sel = $(id);
+    const was = sel.value;
+    sel.replaceChildren(el('option', { value: '', text: all }),
+      ...values.map((v) => el('option', { value: v, text: v })));
+    if (values.includes(was)) sel.value = was;
+  };
+  fill('job-state-filter', [...new Set(S.allJobs.map((j) => j.state))].sort(), 'all states');
+  fill('job-analysis-filter', [...new Set(S.allJobs.map((j) => j.analysis))].sort(), 'all analyses');
+  renderJobs();
+}
+
+function filteredJobs() {
+  const state = $('job-state-filter').value;
+  const analysis = $('job-analysis-filter').value;
+  const text = $('job-filter').value.trim().toLowerCase();
+  return (S.allJobs || []).filter((j) => (!state || j.state === state)
+    && (!analysis || j.analysis === analysis)
+    && (!text || `${j.job} ${j.timestamp} ${j.reason || ''} ${(j.datasets || []).map((d) => d.name).join(' ')}`
+      .toLowerCase().includes(text)));
+}
+
+function renderJobs() {
+  const jobs = filteredJobs();
+  const pages = Math.max(1, Math.ceil(jobs.length / JOBS_PAGE));
+  S.jobsPage = Math.min(Math.max(0, S.jobsPage || 0), pages - 1);
+  const shown = jobs.slice(S.jobsPage * JOBS_PAGE, (S.jobsPage + 1) * JOBS_PAGE);
+  const rows = document.createDocumentFragment();
+  if (!shown.length) rows.append(el('tr', {}, el('td', { colspan: 6, class: 'muted', text: (S.allJobs || []).length ? 'No job matches.' : 'No job yet.' })));
+  for (const j of shown) {
+    rows.append(el('tr', { 'data-job': j.job },
       el('td', {}, el('a', { href: '#job/' + encodeURIComponent(j.job), class: 'job-link', text: j.timestamp || j.job })),
       el('td', { text: j.analysis || '' }),
       el('td', {}, stateBadge(j.state)),
@@ -342,6 +388,11 @@ async function loadJobs() {
       el('td', { text: when(j.created) }),
       el('td', { text: usd(j.cost_usd) })));
   }
+  $('jobs').replaceChildren(rows);
+  $('jobs-count').textContent = `${jobs.length} of ${(S.allJobs || []).length} jobs`;
+  $('jobs-page').textContent = `page ${S.jobsPage + 1} of ${pages}`;
+  $('jobs-prev').disabled = S.jobsPage === 0;
+  $('jobs-next').disabled = S.jobsPage >= pages - 1;
 }
 
 async function loadCost() {
@@ -519,6 +570,7 @@ function openJob(job) {
   $('logs').textContent = '';
   $('log-state').textContent = '';
   $('results').replaceChildren();
+  $('previews').replaceChildren();
   $('certificate').textContent = '';
   $('download-tar').disabled = true;
   pollJob(job, 0);
@@ -605,8 +657,83 @@ async function loadResults(job) {
       ` ${bytes(f.size)}`)));
     if (!files.length) $('results').append(el('li', { class: 'muted', text: 'no result files' }));
     $('download-tar').disabled = false;
+    showPreviews(job, files);
   } catch (e) {
     if (S.jobName === job) showError(e.message);
+  }
+}
+
+// ---------- previews: results looked at, not only downloaded ----------
+
+const IMAGE_TYPES = { png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', webp: 'image/webp', svg: 'image/svg+xml' };
+const PREVIEW_MAX = 4 << 20;
+
+function previewKind(path) {
+  const ext = (path.split('.').pop() || '').toLowerCase();
+  if (IMAGE_TYPES[ext]) return 'image';
+  if (ext === 'csv' || ext === 'tsv') return 'table';
+  if (ext === 'json') return 'json';
+  if (['txt', 'log', 'md', 'yaml', 'yml'].includes(ext)) return 'text';
+  return null;
+}
+
+// A naive CSV/TSV split (quoted fields keep their commas); only the first rows are shown.
+function splitRow(line, sep) {
+  const out = [];
+  let cur = '', q = false;
+  for (const ch of line) {
+    if (ch === '"') q = !q;
+    else if (ch === sep && !q) { out.push(cur); cur = ''; } else cur += ch;
+  }
+  out.push(cur);
+  return out;
+}
+
+async function showPreviews(job, files) {
+  const box = $('previews');
+  box.replaceChildren();
+  // Plots first, then tables, JSON and text; caas's own end marker is not worth a look.
+  const rank = { image: 0, table: 1, json: 2, text: 3 };
+  const shown = files.filter((f) => previewKind(f.path) && f.size <= PREVIEW_MAX
+    && f.path.startsWith('process_results/') && f.path !== 'process_results/end.txt')
+    .sort((a, b) => rank[previewKind(a.path)] - rank[previewKind(b.path)] || a.path.localeCompare(b.path));
+  for (const f of shown) {
+    const kind = previewKind(f.path);
+    const fig = el('figure', { class: 'preview', 'data-path': f.path, 'data-kind': kind },
+      el('figcaption', { text: f.path.replace(/^process_results\//, '') }));
+    box.append(fig);
+    try {
+      const resp = await api('GET', `${jpath(job)}/results/${encPath(f.path)}`);
+      if (S.jobName !== job) return;
+      if (kind === 'image') {
+        // The type comes from the name, never from the bytes; an SVG in <img> runs no script.
+        const ext = f.path.split('.').pop().toLowerCase();
+        const blob = new Blob([await resp.arrayBuffer()], { type: IMAGE_TYPES[ext] });
+        fig.append(el('img', { src: URL.createObjectURL(blob), alt: f.path }));
+        continue;
+      }
+      const text = await resp.text();
+      if (kind === 'table') {
+        const sep = f.path.toLowerCase().endsWith('.tsv') ? '\t' : ',';
+        const lines = text.split(/\r?\n/).filter((l) => l !== '');
+        const rows = lines.slice(0, 21).map((l) => splitRow(l, sep));
+        const table = el('table', { class: 'csv' },
+          el('thead', {}, el('tr', {}, ...(rows[0] || []).map((c) => el('th', { text: c })))),
+          el('tbody', {}, ...rows.slice(1).map((r) => el('tr', {}, ...r.map((c) => el('td', { text: c }))))));
+        fig.append(table);
+        if (lines.length > 21) fig.append(el('p', { class: 'muted', text: `first 20 of ${lines.length - 1} rows` }));
+      } else if (kind === 'json') {
+        let pretty;
+        try { pretty = JSON.stringify(JSON.parse(text), null, 2); } catch { pretty = text; }
+        const lines = pretty.split('\n');
+        fig.append(el('pre', { text: lines.slice(0, 200).join('\n') + (lines.length > 200 ? '\n…' : '') }));
+      } else {
+        const lines = text.split('\n');
+        fig.append(el('pre', { text: lines.slice(0, 40).join('\n') + (lines.length > 40 ? '\n…' : '') }));
+      }
+    } catch (e) {
+      fig.append(el('p', { class: 'muted', text: `no preview: ${e.message}` }));
+    }
   }
 }
 
@@ -737,6 +864,10 @@ function wire() {
   }));
   $('submit-form').addEventListener('submit', guard(submitJob));
   $('refresh-jobs').addEventListener('click', guard(loadJobs));
+  for (const id of ['job-state-filter', 'job-analysis-filter']) $(id).addEventListener('change', () => { S.jobsPage = 0; renderJobs(); });
+  $('job-filter').addEventListener('input', () => { S.jobsPage = 0; renderJobs(); });
+  $('jobs-prev').addEventListener('click', () => { S.jobsPage -= 1; renderJobs(); });
+  $('jobs-next').addEventListener('click', () => { S.jobsPage += 1; renderJobs(); });
   $('back').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = '#'; });
   $('home').addEventListener('click', (ev) => { ev.preventDefault(); location.hash = '#'; });
   $('cancel').addEventListener('click', guard(async () => {

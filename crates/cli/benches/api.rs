@@ -11,6 +11,8 @@
 //!     a result file) against
 //!     `aws s3 cp` to the same moto S3 server the server's store is on (target ratio <= 1.2).
 //!
+//! (d), (e): GA4GH TES (`api/tes.rs`), `CAAS_BENCH_TES_TASKS` (default 3,000).
+//!
 //! `cargo bench --bench api`. The clients run in this process on the same machine as the
 //! server, so on a small machine they compete with it for CPU.
 
@@ -22,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+
+#[path = "api/tes.rs"]
+mod tes;
 
 const IMAGE: &str = "local/busybox:test";
 const PART: usize = 8 * 1024 * 1024;
@@ -731,6 +736,15 @@ async fn run() -> R<()> {
     .await?;
     if submits > 0 {
         part_a(&http, &s, &store, submits).await?;
+        let model = tes::part_d(&http, &s, &store, submits).await?;
+        tes::part_e(
+            &http,
+            &s,
+            &store,
+            &model,
+            env_or("CAAS_BENCH_TES_TASKS", 3000),
+        )
+        .await?;
     }
     if secs > 0 {
         part_b(&http, &s, pollers, followers, poll_ms, secs).await?;

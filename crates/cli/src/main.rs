@@ -61,7 +61,7 @@ enum Command {
     /// Remove this analysis' stopped containers and untagged images (nothing else).
     Prune(dev::PruneArgs),
     /// Run the job manager: watch a store's submissions and run them (the service).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Put datasets (or configs) into a store.
     Upload(user::UploadArgs),
     /// Submit a job: write <group>/submissions/<timestamp>submit.json.
@@ -157,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::History(args) => dev::history(args).await,
         Command::Reset(args) => dev::reset(args).await,
         Command::Prune(args) => dev::prune(args).await,
-        Command::Serve(args) => serve::serve(args).await,
+        Command::Serve(args) => serve::serve(*args).await,
         Command::Upload(args) => user::upload(args).await,
         Command::Submit(args) => user::submit(args).await,
         Command::Status(args) => user::status(args).await,

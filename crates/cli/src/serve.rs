@@ -126,6 +126,25 @@ pub struct ServeArgs {
     /// --signal=B:USR1@SECS) to stop its container and record `timed_out`; 0 = not warned.
     #[arg(long, default_value = "90s", value_parser = humantime_duration)]
     slurm_signal: Duration,
+    /// GA4GH TES: an image pattern (`*`, `?`) TES tasks may run; repeat for several
+    /// (default: only the served analyses' images).
+    #[arg(long = "tes-image")]
+    tes_image: Vec<String>,
+    /// GA4GH TES: most CPU cores one task may ask for (default: this machine's).
+    #[arg(long)]
+    tes_max_cpus: Option<f64>,
+    /// GA4GH TES: most memory one task may ask for, GB.
+    #[arg(long)]
+    tes_max_ram_gb: Option<f64>,
+    /// GA4GH TES: most disk one task may ask for, GB.
+    #[arg(long)]
+    tes_max_disk_gb: Option<f64>,
+    /// GA4GH TES: most GPUs one task may ask for (backend_parameters.gpus).
+    #[arg(long, default_value_t = 0)]
+    tes_max_gpus: u32,
+    /// GA4GH TES: a task's time limit.
+    #[arg(long, default_value = "24h", value_parser = long_duration)]
+    tes_timeout: Duration,
 }
 
 /// The format of `caas serve`'s log lines.
@@ -232,6 +251,13 @@ pub enum ExecutorKind {
     Docker,
     /// A Slurm cluster.
     Slurm,
+}
+
+/// Parse `30m`, `24h`, `7days` (humantime, as `[run] timeout`).
+fn long_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<caas_spec::units::HumanDuration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
 }
 
 /// Parse `500ms`, `2s`, `5m` (also used by `caas task run` for its environment).
@@ -345,7 +371,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
     };
     let served = analyses.clone();
+    let tes = caas_manager::tes::TesPolicy {
+        images: args.tes_image.clone(),
+        max_cpus: args.tes_max_cpus.or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as f64)
+        }),
+        max_ram_gb: args.tes_max_ram_gb,
+        max_disk_gb: args.tes_max_disk_gb,
+        max_gpus: args.tes_max_gpus,
+        timeout: Some(args.tes_timeout),
+    };
     let manager = Manager::start(ManagerConfig {
+        tes: tes.clone(),
         store: store.clone(),
         executor: executor.clone(),
         analyses,
@@ -408,6 +447,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 caas_api::ApiConfig {
                     max_body: args.max_body.0,
                     max_json: args.max_json.0,
+                    tes,
                     ..caas_api::ApiConfig::default()
                 },
             );
@@ -418,6 +458,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             }
             let app = caas_api::router(state);
             eprintln!("caas serve: API on http://{local}/api/v1/ (tokens: caas token create USER)");
+            eprintln!("caas serve: GA4GH TES 1.1 on http://{local}/ga4gh/tes/v1/");
             Some(tokio::spawn(caas_api::serve(listener, app, async move {
                 let _ = api_stopped.await;
             })))

@@ -21,6 +21,8 @@ mod manager;
 mod reject;
 mod schedule;
 mod submitter;
+pub mod tes;
+mod tes_run;
 mod then;
 pub mod worker;
 
@@ -60,6 +62,10 @@ pub enum ManagerError {
     /// The configuration makes no sense.
     #[error("{0}")]
     Config(String),
+    /// A GA4GH TES task breaks TES's rules or the operator's policy (the message names the
+    /// field).
+    #[error("{0}")]
+    TesRefused(String),
 }
 
 /// The claim of one version of a submission (built in `caas_spec::layout`).

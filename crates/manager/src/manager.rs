@@ -18,7 +18,7 @@ use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run
 use caas_runtime::Executor;
 use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
-use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord};
+use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
 
 use crate::analyses::Analyses;
@@ -69,6 +69,8 @@ pub struct ManagerConfig {
     /// On shutdown, stop running tasks (recorded `cancelled`) instead of leaving them running
     /// to be adopted by the next start.
     pub stop_on_shutdown: bool,
+    /// What GA4GH TES tasks may ask for.
+    pub tes: crate::tes::TesPolicy,
 }
 
 /// What start-up found.
@@ -535,8 +537,54 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
+        let raw: Option<Value> = serde_json::from_slice(&bytes).ok();
         let served = self.analyses.current();
-        let (analysis, sub) = match check_submission(&served, group, &bytes) {
+        // A TES task (POST /ga4gh/tes/v1/tasks) runs in the analysis its image names.
+        let tes_analysis = if crate::tes_run::is_tes(raw.as_ref()) {
+            match self.tes_analysis(group, raw.as_ref()).await? {
+                Ok(a) => Some(a),
+                Err(problem) => {
+                    let ts_hint = raw.as_ref().and_then(|v| match v.get("timestamp") {
+                        Some(Value::String(s)) => Some(s.clone()),
+                        Some(Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    });
+                    let placeholder =
+                        crate::tes::analysis_for(&Default::default(), &self.cfg.tes, &served);
+                    return self
+                        .reject(
+                            &placeholder,
+                            group,
+                            key,
+                            id,
+                            ts_hint,
+                            problem,
+                            FIX,
+                            true,
+                            "invalid_tes_task",
+                        )
+                        .await;
+                }
+            }
+        } else {
+            None
+        };
+        let checked = match &tes_analysis {
+            Some(a) => Submission::parse(&bytes, group)
+                .map(|s| (a, s))
+                .map_err(|e| crate::Refusal {
+                    analysis: a,
+                    problem: e.to_string(),
+                    timestamp: raw
+                        .as_ref()
+                        .and_then(|v| v.get("timestamp"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    own_folder: true,
+                }),
+            None => check_submission(&served, group, &bytes),
+        };
+        let (analysis, sub) = match checked {
             Ok(ok) => ok,
             Err(r) => {
                 return self
@@ -614,6 +662,9 @@ impl Inner {
             && rec.origin == origin
         {
             if rec.state.is_terminal() {
+                if tes_analysis.is_some() {
+                    self.deliver_tes_outputs(group, raw.as_ref(), &rec).await?;
+                }
                 if store.head(&paths.end_marker()).await?.is_none() {
                     store.put(&paths.end_marker(), END_MARKER_BODY).await?;
                 }
@@ -677,6 +728,10 @@ impl Inner {
                 {
                     *s += cost;
                     set_spent_metric(group, *s);
+                }
+                if tes_analysis.is_some() {
+                    self.deliver_tes_outputs(group, raw.as_ref(), &outcome.record)
+                        .await?;
                 }
                 tracing::info!(job = %outcome.record.job_id, state = %outcome.record.state, "job finished");
                 self.chain(analysis, group, &job_id, &outcome.record).await

@@ -119,6 +119,7 @@ impl Env {
             work_root: self.root.join(".caas").join("work"),
             manager_id: id.into(),
             stop_on_shutdown: false,
+            tes: Default::default(),
         }
     }
 }

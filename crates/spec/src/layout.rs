@@ -390,6 +390,74 @@ pub fn is_ledger_group(folder: &str) -> bool {
     folder.parse::<GroupName>().is_ok()
 }
 
+/// The analysis name a GA4GH TES task runs under: its job folder is `job__tes_<task id>`.
+pub const TES_ANALYSIS: &str = "tes";
+
+/// A TES task id: `tes-` and 32 lowercase hex digits (128 random bits; unguessable).
+pub fn is_tes_task_id(id: &str) -> bool {
+    id.strip_prefix("tes-")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// The keys of one TES task, built only from a checked id.
+#[derive(Clone, Debug)]
+pub struct TesPaths {
+    group: GroupName,
+    id: String,
+}
+
+impl TesPaths {
+    /// The keys of task `id` in `group`; `None` when `id` is not a TES task id.
+    pub fn new(group: &GroupName, id: &str) -> Option<Self> {
+        is_tes_task_id(id).then(|| Self {
+            group: group.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The task as asked for (also the job's config): `<group>/configs/<id>.json`.
+    pub fn task(&self) -> String {
+        format!("{}/{}.json", configs_prefix(&self.group), self.id)
+    }
+
+    /// The dataset folder the task's inputs are staged from: `<group>/inputs/<id>`.
+    pub fn inputs(&self) -> String {
+        format!("{}/{}", inputs_prefix(&self.group), self.id)
+    }
+
+    /// Input number `n` of the task, inside [`Self::inputs`].
+    pub fn input(&self, n: usize) -> String {
+        format!("{}/in/{n}", self.inputs())
+    }
+
+    /// The job that runs it.
+    pub fn job(&self) -> JobPaths {
+        JobPaths::in_folder(
+            &self.group,
+            &format!("{JOB_FOLDER_PREFIX}{TES_ANALYSIS}_{}", self.id),
+        )
+    }
+
+    /// What became of the task's outputs (written once they are delivered).
+    pub fn outputs_record(&self) -> String {
+        format!("{}/tes_outputs.json", self.job().root())
+    }
+}
+
+/// Where the task's container copies output number `n`, inside the job's `process_results`.
+pub fn tes_output_folder(n: usize) -> String {
+    format!("tes-outputs/{n}")
+}
+
+/// Where the task's container records its executors (exit codes, times, stdout, stderr),
+/// inside the job's `process_results`.
+pub const TES_EXECUTORS_FOLDER: &str = "tes-executors";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,6 +510,31 @@ mod tests {
             running_entry(&task_id(&a, &j, 0)),
             running_entry(&task_id(&b, &j, 0))
         );
+    }
+
+    #[test]
+    fn tes_keys_are_built_only_from_task_ids() {
+        let g: GroupName = "lab".parse().unwrap();
+        let id = "tes-0123456789abcdef0123456789abcdef";
+        let p = TesPaths::new(&g, id).unwrap();
+        assert_eq!(p.task(), format!("lab/configs/{id}.json"));
+        assert_eq!(p.inputs(), format!("lab/inputs/{id}"));
+        assert_eq!(p.input(2), format!("lab/inputs/{id}/in/2"));
+        assert_eq!(p.job().root(), format!("lab/results/job__tes_{id}"));
+        assert_eq!(
+            p.outputs_record(),
+            format!("lab/results/job__tes_{id}/tes_outputs.json")
+        );
+        for bad in [
+            "",
+            "tes-",
+            "tes-0123456789ABCDEF0123456789abcdef",
+            "tes-0123456789abcdef0123456789abcde",
+            "tes-../../0123456789abcdef012345678",
+            "0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(TesPaths::new(&g, bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,470 @@
+//! Reading TES tasks back: a task found among the token's groups (any other is 404), its
+//! state mapped from the caas job (both ways: every TES state has its caas states), and the
+//! `MINIMAL`, `BASIC` and `FULL` views with the task log (times, executor exit codes,
+//! stdout/stderr tails, outputs delivered, and `system_logs` with what caas decided).
+//! `GET /tasks` lists with `name_prefix`, `state`, `tag_key`/`tag_value` and pages.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use caas_manager::tes::{MAX_TASK_BYTES, TesTask};
+use caas_spec::layout::{TES_EXECUTORS_FOLDER, TesPaths, configs_prefix, is_tes_task_id};
+use caas_spec::{GroupName, JobRecord, State as JobState};
+
+use crate::AppState;
+use crate::auth::{Auth, Principal};
+use crate::error::ApiError;
+
+/// The TES states.
+pub const STATES: [&str; 11] = [
+    "UNKNOWN",
+    "QUEUED",
+    "INITIALIZING",
+    "RUNNING",
+    "PAUSED",
+    "COMPLETE",
+    "EXECUTOR_ERROR",
+    "SYSTEM_ERROR",
+    "CANCELED",
+    "CANCELING",
+    "PREEMPTED",
+];
+
+/// How much of a task to show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// `id` and `state`.
+    Minimal,
+    /// All but inline content, executor stdout/stderr and system logs.
+    Basic,
+    /// Everything.
+    Full,
+}
+
+fn parse_view(v: Option<&str>, default: View) -> Result<View, ApiError> {
+    match v {
+        None => Ok(default),
+        Some("MINIMAL") => Ok(View::Minimal),
+        Some("BASIC") => Ok(View::Basic),
+        Some("FULL") => Ok(View::Full),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "view {other:?}: use MINIMAL, BASIC or FULL"
+        ))),
+    }
+}
+
+/// The TES state of a task from its job: `job` is its record (none before the claim),
+/// `cancel_asked` whether a cancel was requested, `delivered` whether its outputs are.
+pub fn tes_state(job: Option<&JobRecord>, cancel_asked: bool, delivered: bool) -> &'static str {
+    let Some(job) = job else {
+        return "QUEUED";
+    };
+    let task = job.tasks.first();
+    match job.state {
+        _ if cancel_asked && !job.state.is_terminal() => "CANCELING",
+        JobState::Submitted | JobState::Queued => "QUEUED",
+        JobState::Validating | JobState::Staging => "INITIALIZING",
+        JobState::Running | JobState::Uploading => "RUNNING",
+        JobState::Succeeded if delivered => "COMPLETE",
+        JobState::Succeeded => "RUNNING",
+        JobState::Cancelled => "CANCELED",
+        JobState::Rejected => "SYSTEM_ERROR",
+        JobState::Lost
+            if job
+                .reason
+                .iter()
+                .chain(task.and_then(|t| t.reason.as_ref()))
+                .any(|r| r.contains("PREEMPTED")) =>
+        {
+            "PREEMPTED"
+        }
+        JobState::Lost => "SYSTEM_ERROR",
+        JobState::Failed | JobState::TimedOut => {
+            if task.is_some_and(|t| t.exit_code.is_some()) {
+                "EXECUTOR_ERROR"
+            } else {
+                "SYSTEM_ERROR"
+            }
+        }
+    }
+}
+
+/// A task of the token's groups by id; anything else is a 404.
+pub async fn find(
+    st: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<(GroupName, TesPaths), ApiError> {
+    if !is_tes_task_id(id) {
+        return Err(ApiError::NotFound);
+    }
+    for g in &p.user.groups {
+        let Ok(group) = p.group(g) else { continue };
+        let Some(paths) = TesPaths::new(&group, id) else {
+            continue;
+        };
+        if st.store().head(&paths.task()).await?.is_some() {
+            return Ok((group, paths));
+        }
+    }
+    Err(ApiError::NotFound)
+}
+
+/// `view` query of `GET /tasks/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct GetQuery {
+    view: Option<String>,
+}
+
+/// `GET /tasks/{id}`.
+pub async fn get_task(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let view = parse_view(q.view.as_deref(), View::Minimal)?;
+    let (_, paths) = find(&st, &p, &id).await?;
+    match render(&st, &paths, view, None).await? {
+        Some(v) => Ok(Json(v)),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+async fn read_json(st: &AppState, key: &str) -> Result<Option<Value>, ApiError> {
+    Ok(st
+        .store()
+        .get_small(key, MAX_TASK_BYTES as u64)
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
+/// The last `max` bytes of a stored text file.
+async fn tail(st: &AppState, key: &str, max: u64) -> Result<Option<String>, ApiError> {
+    let Some(meta) = st.store().head(key).await? else {
+        return Ok(None);
+    };
+    let from = meta.size.saturating_sub(max);
+    Ok(st
+        .store()
+        .get_from(key, from)
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// One task in `view`; `task` when the caller already read it (listing filters).
+async fn render(
+    st: &AppState,
+    paths: &TesPaths,
+    view: View,
+    task: Option<TesTask>,
+) -> Result<Option<Value>, ApiError> {
+    let store = st.store();
+    let job = caas_client::read_record(store, &paths.job()).await?;
+    let cancel_asked = store.head(&paths.job().cancel_request()).await?.is_some();
+    let outputs = match job.as_ref().map(|j| j.state) {
+        Some(s) if s.is_terminal() => read_json(st, &paths.outputs_record()).await?,
+        _ => None,
+    };
+    let state = tes_state(job.as_ref(), cancel_asked, outputs.is_some());
+    if view == View::Minimal {
+        return Ok(Some(json!({"id": paths.id(), "state": state})));
+    }
+    let task = match task {
+        Some(t) => t,
+        None => match read_json(st, &paths.task()).await? {
+            Some(v) => serde_json::from_value::<TesTask>(v).unwrap_or_default(),
+            None => return Ok(None),
+        },
+    };
+    let mut v = serde_json::to_value(&task).unwrap_or(Value::Null);
+    let Some(obj) = v.as_object_mut() else {
+        return Ok(None);
+    };
+    obj.insert("id".into(), json!(paths.id()));
+    obj.insert("state".into(), json!(state));
+    if view == View::Basic
+        && let Some(Value::Array(inputs)) = obj.get_mut("inputs")
+    {
+        for i in inputs {
+            if let Some(i) = i.as_object_mut() {
+                i.remove("content");
+            }
+        }
+    }
+    let log = task_log(st, paths, &task, job.as_ref(), outputs.as_ref(), view).await?;
+    obj.insert("logs".into(), Value::Array(log.into_iter().collect()));
+    Ok(Some(v))
+}
+
+/// The task log: one entry for the task's run (with the attempt count in `system_logs`).
+async fn task_log(
+    st: &AppState,
+    paths: &TesPaths,
+    task: &TesTask,
+    job: Option<&JobRecord>,
+    outputs: Option<&Value>,
+    view: View,
+) -> Result<Option<Value>, ApiError> {
+    let Some(job) = job else {
+        return Ok(None);
+    };
+    let t = job.tasks.first();
+    let mut log = Map::new();
+    if let Some(s) = t.and_then(|t| t.started) {
+        log.insert("start_time".into(), json!(s.to_rfc3339()));
+    }
+    if let Some(e) = t.and_then(|t| t.finished).or(job.finished) {
+        log.insert("end_time".into(), json!(e.to_rfc3339()));
+    }
+    let results = paths.job().results();
+    let mut execs = Vec::new();
+    if job.state.is_terminal() {
+        for i in 0..task.executors.len() {
+            let base = format!("{results}/{TES_EXECUTORS_FOLDER}/{i}");
+            let Some(line) = tail(st, &format!("{base}.exit"), 256).await? else {
+                continue;
+            };
+            let mut parts = line.split_whitespace();
+            let mut e = Map::new();
+            if let Some(code) = parts.next().and_then(|c| c.parse::<i64>().ok()) {
+                e.insert("exit_code".into(), json!(code));
+            }
+            if let Some(t0) = parts.next() {
+                e.insert("start_time".into(), json!(t0));
+            }
+            if let Some(t1) = parts.next() {
+                e.insert("end_time".into(), json!(t1));
+            }
+            if view == View::Full {
+                for s in ["stdout", "stderr"] {
+                    if let Some(text) = tail(st, &format!("{base}.{s}"), 16 << 10).await? {
+                        e.insert(s.into(), json!(text));
+                    }
+                }
+            }
+            execs.push(Value::Object(e));
+        }
+    }
+    log.insert("logs".into(), Value::Array(execs));
+    if let Some(o) = outputs.and_then(|o| o.get("outputs")) {
+        log.insert("outputs".into(), o.clone());
+    }
+    if view == View::Full {
+        let mut sys = Vec::new();
+        sys.push(format!(
+            "caas job {} in group {}: {}",
+            paths.job().root().rsplit('/').next().unwrap_or_default(),
+            job.group,
+            job.state
+        ));
+        if let Some(r) = &job.reason {
+            sys.push(r.clone());
+        }
+        if let Some(t) = t {
+            if t.attempt > 0 {
+                sys.push(format!(
+                    "attempt {}: an earlier run was lost and the task was run again",
+                    t.attempt + 1
+                ));
+            }
+            if let Some(r) = &t.reason
+                && job.reason.as_ref() != Some(r)
+            {
+                sys.push(r.clone());
+            }
+            if t.cost_usd > 0.0 {
+                sys.push(format!("cost: ${:.6}", t.cost_usd));
+            }
+        }
+        if let Some(Value::Array(notes)) = outputs.and_then(|o| o.get("system_logs")) {
+            sys.extend(notes.iter().filter_map(|n| n.as_str().map(str::to_string)));
+        }
+        log.insert("system_logs".into(), json!(sys));
+    }
+    Ok(Some(Value::Object(log)))
+}
+
+/// Query of `GET /tasks`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    name_prefix: Option<String>,
+    state: Option<String>,
+    #[serde(default)]
+    tag_key: Vec<String>,
+    #[serde(default)]
+    tag_value: Vec<String>,
+    page_size: Option<String>,
+    page_token: Option<String>,
+    view: Option<String>,
+}
+
+/// `GET /tasks`: the token's groups' tasks, newest first.
+pub async fn list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    raw: axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_list_query(raw.0.as_deref().unwrap_or(""))?;
+    let view = parse_view(q.view.as_deref(), View::Minimal)?;
+    if let Some(s) = &q.state
+        && !STATES.contains(&s.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "state {s:?} is not a TES state ({})",
+            STATES.join(", ")
+        )));
+    }
+    if q.tag_value.len() > q.tag_key.len() {
+        return Err(ApiError::BadRequest(
+            "every tag_value needs a tag_key before it".into(),
+        ));
+    }
+    let page_size: usize = match &q.page_size {
+        None => 256,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=2048).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "page_size {s:?}: give a number from 1 to 2048"
+                )));
+            }
+        },
+    };
+    let skip: usize = match &q.page_token {
+        None => 0,
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::BadRequest(format!("page_token {t:?} is not one this server gave"))
+        })?,
+    };
+    let store = st.store();
+    let mut all = Vec::new();
+    for g in &p.user.groups {
+        let Ok(group) = p.group(g) else { continue };
+        let (_, objs) = store.list_dir(&configs_prefix(&group)).await?;
+        for o in objs {
+            let Some(id) = o
+                .location
+                .filename()
+                .and_then(|f| f.strip_suffix(".json"))
+                .filter(|f| is_tes_task_id(f))
+            else {
+                continue;
+            };
+            if let Some(paths) = TesPaths::new(&group, id) {
+                all.push((o.last_modified, paths));
+            }
+        }
+    }
+    all.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.id().cmp(a.1.id())));
+    let needs_task = q.name_prefix.is_some() || !q.tag_key.is_empty();
+    let mut tasks = Vec::new();
+    let mut matched = 0usize;
+    let mut next = None;
+    for (_, paths) in all {
+        let task = if needs_task || view != View::Minimal {
+            match read_json(&st, &paths.task()).await? {
+                Some(v) => Some(serde_json::from_value::<TesTask>(v).unwrap_or_default()),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        if let Some(t) = &task {
+            if let Some(prefix) = &q.name_prefix
+                && !t.name.as_deref().unwrap_or("").starts_with(prefix.as_str())
+            {
+                continue;
+            }
+            let tags_ok = q.tag_key.iter().enumerate().all(|(i, k)| {
+                match (t.tags.get(k), q.tag_value.get(i)) {
+                    (Some(v), Some(want)) => v == want,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                }
+            });
+            if !tags_ok {
+                continue;
+            }
+        }
+        let minimal = match &q.state {
+            Some(want) => match render(&st, &paths, View::Minimal, None).await? {
+                Some(v) if v["state"] == want.as_str() => Some(v),
+                _ => continue,
+            },
+            None => None,
+        };
+        if matched >= skip + page_size {
+            next = Some((skip + page_size).to_string());
+            break;
+        }
+        if matched >= skip {
+            let v = match (view, minimal) {
+                (View::Minimal, Some(v)) => Some(v),
+                _ => render(&st, &paths, view, task).await?,
+            };
+            tasks.extend(v);
+        }
+        matched += 1;
+    }
+    let mut body = json!({"tasks": tasks});
+    if let Some(n) = next {
+        body["next_page_token"] = json!(n);
+    }
+    Ok(Json(body))
+}
+
+/// The list query, with repeated `tag_key`/`tag_value` kept in order.
+fn parse_list_query(raw: &str) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery {
+        name_prefix: None,
+        state: None,
+        tag_key: Vec::new(),
+        tag_value: Vec::new(),
+        page_size: None,
+        page_token: None,
+        view: None,
+    };
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| {
+            percent_decode(s).ok_or_else(|| {
+                ApiError::BadRequest(format!("the query parameter {k:?} is not valid UTF-8"))
+            })
+        };
+        let v = dec(v)?;
+        match dec(k)?.as_str() {
+            "name_prefix" => q.name_prefix = Some(v),
+            "state" => q.state = Some(v),
+            "tag_key" => q.tag_key.push(v),
+            "tag_value" => q.tag_value.push(v),
+            "page_size" => q.page_size = Some(v),
+            "page_token" => q.page_token = Some(v),
+            "view" => q.view = Some(v),
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            b'%' => return None,
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}

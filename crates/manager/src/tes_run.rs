@@ -1,0 +1,149 @@
+//! The manager's side of a GA4GH TES task (see [`crate::tes`]): read the task a submission
+//! with `"analysis": "tes"` points at, check it against the operator's policy again (a task
+//! written straight into the bucket gets the same checks as one sent to the API), and, once
+//! its job succeeded, deliver its outputs from `process_results/tes-outputs/` to the URLs it
+//! named in the group's prefix, never replacing a stored file.
+
+use serde_json::{Value, json};
+
+use caas_spec::layout::{TES_ANALYSIS, TesPaths, tes_output_folder};
+use caas_spec::{GroupName, JobRecord, State};
+
+use crate::ManagerError;
+use crate::manager::{Analysis, Inner};
+use crate::tes::{self, MAX_TASK_BYTES, TesTask};
+
+/// Whether a submission (its parsed JSON) is a TES task's.
+pub(crate) fn is_tes(raw: Option<&Value>) -> bool {
+    raw.and_then(|v| v.get("analysis"))
+        .and_then(Value::as_str)
+        .is_some_and(|a| a == TES_ANALYSIS)
+}
+
+/// The TES task id a submission's `timestamp` names, with its keys.
+pub(crate) fn tes_paths(group: &GroupName, raw: Option<&Value>) -> Option<TesPaths> {
+    let ts = raw?.get("timestamp")?.as_str()?;
+    TesPaths::new(group, ts)
+}
+
+impl Inner {
+    /// The analysis a TES submission runs as; `Ok(Err(problem))` when the task is refused.
+    pub(crate) async fn tes_analysis(
+        &self,
+        group: &GroupName,
+        raw: Option<&Value>,
+    ) -> Result<Result<Analysis, String>, ManagerError> {
+        let Some(paths) = tes_paths(group, raw) else {
+            return Ok(Err(
+                "a TES submission's timestamp must be its task id (tes-<32 hex digits>)".into(),
+            ));
+        };
+        let Some(bytes) = self
+            .cfg
+            .store
+            .get_small(&paths.task(), MAX_TASK_BYTES as u64)
+            .await?
+        else {
+            return Ok(Err(format!(
+                "the TES task {} has no task document",
+                paths.id()
+            )));
+        };
+        let task: TesTask = match serde_json::from_slice(&bytes) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(format!("the TES task document is not valid: {e}"))),
+        };
+        if let Err(e) = tes::check(&task, &self.cfg.tes, &self.cfg.analyses) {
+            return Ok(Err(e.to_string()));
+        }
+        Ok(Ok(tes::analysis_for(
+            &task,
+            &self.cfg.tes,
+            &self.cfg.analyses,
+        )))
+    }
+
+    /// Deliver a finished TES job's outputs (once: the record of what was delivered is
+    /// written last, so a restart between the two delivers again and finds the files there).
+    pub(crate) async fn deliver_tes_outputs(
+        &self,
+        group: &GroupName,
+        raw: Option<&Value>,
+        record: &JobRecord,
+    ) -> Result<(), ManagerError> {
+        let store = &self.cfg.store;
+        let Some(paths) = tes_paths(group, raw) else {
+            return Ok(());
+        };
+        if store.head(&paths.outputs_record()).await?.is_some() {
+            return Ok(());
+        }
+        let Some(bytes) = store
+            .get_small(&paths.task(), MAX_TASK_BYTES as u64)
+            .await?
+        else {
+            return Ok(());
+        };
+        let Ok(task) = serde_json::from_slice::<TesTask>(&bytes) else {
+            return Ok(());
+        };
+        let mut delivered = Vec::new();
+        let mut notes = Vec::new();
+        if record.state == State::Succeeded {
+            let results = paths.job().results();
+            for (n, o) in task.outputs.iter().enumerate() {
+                let what = tes::label("output", n, o.name.as_deref(), &o.path);
+                let target = match tes::resolve_url(store.location(), group, &o.url, &what, true) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        notes.push(e.to_string());
+                        continue;
+                    }
+                };
+                let src = format!("{results}/{}", tes_output_folder(n));
+                let mut files = Vec::new();
+                if let Some(m) = store.head(&src).await? {
+                    files.push((src.clone(), String::new(), m.size));
+                } else {
+                    for m in store.list(&src).await? {
+                        let key = m.location.to_string();
+                        if let Some(rel) = key.strip_prefix(&format!("{src}/")) {
+                            files.push((key.clone(), rel.to_string(), m.size));
+                        }
+                    }
+                }
+                if files.is_empty() {
+                    notes.push(format!("{what}: nothing matched {:?}", o.path));
+                }
+                for (key, rel, size) in files {
+                    let (dest, url, path) = if rel.is_empty() {
+                        (target.clone(), o.url.clone(), o.path.clone())
+                    } else {
+                        let base = o.path_prefix.as_deref().unwrap_or(&o.path);
+                        (
+                            format!("{target}/{rel}"),
+                            format!("{}/{rel}", o.url.trim_end_matches('/')),
+                            format!("{}/{rel}", base.trim_end_matches('/')),
+                        )
+                    };
+                    let Some(body) = store.get(&key).await? else {
+                        continue;
+                    };
+                    if store.create(&dest, body).await? {
+                        delivered.push(
+                            json!({"url": url, "path": path, "size_bytes": size.to_string()}),
+                        );
+                    } else {
+                        notes.push(format!(
+                            "{what}: {url} already exists and was not replaced; the file is kept in the job's results ({key})"
+                        ));
+                    }
+                }
+            }
+        }
+        let body = json!({"outputs": delivered, "system_logs": notes});
+        store.put(&paths.outputs_record(), body.to_string()).await?;
+        tracing::info!(task = %paths.id(), outputs = delivered.len(), "TES outputs delivered");
+        Ok(())
+    }
+}
