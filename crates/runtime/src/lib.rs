@@ -11,6 +11,7 @@
 //! still use [`Docker`] directly.
 
 mod build;
+mod charliecloud;
 mod dev;
 mod docker;
 mod executor;
@@ -20,12 +21,15 @@ mod images;
 mod slurm;
 
 pub use build::{BuildEvent, BuildOptions};
+pub use charliecloud::Charliecloud;
 pub use dev::{
     ContainerState, DevSpec, ExecInput, ExecOutput, FileChange, ImageDetails, LABEL_DEV,
     LABEL_FOLDER, collect_output, output_chunks,
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
-pub use executor::{ExecFuture, Executor, RemoteEnd, RemoteTask, TaskContainer};
+pub use executor::{
+    ExecFuture, Executor, ImageConfig, ImageForm, RemoteEnd, RemoteTask, TaskContainer,
+};
 pub use slurm::{
     GONE, NodeEngine, QueryCalls, Slurm, SlurmConfig, is_involuntary, is_terminal, job_comment,
     job_name, parse_rate,
