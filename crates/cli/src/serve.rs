@@ -85,8 +85,8 @@ pub struct ServeArgs {
     /// Slurm: at most this many sbatch calls, e.g. 10/min, 2/s (default: no limit).
     #[arg(long, value_parser = caas_runtime::parse_rate)]
     submit_rate: Option<u32>,
-    /// Slurm: the nodes' container engine: docker, or podman (rootful, through its
-    /// Docker-compatible API).
+    /// Slurm: the nodes' container engine: docker, podman (rootful, through its
+    /// Docker-compatible API), or charliecloud (unprivileged; the manager needs no engine).
     #[arg(long, value_enum, default_value_t = NodeEngineArg::Docker)]
     node_engine: NodeEngineArg,
     /// Slurm: how many times a task whose Slurm job ended without an outcome (node failure,
@@ -106,6 +106,8 @@ pub enum NodeEngineArg {
     Docker,
     /// Rootful Podman.
     Podman,
+    /// Charliecloud, as an ordinary user.
+    Charliecloud,
 }
 
 /// Where `caas serve` runs tasks.
@@ -161,20 +163,34 @@ fn host_name() -> String {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let id = args.id.clone().unwrap_or_else(host_name);
-    let docker = Docker::connect().await?;
+    // A manager whose nodes run an unprivileged engine needs no engine of its own: it runs the
+    // analyses' active images by id, validated against what `caas publish` put in the store.
+    let engine_free =
+        args.executor == ExecutorKind::Slurm && args.node_engine == NodeEngineArg::Charliecloud;
+    let docker = match Docker::connect().await {
+        Ok(d) => Some(d),
+        Err(e) if engine_free => {
+            tracing::info!(error = %e, "no container engine here: images are validated against the store");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = Store::open(&args.store)?;
     let mut analyses = Vec::new();
     let mut dirs = std::collections::BTreeMap::new();
     for dir in &args.analysis {
         // The same image `caas run` would use in that folder: the active (built or saved) one.
         let folder = AnalysisFolder::load(dir).map_err(dev_error)?;
-        let image = default_image(&docker, &folder).await.map_err(dev_error)?;
+        let image = match &docker {
+            Some(docker) => default_image(docker, &folder).await.map_err(dev_error)?,
+            None => crate::publish::published_active_image(&store, &folder).await?,
+        };
         dirs.insert(folder.spec.analysis.name.to_string(), folder.dir.clone());
         analyses.push(Analysis {
             spec: folder.spec,
             image,
         });
     }
-    let store = Store::open(&args.store)?;
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("work"),
@@ -185,7 +201,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .map(|a| a.spec.analysis.name.to_string())
         .collect();
     let executor: Arc<dyn Executor> = match args.executor {
-        ExecutorKind::Docker => Arc::new(docker),
+        ExecutorKind::Docker => Arc::new(docker.ok_or_else(|| user("no Docker engine"))?),
         ExecutorKind::Slurm => {
             let mut cfg = SlurmConfig::new(dirs);
             if let Some(bin) = &args.caas_bin {
@@ -201,8 +217,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             cfg.node_engine = match args.node_engine {
                 NodeEngineArg::Docker => NodeEngine::Docker,
                 NodeEngineArg::Podman => NodeEngine::Podman,
+                NodeEngineArg::Charliecloud => NodeEngine::Charliecloud,
             };
-            Arc::new(Slurm::new(cfg, Some(docker)))
+            Arc::new(Slurm::new(cfg, docker))
         }
     };
     let served = analyses.clone();

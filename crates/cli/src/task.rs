@@ -1,7 +1,7 @@
 //! `caas task run` (hidden): the node agent. A Slurm batch script runs it on a node; it runs
 //! one attempt of one task of a job through the same task pipeline as `caas run` and `caas
-//! serve`, with the node's engine (Docker, or rootful Podman through its Docker-compatible
-//! API), talking only to the store. SIGTERM/SIGINT (scancel, Slurm's time limit) stop and
+//! serve`, with the node's engine (Docker, rootful Podman through its Docker-compatible API, or
+//! Charliecloud as the node user), talking only to the store. SIGTERM/SIGINT (scancel, Slurm's time limit) stop and
 //! remove its container and record the task `cancelled`; SIGUSR1 (Slurm's `--signal` before the
 //! time limit) does the same and records it `timed_out`.
 
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{NodeTask, Observer, run_node_task};
-use caas_runtime::{Docker, Executor};
+use caas_runtime::{Charliecloud, Docker, Executor};
 use caas_spec::State;
 use caas_store::Store;
 
@@ -60,9 +60,10 @@ pub struct TaskRunArgs {
     /// next).
     #[arg(long, default_value_t = 0)]
     attempt: u32,
-    /// The node's container engine: docker (DOCKER_HOST or the local socket) or podman
+    /// The node's container engine: docker (DOCKER_HOST or the local socket), podman
     /// (rootful, through its Docker-compatible API: CAAS_PODMAN_SOCKET, /run/podman/podman.sock,
-    /// or a `podman system service` this agent starts for its own lifetime).
+    /// or a `podman system service` this agent starts for its own lifetime), or charliecloud
+    /// (ch-run as the node user, images converted into CAAS_NODE_CACHE).
     #[arg(long, default_value = "docker")]
     engine: String,
     /// Scratch folder for staging (default: inside a local store, else the temp dir).
@@ -147,16 +148,19 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         (None, None) => std::env::temp_dir().join("caas-node-work"),
     };
     // Held until the end: a Podman service this agent started stops with it.
-    let (docker, _service) = match args.engine.as_str() {
-        "docker" => (Docker::connect().await?, None),
-        "podman" => podman().await?,
+    let (executor, _service): (Arc<dyn Executor>, _) = match args.engine.as_str() {
+        "docker" => (Arc::new(Docker::connect().await?), None),
+        "podman" => {
+            let (d, service) = podman().await?;
+            (Arc::new(d), service)
+        }
+        "charliecloud" => (Arc::new(Charliecloud::new(node_cache()?)), None),
         other => {
             return Err(user(format!(
-                "--engine {other}: the node engine is docker or podman"
+                "--engine {other}: the node engine is docker, podman or charliecloud"
             )));
         }
     };
-    let executor: Arc<dyn Executor> = Arc::new(docker);
     let runner = match std::env::var("SLURM_JOB_ID") {
         Ok(id) => format!("slurm job {id}"),
         Err(_) => format!("pid {}", std::process::id()),
@@ -185,6 +189,19 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         State::TimedOut => 124,
         _ => 1,
     })
+}
+
+/// The node user's own image cache: `CAAS_NODE_CACHE`, else `$HOME/.cache/caas`.
+fn node_cache() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CAAS_NODE_CACHE").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("caas")),
+        None => Err(user(
+            "neither CAAS_NODE_CACHE nor HOME is set on this node: no place for the image cache",
+        )),
+    }
 }
 
 /// A `podman system service` this agent started; killed when dropped.

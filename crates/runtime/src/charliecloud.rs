@@ -636,6 +636,15 @@ impl Executor for Charliecloud {
         ImageForm::RootFs
     }
 
+    fn limits_note(&self) -> Option<String> {
+        Some(
+            "limits: Charliecloud applies none itself; CPUs and memory are Slurm's allocation \
+             (--cpus-per-task, --mem, enforced by Slurm's cgroups where the site enables them), \
+             the process count is not limited; the timeout is the node agent's"
+                .into(),
+        )
+    }
+
     fn load_rootfs<'a>(
         &'a self,
         image_id: &'a str,

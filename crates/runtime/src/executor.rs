@@ -191,6 +191,12 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         .boxed()
     }
 
+    /// For an engine that does not apply a task's limits itself: which it leaves to the
+    /// scheduler, for the certificate. `None`: it applies them (Docker, Podman).
+    fn limits_note(&self) -> Option<String> {
+        None
+    }
+
     /// The form in which this engine takes a published image.
     fn image_form(&self) -> ImageForm {
         ImageForm::DockerArchive

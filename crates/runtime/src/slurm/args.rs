@@ -17,6 +17,8 @@ pub enum NodeEngine {
     Docker,
     /// Rootful Podman, through its Docker-compatible API (`podman system service`).
     Podman,
+    /// Charliecloud (`ch-run`), unprivileged, with images converted into `CAAS_NODE_CACHE`.
+    Charliecloud,
 }
 
 impl NodeEngine {
@@ -25,6 +27,7 @@ impl NodeEngine {
         match self {
             Self::Docker => "docker",
             Self::Podman => "podman",
+            Self::Charliecloud => "charliecloud",
         }
     }
 }
