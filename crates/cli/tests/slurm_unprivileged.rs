@@ -301,3 +301,81 @@ fn charliecloud_nodes_run_a_published_image_for_a_manager_and_agents_without_roo
         stdout(&left)
     );
 }
+
+fn no_process_matching(pattern: &str) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        let out = Command::new("pgrep")
+            .args(["-f", pattern])
+            .output()
+            .unwrap();
+        stdout(&out).trim().is_empty()
+    })
+}
+
+#[test]
+fn charliecloud_tasks_time_out_and_cancel_as_on_docker_and_leave_no_process() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = sandbox_for_lab();
+    // Each task starts a process outside its process group and one inside, then waits.
+    let (_id, slow) = pinned_analysis(
+        &sb,
+        "lab-slow",
+        "echo started; setsid sleep 3121 & sleep 3122 & sleep 300",
+        "timeout = \"3s\"",
+    );
+    let store = sb.store();
+    std::fs::create_dir_all(&store).unwrap();
+    publish(&store, &slow);
+    put_inputs(&store, b"1\n");
+    submit_one(&store, "t1");
+    chown_lab(&store);
+    let cache = sb.path().join("node-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_lab(&cache);
+    let srv = LabServer::start(&store, &slow, &cache, &sb.path().join("serve.log"));
+
+    // The task's own timeout, enforced by the agent.
+    let job = store.join("lab/results/job__lab-slow_t1");
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv.log_text());
+    let rec = read_json(&job.join("job.json"));
+    assert_eq!(rec["tasks"][0]["state"], "timed_out", "{rec}");
+    assert!(
+        no_process_matching("sleep 312[12]"),
+        "a timed-out task left processes"
+    );
+
+    // `caas cancel` (as the lab user): scancel, the agent stops the task and records it.
+    submit_one(&store, "c1");
+    chown_lab(&store);
+    let job = store.join("lab/results/job__lab-slow_c1");
+    assert!(
+        wait_for(LIMIT, || {
+            std::fs::read_to_string(job.join("logs/a.csv.stdout.log"))
+                .is_ok_and(|s| s.contains("started"))
+        }),
+        "the task did not start: {}",
+        srv.log_text()
+    );
+    let out = as_lab(Path::new(env!("CARGO_BIN_EXE_caas")))
+        .arg("cancel")
+        .arg("--store")
+        .arg(&store)
+        .args(["--group", "lab", "c1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_end(&job, Duration::from_secs(60)),
+        "not cancelled in time: {}",
+        srv.log_text()
+    );
+    let rec = read_json(&job.join("job.json"));
+    assert_eq!(rec["tasks"][0]["state"], "cancelled", "{rec}");
+    let node = read_json(&job.join("_caas/tasks/0.json"));
+    assert_eq!(node["task"]["state"], "cancelled", "{node}");
+    assert!(
+        no_process_matching("sleep 312[12]"),
+        "a cancelled task left processes"
+    );
+}
