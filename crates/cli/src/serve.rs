@@ -86,7 +86,8 @@ pub struct ServeArgs {
     #[arg(long, value_parser = caas_runtime::parse_rate)]
     submit_rate: Option<u32>,
     /// Slurm: the nodes' container engine: docker, podman (rootful, through its
-    /// Docker-compatible API), or charliecloud (unprivileged; the manager needs no engine).
+    /// Docker-compatible API), charliecloud or apptainer (unprivileged; the manager needs no engine;
+    /// apptainer is not yet run against a real Apptainer).
     #[arg(long, value_enum, default_value_t = NodeEngineArg::Docker)]
     node_engine: NodeEngineArg,
     /// Slurm: how many times a task whose Slurm job ended without an outcome (node failure,
@@ -108,6 +109,8 @@ pub enum NodeEngineArg {
     Podman,
     /// Charliecloud, as an ordinary user.
     Charliecloud,
+    /// Apptainer, as an ordinary user (not yet run against a real Apptainer).
+    Apptainer,
 }
 
 /// Where `caas serve` runs tasks.
@@ -218,6 +221,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 NodeEngineArg::Docker => NodeEngine::Docker,
                 NodeEngineArg::Podman => NodeEngine::Podman,
                 NodeEngineArg::Charliecloud => NodeEngine::Charliecloud,
+                NodeEngineArg::Apptainer => NodeEngine::Apptainer,
             };
             Arc::new(Slurm::new(cfg, docker))
         }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{NodeTask, Observer, run_node_task};
-use caas_runtime::{Charliecloud, Docker, Executor};
+use caas_runtime::{Apptainer, Charliecloud, Docker, Executor};
 use caas_spec::State;
 use caas_store::Store;
 
@@ -155,9 +155,10 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
             (Arc::new(d), service)
         }
         "charliecloud" => (Arc::new(Charliecloud::new(node_cache()?)), None),
+        "apptainer" => (Arc::new(Apptainer::new(node_cache()?)), None),
         other => {
             return Err(user(format!(
-                "--engine {other}: the node engine is docker, podman or charliecloud"
+                "--engine {other}: the node engine is docker, podman, charliecloud or apptainer"
             )));
         }
     };

@@ -51,7 +51,7 @@ pub struct Charliecloud {
     ch_run: String,
 }
 
-fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+pub(crate) fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let path = path.to_path_buf();
     let what = what.to_string();
     move |source| RuntimeError::Context {
@@ -60,12 +60,12 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
     }
 }
 
-fn refused(what: impl Into<String>) -> RuntimeError {
+pub(crate) fn refused(what: impl Into<String>) -> RuntimeError {
     RuntimeError::Refused { what: what.into() }
 }
 
 /// The hex digest of an image id, which is how the cache names images.
-fn digest_of(image: &str) -> Result<&str, RuntimeError> {
+pub(crate) fn digest_of(image: &str) -> Result<&str, RuntimeError> {
     caas_spec::layout::image_digest(image).ok_or_else(|| {
         refused(format!(
             "image {image:?}: Charliecloud runs images by id (sha256:...) published to the store with `caas publish`"
@@ -312,6 +312,69 @@ fn signal(pid: i32, sig: rustix::process::Signal) {
     }
 }
 
+/// Run one task's command line (a CLI engine: Charliecloud, Apptainer) to its end: a clean
+/// environment for the engine itself, its own process group, output streamed as it comes, the
+/// task's timeout and cancellation enforced by stopping its processes.
+pub(crate) async fn run_command(
+    argv: &[String],
+    spec: &ContainerSpec,
+    output: mpsc::Sender<OutputChunk>,
+    cancel: &CancellationToken,
+) -> Result<RunReport, RuntimeError> {
+    let report = |outcome, wall| RunReport {
+        outcome,
+        measured: Measured {
+            wall,
+            ..Measured::default()
+        },
+        container_id: spec.name.clone(),
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return Err(refused("an empty command line"));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env(
+            "USER",
+            std::env::var("USER").unwrap_or_else(|_| "caas".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| refused(format!("cannot start `{program}` on this node: {e}")))?;
+    let out = forward(child.stdout.take(), StreamKind::Stdout, output.clone());
+    let err = forward(child.stderr.take(), StreamKind::Stderr, output);
+    let outcome = tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(|e| refused(format!("waiting for {program}: {e}")))?;
+            use std::os::unix::process::ExitStatusExt;
+            Outcome::Exited(match (status.code(), status.signal()) {
+                (Some(c), _) => i64::from(c),
+                (None, Some(s)) => 128 + i64::from(s),
+                (None, None) => -1,
+            })
+        }
+        () = tokio::time::sleep(spec.timeout) => {
+            stop_child(&mut child, spec.stop_grace).await;
+            Outcome::TimedOut
+        }
+        () = cancel.cancelled() => {
+            stop_child(&mut child, spec.stop_grace).await;
+            Outcome::Cancelled
+        }
+    };
+    let _ = out.await;
+    let _ = err.await;
+    Ok(report(outcome, start.elapsed()))
+}
+
 /// Stop a running task: SIGTERM to its processes (not to `unshare`, whose death would kill
 /// them at once), then after `grace` SIGKILL to `unshare`, which takes its PID namespace along.
 async fn stop_child(child: &mut tokio::process::Child, grace: Duration) {
@@ -369,7 +432,7 @@ impl Charliecloud {
         self.cache.join("charliecloud")
     }
 
-    fn read_config(dir: &Path) -> Option<ImageConfig> {
+    pub(crate) fn read_config(dir: &Path) -> Option<ImageConfig> {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
         let s = |k: &str| {
@@ -422,49 +485,7 @@ impl Charliecloud {
         let user = spec.user.clone().unwrap_or_else(|| config.user.clone());
         let ids = resolve_user(&user, &rootfs)?;
         let argv = command_line(&self.ch_run, spec, &rootfs, &config, &binds, ids)?;
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .env(
-                "USER",
-                std::env::var("USER").unwrap_or_else(|_| "caas".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
-            refused(format!(
-                "cannot start `unshare ... ch-run` on this node: {e}"
-            ))
-        })?;
-        let out = forward(child.stdout.take(), StreamKind::Stdout, output.clone());
-        let err = forward(child.stderr.take(), StreamKind::Stderr, output);
-        let outcome = tokio::select! {
-            status = child.wait() => {
-                let status = status.map_err(|e| refused(format!("waiting for ch-run: {e}")))?;
-                use std::os::unix::process::ExitStatusExt;
-                Outcome::Exited(match (status.code(), status.signal()) {
-                    (Some(c), _) => i64::from(c),
-                    (None, Some(s)) => 128 + i64::from(s),
-                    (None, None) => -1,
-                })
-            }
-            () = tokio::time::sleep(spec.timeout) => {
-                stop_child(&mut child, spec.stop_grace).await;
-                Outcome::TimedOut
-            }
-            () = cancel.cancelled() => {
-                stop_child(&mut child, spec.stop_grace).await;
-                Outcome::Cancelled
-            }
-        };
-        let _ = out.await;
-        let _ = err.await;
-        Ok(report(outcome, start.elapsed()))
+        run_command(&argv, spec, output, cancel).await
     }
 
     /// Convert a checked root filesystem archive into the cache (see the module docs); false
@@ -476,39 +497,56 @@ impl Charliecloud {
         config: &ImageConfig,
     ) -> Result<bool, RuntimeError> {
         let hex = digest_of(image_id)?.to_string();
-        let base = self.images();
-        std::fs::create_dir_all(&base).map_err(io("create", &base))?;
-        let lock_path = base.join(format!("{hex}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("open", &lock_path))?;
-        let (archive, config) = (archive.to_path_buf(), config.clone());
-        tokio::task::spawn_blocking(move || {
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-                .map_err(|e| io("lock", &lock_path)(e.into()))?;
-            let done = base.join(&hex);
-            if Self::read_config(&done).is_some() {
-                return Ok(false);
-            }
-            // Leftovers of a conversion that crashed: never used, removed here.
-            if let Ok(dir) = std::fs::read_dir(&base) {
-                let prefix = format!(".{hex}.tmp.");
-                for e in dir.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&prefix) {
-                        remove_tree(&e.path());
-                    }
+        convert_into_cache(self.images(), hex, archive, config, |_| Ok(())).await
+    }
+}
+
+/// One conversion of an image into an engine's cache folder `base`, as `base/<hex>/` holding
+/// `rootfs/` (the unpacked archive), whatever `finish` makes of it (given the temporary
+/// folder), and `config.json`; under the lock file `base/<hex>.lock`, in a temporary folder
+/// renamed when complete (leftovers of a crash are removed, never used). False when another
+/// task had already converted it.
+pub(crate) async fn convert_into_cache(
+    base: PathBuf,
+    hex: String,
+    archive: &Path,
+    config: &ImageConfig,
+    finish: impl FnOnce(&Path) -> Result<(), RuntimeError> + Send + 'static,
+) -> Result<bool, RuntimeError> {
+    std::fs::create_dir_all(&base).map_err(io("create", &base))?;
+    let lock_path = base.join(format!("{hex}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io("open", &lock_path))?;
+    let (archive, config) = (archive.to_path_buf(), config.clone());
+    tokio::task::spawn_blocking(move || {
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("lock", &lock_path)(e.into()))?;
+        let done = base.join(&hex);
+        if Charliecloud::read_config(&done).is_some() {
+            return Ok(false);
+        }
+        // Leftovers of a conversion that crashed: never used, removed here.
+        if let Ok(dir) = std::fs::read_dir(&base) {
+            let prefix = format!(".{hex}.tmp.");
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    remove_tree(&e.path());
                 }
             }
-            if done.exists() {
-                remove_tree(&done);
-            }
-            let tmp = base.join(format!(".{hex}.tmp.{}", std::process::id()));
-            let rootfs = tmp.join("rootfs");
-            std::fs::create_dir_all(&rootfs).map_err(io("create", &rootfs))?;
-            let result = unpack(&archive, &rootfs).and_then(|()| {
+        }
+        if done.exists() {
+            remove_tree(&done);
+        }
+        let tmp = base.join(format!(".{hex}.tmp.{}", std::process::id()));
+        let rootfs = tmp.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(io("create", &rootfs))?;
+        let result = unpack(&archive, &rootfs)
+            .and_then(|()| finish(&tmp))
+            .and_then(|()| {
                 let body = serde_json::json!({
                     "env": config.env, "user": config.user, "workdir": config.workdir,
                 });
@@ -516,15 +554,14 @@ impl Charliecloud {
                 std::fs::write(&path, body.to_string()).map_err(io("write", &path))?;
                 std::fs::rename(&tmp, &done).map_err(io("rename", &tmp))
             });
-            if result.is_err() {
-                remove_tree(&tmp);
-            }
-            drop(lock);
-            result.map(|()| true)
-        })
-        .await
-        .map_err(|e| refused(format!("image conversion: {e}")))?
-    }
+        if result.is_err() {
+            remove_tree(&tmp);
+        }
+        drop(lock);
+        result.map(|()| true)
+    })
+    .await
+    .map_err(|e| refused(format!("image conversion: {e}")))?
 }
 
 /// Unpack a flattened root filesystem as an ordinary user: device files and FIFOs are skipped
@@ -565,7 +602,7 @@ fn make_owner_writable(dir: &Path) {
     }
 }
 
-fn remove_tree(path: &Path) {
+pub(crate) fn remove_tree(path: &Path) {
     make_owner_writable(path);
     if let Err(e) = std::fs::remove_dir_all(path) {
         tracing::warn!(path = %path.display(), error = %e, "removing a leftover image folder failed");

@@ -10,6 +10,7 @@
 //! in-memory one for tests that need no engine. The developer commands (build, dev containers)
 //! still use [`Docker`] directly.
 
+mod apptainer;
 mod build;
 mod charliecloud;
 mod dev;
@@ -20,6 +21,7 @@ pub mod fake;
 mod images;
 mod slurm;
 
+pub use apptainer::Apptainer;
 pub use build::{BuildEvent, BuildOptions};
 pub use charliecloud::Charliecloud;
 pub use dev::{

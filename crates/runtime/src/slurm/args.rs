@@ -19,6 +19,8 @@ pub enum NodeEngine {
     Podman,
     /// Charliecloud (`ch-run`), unprivileged, with images converted into `CAAS_NODE_CACHE`.
     Charliecloud,
+    /// Apptainer (`apptainer exec`), unprivileged; not yet run against a real Apptainer.
+    Apptainer,
 }
 
 impl NodeEngine {
@@ -28,6 +30,7 @@ impl NodeEngine {
             Self::Docker => "docker",
             Self::Podman => "podman",
             Self::Charliecloud => "charliecloud",
+            Self::Apptainer => "apptainer",
         }
     }
 }
