@@ -111,6 +111,8 @@ pub enum NodeEngineArg {
     Charliecloud,
     /// Apptainer, as an ordinary user (not yet run against a real Apptainer).
     Apptainer,
+    /// The node user's rootless Podman.
+    PodmanRootless,
 }
 
 /// Where `caas serve` runs tasks.
@@ -168,8 +170,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let id = args.id.clone().unwrap_or_else(host_name);
     // A manager whose nodes run an unprivileged engine needs no engine of its own: it runs the
     // analyses' active images by id, validated against what `caas publish` put in the store.
-    let engine_free =
-        args.executor == ExecutorKind::Slurm && args.node_engine == NodeEngineArg::Charliecloud;
+    let engine_free = args.executor == ExecutorKind::Slurm
+        && matches!(
+            args.node_engine,
+            NodeEngineArg::Charliecloud | NodeEngineArg::Apptainer | NodeEngineArg::PodmanRootless
+        );
     let docker = match Docker::connect().await {
         Ok(d) => Some(d),
         Err(e) if engine_free => {
@@ -222,6 +227,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 NodeEngineArg::Podman => NodeEngine::Podman,
                 NodeEngineArg::Charliecloud => NodeEngine::Charliecloud,
                 NodeEngineArg::Apptainer => NodeEngine::Apptainer,
+                NodeEngineArg::PodmanRootless => NodeEngine::PodmanRootless,
             };
             Arc::new(Slurm::new(cfg, docker))
         }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{NodeTask, Observer, run_node_task};
-use caas_runtime::{Apptainer, Charliecloud, Docker, Executor};
+use caas_runtime::{Apptainer, Charliecloud, Docker, Executor, RootlessPodman};
 use caas_spec::State;
 use caas_store::Store;
 
@@ -151,14 +151,21 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
     let (executor, _service): (Arc<dyn Executor>, _) = match args.engine.as_str() {
         "docker" => (Arc::new(Docker::connect().await?), None),
         "podman" => {
-            let (d, service) = podman().await?;
+            let (d, service) = podman(false).await?;
             (Arc::new(d), service)
+        }
+        "podman-rootless" => {
+            let (d, service) = podman(true).await?;
+            (
+                Arc::new(RootlessPodman::new(d.with_network_mode("none"))),
+                service,
+            )
         }
         "charliecloud" => (Arc::new(Charliecloud::new(node_cache()?)), None),
         "apptainer" => (Arc::new(Apptainer::new(node_cache()?)), None),
         other => {
             return Err(user(format!(
-                "--engine {other}: the node engine is docker, podman, charliecloud or apptainer"
+                "--engine {other}: the node engine is docker, podman, podman-rootless, charliecloud or apptainer"
             )));
         }
     };
@@ -221,25 +228,51 @@ impl Drop for PodmanService {
 /// socket `/run/podman/podman.sock` when it answers, else a `podman system service` started for
 /// this agent's lifetime (in its own process group, so the scheduler's signals reach the agent,
 /// which still needs the service to stop its container).
-async fn podman() -> anyhow::Result<(Docker, Option<PodmanService>)> {
+///
+/// `rootless`: the node user's own Podman (no system socket; the service gets a private
+/// runtime folder, cgroupfs and file events, since a batch job has no systemd session).
+async fn podman(rootless: bool) -> anyhow::Result<(Docker, Option<PodmanService>)> {
     if let Ok(sock) = std::env::var("CAAS_PODMAN_SOCKET") {
         return Ok((Docker::connect_to(Some(Path::new(&sock))).await?, None));
     }
     let system = Path::new("/run/podman/podman.sock");
-    if system.exists()
+    if !rootless
+        && system.exists()
         && let Ok(d) = Docker::connect_to(Some(system)).await
     {
         return Ok((d, None));
     }
-    let dir = std::env::temp_dir().join("caas-podman");
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let dir = std::env::temp_dir().join(format!("caas-podman-{uid}"));
     std::fs::create_dir_all(&dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir)?;
     let socket = dir.join(format!(
         "agent-{}-{}.sock",
         std::env::var("SLURM_JOB_ID").unwrap_or_default(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&socket);
-    let child = tokio::process::Command::new("podman")
+    let mut service = tokio::process::Command::new("podman");
+    if rootless {
+        // Tasks get no network (an unprivileged user's network namespace needs slirp4netns
+        // and a TUN device a cluster may not offer); this file replaces the system's
+        // containers.conf for this service only.
+        let conf = dir.join("containers.conf");
+        std::fs::write(&conf, "[containers]\nnetns = \"none\"\n")?;
+        service
+            .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
+            .env("XDG_RUNTIME_DIR", &run_dir)
+            .env("CONTAINERS_CONF", &conf);
+    }
+    let child = service
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))
         .stdin(std::process::Stdio::null())

@@ -2,7 +2,8 @@
 //! analysis developer publishes the image with `caas publish` where Docker is, then the manager
 //! (`caas serve --executor slurm --node-engine charliecloud`) and the node agents run as the
 //! ordinary user `caaslab`, who cannot reach any Docker socket. Tasks run under Charliecloud
-//! with a clean environment, read-only inputs, a private /tmp, and leave no process behind.
+//! with a clean environment, read-only inputs, a private /tmp, and leave no process behind;
+//! with rootless Podman, the lab user's own Podman loads the published `docker save` archive.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -54,6 +55,10 @@ struct LabServer {
 
 impl LabServer {
     fn start(store: &Path, analysis: &Path, cache: &Path, log: &Path) -> Self {
+        Self::start_with(store, analysis, cache, log, "charliecloud")
+    }
+
+    fn start_with(store: &Path, analysis: &Path, cache: &Path, log: &Path, engine: &str) -> Self {
         let file = std::fs::File::create(log).unwrap();
         let child = as_lab(Path::new(env!("CARGO_BIN_EXE_caas")))
             .env("CAAS_NODE_CACHE", cache)
@@ -70,7 +75,7 @@ impl LabServer {
                 "--slurm-poll",
                 "500ms",
             ])
-            .args(["--node-engine", "charliecloud"])
+            .args(["--node-engine", engine])
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -377,5 +382,108 @@ fn charliecloud_tasks_time_out_and_cancel_as_on_docker_and_leave_no_process() {
     assert!(
         no_process_matching("sleep 312[12]"),
         "a cancelled task left processes"
+    );
+}
+
+/// The lab user's rootless Podman, as the node agent runs it.
+fn lab_podman(args: &[&str]) -> std::process::Output {
+    as_lab(Path::new("/usr/bin/podman"))
+        .env(
+            "XDG_RUNTIME_DIR",
+            format!("/tmp/caas-podman-{}/run", lab_id()),
+        )
+        .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rootless_podman_nodes_run_the_published_archive_for_a_manager_without_root() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = sandbox_for_lab();
+    let script = "echo started; id -u > {results}/uid.txt; \
+                  if (echo tamper >> {data}) 2>/dev/null; then echo wrote > {results}/tamper.txt; fi; \
+                  wc -l < {data} > {results}/lines.txt; sleep 3131 & echo done";
+    let (id, a) = pinned_analysis(&sb, "lab-rl", script, "");
+    // The lab user's Podman store must not have the image yet: the node loads it.
+    let hex = id.trim_start_matches("sha256:");
+    let _ = lab_podman(&["rmi", "-f", hex]);
+    assert!(!lab_podman(&["image", "exists", hex]).status.success());
+    let store = sb.store();
+    std::fs::create_dir_all(&store).unwrap();
+    publish(&store, &a);
+    put(&store, "lab/inputs/a.csv", b"1\n2\n");
+    put(&store, "lab/inputs/b.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put(
+        &store,
+        "lab/submissions/rsubmit.json",
+        &submission(
+            r#"["lab/inputs/a.csv", "lab/inputs/b.csv"]"#,
+            "lab/configs/c.yaml",
+            "r1",
+        ),
+    );
+    chown_lab(&store);
+    let cache = sb.path().join("node-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_lab(&cache);
+    let srv = LabServer::start_with(
+        &store,
+        &a,
+        &cache,
+        &sb.path().join("serve.log"),
+        "podman-rootless",
+    );
+    let job = store.join("lab/results/job__lab-rl_r1");
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv.log_text());
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(
+        rec["state"],
+        "succeeded",
+        "{rec}\n{cert}\n{}",
+        srv.log_text()
+    );
+    for (ds, n) in [("a.csv", "2"), ("b.csv", "1")] {
+        let dir = job.join(format!("process_results/{ds}"));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert_eq!(read("lines.txt").trim(), n, "{ds}");
+        // The container's root, which is the lab user on the host.
+        assert_eq!(read("uid.txt").trim(), "0", "{ds}");
+        assert!(
+            !dir.join("tamper.txt").exists(),
+            "{ds}: an input was writable"
+        );
+    }
+    assert_eq!(
+        std::fs::read(store.join("lab/inputs/a.csv")).unwrap(),
+        b"1\n2\n"
+    );
+    assert!(cert.contains("loaded image"), "{cert}");
+    assert!(cert.contains(&id), "{cert}");
+    assert!(
+        cert.contains("limits: rootless Podman applies none here"),
+        "{cert}"
+    );
+    assert!(
+        no_process_matching("sleep 3131"),
+        "a task's process was left behind"
+    );
+    // No container left in the lab user's Podman.
+    let left = lab_podman(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        "label=caas.job=job__lab-rl_r1",
+    ]);
+    assert!(left.status.success(), "{}", stderr(&left));
+    assert!(
+        stdout(&left).trim().is_empty(),
+        "containers left: {}",
+        stdout(&left)
     );
 }

@@ -52,6 +52,8 @@ pub struct Docker {
     client: bollard::Docker,
     endpoint: String,
     policy: Policy,
+    /// Task containers' network mode (`None`: the engine's default).
+    network_mode: Option<String>,
 }
 
 /// What caas needs to know of an image.
@@ -195,7 +197,15 @@ impl Docker {
             client,
             endpoint,
             policy: Policy::default(),
+            network_mode: None,
         })
+    }
+
+    /// Run task containers in network mode `mode` (e.g. `none` on rootless Podman, whose
+    /// default network needs a TUN device a cluster node may not offer).
+    pub fn with_network_mode(mut self, mode: &str) -> Self {
+        self.network_mode = Some(mode.to_string());
+        self
     }
 
     /// The underlying client, for the developer commands (build, exec, commit).
@@ -306,7 +316,7 @@ impl Docker {
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
             pids_limit: Some(spec.pids_limit.map_or(PIDS_LIMIT, i64::from)),
             init: Some(true),
-            network_mode: None,
+            network_mode: self.network_mode.clone(),
             device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {
                 vec![DeviceRequest {
                     count: Some(i64::from(g)),

@@ -19,6 +19,7 @@ mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
 mod images;
+mod rootless;
 mod slurm;
 
 pub use apptainer::Apptainer;
@@ -32,6 +33,7 @@ pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, L
 pub use executor::{
     ExecFuture, Executor, ImageConfig, ImageForm, RemoteEnd, RemoteTask, TaskContainer,
 };
+pub use rootless::RootlessPodman;
 pub use slurm::{
     GONE, NodeEngine, QueryCalls, Slurm, SlurmConfig, is_involuntary, is_terminal, job_comment,
     job_name, parse_rate,

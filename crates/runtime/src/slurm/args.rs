@@ -21,6 +21,8 @@ pub enum NodeEngine {
     Charliecloud,
     /// Apptainer (`apptainer exec`), unprivileged; not yet run against a real Apptainer.
     Apptainer,
+    /// The node user's rootless Podman (its own `podman system service`).
+    PodmanRootless,
 }
 
 impl NodeEngine {
@@ -31,6 +33,7 @@ impl NodeEngine {
             Self::Podman => "podman",
             Self::Charliecloud => "charliecloud",
             Self::Apptainer => "apptainer",
+            Self::PodmanRootless => "podman-rootless",
         }
     }
 }
