@@ -487,3 +487,40 @@ fn rootless_podman_nodes_run_the_published_archive_for_a_manager_without_root() 
         stdout(&left)
     );
 }
+
+#[test]
+fn a_manager_without_an_engine_refuses_an_image_that_was_not_published() {
+    ensure_engine();
+    let sb = sandbox_for_lab();
+    let store = sb.store();
+    std::fs::create_dir_all(&store).unwrap();
+    chown_lab(&store);
+    let serve = |a: &Path| {
+        as_lab(Path::new(env!("CARGO_BIN_EXE_caas")))
+            .arg("serve")
+            .arg("--store")
+            .arg(&store)
+            .arg("--analysis")
+            .arg(a)
+            .args(["--executor", "slurm", "--node-engine", "charliecloud"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Pinned by id but never published: refused before serving, with what to do.
+    let (id, a) = pinned_analysis(&sb, "lab-unpub", "true", "");
+    let out = serve(&a);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("image {id} is not published")),
+        "{err}"
+    );
+    assert!(err.contains("caas publish --store"), "{err}");
+    // Known only by a tag: a manager without an engine cannot resolve it.
+    let tagged = sb.analysis(&shell_analysis("lab-tag", "true", ""));
+    let out = serve(&tagged);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("must be known by id"), "{err}");
+}
