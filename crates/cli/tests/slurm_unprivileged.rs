@@ -491,6 +491,8 @@ fn rootless_podman_nodes_run_the_published_archive_for_a_manager_without_root() 
 #[test]
 fn a_manager_without_an_engine_refuses_an_image_that_was_not_published() {
     ensure_engine();
+    // (scripts/slurm.sh makes the lab user.)
+    let _one = ensure_slurm();
     let sb = sandbox_for_lab();
     let store = sb.store();
     std::fs::create_dir_all(&store).unwrap();
