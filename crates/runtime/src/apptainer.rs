@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::charliecloud::{
-    Charliecloud, convert_into_cache, digest_of, io, refused, remove_tree, run_command,
+use crate::cli_engine::{
+    convert_into_cache, digest_of, io, read_config, refused, remove_tree, run_command,
 };
 use crate::executor::{ExecFuture, Executor, ImageConfig, ImageForm, TaskContainer};
 use crate::{ContainerSpec, ImageInfo, Measured, Outcome, OutputChunk, RunReport, RuntimeError};
@@ -145,10 +145,9 @@ impl Apptainer {
             });
         }
         let dir = self.images().join(digest_of(&spec.image)?);
-        let config =
-            Charliecloud::read_config(&dir).ok_or_else(|| RuntimeError::ImageNotFound {
-                image: spec.image.clone(),
-            })?;
+        let config = read_config(&dir).ok_or_else(|| RuntimeError::ImageNotFound {
+            image: spec.image.clone(),
+        })?;
         let envs = self.images().join("env");
         std::fs::create_dir_all(&envs).map_err(io("create", &envs))?;
         let env_path = envs.join(format!("{}.{}.env", spec.name, std::process::id()));
@@ -174,7 +173,7 @@ impl Executor for Apptainer {
                 return Ok(None);
             };
             let dir = self.images().join(hex);
-            Ok(Charliecloud::read_config(&dir)
+            Ok(read_config(&dir)
                 .filter(|_| dir.join("image.sif").is_file())
                 .map(|c| ImageInfo {
                     id: format!("sha256:{hex}"),

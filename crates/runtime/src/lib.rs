@@ -13,6 +13,7 @@
 mod apptainer;
 mod build;
 mod charliecloud;
+mod cli_engine;
 mod dev;
 mod docker;
 mod executor;
