@@ -9,6 +9,7 @@ mod errors;
 mod import;
 mod new;
 mod prov;
+mod publish;
 mod reload;
 mod remote;
 mod run;
@@ -46,6 +47,9 @@ enum Command {
     Run(run::RunArgs),
     /// Build the analysis' image from its Dockerfile.
     Build(build::BuildArgs),
+    /// Put the analysis' active image into a store for cluster nodes (docker archive and root
+    /// filesystem), once per digest.
+    Publish(publish::PublishArgs),
     /// Scaffold a new analysis folder (caas.toml, Dockerfile, entry script, sample data).
     New(new::NewArgs),
     /// Open an interactive shell in the analysis' development container.
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Build(args) => build::build(args).await,
+        Command::Publish(args) => publish::publish(args).await,
         Command::New(args) => new::new(args),
         Command::Shell(args) => dev::shell(args).await,
         Command::Exec(args) => dev::exec(args).await,

@@ -30,6 +30,16 @@ pub async fn load(docker: &Docker, dir: &std::path::Path) -> Result<Analysis, St
         .map_err(|e| e.to_string())?
         .map(|i| i.id)
         .unwrap_or_default();
+    analysis_of(folder, image, &image_id)
+}
+
+/// The analysis of `folder` running `image` (the engine's id `image_id`), with its revision: a
+/// hash of the spec, the schema and the image.
+pub fn analysis_of(
+    folder: AnalysisFolder,
+    image: String,
+    image_id: &str,
+) -> Result<Analysis, String> {
     let spec_json = serde_json::to_vec(&folder.spec).map_err(|e| e.to_string())?;
     let schema_json = serde_json::to_vec(&folder.spec.config_schema).map_err(|e| e.to_string())?;
     let mut h = Sha256::new();

@@ -114,8 +114,9 @@ pub struct ServeArgs {
     /// Slurm: at most this many sbatch calls, e.g. 10/min, 2/s (default: no limit).
     #[arg(long, value_parser = caas_runtime::parse_rate)]
     submit_rate: Option<u32>,
-    /// Slurm: the nodes' container engine: docker, or podman (rootful, through its
-    /// Docker-compatible API).
+    /// Slurm: the nodes' container engine: docker, podman (rootful, through its
+    /// Docker-compatible API), charliecloud or apptainer (unprivileged; the manager needs no engine;
+    /// apptainer is not yet run against a real Apptainer).
     #[arg(long, value_enum, default_value_t = NodeEngineArg::Docker)]
     node_engine: NodeEngineArg,
     /// Slurm: how many times a task whose Slurm job ended without an outcome (node failure,
@@ -242,6 +243,12 @@ pub enum NodeEngineArg {
     Docker,
     /// Rootful Podman.
     Podman,
+    /// Charliecloud, as an ordinary user.
+    Charliecloud,
+    /// Apptainer, as an ordinary user (not yet run against a real Apptainer).
+    Apptainer,
+    /// The node user's rootless Podman.
+    PodmanRootless,
 }
 
 /// Where `caas serve` runs tasks.
@@ -307,20 +314,43 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         return check(&args).await;
     }
     let id = args.id.clone().unwrap_or_else(host_name);
-    let docker = Docker::connect().await?;
+    // A manager whose nodes run an unprivileged engine needs no engine of its own: it runs the
+    // analyses' active images by id, validated against what `caas publish` put in the store.
+    let engine_free = args.executor == ExecutorKind::Slurm
+        && matches!(
+            args.node_engine,
+            NodeEngineArg::Charliecloud | NodeEngineArg::Apptainer | NodeEngineArg::PodmanRootless
+        );
+    let docker = match Docker::connect().await {
+        Ok(d) => Some(d),
+        Err(e) if engine_free => {
+            tracing::info!(error = %e, "no container engine here: images are validated against the store");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let store = Store::open(&args.store)?;
     let mut analyses = Vec::new();
     let mut dirs = std::collections::BTreeMap::new();
     let mut watched = Vec::new();
     for dir in &args.analysis {
         // The same image `caas run` would use in that folder: the active (built or saved) one.
         let folder = AnalysisFolder::load(dir).map_err(dev_error)?;
-        default_image(&docker, &folder).await.map_err(dev_error)?;
-        let a = crate::reload::load(&docker, dir).await.map_err(user)?;
+        let a = match &docker {
+            Some(docker) => {
+                default_image(docker, &folder).await.map_err(dev_error)?;
+                crate::reload::load(docker, dir).await.map_err(user)?
+            }
+            None => {
+                let image = crate::publish::published_active_image(&store, &folder).await?;
+                let again = AnalysisFolder::load(dir).map_err(dev_error)?;
+                crate::reload::analysis_of(again, image.clone(), &image).map_err(user)?
+            }
+        };
         dirs.insert(folder.spec.analysis.name.to_string(), folder.dir.clone());
         watched.push(folder.dir.clone());
         analyses.push(a);
     }
-    let store = Store::open(&args.store)?;
     let events = events_for(&args.events, &store);
     if let Events::Sqs(name) = &events {
         // A start-up check: a missing configuration is said, not fatal (the reconciling
@@ -350,7 +380,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .map(|a| a.spec.analysis.name.to_string())
         .collect();
     let executor: Arc<dyn Executor> = match args.executor {
-        ExecutorKind::Docker => Arc::new(docker),
+        ExecutorKind::Docker => Arc::new(docker.ok_or_else(|| user("no Docker engine"))?),
         ExecutorKind::Slurm => {
             let mut cfg = SlurmConfig::new(dirs);
             if let Some(bin) = &args.caas_bin {
@@ -366,8 +396,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             cfg.node_engine = match args.node_engine {
                 NodeEngineArg::Docker => NodeEngine::Docker,
                 NodeEngineArg::Podman => NodeEngine::Podman,
+                NodeEngineArg::Charliecloud => NodeEngine::Charliecloud,
+                NodeEngineArg::Apptainer => NodeEngine::Apptainer,
+                NodeEngineArg::PodmanRootless => NodeEngine::PodmanRootless,
             };
-            Arc::new(Slurm::new(cfg, Some(docker)))
+            Arc::new(Slurm::new(cfg, docker))
         }
     };
     let served = analyses.clone();

@@ -1,7 +1,7 @@
 //! `caas task run` (hidden): the node agent. A Slurm batch script runs it on a node; it runs
 //! one attempt of one task of a job through the same task pipeline as `caas run` and `caas
-//! serve`, with the node's engine (Docker, or rootful Podman through its Docker-compatible
-//! API), talking only to the store. SIGTERM/SIGINT (scancel, Slurm's time limit) stop and
+//! serve`, with the node's engine (Docker, rootful Podman through its Docker-compatible API, or
+//! Charliecloud as the node user), talking only to the store. SIGTERM/SIGINT (scancel, Slurm's time limit) stop and
 //! remove its container and record the task `cancelled`; SIGUSR1 (Slurm's `--signal` before the
 //! time limit) does the same and records it `timed_out`.
 
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{NodeTask, Observer, run_node_task};
-use caas_runtime::{Docker, Executor};
+use caas_runtime::{Apptainer, Charliecloud, Docker, Executor, RootlessPodman};
 use caas_spec::State;
 use caas_store::Store;
 
@@ -60,9 +60,10 @@ pub struct TaskRunArgs {
     /// next).
     #[arg(long, default_value_t = 0)]
     attempt: u32,
-    /// The node's container engine: docker (DOCKER_HOST or the local socket) or podman
+    /// The node's container engine: docker (DOCKER_HOST or the local socket), podman
     /// (rootful, through its Docker-compatible API: CAAS_PODMAN_SOCKET, /run/podman/podman.sock,
-    /// or a `podman system service` this agent starts for its own lifetime).
+    /// or a `podman system service` this agent starts for its own lifetime), or charliecloud
+    /// (ch-run as the node user, images converted into CAAS_NODE_CACHE).
     #[arg(long, default_value = "docker")]
     engine: String,
     /// Scratch folder for staging (default: inside a local store, else the temp dir).
@@ -147,16 +148,27 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         (None, None) => std::env::temp_dir().join("caas-node-work"),
     };
     // Held until the end: a Podman service this agent started stops with it.
-    let (docker, _service) = match args.engine.as_str() {
-        "docker" => (Docker::connect().await?, None),
-        "podman" => podman().await?,
+    let (executor, _service): (Arc<dyn Executor>, _) = match args.engine.as_str() {
+        "docker" => (Arc::new(Docker::connect().await?), None),
+        "podman" => {
+            let (d, service) = podman(false).await?;
+            (Arc::new(d), service)
+        }
+        "podman-rootless" => {
+            let (d, service) = podman(true).await?;
+            (
+                Arc::new(RootlessPodman::new(d.with_network_mode("none"))),
+                service,
+            )
+        }
+        "charliecloud" => (Arc::new(Charliecloud::new(node_cache()?)), None),
+        "apptainer" => (Arc::new(Apptainer::new(node_cache()?)), None),
         other => {
             return Err(user(format!(
-                "--engine {other}: the node engine is docker or podman"
+                "--engine {other}: the node engine is docker, podman, podman-rootless, charliecloud or apptainer"
             )));
         }
     };
-    let executor: Arc<dyn Executor> = Arc::new(docker);
     let runner = match std::env::var("SLURM_JOB_ID") {
         Ok(id) => format!("slurm job {id}"),
         Err(_) => format!("pid {}", std::process::id()),
@@ -187,6 +199,19 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
     })
 }
 
+/// The node user's own image cache: `CAAS_NODE_CACHE`, else `$HOME/.cache/caas`.
+fn node_cache() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CAAS_NODE_CACHE").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("caas")),
+        None => Err(user(
+            "neither CAAS_NODE_CACHE nor HOME is set on this node: no place for the image cache",
+        )),
+    }
+}
+
 /// A `podman system service` this agent started; killed when dropped.
 struct PodmanService {
     _child: tokio::process::Child,
@@ -203,25 +228,51 @@ impl Drop for PodmanService {
 /// socket `/run/podman/podman.sock` when it answers, else a `podman system service` started for
 /// this agent's lifetime (in its own process group, so the scheduler's signals reach the agent,
 /// which still needs the service to stop its container).
-async fn podman() -> anyhow::Result<(Docker, Option<PodmanService>)> {
+///
+/// `rootless`: the node user's own Podman (no system socket; the service gets a private
+/// runtime folder, cgroupfs and file events, since a batch job has no systemd session).
+async fn podman(rootless: bool) -> anyhow::Result<(Docker, Option<PodmanService>)> {
     if let Ok(sock) = std::env::var("CAAS_PODMAN_SOCKET") {
         return Ok((Docker::connect_to(Some(Path::new(&sock))).await?, None));
     }
     let system = Path::new("/run/podman/podman.sock");
-    if system.exists()
+    if !rootless
+        && system.exists()
         && let Ok(d) = Docker::connect_to(Some(system)).await
     {
         return Ok((d, None));
     }
-    let dir = std::env::temp_dir().join("caas-podman");
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let dir = std::env::temp_dir().join(format!("caas-podman-{uid}"));
     std::fs::create_dir_all(&dir)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir)?;
     let socket = dir.join(format!(
         "agent-{}-{}.sock",
         std::env::var("SLURM_JOB_ID").unwrap_or_default(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&socket);
-    let child = tokio::process::Command::new("podman")
+    let mut service = tokio::process::Command::new("podman");
+    if rootless {
+        // Tasks get no network (an unprivileged user's network namespace needs slirp4netns
+        // and a TUN device a cluster may not offer); this file replaces the system's
+        // containers.conf for this service only.
+        let conf = dir.join("containers.conf");
+        std::fs::write(&conf, "[containers]\nnetns = \"none\"\n")?;
+        service
+            .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
+            .env("XDG_RUNTIME_DIR", &run_dir)
+            .env("CONTAINERS_CONF", &conf);
+    }
+    let child = service
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))
         .stdin(std::process::Stdio::null())

@@ -19,6 +19,7 @@ mod task;
 mod validate;
 mod writer;
 
+pub use images::publish_image;
 pub use job::{run_job, run_job_with};
 pub use provenance::CAAS_VERSION;
 pub use remote::{NodeTask, run_node_task};

@@ -495,6 +495,9 @@ pub async fn run_node_task(
         observer,
         node: Some(idx),
     });
+    if let Some(note) = executor.limits_note() {
+        writer.log(&format!("[Job Manager] {note}")).await?;
+    }
     match loaded {
         Ok(Some(line)) => writer.log(&format!("[Job Manager] {line}")).await?,
         Ok(None) => {}

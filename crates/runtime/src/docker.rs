@@ -55,6 +55,8 @@ pub struct Docker {
     policy: Policy,
     /// The engine's cgroups, when caas can read a task's CPU time from them.
     cgroups: Option<Cgroups>,
+    /// Task containers' network mode (`None`: the engine's default).
+    network_mode: Option<String>,
 }
 
 /// What caas needs to know of an image.
@@ -223,7 +225,15 @@ impl Docker {
             endpoint,
             policy: Policy::default(),
             cgroups,
+            network_mode: None,
         })
+    }
+
+    /// Run task containers in network mode `mode` (e.g. `none` on rootless Podman, whose
+    /// default network needs a TUN device a cluster node may not offer).
+    pub fn with_network_mode(mut self, mode: &str) -> Self {
+        self.network_mode = Some(mode.to_string());
+        self
     }
 
     /// The underlying client, for the developer commands (build, exec, commit).
@@ -334,7 +344,7 @@ impl Docker {
             nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
             pids_limit: Some(spec.pids_limit.map_or(PIDS_LIMIT, i64::from)),
             init: Some(true),
-            network_mode: None,
+            network_mode: self.network_mode.clone(),
             cgroup_parent: self
                 .cgroups
                 .as_ref()

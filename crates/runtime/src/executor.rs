@@ -82,6 +82,29 @@ pub struct RemoteEnd {
     pub detail: Option<String>,
 }
 
+/// The form in which an engine takes an image published through the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageForm {
+    /// A `docker save` archive (Docker, Podman): [`Executor::load_image`].
+    #[default]
+    DockerArchive,
+    /// One flattened root filesystem archive plus the image's run settings (Charliecloud,
+    /// Apptainer): [`Executor::load_rootfs`].
+    RootFs,
+}
+
+/// What a flattened root filesystem loses of an image and an unprivileged engine needs back:
+/// published beside the archive, given to [`Executor::load_rootfs`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `KEY=value` pairs of the image's environment (`PATH` above all).
+    pub env: Vec<String>,
+    /// The image's configured user (`uid[:gid]` or a name; empty: none).
+    pub user: String,
+    /// The image's working directory (empty: `/`).
+    pub workdir: String,
+}
+
 /// Runs task containers. The places a second executor has to implement.
 pub trait Executor: Send + Sync + std::fmt::Debug {
     /// A short name of the kind of machine tasks run on, for the usage ledger
@@ -170,6 +193,54 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         async move {
             Err(RuntimeError::Refused {
                 what: format!("saving image {image}: this executor has no engine to save from"),
+            })
+        }
+        .boxed()
+    }
+
+    /// For an engine that does not apply a task's limits itself: which it leaves to the
+    /// scheduler, for the certificate. `None`: it applies them (Docker, Podman).
+    fn limits_note(&self) -> Option<String> {
+        None
+    }
+
+    /// The form in which this engine takes a published image.
+    fn image_form(&self) -> ImageForm {
+        ImageForm::DockerArchive
+    }
+
+    /// Write image `image` as one flattened root filesystem archive (`docker export` of a
+    /// container of it, never started) to `dest`; returns its size and the image's run
+    /// settings. Refused by default.
+    fn export_rootfs<'a>(
+        &'a self,
+        image: &'a str,
+        dest: &'a std::path::Path,
+    ) -> ExecFuture<'a, (u64, ImageConfig)> {
+        let _ = dest;
+        async move {
+            Err(RuntimeError::Refused {
+                what: format!(
+                    "exporting image {image}: this executor has no engine to export from"
+                ),
+            })
+        }
+        .boxed()
+    }
+
+    /// Make image `image_id` runnable from a checked root filesystem archive and its settings
+    /// (an engine whose [`image_form`](Self::image_form) is [`ImageForm::RootFs`]); true when
+    /// this call converted it, false when another had (one conversion per image per node).
+    fn load_rootfs<'a>(
+        &'a self,
+        image_id: &'a str,
+        archive: &'a std::path::Path,
+        config: &'a ImageConfig,
+    ) -> ExecFuture<'a, bool> {
+        let _ = (archive, config);
+        async move {
+            Err(RuntimeError::Refused {
+                what: format!("converting image {image_id}: this engine takes docker archives"),
             })
         }
         .boxed()
@@ -268,5 +339,13 @@ impl Executor for Docker {
 
     fn load_image<'a>(&'a self, archive: &'a std::path::Path) -> ExecFuture<'a, ()> {
         Docker::load_image(self, archive).boxed()
+    }
+
+    fn export_rootfs<'a>(
+        &'a self,
+        image: &'a str,
+        dest: &'a std::path::Path,
+    ) -> ExecFuture<'a, (u64, ImageConfig)> {
+        Docker::export_rootfs(self, image, dest).boxed()
     }
 }

@@ -10,25 +10,34 @@
 //! in-memory one for tests that need no engine. The developer commands (build, dev containers)
 //! still use [`Docker`] directly.
 
+mod apptainer;
 mod bake;
 mod build;
+mod charliecloud;
+mod cli_engine;
 mod dev;
 mod docker;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
 mod images;
+mod rootless;
 mod slurm;
 mod usage;
 
+pub use apptainer::Apptainer;
 pub use bake::FolderCommit;
 pub use build::{BuildEvent, BuildOptions};
+pub use charliecloud::Charliecloud;
 pub use dev::{
     ContainerState, DevSpec, ExecInput, ExecOutput, FileChange, ImageDetails, LABEL_DEV,
     LABEL_FOLDER, collect_output, output_chunks,
 };
 pub use docker::{Docker, ImageInfo, LABEL_ANALYSIS, LABEL_DEADLINE, LABEL_JOB, LABEL_TASK};
-pub use executor::{ExecFuture, Executor, RemoteEnd, RemoteTask, TaskContainer};
+pub use executor::{
+    ExecFuture, Executor, ImageConfig, ImageForm, RemoteEnd, RemoteTask, TaskContainer,
+};
+pub use rootless::RootlessPodman;
 pub use slurm::{
     GONE, NodeEngine, QueryCalls, Slurm, SlurmConfig, is_involuntary, is_terminal, job_comment,
     job_name, parse_rate,

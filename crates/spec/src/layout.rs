@@ -265,6 +265,25 @@ pub fn image_lock(hex: &str) -> String {
     format!("{IMAGES_PREFIX}/{hex}.lock")
 }
 
+/// `_caas/images/<hex>.rootfs.tar`: image `sha256:<hex>` as one flattened root filesystem
+/// (`docker export` of a container of it), the form unprivileged engines (Charliecloud,
+/// Apptainer) convert on a node.
+pub fn image_rootfs(hex: &str) -> String {
+    format!("{IMAGES_PREFIX}/{hex}.rootfs.tar")
+}
+
+/// `_caas/images/<hex>.rootfs.json`: the root filesystem archive's size, SHA-256 and the image's
+/// run settings (environment, user, working directory), written after it.
+pub fn image_rootfs_manifest(hex: &str) -> String {
+    format!("{IMAGES_PREFIX}/{hex}.rootfs.json")
+}
+
+/// `_caas/images/<hex>.rootfs.lock`: created once by the process that publishes the root
+/// filesystem archive.
+pub fn image_rootfs_lock(hex: &str) -> String {
+    format!("{IMAGES_PREFIX}/{hex}.rootfs.lock")
+}
+
 /// The body of `end.txt`.
 pub const END_MARKER_BODY: &str = "end of analysis marker";
 
@@ -498,6 +517,15 @@ mod tests {
         assert_eq!(image_digest(&format!("sha256:{hex}")), Some(hex.as_str()));
         assert_eq!(image_digest("local/busybox:test"), None);
         assert_eq!(image_archive(&hex), format!("_caas/images/{hex}.tar"));
+        assert_eq!(image_rootfs(&hex), format!("_caas/images/{hex}.rootfs.tar"));
+        assert_eq!(
+            image_rootfs_manifest(&hex),
+            format!("_caas/images/{hex}.rootfs.json")
+        );
+        assert_eq!(
+            image_rootfs_lock(&hex),
+            format!("_caas/images/{hex}.rootfs.lock")
+        );
     }
 
     #[test]

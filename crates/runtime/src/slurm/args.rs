@@ -17,6 +17,12 @@ pub enum NodeEngine {
     Docker,
     /// Rootful Podman, through its Docker-compatible API (`podman system service`).
     Podman,
+    /// Charliecloud (`ch-run`), unprivileged, with images converted into `CAAS_NODE_CACHE`.
+    Charliecloud,
+    /// Apptainer (`apptainer exec`), unprivileged; not yet run against a real Apptainer.
+    Apptainer,
+    /// The node user's rootless Podman (its own `podman system service`).
+    PodmanRootless,
 }
 
 impl NodeEngine {
@@ -25,6 +31,9 @@ impl NodeEngine {
         match self {
             Self::Docker => "docker",
             Self::Podman => "podman",
+            Self::Charliecloud => "charliecloud",
+            Self::Apptainer => "apptainer",
+            Self::PodmanRootless => "podman-rootless",
         }
     }
 }
