@@ -742,7 +742,7 @@ impl Inner {
                     sub.timestamp.as_str()
                 );
                 self.reject(
-                    &analysis,
+                    analysis,
                     group,
                     key,
                     id,

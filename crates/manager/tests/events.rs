@@ -74,6 +74,7 @@ impl Env {
             analyses: vec![Analysis {
                 spec: spec(),
                 image: IMAGE.into(),
+                revision: "r1".into(),
             }],
             concurrency: 64,
             group_limit: None,
@@ -84,6 +85,7 @@ impl Env {
             work_root: self.root.join(".caas").join("work"),
             manager_id: "ev".into(),
             stop_on_shutdown: false,
+            tes: Default::default(),
         }
     }
 
