@@ -160,9 +160,8 @@ impl FromStr for GroupName {
         }
         if let Some(cs) = listed(s, |c| {
             !(c.is_ascii_alphanumeric()
-                || matches!(c, '-' | '_' | '.')
-                || c.is_control()
-                || matches!(c, '/' | '\\'))
+                || matches!(c, '-' | '_' | '.' | '/' | '\\')
+                || c.is_control())
         }) {
             p.push(format!(
                 "{cs} not allowed (use letters, digits, '-', '_', '.')"
