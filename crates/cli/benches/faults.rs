@@ -199,6 +199,8 @@ fn main() -> Result<(), String> {
     let mut non_terminal = 0;
     let mut adopted = 0;
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    // Task ids by whether they ran (their container must have been created) or were lost.
+    let (mut ran, mut lost_ids) = (Vec::new(), Vec::new());
     for i in 0..n {
         let job = store.join(format!("lab/results/job__faults_f{i}"));
         if !end(i) {
@@ -219,6 +221,12 @@ fn main() -> Result<(), String> {
             lost += 1;
         }
         for t in rec["tasks"].as_array().into_iter().flatten() {
+            let id = t["task_id"].as_str().unwrap_or_default().to_string();
+            match t["state"].as_str() {
+                Some("succeeded" | "failed" | "timed_out") => ran.push(id),
+                Some("lost") => lost_ids.push(id),
+                _ => {}
+            }
             if t["state"] != "succeeded" {
                 println!("  f{i} {}: {} — {}", t["task_id"], t["state"], t["reason"]);
             }
@@ -256,10 +264,19 @@ fn main() -> Result<(), String> {
         "  jobs lost: {lost}; duplicated: {} (tasks created twice {twice}, duplicate rejections {rejected_dups}); non-terminal: {non_terminal}; containers left: {left}",
         twice + rejected_dups
     );
-    // Each of the 2n tasks ran in a container: fewer tasks seen created means the count missed
-    // creations, and a duplicate among them could hide there.
-    let unseen = (2 * n).saturating_sub(created.len());
-    println!("  tasks whose creation the count did not see: {unseen}");
+    // Every task that ran had a container: one whose creation was not seen means the count
+    // missed creations, and a duplicate could hide there.
+    let unseen = ran.iter().filter(|t| !created.contains_key(*t)).count();
+    // A lost task whose container was never created: the manager died between recording the
+    // task `running` and asking the engine for its container.
+    let never_created = lost_ids
+        .iter()
+        .filter(|t| !created.contains_key(*t))
+        .count();
+    println!(
+        "  tasks that ran but whose creation the count did not see: {unseen}; lost tasks never created: {never_created} of {}",
+        lost_ids.len()
+    );
     if unseen > 0 {
         return Err(
             "the creation count missed some tasks; it cannot vouch for 0 duplicates".into(),
