@@ -75,21 +75,54 @@ impl Drop for Serve {
     }
 }
 
-/// `docker events` of container creations for this run's tasks since `since`: creations per
-/// `caas.task` label.
-fn creations(since: u64, store: &str) -> Result<BTreeMap<String, usize>, String> {
-    let out = Command::new("docker")
-        .args(["events", "--since", &since.to_string(), "--until", "0s"])
-        .args(["--filter", "type=container", "--filter", "event=create"])
-        .args(["--filter", &format!("label=caas.store={store}")])
-        .args(["--format", "{{index .Actor.Attributes \"caas.task\"}}"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let mut counts = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        *counts.entry(line.to_string()).or_insert(0) += 1;
+/// Every container creation of this run's tasks, counted per `caas.task` label by a `docker
+/// events` subscription that runs for the whole run: the engine's buffer of past events is
+/// bounded, so asking afterwards (`--since`) misses creations of long runs.
+struct Creations {
+    child: Child,
+    reader: std::thread::JoinHandle<BTreeMap<String, usize>>,
+}
+
+impl Creations {
+    fn watch(store: &str) -> Result<Self, String> {
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                "type=container",
+                "--filter",
+                "event=create",
+            ])
+            .args(["--filter", &format!("label=caas.store={store}")])
+            .args(["--format", "{{index .Actor.Attributes \"caas.task\"}}"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut counts = BTreeMap::new();
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                *counts.entry(line).or_insert(0) += 1;
+            }
+            counts
+        });
+        // The subscription is live once the engine answers; give it a moment before the run.
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Self { child, reader })
     }
-    Ok(counts)
+
+    /// Stop watching (events already sent are read to the end) and return the counts.
+    fn finish(mut self) -> Result<BTreeMap<String, usize>, String> {
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader
+            .join()
+            .map_err(|_| "the events reader panicked".to_string())
+    }
 }
 
 fn main() -> Result<(), String> {
@@ -116,11 +149,7 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .display()
         .to_string();
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_secs()
-        - 1;
+    let watch = Creations::watch(&store_loc)?;
     let mut rng = Rng(u64::from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -170,6 +199,8 @@ fn main() -> Result<(), String> {
     let mut non_terminal = 0;
     let mut adopted = 0;
     let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    // Task ids by whether they ran (their container must have been created) or were lost.
+    let (mut ran, mut lost_ids) = (Vec::new(), Vec::new());
     for i in 0..n {
         let job = store.join(format!("lab/results/job__faults_f{i}"));
         if !end(i) {
@@ -190,6 +221,12 @@ fn main() -> Result<(), String> {
             lost += 1;
         }
         for t in rec["tasks"].as_array().into_iter().flatten() {
+            let id = t["task_id"].as_str().unwrap_or_default().to_string();
+            match t["state"].as_str() {
+                Some("succeeded" | "failed" | "timed_out") => ran.push(id),
+                Some("lost") => lost_ids.push(id),
+                _ => {}
+            }
             if t["state"] != "succeeded" {
                 println!("  f{i} {}: {} — {}", t["task_id"], t["state"], t["reason"]);
             }
@@ -202,9 +239,7 @@ fn main() -> Result<(), String> {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().contains("__rejected-"))
         .count();
-    // The engine keeps a bounded buffer of past events, so creations are counted only while
-    // it holds them all (small runs).
-    let created = creations(since, &store_loc)?;
+    let created = watch.finish()?;
     let twice = created.values().filter(|c| **c > 1).count();
     let left = Command::new("docker")
         .args([
@@ -229,6 +264,24 @@ fn main() -> Result<(), String> {
         "  jobs lost: {lost}; duplicated: {} (tasks created twice {twice}, duplicate rejections {rejected_dups}); non-terminal: {non_terminal}; containers left: {left}",
         twice + rejected_dups
     );
+    // Every task that ran had a container: one whose creation was not seen means the count
+    // missed creations, and a duplicate could hide there.
+    let unseen = ran.iter().filter(|t| !created.contains_key(*t)).count();
+    // A lost task whose container was never created: the manager died between recording the
+    // task `running` and asking the engine for its container.
+    let never_created = lost_ids
+        .iter()
+        .filter(|t| !created.contains_key(*t))
+        .count();
+    println!(
+        "  tasks that ran but whose creation the count did not see: {unseen}; lost tasks never created: {never_created} of {}",
+        lost_ids.len()
+    );
+    if unseen > 0 {
+        return Err(
+            "the creation count missed some tasks; it cannot vouch for 0 duplicates".into(),
+        );
+    }
     if lost + twice + rejected_dups + non_terminal + left > 0 {
         return Err("the fault run lost, duplicated or left something".into());
     }
