@@ -207,6 +207,8 @@ impl Worker for FileEvents {
 pub(crate) struct SqsEvents {
     pub(crate) inner: Arc<Inner>,
     pub(crate) queue: Queue,
+    /// Whether a key that is neither a submission nor a cancel request was already reported.
+    pub(crate) noisy: bool,
 }
 
 impl Worker for SqsEvents {
@@ -232,7 +234,15 @@ impl Worker for SqsEvents {
                     if let Change::Object(key) = &c
                         && announced(key) == Announced::Other
                     {
-                        tracing::info!(queue = self.queue.name(), key = %key, "event message ignored: not a submission or a cancel request");
+                        // Said once at info (the bucket sends more than it needs to: its
+                        // configuration can filter them), then at debug: a bucket without
+                        // filters announces every object a job writes.
+                        if !self.noisy {
+                            self.noisy = true;
+                            tracing::info!(queue = self.queue.name(), key = %key, "event message ignored: not a submission or a cancel request (more such messages are logged at debug; `caas serve --check` prints filters that keep them out of the queue)");
+                        } else {
+                            tracing::debug!(queue = self.queue.name(), key = %key, "event message ignored: not a submission or a cancel request");
+                        }
                         self.inner.status(|s| s.ignored += 1);
                         continue;
                     }

@@ -220,6 +220,7 @@ impl Manager {
             source = Some(Box::new(SqsEvents {
                 inner: inner.clone(),
                 queue,
+                noisy: false,
             }));
         }
 
