@@ -19,7 +19,7 @@ use caas_store::sqs::{MAX_WAIT, Queue};
 use caas_store::{Change, Watch};
 
 use crate::ManagerError;
-use crate::manager::Inner;
+use crate::manager::{Inner, Manager, ManagerConfig};
 use crate::worker::Worker;
 
 /// How the manager hears of new submissions.
@@ -171,6 +171,59 @@ impl Inner {
             },
         }
         Ok(())
+    }
+}
+
+/// An event source opened at start-up, before the first listing.
+pub(crate) enum Source {
+    /// None: polling.
+    Poll,
+    /// File-system events.
+    Files(Watch),
+    /// An SQS queue.
+    Sqs(Queue),
+}
+
+impl Source {
+    /// Open `cfg.events`.
+    pub(crate) async fn open(cfg: &ManagerConfig) -> Result<Self, ManagerError> {
+        Ok(match &cfg.events {
+            Events::Poll => Self::Poll,
+            Events::Files => match cfg.store.watch(caas_store::watch::DEFAULT_CAPACITY)? {
+                Some(w) => Self::Files(w),
+                None => {
+                    return Err(ManagerError::Config(
+                        "file-system events need a local store; for S3 use --events sqs://QUEUE or --events poll".into(),
+                    ));
+                }
+            },
+            Events::Sqs(name) => Self::Sqs(cfg.store.queue(name.as_str()).await?),
+        })
+    }
+
+    /// The loop that reads it.
+    pub(crate) fn worker(self, inner: &Arc<Inner>) -> Option<Box<dyn Worker>> {
+        let inner = inner.clone();
+        match self {
+            Self::Poll => None,
+            Self::Files(watch) => Some(Box::new(FileEvents { inner, watch })),
+            Self::Sqs(queue) => Some(Box::new(SqsEvents {
+                inner,
+                queue,
+                noisy: false,
+            })),
+        }
+    }
+}
+
+impl Manager {
+    /// The event source's state: its kind, events seen, their lag, the last reconcile.
+    pub fn event_status(&self) -> EventStatus {
+        self.inner()
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 }
 
