@@ -278,14 +278,10 @@ fn local_latency(work: &Path, extra: &[&str], tag: &str, n: usize) -> R<f64> {
 fn bucket(groups: usize, queue: bool) -> R<(String, Option<String>)> {
     let b = unique("ev");
     aws(&["s3", "mb", &format!("s3://{b}")])?;
-    let http = reqwest::blocking::Client::new();
+    let s3 = S3::new()?;
     for g in 0..groups {
-        for (k, v) in [
-            ("inputs/d.txt", "1\n"),
-            ("configs/c.yaml", "a: 1\n"),
-            ("submissions/.keep", ""),
-        ] {
-            put(&http, &b, &format!("svc/g{g}/{k}"), v)?;
+        for (k, v) in [("inputs/d.txt", "1\n"), ("configs/c.yaml", "a: 1\n")] {
+            s3.put(&b, &format!("svc/g{g}/{k}"), v)?;
         }
     }
     if !queue {
@@ -323,17 +319,39 @@ fn bucket(groups: usize, queue: bool) -> R<(String, Option<String>)> {
     Ok((b, Some(q)))
 }
 
-/// A user's upload, straight to the S3 server (it accepts unsigned requests).
-fn put(http: &reqwest::blocking::Client, bucket: &str, key: &str, body: &str) -> R<()> {
-    let r = http
-        .put(format!("http://{}/{bucket}/{key}", s3_endpoint()))
-        .body(body.to_string())
-        .send()
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!("PUT {key}: {}", r.status()));
+/// A signed S3 client (caas's own store client, on the bucket's root) for the user's side.
+struct S3 {
+    rt: tokio::runtime::Runtime,
+}
+
+impl S3 {
+    fn new() -> R<Self> {
+        Ok(Self {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?,
+        })
     }
-    Ok(())
+
+    fn store(bucket: &str) -> R<caas_store::Store> {
+        caas_store::Store::open(&format!("s3://{bucket}")).map_err(|e| e.to_string())
+    }
+
+    fn put(&self, bucket: &str, key: &str, body: &str) -> R<()> {
+        let st = Self::store(bucket)?;
+        self.rt
+            .block_on(st.put(key, body.to_string()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> R<Option<Vec<u8>>> {
+        let st = Self::store(bucket)?;
+        self.rt
+            .block_on(st.get(key))
+            .map(|b| b.map(|b| b.to_vec()))
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Latency on S3: `n` single submissions uploaded, time to the container start.
@@ -345,30 +363,30 @@ fn s3_latency(work: &Path, extra: &[&str], tag: &str, n: usize, queue: bool) -> 
         args.extend(["--events", e]);
     }
     let _s = serve(work, &format!("s3://{b}/svc"), &s3_endpoint(), &args, tag)?;
-    let http = reqwest::blocking::Client::new();
+    let s3 = S3::new()?;
     let mut lat = Vec::new();
     for i in 0..n {
         std::thread::sleep(Duration::from_millis(700));
         let ts = format!("{tag}{i}");
         let t0 = chrono::Utc::now();
-        put(
-            &http,
+        s3.put(
             &b,
             &format!("svc/g0/submissions/{ts}submit.json"),
             &submission("g0", &ts),
         )?;
-        let job = format!("http://{}/{b}/svc/g0/results/job__noop_{ts}", s3_endpoint());
+        let job = format!("svc/g0/results/job__noop_{ts}");
         let mut st = None;
         wait_until(Duration::from_secs(120), || {
-            let end = http.get(format!("{job}/process_results/end.txt")).send();
-            if !end.is_ok_and(|r| r.status().is_success()) {
+            if !s3
+                .get(&b, &format!("{job}/process_results/end.txt"))
+                .is_ok_and(|e| e.is_some())
+            {
                 return false;
             }
-            st = http
-                .get(format!("{job}/job.json"))
-                .send()
+            st = s3
+                .get(&b, &format!("{job}/job.json"))
                 .ok()
-                .and_then(|r| r.bytes().ok())
+                .flatten()
                 .and_then(|b| started_at(&b));
             true
         })?;
@@ -433,6 +451,17 @@ fn idle_hour(work: &Path, groups: usize, window: Duration) -> R<(f64, f64, f64, 
 }
 
 fn main() -> R<()> {
+    // The user's side signs its S3 requests with caas's own client, configured from the
+    // environment: run again with the test server's settings.
+    if std::env::var("AWS_ENDPOINT_URL").ok() != Some(format!("http://{}", s3_endpoint())) {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let st = aws_env(&mut Command::new(exe))
+            .env("AWS_ENDPOINT_URL", format!("http://{}", s3_endpoint()))
+            .args(std::env::args().skip(1))
+            .status()
+            .map_err(|e| e.to_string())?;
+        std::process::exit(st.code().unwrap_or(1));
+    }
     let n = env_or("CAAS_BENCH_LATENCY", 20);
     let window = Duration::from_secs(env_or("CAAS_BENCH_WINDOW", 60) as u64);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;

@@ -19,7 +19,7 @@ use caas_store::sqs::{MAX_WAIT, Queue};
 use caas_store::{Change, Watch};
 
 use crate::ManagerError;
-use crate::manager::Inner;
+use crate::manager::{Inner, Manager, ManagerConfig};
 use crate::worker::Worker;
 
 /// How the manager hears of new submissions.
@@ -174,6 +174,59 @@ impl Inner {
     }
 }
 
+/// An event source opened at start-up, before the first listing.
+pub(crate) enum Source {
+    /// None: polling.
+    Poll,
+    /// File-system events.
+    Files(Watch),
+    /// An SQS queue.
+    Sqs(Queue),
+}
+
+impl Source {
+    /// Open `cfg.events`.
+    pub(crate) async fn open(cfg: &ManagerConfig) -> Result<Self, ManagerError> {
+        Ok(match &cfg.events {
+            Events::Poll => Self::Poll,
+            Events::Files => match cfg.store.watch(caas_store::watch::DEFAULT_CAPACITY)? {
+                Some(w) => Self::Files(w),
+                None => {
+                    return Err(ManagerError::Config(
+                        "file-system events need a local store; for S3 use --events sqs://QUEUE or --events poll".into(),
+                    ));
+                }
+            },
+            Events::Sqs(name) => Self::Sqs(cfg.store.queue(name.as_str()).await?),
+        })
+    }
+
+    /// The loop that reads it.
+    pub(crate) fn worker(self, inner: &Arc<Inner>) -> Option<Box<dyn Worker>> {
+        let inner = inner.clone();
+        match self {
+            Self::Poll => None,
+            Self::Files(watch) => Some(Box::new(FileEvents { inner, watch })),
+            Self::Sqs(queue) => Some(Box::new(SqsEvents {
+                inner,
+                queue,
+                noisy: false,
+            })),
+        }
+    }
+}
+
+impl Manager {
+    /// The event source's state: its kind, events seen, their lag, the last reconcile.
+    pub fn event_status(&self) -> EventStatus {
+        self.inner()
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// File-system events of a local store.
 pub(crate) struct FileEvents {
     pub(crate) inner: Arc<Inner>,
@@ -207,6 +260,8 @@ impl Worker for FileEvents {
 pub(crate) struct SqsEvents {
     pub(crate) inner: Arc<Inner>,
     pub(crate) queue: Queue,
+    /// Whether a key that is neither a submission nor a cancel request was already reported.
+    pub(crate) noisy: bool,
 }
 
 impl Worker for SqsEvents {
@@ -232,7 +287,15 @@ impl Worker for SqsEvents {
                     if let Change::Object(key) = &c
                         && announced(key) == Announced::Other
                     {
-                        tracing::info!(queue = self.queue.name(), key = %key, "event message ignored: not a submission or a cancel request");
+                        // Said once at info (the bucket sends more than it needs to: its
+                        // configuration can filter them), then at debug: a bucket without
+                        // filters announces every object a job writes.
+                        if !self.noisy {
+                            self.noisy = true;
+                            tracing::info!(queue = self.queue.name(), key = %key, "event message ignored: not a submission or a cancel request (more such messages are logged at debug; `caas serve --check` prints filters that keep them out of the queue)");
+                        } else {
+                            tracing::debug!(queue = self.queue.name(), key = %key, "event message ignored: not a submission or a cancel request");
+                        }
                         self.inner.status(|s| s.ignored += 1);
                         continue;
                     }

@@ -22,7 +22,7 @@ use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
 
 use crate::analyses::Analyses;
-use crate::events::{EventStatus, Events, FileEvents, SqsEvents};
+use crate::events::{EventStatus, Events, Source};
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::reject::{Rejection, check_submission, write_rejection};
 use crate::schedule::Schedule;
@@ -181,19 +181,7 @@ impl Manager {
         let known_claims = seen.len();
         // The event source first, so that nothing written during start-up is missed: the
         // first listing comes after it.
-        let mut source: Option<Box<dyn Worker>> = None;
-        let (watch, queue) = match &cfg.events {
-            Events::Poll => (None, None),
-            Events::Files => match cfg.store.watch(caas_store::watch::DEFAULT_CAPACITY)? {
-                Some(w) => (Some(w), None),
-                None => {
-                    return Err(ManagerError::Config(
-                        "file-system events need a local store; for S3 use --events sqs://QUEUE or --events poll".into(),
-                    ));
-                }
-            },
-            Events::Sqs(name) => (None, Some(cfg.store.queue(name).await?)),
-        };
+        let source = Source::open(&cfg).await?;
         let schedule = Schedule::new(
             cfg.events != Events::Poll,
             cfg.poll,
@@ -220,18 +208,6 @@ impl Manager {
             wake: tokio::sync::Notify::new(),
             cfg,
         });
-        if let Some(watch) = watch {
-            source = Some(Box::new(FileEvents {
-                inner: inner.clone(),
-                watch,
-            }));
-        }
-        if let Some(queue) = queue {
-            source = Some(Box::new(SqsEvents {
-                inner: inner.clone(),
-                queue,
-            }));
-        }
 
         // Jobs this manager had in flight when it stopped.
         let prefix = caas_spec::layout::in_flight_prefix(&inner.cfg.manager_id);
@@ -289,7 +265,7 @@ impl Manager {
                 executor: inner.cfg.executor.clone(),
             }),
         ];
-        workers.extend(source);
+        workers.extend(source.worker(&inner));
         let workers = workers
             .into_iter()
             .map(|w| worker::spawn(w, rx.clone(), statuses.clone()))
@@ -306,15 +282,6 @@ impl Manager {
                 reaped,
             },
         })
-    }
-
-    /// The event source's state: its kind, events seen, their lag, the last reconcile.
-    pub fn event_status(&self) -> EventStatus {
-        self.inner
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
     }
 
     /// Stop polling; then either stop running tasks and record them (`stop_on_shutdown`), or
