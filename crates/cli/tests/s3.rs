@@ -243,8 +243,9 @@ fn serve_on_s3_with_the_aws_cli_as_the_users_client() {
     let st = read_json(&dl.join("logs/DATASET_NAME:data.csv_STATUS.txt"));
     assert_eq!(st["status"], "SUCCESS");
     let cert = std::fs::read_to_string(dl.join("logs/certificate.txt")).unwrap();
+    // Run once, or (when the identical s3-cli job finished first) its results reused once.
     assert_eq!(
-        cert.matches("container started").count(),
+        cert.matches("container started").count() + cert.matches("reused results of").count(),
         1,
         "run twice: {cert}"
     );
