@@ -18,7 +18,7 @@ use common::server::{Server, put, wait_for};
 use common::{Sandbox, caas, shell_analysis, stderr, stdout};
 
 /// Writes a random id (so a reused result is told from a recomputed one) and the data's size.
-const SCRIPT: &str = "cat /proc/sys/kernel/random/uuid > \"$CAAS_RESULTS/id.txt\" && \
+const SCRIPT: &str = "echo computed >&2; cat /proc/sys/kernel/random/uuid > \"$CAAS_RESULTS/id.txt\" && \
     find \"$CAAS_DATA\" -type f | xargs cat | wc -c > \"$CAAS_RESULTS/size.txt\"";
 
 fn id_of(sb: &Sandbox, analysis: &str, ts: &str) -> String {
@@ -73,6 +73,12 @@ fn an_identical_job_reuses_results_and_every_miss_says_why() {
         cert.contains("reused results of lab/results/job__cached_c1 (cache key "),
         "{cert}"
     );
+    // Its logs are the output of the run that computed the results.
+    let log = |ts: &str| {
+        std::fs::read(sb.job_dir("cached", ts).join("logs/data.csv.stderr.log")).unwrap()
+    };
+    assert_eq!(log("c2"), log("c1"));
+    assert_eq!(log("c2"), b"computed\n");
     // No bytes copied: the same file, hard-linked.
     let ino = |ts: &str| {
         std::fs::metadata(sb.job_dir("cached", ts).join("process_results/id.txt"))

@@ -315,10 +315,11 @@ fn a_reused_timestamp_is_rejected_and_the_earlier_job_is_untouched() {
 #[test]
 fn two_managers_on_one_store_run_each_submission_exactly_once() {
     let sb = Sandbox::new();
+    // The cache off: these twelve identical jobs must each run (and be counted) once.
     let a = sb.analysis(&shell_analysis(
         "svc-twice",
         "echo once > {results}/once.txt",
-        "",
+        "[cache]\nenabled = false\n",
     ));
     let store = sb.store();
     setup_inputs(&store);

@@ -247,6 +247,15 @@ async fn finish_reused(
         ))
         .await?;
     copy_config(&ctx.store, &ctx.req.config, &ctx.writer.paths.results()).await?;
+    // The output of the run that computed the results, as this task's logs (best effort: a
+    // log that is gone leaves the task's log empty).
+    let name = key.basename();
+    for (src, stream) in record.logs.iter().zip(["stdout", "stderr"]) {
+        let to = ctx.writer.paths.stream_log(name, stream);
+        if !matches!(ctx.store.share_create(src, &to).await, Ok(true)) {
+            let _ = ctx.store.create(&to, Vec::new()).await;
+        }
+    }
     let now = Utc::now();
     let reused = Reused {
         job: record.job.clone(),
@@ -325,9 +334,12 @@ pub(crate) async fn remember(
             sha256,
         });
     }
-    let command = ctx.writer.shared.lock().await.record.tasks[idx]
-        .command
-        .clone();
+    let (command, dataset) = {
+        let s = ctx.writer.shared.lock().await;
+        let t = &s.record.tasks[idx];
+        (t.command.clone(), t.dataset_name.clone())
+    };
+    let paths = &ctx.writer.paths;
     let record = CacheRecord {
         key: key.clone(),
         parts,
@@ -335,6 +347,10 @@ pub(crate) async fn remember(
         task: idx,
         command,
         results,
+        logs: vec![
+            paths.stream_log(&dataset, "stdout"),
+            paths.stream_log(&dataset, "stderr"),
+        ],
         created: Utc::now(),
     };
     let entry = cache_entry(&scope, &ctx.req.spec.analysis.name, &key);

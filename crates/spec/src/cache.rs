@@ -180,6 +180,9 @@ pub struct CacheRecord {
     pub command: Vec<String>,
     /// Its result files.
     pub results: Vec<CachedFile>,
+    /// Its stdout and stderr logs' keys (linked into a job that reuses it, as its output).
+    #[serde(default)]
+    pub logs: Vec<String>,
     /// When it was recorded.
     pub created: chrono::DateTime<chrono::Utc>,
 }
