@@ -163,9 +163,18 @@ async fn render(
 ) -> Result<Option<Value>, ApiError> {
     let store = st.store();
     let job = caas_client::read_record(store, &paths.job()).await?;
-    let cancel_asked = store.head(&paths.job().cancel_request()).await?.is_some();
-    let outputs = match job.as_ref().map(|j| j.state) {
-        Some(s) if s.is_terminal() => read_json(st, &paths.outputs_record()).await?,
+    // Only what the state needs: a cancel request matters while the job runs, the outputs
+    // record once it succeeded (or for the task log), so a finished task costs one read.
+    let state_now = job.as_ref().map(|j| j.state);
+    let cancel_asked = match state_now {
+        Some(s) if !s.is_terminal() => store.head(&paths.job().cancel_request()).await?.is_some(),
+        _ => false,
+    };
+    let outputs = match state_now {
+        Some(JobState::Succeeded) => read_json(st, &paths.outputs_record()).await?,
+        Some(s) if s.is_terminal() && view != View::Minimal => {
+            read_json(st, &paths.outputs_record()).await?
+        }
         _ => None,
     };
     let state = tes_state(job.as_ref(), cancel_asked, outputs.is_some());
