@@ -113,10 +113,15 @@ const JSON_ROUTES: [&str; 2] = ["/api/v1/groups/lab/jobs", "/api/v1/groups/lab/u
 /// POST `mib` MiB of JSON-ish spaces in 1 MiB chunks (no length announced), stopping when the
 /// server stops reading; returns the raw answer.
 fn chunked_post(c: &Client, route: &str, mib: usize) -> String {
+    chunked(c, "POST", route, mib)
+}
+
+/// `chunked_post` with any method.
+fn chunked(c: &Client, method: &str, route: &str, mib: usize) -> String {
     let mut s = TcpStream::connect(&c.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let head = format!(
-        "POST {route} HTTP/1.1\r\nHost: x\r\n{}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        "{method} {route} HTTP/1.1\r\nHost: x\r\n{}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         auth(c)
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -181,6 +186,42 @@ fn json_bodies_over_the_limit_are_413_json_on_every_route_and_memory_stays_bound
         let a = c.post_raw(route, "{}");
         assert_eq!(a.status, 400, "{route}: {}", a.text());
     }
+    // Data bodies: counted against --max-body (1 MiB here), announced or chunked.
+    let up = c.post(
+        "/api/v1/groups/lab/uploads",
+        &json!({"kind": "inputs", "name": "big.bin", "size": 10 << 20}),
+    );
+    let id = up.json()["id"].as_str().unwrap().to_string();
+    for (method, route) in [
+        ("PUT", "/api/v1/groups/lab/inputs/big.csv".to_string()),
+        ("PUT", "/api/v1/groups/lab/configs/big.yaml".to_string()),
+        ("PUT", format!("/api/v1/groups/lab/uploads/{id}?offset=0")),
+    ] {
+        let a = raw(
+            &c.addr,
+            &format!(
+                "{method} {route} HTTP/1.1\r\n{}\r\nContent-Length: {}",
+                auth(c),
+                200 << 20
+            ),
+            &big,
+            false,
+        );
+        assert_eq!(a.status, 413, "{route}");
+        assert!(a.json()["error"].as_str().unwrap().contains("larger than"));
+        let a = chunked(c, method, &route, 2);
+        assert!(a.starts_with("HTTP/1.1 413"), "{route}: {a}");
+        assert!(a.contains("{\"error\":"), "{route}: {a}");
+    }
+    assert_eq!(
+        c.get(&format!("/api/v1/groups/lab/uploads/{id}")).json()["received"],
+        0
+    );
+    assert!(
+        !c.get("/api/v1/groups/lab/inputs")
+            .text()
+            .contains("big.csv")
+    );
     // Ten 200 MB JSON bodies at once (chunked, so no length tells the server in advance):
     // the server reads at most the limit of each and its memory stays small.
     let before = peak_rss(&w.api);

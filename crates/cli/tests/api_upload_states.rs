@@ -51,10 +51,12 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Reads a stored file back by its name.
+type Reader = Box<dyn Fn(&str) -> Vec<u8>>;
+
 struct Target {
     c: Client,
-    /// Reads the stored file back.
-    read: Box<dyn Fn(&str) -> Vec<u8>>,
+    read: Reader,
 }
 
 static N: AtomicU32 = AtomicU32::new(0);
