@@ -91,36 +91,26 @@ fi
 
 S3_PORT=${CAAS_S3_PORT:-5055}
 VENV=${CAAS_VENV:-/opt/caas-venv}
-if [ ! -x "$VENV/bin/moto_server" ] || [ ! -x "$VENV/bin/aws" ]; then
-  log "installing moto[server] and awscli into $VENV"
+# The Python tools the tests use as independent clients and readers, resolved together in one
+# pip run (so one package's pins never break another's):
+#   moto[server] (the S3 API server) and awscli (an independent S3 client);
+#   schemathesis 4 (checks the API against its OpenAPI document);
+#   prometheus-client (parses GET /metrics);
+#   rocrate and runcrate (read the provenance crates);
+#   py-tes (a real TES client), httpx, pytest, wheel (the Python package's tests and install),
+#   openapi-spec-validator (checks the served TES document).
+PY_PKGS=('moto[server]' awscli 'schemathesis>=4,<5' prometheus-client rocrate runcrate
+  'py-tes==1.1.4' 'httpx>=0.27' 'pytest>=8' wheel openapi-spec-validator)
+py_ready() {
+  [ -x "$VENV/bin/moto_server" ] && [ -x "$VENV/bin/aws" ] && [ -x "$VENV/bin/schemathesis" ] &&
+    [ -x "$VENV/bin/runcrate" ] &&
+    "$VENV/bin/python" -c 'import prometheus_client, rocrate, tes, httpx, pytest, wheel, openapi_spec_validator' >/dev/null 2>&1
+}
+if ! py_ready; then
+  log "installing the tests' Python tools into $VENV (one pip run)"
   command -v python3 >/dev/null 2>&1 || apt_install python3
-  python3 -m venv "$VENV" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$VENV"; }
-  "$VENV/bin/pip" install -q 'moto[server]' awscli >/tmp/caas-setup-pip.log 2>&1 || {
-    cat /tmp/caas-setup-pip.log >&2; exit 1; }
-fi
-# schemathesis 4 checks the API against its OpenAPI document (crates/cli/tests/api_schemathesis.rs).
-if [ ! -x "$VENV/bin/schemathesis" ]; then
-  log "installing schemathesis 4 into $VENV"
-  "$VENV/bin/pip" install -q 'schemathesis>=4,<5' >/tmp/caas-setup-pip.log 2>&1 || {
-    cat /tmp/caas-setup-pip.log >&2; exit 1; }
-fi
-# The tests parse GET /metrics with an independent parser: the Prometheus Python client's.
-if ! "$VENV/bin/python" -c 'import prometheus_client' >/dev/null 2>&1; then
-  log "installing prometheus-client into $VENV"
-  "$VENV/bin/pip" install -q prometheus-client >/tmp/caas-setup-pip.log 2>&1 || {
-    cat /tmp/caas-setup-pip.log >&2; exit 1; }
-fi
-# The independent RO-Crate readers the provenance tests check job crates with.
-if [ ! -x "$VENV/bin/runcrate" ] || ! "$VENV/bin/python" -c 'import rocrate' >/dev/null 2>&1; then
-  log "installing rocrate and runcrate into $VENV"
-  "$VENV/bin/pip" install -q rocrate runcrate >/tmp/caas-setup-pip-rocrate.log 2>&1 || {
-    cat /tmp/caas-setup-pip-rocrate.log >&2; exit 1; }
-fi
-# The TES client tests (py-tes), and the Python package's own tests (httpx, pytest; wheel
-# for `pip install --no-build-isolation ./python`).
-if ! "$VENV/bin/python" -c 'import tes, httpx, pytest, wheel, openapi_spec_validator' >/dev/null 2>&1; then
-  log "installing py-tes, httpx and pytest into $VENV"
-  "$VENV/bin/pip" install -q 'py-tes==1.1.4' 'httpx>=0.27' 'pytest>=8' wheel openapi-spec-validator >/tmp/caas-setup-pip.log 2>&1 || {
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install -q "${PY_PKGS[@]}" >/tmp/caas-setup-pip.log 2>&1 || {
     cat /tmp/caas-setup-pip.log >&2; exit 1; }
 fi
 s3_up() { python3 - "$S3_PORT" <<'PY'
