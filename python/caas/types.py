@@ -24,6 +24,9 @@ class JobView(TypedDict, total=False):
     finished: Optional[str]
     cost_usd: float
     datasets: List[DatasetView]
+    # The [[then]] chain: the job folder this job follows, and those that follow it.
+    parent: Optional[str]
+    children: List[str]
 
 
 class StoredFile(TypedDict):

@@ -250,7 +250,12 @@ fn finished(base: &str, ts: &str, limit: Duration) -> bool {
 fn s3_notifications_through_sqs_start_jobs_and_nothing_is_missed() {
     ensure_s3();
     let sb = Sandbox::new();
-    let a = sb.analysis(&shell_analysis("evs", "echo hi > {results}/hi.txt", ""));
+    // Each submission must run its own container: the result cache is off.
+    let a = sb.analysis(&shell_analysis(
+        "evs",
+        "echo hi > {results}/hi.txt",
+        "[cache]\nenabled = false\n",
+    ));
     let bucket = unique("ev");
     let qname = unique("evq");
     aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);

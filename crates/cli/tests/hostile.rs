@@ -275,24 +275,19 @@ fn one_name_one_place() {
     );
 }
 
-/// Values at the edge: an image reference the engine refuses ends the job once, rejected,
-/// with end.txt; an empty command is refused; a task cannot start more than its process limit.
+/// Values at the edge: an image reference the engine refuses is refused before anything is
+/// stored (`caas run` checks the image first; the service's rejection folder is tested in
+/// serve.rs); an empty command is refused; a task cannot start more than its process limit.
 #[test]
 fn values_at_the_edge_end_the_job_once() {
     let sb = Sandbox::new();
     let a = sb.analysis(&shell_analysis("edge", "echo hi > {results}/x", ""));
     let out = sb.run(&a, "img", &["--image", "Local/Busybox:Test"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let rec = sb.job_json("edge", "img");
-    assert_eq!(rec["state"], "rejected", "{rec}");
+    assert!(stderr(&out).contains("lowercase"), "{}", stderr(&out));
     assert!(
-        rec["reason"].as_str().unwrap().contains("lowercase"),
-        "{rec}"
-    );
-    assert!(
-        sb.job_dir("edge", "img")
-            .join("process_results/end.txt")
-            .is_file()
+        !sb.job_dir("edge", "img").exists(),
+        "nothing stored for an image the engine refuses"
     );
 
     let empty = sb.analysis(

@@ -772,7 +772,8 @@ fn kill_9_at_arbitrary_moments_loses_and_duplicates_nothing() {
     let a = sb.analysis(&shell_analysis(
         "svc-chaos",
         "echo one; sleep 0.3; echo two; echo r > {results}/r.txt",
-        "",
+        // Every job must run its own containers (no results reused from the cache).
+        "[cache]\nenabled = false\n",
     ));
     let store = sb.store();
     setup_inputs(&store);

@@ -101,7 +101,8 @@ fn a_short_busy_task_records_its_cpu_every_time() {
     let a = sb.analysis(&shell_analysis(
         "busy",
         "i=0; while [ $i -lt 4000 ]; do i=$((i+1)); done",
-        "",
+        // Every run must compute (no results reused from the cache).
+        "[cache]\nenabled = false\n",
     ));
     let mut seen = Vec::new();
     for n in 0..8 {
