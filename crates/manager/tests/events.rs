@@ -32,6 +32,10 @@ image = "{IMAGE}"
 [run]
 command = ["count", "{{data}}", "{{results}}"]
 timeout = "10m"
+
+# Every submission must run (the tests count runs): no results reused from the cache.
+[cache]
+enabled = false
 "#
     );
     AnalysisSpec::parse(&text, Path::new("caas.toml")).unwrap()
