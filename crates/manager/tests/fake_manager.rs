@@ -137,6 +137,10 @@ image = "{IMAGE}"
 [run]
 command = ["count", "{{data}}", "{{results}}"]
 timeout = "10m"
+
+# Every submission must run (the tests count runs): no results reused from the cache.
+[cache]
+enabled = false
 "#
     );
     AnalysisSpec::parse(&text, std::path::Path::new("caas.toml")).unwrap()
