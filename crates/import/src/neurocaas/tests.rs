@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::*;
+use caas_spec::GroupName;
 
 fn fixture(name: &str) -> (PathBuf, Value) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
