@@ -319,6 +319,12 @@ async fn run_tasks(
         slots: slots.to_vec(),
         resume,
     });
+    // A scheduler takes a new job's tasks as one submission (Slurm: one job array).
+    let probe = crate::remote::remote_task(&ctx, 0, 0, String::new());
+    if !resume && n > 0 && executor.run_remote(&probe, cancel).is_some() {
+        // (The probe's future is dropped unpolled: nothing was submitted.)
+        crate::remote::submit_together(&ctx).await?;
+    }
     let results: Vec<Result<(), PipelineError>> = futures::stream::iter(0..n)
         .map(|idx| {
             let ctx = ctx.clone();

@@ -263,20 +263,23 @@ fn slurm_plain(raw: &str) -> String {
         .collect()
 }
 
-/// `caas-<analysis>-<timestamp>`: the name of a job's array (its elements are its tasks).
+/// `caas-<analysis>-<timestamp>-array`: the name of a job's array (its elements are its
+/// tasks, element i task i).
 pub fn array_name(task: &RemoteTask) -> String {
-    slurm_plain(&format!("caas-{}-{}", task.analysis, task.timestamp))
+    let mut name = slurm_plain(&format!("caas-{}-{}", task.analysis, task.timestamp));
+    name.truncate(114);
+    name + "-array"
 }
 
-/// The comment of a job's array: the job's part of the task id (without `.<idx>`), then
-/// ` array`, and ` attempt N` for attempts after the first.
+/// The comment of a job's array: the task id with `array` for the task's index
+/// (`<group>/<job folder>.array`), and ` attempt N` for attempts after the first.
 pub fn array_comment(task: &RemoteTask) -> String {
     let suffix = format!(".{}", task.index);
     let job = task.task_id.strip_suffix(&suffix).unwrap_or(&task.task_id);
     if task.attempt == 0 {
-        format!("{job} array")
+        format!("{job}.array")
     } else {
-        format!("{job} array attempt {}", task.attempt)
+        format!("{job}.array attempt {}", task.attempt)
     }
 }
 
@@ -449,8 +452,8 @@ pub(crate) mod tests {
             [
                 "--parsable",
                 "--array=0-5%2",
-                "--job-name=caas-pca-16-52-06.8",
-                "--comment=lab/job__pca_16:52:06.8 array",
+                "--job-name=caas-pca-16-52-06.8-array",
+                "--comment=lab/job__pca_16:52:06.8.array",
                 "--output=/var/log/caas-%A_%a.out",
                 "--chdir=/",
             ]
