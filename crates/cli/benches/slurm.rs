@@ -392,9 +392,9 @@ fn main() -> Result<(), String> {
     Ok(())
 }
 
-/// 4. One job of `k` datasets, held in Slurm: the manager's `sbatch` and `squeue` calls (by
-/// the wrappers first on its PATH), the lines `squeue` shows for the job, and the time to all
-/// tasks queued, against `k` raw `sbatch --hold --wrap true`.
+/// Part 4: one job of `k` datasets, held in Slurm. The manager's `sbatch` and `squeue` calls
+/// (by the wrappers first on its PATH), the lines `squeue` shows for the job, and the time to
+/// all tasks queued, against `k` raw `sbatch --hold --wrap true`.
 fn fanout(d: &Path, k: usize) -> Result<String, String> {
     let wdir = d.join("wrap-fanout");
     let path = wrappers(&wdir)?;

@@ -232,7 +232,7 @@ pub enum ResetOutcome {
     /// There was no development container.
     Nothing,
     /// It was removed (or was already gone) and is forgotten.
-    Removed(DevContainer),
+    Removed(Box<DevContainer>),
 }
 
 /// Remove the development container and forget it; refused while it holds unsaved changes,
@@ -260,7 +260,7 @@ pub async fn reset(
         docker.remove(&c.id).await?;
     }
     a.update(|st| st.dev_container = None)?;
-    Ok(ResetOutcome::Removed(dev))
+    Ok(ResetOutcome::Removed(Box::new(dev)))
 }
 
 /// What `caas prune` removed.

@@ -747,7 +747,7 @@ impl Inner {
                     sub.timestamp.as_str()
                 );
                 self.reject(
-                    &analysis,
+                    analysis,
                     group,
                     key,
                     id,

@@ -603,6 +603,7 @@ mod tests {
         vec![Analysis {
             spec,
             image: "local/busybox:test".into(),
+            revision: String::new(),
         }]
     }
 

@@ -255,6 +255,7 @@ mod tests {
             spec: caas_spec::AnalysisSpec::parse(&toml, std::path::Path::new("caas.toml"))
                 .expect("valid"),
             image: "x".into(),
+            revision: String::new(),
         }
     }
 

@@ -159,8 +159,10 @@ impl FromStr for GroupName {
             p.push("it must start with a letter or a digit".to_string());
         }
         if let Some(cs) = listed(s, |c| {
-            !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                && !(c.is_control() || matches!(c, '/' | '\\'))
+            !(c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.')
+                || c.is_control()
+                || matches!(c, '/' | '\\'))
         }) {
             p.push(format!(
                 "{cs} not allowed (use letters, digits, '-', '_', '.')"
