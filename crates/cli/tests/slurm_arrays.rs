@@ -293,3 +293,80 @@ fn cancelling_a_job_cancels_its_whole_array_pending_elements_too() {
         "a container was left"
     );
 }
+
+#[test]
+fn a_manager_killed_mid_array_re_attaches_every_task_to_its_element() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis(
+        "slurm-arrk",
+        "echo started {dataset}; sleep 5; wc -l < {data} > {results}/lines.txt",
+        "",
+    ));
+    let store = sb.store();
+    put_six(&store);
+    // Two at once: when the manager dies, elements 2-5 are still pending in the array.
+    let mut srv = start_serve(&sb, &store, &a, &["--concurrency", "2"]);
+    put(
+        &store,
+        "lab/submissions/arrk1submit.json",
+        &six_submission("arrk1"),
+    );
+    let job = store.join("lab/results/job__slurm-arrk_arrk1");
+    assert!(
+        wait_for(LIMIT, || agent_of_element("arrk1", 0).is_some()
+            || agent_of_element("arrk1", 1).is_some()),
+        "no element started: {}",
+        srv.log_text()
+    );
+    let first_log = srv.log_text();
+    srv.kill9();
+    let srv2 = Server::start(
+        store.to_str().unwrap(),
+        &[&a],
+        &[
+            "--executor",
+            "slurm",
+            "--slurm-poll",
+            "500ms",
+            "--concurrency",
+            "2",
+        ],
+        &sb.path().join("serve2.log"),
+    );
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv2.log_text());
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(
+        rec["state"],
+        "succeeded",
+        "{rec}\n{cert}\n{}",
+        srv2.log_text()
+    );
+    assert_eq!(
+        first_log.matches("submitted as one array").count(),
+        1,
+        "{first_log}"
+    );
+    let log2 = srv2.log_text();
+    assert!(!log2.contains("submitted as one array"), "{log2}");
+    assert!(cert.contains("re-attaching"), "{cert}");
+    assert!(!cert.contains("submitting it"), "{cert}");
+    // Every task ran once, as its element of the one array (found again after the restart,
+    // pending ones in squeue's collapsed line included).
+    let jobs = slurm_jobs(&cert);
+    assert_eq!(jobs.len(), 6, "{cert}");
+    let arrays: BTreeSet<&str> = jobs
+        .iter()
+        .map(|(id, _)| id.split_once('_').map_or("(single)", |(a, _)| a))
+        .collect();
+    assert_eq!(arrays.len(), 1, "{jobs:?}");
+    assert!(!arrays.contains("(single)"), "{jobs:?}");
+    assert!(jobs.iter().all(|(_, s)| s == "COMPLETED"), "{cert}");
+    for (i, d) in DATASETS.iter().enumerate() {
+        let got = std::fs::read_to_string(job.join(format!("process_results/{d}.csv/lines.txt")))
+            .unwrap();
+        assert_eq!(got.trim(), (i + 1).to_string(), "{d}");
+    }
+}
