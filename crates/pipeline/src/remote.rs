@@ -222,7 +222,11 @@ pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineErro
             .await?;
         // The scheduler may call the job ended while the node is still stopping its container
         // and recording (a scancel's SIGTERM, KillWait): give the node's record time to arrive.
-        let patience = if ctx.cancel.is_cancelled() || signalled(&end.state) {
+        let patience = if end.handle.is_none() {
+            // Nothing ran for this attempt (cancelled before it was followed, or no job found):
+            // no record is on its way.
+            Duration::ZERO
+        } else if ctx.cancel.is_cancelled() || signalled(&end.state) {
             RECORD_PATIENCE_CANCELLED
         } else {
             RECORD_PATIENCE
