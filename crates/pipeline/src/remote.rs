@@ -87,60 +87,6 @@ fn signalled(state: &str) -> bool {
     matches!(state, "CANCELLED" | "NODE_FAIL" | "PREEMPTED" | "TIMEOUT")
 }
 
-/// Submit the first attempts of a new job's tasks together where the executor can (Slurm: one
-/// job array, at most `req.concurrency` running at once); each task's [`follow`] then follows
-/// its own part. Publishes the image first. An executor that refuses the batch leaves each
-/// task to submit itself (its own error, if any, is then the task's).
-pub(crate) async fn submit_together(ctx: &TaskCtx) -> Result<(), PipelineError> {
-    let image = {
-        let s = ctx.writer.shared.lock().await;
-        s.record
-            .image_id
-            .clone()
-            .unwrap_or_else(|| ctx.req.image.clone())
-    };
-    let tasks: Vec<RemoteTask> = {
-        let s = ctx.writer.shared.lock().await;
-        s.record
-            .tasks
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.state.is_terminal() && t.attempt == 0)
-            .map(|(idx, _)| remote_task(ctx, idx, 0, image.clone()))
-            .collect()
-    };
-    if tasks.len() < 2 {
-        return Ok(());
-    }
-    if let Some(line) = crate::images::publish(&ctx.store, &ctx.executor, &image).await? {
-        ctx.writer.log(&format!("[Job Manager] {line}")).await?;
-    }
-    let kind = ctx.executor.kind();
-    let limit = ctx.req.concurrency.max(1);
-    match ctx
-        .executor
-        .submit_remote_batch(&tasks, limit, &ctx.cancel)
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => {
-            ctx.writer
-                .log(&format!(
-                    "[Job Manager] submitted {n} task(s) to {kind} as one array, {limit} at a time"
-                ))
-                .await?;
-        }
-        Err(e) => {
-            ctx.writer
-                .log(&format!(
-                    "[Job Manager] {kind} refused the tasks as one array ({e}): submitting them one by one"
-                ))
-                .await?;
-        }
-    }
-    Ok(())
-}
-
 /// The manager's end of a remote task: see the module docs. Runs attempts until one records
 /// an outcome, the user cancels, or the retries are used up (`lost`).
 pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
