@@ -304,7 +304,7 @@ fn every_rejection_whatever_layer_makes_it_is_the_json_error() {
             405,
         ),
         (
-            format!("POST /api/v1/openapi.json HTTP/1.1\r\nContent-Length: 0"),
+            "POST /api/v1/openapi.json HTTP/1.1\r\nContent-Length: 0".to_string(),
             Vec::new(),
             false,
             405,

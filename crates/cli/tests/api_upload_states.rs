@@ -54,8 +54,11 @@ fn op() -> impl Strategy<Value = Op> {
 struct Target {
     c: Client,
     /// Reads the stored file back.
-    read: Box<dyn Fn(&str) -> Vec<u8>>,
+    read: ReadBack,
 }
+
+/// Reads a stored file back by its key.
+type ReadBack = Box<dyn Fn(&str) -> Vec<u8>>;
 
 static N: AtomicU32 = AtomicU32::new(0);
 

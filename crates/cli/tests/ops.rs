@@ -20,9 +20,10 @@ use common::*;
 
 /// Parse a scrape with `prometheus_client`'s OpenMetrics parser (strict) and its Prometheus
 /// text parser; returns the OpenMetrics families: name -> (type, [(sample, labels, value)]).
-fn parse_scrape(
-    text: &str,
-) -> BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)> {
+/// name -> (type, [(sample, labels, value)]).
+type Families = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>;
+
+fn parse_scrape(text: &str) -> Families {
     const SCRIPT: &str = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
@@ -82,11 +83,7 @@ print(json.dumps(out))
 }
 
 /// The value of sample `sample` whose labels include every one of `labels`, summed.
-fn value(
-    families: &BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>,
-    sample: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn value(families: &Families, sample: &str, labels: &[(&str, &str)]) -> f64 {
     families
         .values()
         .flat_map(|(_, s)| s)

@@ -10,8 +10,11 @@ use std::path::Path;
 
 use caas_spec::{AnalysisName, AnalysisSpec, FileName, GroupName, JobTimestamp, StoreKey};
 
+/// A fuzz target: its name and the function it feeds the input to.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and their corpus folders).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [Target; 6] = [
     ("submit_json", submit_json),
     ("caas_toml", caas_toml),
     ("names", names),

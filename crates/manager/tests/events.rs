@@ -74,7 +74,9 @@ impl Env {
             analyses: vec![Analysis {
                 spec: spec(),
                 image: IMAGE.into(),
+                revision: String::new(),
             }],
+            tes: Default::default(),
             concurrency: 64,
             group_limit: None,
             poll,
