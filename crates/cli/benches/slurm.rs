@@ -8,10 +8,14 @@
 //! 3. Scheduler load: `squeue`/`sacct` calls (counted by wrappers first on the manager's PATH)
 //!    per polling pass with 1, 100 and 1,000 tasks in flight, held (`--hold`) so none runs:
 //!    must not grow with the number of jobs.
+//! 4. Fan-out: ONE job of K datasets (default 1,000), held: `sbatch` calls (target 1, one job
+//!    array), `squeue` calls per pass and the lines `squeue` shows for it, time from the
+//!    submission to all K tasks queued in Slurm, against K raw `sbatch --hold --wrap`.
 //!
 //! `cargo bench --bench slurm`; `CAAS_BENCH_ROUNDS` (pairs for 1., default 20),
 //! `CAAS_BENCH_N` (2., default 100), `CAAS_BENCH_LOAD` (3., default `1,100,1000`),
-//! `CAAS_BENCH_POLL_MS` (the manager's `--slurm-poll`, default 250).
+//! `CAAS_BENCH_POLL_MS` (the manager's `--slurm-poll`, default 250), `CAAS_BENCH_FANOUT` (4.,
+//! default 1000), `CAAS_BENCH_ONLY=fanout` (4. alone).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -221,6 +225,12 @@ fn main() -> Result<(), String> {
     put(&store, "bench/configs/config.yaml", b"a: 1\n")?;
     let markers = d.join("markers");
     std::fs::create_dir_all(&markers).map_err(err)?;
+    let fan_k = env_or("CAAS_BENCH_FANOUT", 1000);
+    if std::env::var("CAAS_BENCH_ONLY").as_deref() == Ok("fanout") {
+        println!();
+        println!("{}", fanout(d, fan_k)?);
+        return Ok(());
+    }
 
     // 1. Per-task overhead, alternating.
     let srv = serve(
@@ -360,8 +370,10 @@ fn main() -> Result<(), String> {
         load_rows.push((k, q1 - q0, a1 - a0, passes, submit_s));
     }
 
+    let fan = fanout(d, fan_k)?;
     println!();
     println!("cluster: 3 nodes x 2 CPUs on one host; manager --slurm-poll {poll_ms}ms");
+    println!("{fan}");
     println!(
         "per-task overhead, {rounds} alternating pairs: caas median {mo:.3} s, raw sbatch + docker run median {mr:.3} s, median ratio {mx:.2} (target <= 1.3)"
     );
@@ -378,4 +390,80 @@ fn main() -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Part 4: one job of `k` datasets, held in Slurm. The manager's `sbatch` and `squeue` calls
+/// (by the wrappers first on its PATH), the lines `squeue` shows for the job, and the time to
+/// all tasks queued, against `k` raw `sbatch --hold --wrap true`.
+fn fanout(d: &Path, k: usize) -> Result<String, String> {
+    let wdir = d.join("wrap-fanout");
+    let path = wrappers(&wdir)?;
+    let fstore = d.join("fanout");
+    put(&fstore, "bench/configs/config.yaml", b"a: 1\n")?;
+    let mut names = Vec::with_capacity(k);
+    for i in 0..k {
+        let key = format!("bench/inputs/d{i}.csv");
+        put(&fstore, &key, b"1\n")?;
+        names.push(format!("\"{key}\""));
+    }
+    let srv = serve(
+        d,
+        &fstore,
+        1000,
+        &[
+            "--concurrency",
+            "64",
+            "--poll",
+            "200ms",
+            "--sbatch-arg=--hold",
+        ],
+        Some(&path),
+    )?;
+    let ids = wdir.join("sbatch-ids");
+    let t0 = Instant::now();
+    put(
+        &fstore,
+        "bench/submissions/fansubmit.json",
+        format!(
+            r#"{{"dataname": [{}], "configname": "bench/configs/config.yaml", "timestamp": "fan"}}"#,
+            names.join(", ")
+        )
+        .as_bytes(),
+    )?;
+    wait_until(Duration::from_secs(1800), || count(&ids) >= 1)?;
+    let queued_s = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    let q0 = count(&wdir.join("squeue-calls"));
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let q1 = count(&wdir.join("squeue-calls"));
+    let sbatch_calls = count(&ids);
+    let listed = Command::new("squeue")
+        .args(["-h", "--me", "--name", "caas-noop-fan-array", "-o", "%i"])
+        .output()
+        .map_err(err)?;
+    let lines = String::from_utf8_lossy(&listed.stdout).lines().count();
+    drop(srv);
+    let all: Vec<String> = std::fs::read_to_string(&ids)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(';').next().unwrap_or_default().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let _ = Command::new("scancel").args(&all).status();
+    // The baseline: k raw submissions.
+    let t0 = Instant::now();
+    let mut raw = Vec::with_capacity(k);
+    for _ in 0..k {
+        raw.push(sbatch("true", &["--hold"])?);
+    }
+    let raw_s = t0.elapsed().as_secs_f64();
+    for chunk in raw.chunks(200) {
+        let _ = Command::new("scancel").args(chunk).status();
+    }
+    Ok(format!(
+        "fan-out, one job of {k} datasets (held): {sbatch_calls} sbatch call(s) (target 1), {lines} squeue line(s) for it, {:.2} squeue calls per pass, all queued {queued_s:.2} s after the submission; {k} raw sbatch took {raw_s:.2} s: ratio {:.3}",
+        (q1 - q0) as f64 / window.as_secs_f64(),
+        queued_s / raw_s
+    ))
 }

@@ -51,11 +51,15 @@ pub struct TaskRunArgs {
     #[arg(long)]
     timestamp: String,
     /// The dataset's store key (checked against job.json).
-    #[arg(long)]
-    dataset: String,
+    #[arg(long, required_unless_present = "array", conflicts_with = "array")]
+    dataset: Option<String>,
     /// The task's index in the job.
+    #[arg(long, required_unless_present = "array", conflicts_with = "array")]
+    index: Option<usize>,
+    /// This is an element of the job's Slurm job array: the task's index is
+    /// `SLURM_ARRAY_TASK_ID`, its dataset job.json's task at that index.
     #[arg(long)]
-    index: usize,
+    array: bool,
     /// Which attempt of the task this is (the manager's number; a retry of a lost run is the
     /// next).
     #[arg(long, default_value_t = 0)]
@@ -173,12 +177,16 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         Ok(id) => format!("slurm job {id}"),
         Err(_) => format!("pid {}", std::process::id()),
     };
+    let index = match (args.index, args.array) {
+        (Some(i), _) => i,
+        (None, _) => array_index(std::env::var("SLURM_ARRAY_TASK_ID").ok().as_deref())?,
+    };
     let task = NodeTask {
         spec: folder.spec,
         group,
         timestamp,
         dataset: args.dataset,
-        index: args.index,
+        index,
         work_root,
         attempt: args.attempt,
         runner,
@@ -196,6 +204,20 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         State::Cancelled => 130,
         State::TimedOut => 124,
         _ => 1,
+    })
+}
+
+/// The task index of an array element, from `SLURM_ARRAY_TASK_ID`.
+fn array_index(var: Option<&str>) -> anyhow::Result<usize> {
+    let Some(v) = var else {
+        return Err(user(
+            "--array: SLURM_ARRAY_TASK_ID is not set (this is not an element of a Slurm job array)",
+        ));
+    };
+    v.trim().parse().map_err(|_| {
+        user(format!(
+            "--array: SLURM_ARRAY_TASK_ID={v:?} is not a task index"
+        ))
     })
 }
 
@@ -303,5 +325,26 @@ async fn podman(rootless: bool) -> anyhow::Result<(Docker, Option<PodmanService>
             )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::array_index;
+
+    #[test]
+    fn an_array_element_takes_its_index_from_slurm() {
+        assert_eq!(array_index(Some("5")).unwrap(), 5);
+        assert_eq!(array_index(Some("999")).unwrap(), 999);
+        for bad in [
+            None,
+            Some(""),
+            Some("-1"),
+            Some("4_2"),
+            Some("99999999999999999999999"),
+        ] {
+            let e = array_index(bad).unwrap_err().to_string();
+            assert!(e.contains("SLURM_ARRAY_TASK_ID"), "{bad:?}: {e}");
+        }
     }
 }

@@ -228,7 +228,6 @@ pub async fn history(docker: &Docker, a: &AnalysisFolder) -> Result<History, Dev
 
 /// What `caas reset` did.
 #[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)] // returned once per command: boxing buys nothing
 pub enum ResetOutcome {
     /// There was no development container.
     Nothing,

@@ -649,7 +649,12 @@ impl Inner {
             image: analysis.image.clone(),
             origin,
             extra_mounts: Vec::new(),
-            concurrency: n.max(1),
+            // At most the manager's limits at once (they are also the permits each task
+            // holds; a scheduler is told it as a job array's `%L`).
+            concurrency: n
+                .min(self.cfg.concurrency.max(1))
+                .min(self.cfg.group_limit.unwrap_or(usize::MAX).max(1))
+                .max(1),
             work_root: self.cfg.work_root.clone(),
         };
         let token = CancellationToken::new();

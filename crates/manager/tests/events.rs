@@ -80,6 +80,7 @@ impl Env {
                 image: IMAGE.into(),
                 revision: "r1".into(),
             }],
+            tes: Default::default(),
             concurrency: 64,
             group_limit: None,
             poll,
@@ -89,7 +90,6 @@ impl Env {
             work_root: self.root.join(".caas").join("work"),
             manager_id: "ev".into(),
             stop_on_shutdown: false,
-            tes: Default::default(),
         }
     }
 

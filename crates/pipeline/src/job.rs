@@ -296,6 +296,60 @@ pub async fn run_job_with(
     Ok(JobOutcome { record, paths })
 }
 
+/// Submit the first attempts of a new job's tasks together where the executor can (Slurm: one
+/// job array, at most `req.concurrency` running at once); each task's remote follow then follows
+/// its own part. Publishes the image first. An executor that refuses the batch leaves each
+/// task to submit itself (its own error, if any, is then the task's).
+async fn submit_together(ctx: &crate::request::TaskCtx) -> Result<(), PipelineError> {
+    let image = {
+        let s = ctx.writer.shared.lock().await;
+        s.record
+            .image_id
+            .clone()
+            .unwrap_or_else(|| ctx.req.image.clone())
+    };
+    let tasks: Vec<caas_runtime::RemoteTask> = {
+        let s = ctx.writer.shared.lock().await;
+        s.record
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.state.is_terminal() && t.attempt == 0)
+            .map(|(idx, _)| crate::remote::remote_task(ctx, idx, 0, image.clone()))
+            .collect()
+    };
+    if tasks.len() < 2 {
+        return Ok(());
+    }
+    if let Some(line) = crate::images::publish(&ctx.store, &ctx.executor, &image).await? {
+        ctx.writer.log(&format!("[Job Manager] {line}")).await?;
+    }
+    let kind = ctx.executor.kind();
+    let limit = ctx.req.concurrency.max(1);
+    match ctx
+        .executor
+        .submit_remote_batch(&tasks, limit, &ctx.cancel)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] submitted {n} task(s) to {kind} as one array, {limit} at a time"
+                ))
+                .await?;
+        }
+        Err(e) => {
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] {kind} refused the tasks as one array ({e}): submitting them one by one"
+                ))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Run (or, resuming, adopt) every task of a validated job, then finish it.
 #[allow(clippy::too_many_arguments)]
 async fn run_tasks(
@@ -319,6 +373,12 @@ async fn run_tasks(
         slots: slots.to_vec(),
         resume,
     });
+    // A scheduler takes a new job's tasks as one submission (Slurm: one job array).
+    let probe = crate::remote::remote_task(&ctx, 0, 0, String::new());
+    if !resume && n > 0 && executor.run_remote(&probe, cancel).is_some() {
+        // (The probe's future is dropped unpolled: nothing was submitted.)
+        submit_together(&ctx).await?;
+    }
     let results: Vec<Result<(), PipelineError>> = futures::stream::iter(0..n)
         .map(|idx| {
             let ctx = ctx.clone();

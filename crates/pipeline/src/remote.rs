@@ -168,7 +168,11 @@ pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineErro
             .await?;
         // The scheduler may call the job ended while the node is still stopping its container
         // and recording (a scancel's SIGTERM, KillWait): give the node's record time to arrive.
-        let patience = if ctx.cancel.is_cancelled() || signalled(&end.state) {
+        let patience = if end.handle.is_none() {
+            // Nothing ran for this attempt (cancelled before it was followed, or no job found):
+            // no record is on its way.
+            Duration::ZERO
+        } else if ctx.cancel.is_cancelled() || signalled(&end.state) {
             RECORD_PATIENCE_CANCELLED
         } else {
             RECORD_PATIENCE
@@ -366,8 +370,9 @@ pub struct NodeTask {
     pub group: GroupName,
     /// The job's timestamp.
     pub timestamp: JobTimestamp,
-    /// The dataset's key, checked against job.json.
-    pub dataset: String,
+    /// The dataset's key, checked against job.json; `None` for an element of a job array,
+    /// which runs job.json's task at `index` (its dataset is written in the claim and logs).
+    pub dataset: Option<String>,
     /// The task's index in job.json.
     pub index: usize,
     /// Scratch space on the node.
@@ -408,13 +413,16 @@ pub async fn run_node_task(
         PipelineError::Refused(format!("job.json of {} cannot be read: {e}", job.folder()))
     })?;
     let idx = task.index;
-    match record.tasks.get(idx) {
-        Some(t) if t.dataset == task.dataset => {}
-        _ => {
+    match (record.tasks.get(idx), &task.dataset) {
+        (Some(t), Some(d)) if &t.dataset == d => {}
+        (Some(_), None) => {}
+        (_, d) => {
             return Err(PipelineError::Refused(format!(
-                "job {} has no task {idx} for dataset {}",
+                "job {} has no task {idx}{}",
                 job.folder(),
-                task.dataset
+                d.as_ref()
+                    .map(|d| format!(" for dataset {d}"))
+                    .unwrap_or_default()
             )));
         }
     }

@@ -180,6 +180,20 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// For an executor that runs whole tasks elsewhere: submit these first attempts of one
+    /// job's tasks together (Slurm: one job array, at most `limit` of them running at once),
+    /// cancelling them all when `cancel` fires. Each task's [`run_remote`](Self::run_remote)
+    /// then follows its part instead of submitting it. Returns how many were submitted so;
+    /// the default submits none (each `run_remote` submits its own task).
+    fn submit_remote_batch<'a>(
+        &'a self,
+        _tasks: &'a [RemoteTask],
+        _limit: usize,
+        _cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, usize> {
+        async move { Ok(0) }.boxed()
+    }
+
     /// For an executor that runs whole tasks elsewhere: how many times a remote run that ended
     /// without an outcome (node failure, preemption) is retried.
     fn remote_retries(&self) -> u32 {

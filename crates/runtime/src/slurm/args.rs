@@ -104,6 +104,27 @@ impl SlurmConfig {
 
     /// The batch script of a task.
     pub fn batch_script(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
+        let which = [
+            "--dataset".to_string(),
+            task.dataset.clone(),
+            "--index".into(),
+            task.index.to_string(),
+        ];
+        self.script(task, &which, &task.task_id)
+    }
+
+    /// The batch script of a job array: every element runs the same command, and the node
+    /// agent learns its task from `SLURM_ARRAY_TASK_ID` (`--array`), its dataset from job.json.
+    pub fn array_batch_script(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
+        self.script(task, &["--array".to_string()], &array_comment(task))
+    }
+
+    fn script(
+        &self,
+        task: &RemoteTask,
+        which: &[String],
+        what: &str,
+    ) -> Result<String, RuntimeError> {
         let dir = self
             .analyses
             .get(&task.analysis)
@@ -113,7 +134,7 @@ impl SlurmConfig {
                     task.task_id, task.analysis
                 ),
             })?;
-        let argv = [
+        let mut argv = vec![
             self.caas_bin.to_string_lossy().into_owned(),
             "task".into(),
             "run".into(),
@@ -125,32 +146,57 @@ impl SlurmConfig {
             task.group.clone(),
             "--timestamp".into(),
             task.timestamp.clone(),
-            "--dataset".into(),
-            task.dataset.clone(),
-            "--index".into(),
-            task.index.to_string(),
+        ];
+        argv.extend(which.iter().cloned());
+        argv.extend([
             "--attempt".into(),
             task.attempt.to_string(),
             "--engine".into(),
             self.node_engine.as_str().into(),
-        ];
+        ]);
         let cmd: Vec<String> = argv.iter().map(|a| sh_quote(a)).collect();
         // exec: the agent itself receives Slurm's signals (scancel, --signal, the time limit)
         // and stops its container before Slurm's SIGKILL (KillWait).
         Ok(format!(
             "#!/bin/sh\n# caas task {}\nexec {}\n",
-            task.task_id.replace('\n', " "),
+            what.replace('\n', " "),
             cmd.join(" ")
         ))
     }
 
     /// The `sbatch` arguments of a task (the script comes on stdin).
     pub fn sbatch_argv(&self, task: &RemoteTask) -> Vec<String> {
+        self.argv(task, job_name(task), job_comment(task), &self.output)
+    }
+
+    /// The `sbatch` arguments of ONE job array for `tasks` (attempts of the same job, sharing
+    /// its resources): `--array=<their indices>%<limit>`, named and commented for the job, each
+    /// element's output in `--output` with `%j` as `%A_%a` (the array's id and the element's
+    /// index, which is the task's index). `None` for no tasks.
+    pub fn array_sbatch_argv(&self, tasks: &[RemoteTask], limit: usize) -> Option<Vec<String>> {
+        let first = tasks.first()?;
+        let mut indices: Vec<usize> = tasks.iter().map(|t| t.index).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        let mut a = self.argv(
+            first,
+            array_name(first),
+            array_comment(first),
+            &self.output.replace("%j", "%A_%a"),
+        );
+        a.insert(
+            1,
+            format!("--array={}%{}", index_ranges(&indices), limit.max(1)),
+        );
+        Some(a)
+    }
+
+    fn argv(&self, task: &RemoteTask, name: String, comment: String, output: &str) -> Vec<String> {
         let mut a = vec![
             "--parsable".to_string(),
-            format!("--job-name={}", job_name(task)),
-            format!("--comment={}", job_comment(task)),
-            format!("--output={}", self.output),
+            format!("--job-name={name}"),
+            format!("--comment={comment}"),
+            format!("--output={output}"),
             "--chdir=/".to_string(),
             // A requeued job would find its attempt claimed: caas retries with a new attempt.
             "--no-requeue".to_string(),
@@ -183,9 +229,28 @@ impl SlurmConfig {
     }
 }
 
-/// `caas-<analysis>-<timestamp>-<idx>`, with characters Slurm tools show plainly.
-pub fn job_name(task: &RemoteTask) -> String {
-    let raw = format!("caas-{}-{}-{}", task.analysis, task.timestamp, task.index);
+/// Sorted, distinct indices as Slurm's array list: `0-5`, `0-2,4,7-9`.
+pub(crate) fn index_ranges(sorted: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+fn slurm_plain(raw: &str) -> String {
     raw.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -196,6 +261,34 @@ pub fn job_name(task: &RemoteTask) -> String {
         })
         .take(120)
         .collect()
+}
+
+/// `caas-<analysis>-<timestamp>-array`: the name of a job's array (its elements are its
+/// tasks, element i task i).
+pub fn array_name(task: &RemoteTask) -> String {
+    let mut name = slurm_plain(&format!("caas-{}-{}", task.analysis, task.timestamp));
+    name.truncate(114);
+    name + "-array"
+}
+
+/// The comment of a job's array: the task id with `array` for the task's index
+/// (`<group>/<job folder>.array`), and ` attempt N` for attempts after the first.
+pub fn array_comment(task: &RemoteTask) -> String {
+    let suffix = format!(".{}", task.index);
+    let job = task.task_id.strip_suffix(&suffix).unwrap_or(&task.task_id);
+    if task.attempt == 0 {
+        format!("{job}.array")
+    } else {
+        format!("{job}.array attempt {}", task.attempt)
+    }
+}
+
+/// `caas-<analysis>-<timestamp>-<idx>`, with characters Slurm tools show plainly.
+pub fn job_name(task: &RemoteTask) -> String {
+    slurm_plain(&format!(
+        "caas-{}-{}-{}",
+        task.analysis, task.timestamp, task.index
+    ))
 }
 
 /// The Slurm job's comment: the caas task id, and ` attempt N` for a retry.
@@ -337,6 +430,60 @@ pub(crate) mod tests {
             !a.iter()
                 .any(|x| x.starts_with("--signal") || x.starts_with("--gres"))
         );
+    }
+
+    #[test]
+    fn one_array_for_a_job() {
+        let mut cfg = cfg();
+        cfg.partition = Some("debug".into());
+        cfg.sbatch_args = vec!["--qos=short".into()];
+        cfg.output = "/var/log/caas-%j.out".into();
+        let tasks: Vec<RemoteTask> = (0..6)
+            .map(|i| {
+                let mut t = task();
+                t.index = i;
+                t.task_id = format!("lab/job__pca_16:52:06.8.{i}");
+                t
+            })
+            .collect();
+        let a = cfg.array_sbatch_argv(&tasks, 2).unwrap();
+        assert_eq!(
+            a[..6],
+            [
+                "--parsable",
+                "--array=0-5%2",
+                "--job-name=caas-pca-16-52-06.8-array",
+                "--comment=lab/job__pca_16:52:06.8.array",
+                "--output=/var/log/caas-%A_%a.out",
+                "--chdir=/",
+            ]
+        );
+        // The same resources, limit and site arguments as a single task's submission.
+        assert_eq!(a[6..], cfg.sbatch_argv(&tasks[0])[5..]);
+        assert_eq!(a.last().map(String::as_str), Some("--qos=short"));
+        // Gaps (tasks already ended) are left out; the limit is at least 1.
+        let some = [
+            tasks[4].clone(),
+            tasks[0].clone(),
+            tasks[1].clone(),
+            tasks[2].clone(),
+        ];
+        let a = cfg.array_sbatch_argv(&some, 0).unwrap();
+        assert_eq!(a[1], "--array=0-2,4%1");
+        assert!(cfg.array_sbatch_argv(&[], 3).is_none());
+        let script = cfg.array_batch_script(&tasks[3]).unwrap();
+        assert!(
+            script.ends_with(
+                "'--group' 'lab' '--timestamp' '16:52:06.8' '--array' '--attempt' '0' '--engine' 'docker'\n"
+            ),
+            "{script}"
+        );
+        assert!(
+            !script.contains("--dataset") && !script.contains("--index"),
+            "{script}"
+        );
+        assert_eq!(index_ranges(&[0, 1, 2, 3, 999]), "0-3,999");
+        assert_eq!(index_ranges(&[7]), "7");
     }
 
     #[test]

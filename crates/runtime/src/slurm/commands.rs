@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::args::{job_comment, job_name};
+use super::args::{array_comment, array_name, job_comment, job_name};
 use crate::RuntimeError;
 use crate::executor::RemoteTask;
 
@@ -142,7 +142,64 @@ fn squeue_args(extra: &[String]) -> Vec<String> {
 /// One `squeue` for every job of this user (all states Slurm still remembers): id → state.
 pub(crate) async fn squeue(bin: &Path) -> Result<HashMap<String, String>, RuntimeError> {
     let out = query(bin, &squeue_args(&["--format=%i|%T".to_string()])).await?;
-    Ok(parse_pairs(&out))
+    Ok(expand_pairs(parse_pairs(&out)))
+}
+
+/// At most this many elements are read from one array line (Slurm's own `MaxArraySize`
+/// defaults to 1001); the rest of a larger range is ignored, never allocated.
+const MAX_ELEMENTS: usize = 100_000;
+
+/// A job id as `squeue`/`sacct` print it: `123` → `(123, None)`; an array element `123_4` →
+/// `(123, Some(4))`; an array's collapsed pending elements `123_[0-3,7%2]` → each of them.
+/// Anything else is nothing.
+pub(crate) fn expand_id(id: &str) -> Vec<(u64, Option<usize>)> {
+    let id = id.trim();
+    let Some((base, elems)) = id.split_once('_') else {
+        return id.parse().map(|b| vec![(b, None)]).unwrap_or_default();
+    };
+    let Ok(base) = base.parse::<u64>() else {
+        return Vec::new();
+    };
+    if let Ok(e) = elems.parse::<usize>() {
+        return vec![(base, Some(e))];
+    }
+    let Some(list) = elems.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else {
+        return Vec::new();
+    };
+    let list = list.split_once('%').map_or(list, |(l, _)| l);
+    let mut out = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) else {
+            continue;
+        };
+        for e in a..=b {
+            if out.len() >= MAX_ELEMENTS {
+                return out;
+            }
+            out.push((base, Some(e)));
+        }
+    }
+    out
+}
+
+/// The key a job or array element is tracked by: `123`, or `123_4`.
+pub(crate) fn element_key(base: u64, element: Option<usize>) -> String {
+    match element {
+        Some(e) => format!("{base}_{e}"),
+        None => base.to_string(),
+    }
+}
+
+/// id → value pairs with collapsed array lines expanded into their elements.
+fn expand_pairs(pairs: HashMap<String, String>) -> HashMap<String, String> {
+    let mut out = HashMap::with_capacity(pairs.len());
+    for (id, value) in pairs {
+        for (base, e) in expand_id(&id) {
+            out.insert(element_key(base, e), value.clone());
+        }
+    }
+    out
 }
 
 /// What one `sacct` call said of some jobs.
@@ -164,7 +221,7 @@ pub(crate) async fn sacct(bin: &Path, ids: &[String]) -> Result<Accounting, Runt
         format!("--jobs={}", ids.join(",")),
     ];
     match query(bin, &args).await {
-        Ok(out) => Ok(Accounting::States(parse_pairs(&out))),
+        Ok(out) => Ok(Accounting::States(expand_pairs(parse_pairs(&out)))),
         // No accounting configured, or no sacct installed at all.
         Err(RuntimeError::Scheduler { what, .. })
             if what.contains("accounting storage is disabled")
@@ -176,31 +233,48 @@ pub(crate) async fn sacct(bin: &Path, ids: &[String]) -> Result<Accounting, Runt
     }
 }
 
-/// Every job of this user Slurm still remembers, by (name, comment) → the newest job id: what
-/// a restarted manager re-attaches its tasks by, in ONE `squeue` call for all of them.
-pub(crate) async fn list_named(bin: &Path) -> Result<HashMap<(String, String), u64>, RuntimeError> {
+/// This user's jobs Slurm still remembers: (name, comment) → their ids (an array's elements
+/// with their index, from its collapsed and its started lines alike).
+pub(crate) type Named = HashMap<(String, String), Vec<(u64, Option<usize>)>>;
+
+/// Every job of this user Slurm still remembers, by name and comment: what a restarted manager
+/// re-attaches its tasks by, in ONE `squeue` call for all of them.
+pub(crate) async fn list_named(bin: &Path) -> Result<Named, RuntimeError> {
     let out = query(bin, &squeue_args(&["--format=%i|%j|%k".to_string()])).await?;
-    let mut jobs: HashMap<(String, String), u64> = HashMap::new();
+    Ok(parse_named(&out))
+}
+
+pub(crate) fn parse_named(out: &str) -> Named {
+    let mut jobs: Named = HashMap::new();
     for line in out.lines() {
         let mut it = line.trim().splitn(3, '|');
         let (Some(id), Some(name), Some(comment)) = (it.next(), it.next(), it.next()) else {
             continue;
         };
-        let Ok(id) = id.trim().parse::<u64>() else {
+        let ids = expand_id(id);
+        if ids.is_empty() {
             continue;
-        };
-        let e = jobs
-            .entry((name.trim().to_string(), comment.trim().to_string()))
-            .or_insert(id);
-        *e = (*e).max(id);
+        }
+        jobs.entry((name.trim().to_string(), comment.trim().to_string()))
+            .or_default()
+            .extend(ids);
     }
-    Ok(jobs)
+    jobs
 }
 
-/// The Slurm job of a task in such a listing (by its name and comment).
-pub(crate) fn find_job(jobs: &HashMap<(String, String), u64>, task: &RemoteTask) -> Option<String> {
-    jobs.get(&(job_name(task), job_comment(task)))
-        .map(|id| id.to_string())
+/// The Slurm job of a task in such a listing: its own job (by its name and comment), else its
+/// element of its job's array; the newest when there are several.
+pub(crate) fn find_job(jobs: &Named, task: &RemoteTask) -> Option<String> {
+    let newest = |key: (String, String), element: Option<usize>| {
+        jobs.get(&key)?
+            .iter()
+            .filter(|(_, e)| *e == element)
+            .map(|(b, _)| *b)
+            .max()
+            .map(|b| element_key(b, element))
+    };
+    newest((job_name(task), job_comment(task)), None)
+        .or_else(|| newest((array_name(task), array_comment(task)), Some(task.index)))
 }
 
 /// `id|value` lines; a value's first word for states (`CANCELLED by 0`), all of a comment.
@@ -261,8 +335,11 @@ mod tests {
         let mut t = crate::slurm::args::tests::task();
         let name = job_name(&t);
         let jobs = HashMap::from([
-            ((name.clone(), t.task_id.clone()), 20),
-            ((name.clone(), format!("{} attempt 1", t.task_id)), 31),
+            ((name.clone(), t.task_id.clone()), vec![(20, None)]),
+            (
+                (name.clone(), format!("{} attempt 1", t.task_id)),
+                vec![(31, None)],
+            ),
         ]);
         assert_eq!(find_job(&jobs, &t).as_deref(), Some("20"));
         t.attempt = 1;
@@ -272,5 +349,42 @@ mod tests {
         assert!(is_terminal("COMPLETED") && is_terminal(GONE) && is_terminal("CANCELLED"));
         assert!(!is_terminal("RUNNING") && !is_terminal("COMPLETING") && !is_terminal("PENDING"));
         assert!(is_involuntary("NODE_FAIL") && !is_involuntary("CANCELLED"));
+    }
+
+    #[test]
+    fn array_lines_expand_into_their_elements() {
+        assert_eq!(expand_id("12"), [(12, None)]);
+        assert_eq!(expand_id("12_3"), [(12, Some(3))]);
+        assert_eq!(
+            expand_id("12_[1-3,7%2]"),
+            [(12, Some(1)), (12, Some(2)), (12, Some(3)), (12, Some(7))]
+        );
+        assert!(expand_id("x_1").is_empty() && expand_id("12_[").is_empty());
+        assert_eq!(expand_id("12_[0-99999999]").len(), MAX_ELEMENTS);
+        // squeue's collapsed form: one line for the pending elements, one per started one.
+        let m = expand_pairs(parse_pairs(
+            "40_[2-5%2]|PENDING\n40_0|RUNNING\n40_1|COMPLETED\n41|RUNNING\n",
+        ));
+        assert_eq!(m.len(), 7);
+        assert_eq!(m["40_5"], "PENDING");
+        assert_eq!(m["40_1"], "COMPLETED");
+        assert_eq!(m["41"], "RUNNING");
+        // Re-attaching: a task finds its element of its job's array, pending or started.
+        let mut t = crate::slurm::args::tests::task();
+        let line = |id: &str| format!("{id}|{}|{}\n", array_name(&t), array_comment(&t));
+        let named = parse_named(&(line("40_[2-5%2]") + &line("40_0") + &line("39_2")));
+        assert_eq!(find_job(&named, &t).as_deref(), Some("40_2"));
+        let at = |t: &mut RemoteTask, i: usize| {
+            t.index = i;
+            t.task_id = format!("lab/job__pca_16:52:06.8.{i}");
+        };
+        at(&mut t, 0);
+        assert_eq!(find_job(&named, &t).as_deref(), Some("40_0"));
+        at(&mut t, 6);
+        assert_eq!(find_job(&named, &t), None);
+        // A retry is its own job, never an element of the first attempt's array.
+        at(&mut t, 2);
+        t.attempt = 1;
+        assert_eq!(find_job(&named, &t), None);
     }
 }

@@ -1,6 +1,8 @@
 //! The Slurm executor: every task is one Slurm job whose batch script runs `caas task run` on
 //! the node; the node runs the same task pipeline with its own container engine and records
-//! the task's outcome in the store. Here: `sbatch` to submit (rate-limited, transient errors
+//! the task's outcome in the store. The first attempts of a job's tasks are ONE job array
+//! ([`Executor::submit_remote_batch`]: one `sbatch --array=0-(N-1)%L`; element i is task i);
+//! a retry is its own single job. Here: `sbatch` to submit (rate-limited, transient errors
 //! retried), ONE `squeue` call per polling pass for all of this manager's Slurm jobs (and, for
 //! jobs `squeue` has forgotten, at most one `sacct` where accounting exists), `scancel` to
 //! cancel. `args` builds the batch script and `sbatch` arguments, `commands` runs the tools.
@@ -25,10 +27,11 @@ use crate::executor::{ExecFuture, Executor, RemoteEnd, RemoteTask, TaskContainer
 use crate::{ContainerSpec, Docker, ImageInfo, OutputChunk, RunReport, RuntimeError};
 
 mod args;
+mod array;
 mod commands;
 
 pub use args::{NodeEngine, SlurmConfig, job_comment, job_name, parse_rate};
-use commands::{Accounting, find_job, list_named, sacct, sbatch, scancel, squeue};
+use commands::{Accounting, Named, find_job, list_named, sacct, sbatch, scancel, squeue};
 pub use commands::{GONE, is_involuntary, is_terminal};
 
 /// Attempts of one `sbatch` when Slurm says it is busy (the first included).
@@ -55,6 +58,16 @@ pub struct QueryCalls {
     pub sacct: AtomicU64,
     /// Polling passes that queried Slurm.
     pub passes: AtomicU64,
+    /// `sbatch` calls that submitted something (one per job array, one per single task).
+    pub sbatch: AtomicU64,
+}
+
+/// One job array this manager submitted: elements not yet followed, and a token that ends
+/// the watcher which cancels the whole array with the job.
+#[derive(Debug)]
+struct ArrayJob {
+    unfollowed: usize,
+    done: CancellationToken,
 }
 
 /// Runs each task as one Slurm job (see the module docs).
@@ -73,9 +86,14 @@ pub struct Slurm {
     /// The last listing of this user's jobs by name and comment (for re-attaching after a
     /// restart: one `squeue` for all tasks that resume at once), and when it was made.
     named: tokio::sync::Mutex<Option<(tokio::time::Instant, NamedJobs)>>,
+    /// (task id, attempt) → its element (`<array id>_<index>`) of a submitted array, until
+    /// the task's `run_remote` follows it.
+    batched: Mutex<HashMap<(String, u32), String>>,
+    /// Array id → what is left of it.
+    arrays: Mutex<HashMap<String, ArrayJob>>,
 }
 
-type NamedJobs = Arc<HashMap<(String, String), u64>>;
+type NamedJobs = Arc<Named>;
 
 /// How long one listing serves the re-attachments of a restart.
 const NAMED_FRESH: Duration = Duration::from_secs(5);
@@ -91,6 +109,8 @@ impl Slurm {
             calls: Arc::default(),
             next_submit: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             named: tokio::sync::Mutex::new(None),
+            batched: Mutex::default(),
+            arrays: Mutex::default(),
         }
     }
 
@@ -126,11 +146,24 @@ impl Slurm {
     async fn submit(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
         let script = self.cfg.batch_script(task)?;
         let argv = self.cfg.sbatch_argv(task);
+        self.sbatch_retried(task, &argv, &script).await
+    }
+
+    /// One `sbatch` (rate-limited), retried while Slurm says it is busy.
+    async fn sbatch_retried(
+        &self,
+        task: &RemoteTask,
+        argv: &[String],
+        script: &str,
+    ) -> Result<String, RuntimeError> {
         let mut attempt = 1;
         loop {
             self.rate_limit().await;
-            match sbatch(&self.cfg.tool("sbatch"), &argv, &script).await {
-                Ok(id) => return Ok(id),
+            match sbatch(&self.cfg.tool("sbatch"), argv, script).await {
+                Ok(id) => {
+                    self.calls.sbatch.fetch_add(1, Ordering::Relaxed);
+                    return Ok(id);
+                }
                 Err(
                     e @ RuntimeError::Scheduler {
                         transient: true, ..
@@ -206,14 +239,26 @@ impl Slurm {
         task: &RemoteTask,
         cancel: &CancellationToken,
     ) -> Result<RemoteEnd, RuntimeError> {
+        let element = if task.adopt {
+            None
+        } else {
+            self.take_batched(task)
+        };
         if cancel.is_cancelled() {
+            if let Some(e) = &element {
+                // Its array is cancelled as a whole (see `submit_array`).
+                self.followed(e);
+            }
             return Ok(RemoteEnd {
                 handle: None,
                 state: "not submitted".into(),
                 detail: None,
             });
         }
-        let id = if task.adopt {
+        let id = if let Some(e) = element.clone() {
+            tracing::info!(task = %task.task_id, attempt = task.attempt, slurm_job = %e, "submitted as an array element");
+            e
+        } else if task.adopt {
             match find_job(self.named_jobs().await?.as_ref(), task) {
                 Some(id) => {
                     tracing::info!(task = %task.task_id, slurm_job = %id, "re-attached");
@@ -267,6 +312,9 @@ impl Slurm {
             .unwrap_or_else(|e| e.into_inner())
             .jobs
             .remove(&id);
+        if element.is_some() {
+            self.followed(&id);
+        }
         let detail = self.agent_output_tail(&id);
         Ok(RemoteEnd {
             handle: Some(id),
@@ -278,6 +326,7 @@ impl Slurm {
     /// The last lines of a job's `--output` file, when it is readable from here (a shared
     /// filesystem, or one host) and its name depends on the job id alone.
     fn agent_output_tail(&self, id: &str) -> Option<String> {
+        // An array element's output is `%A_%a` where a single job's is `%j`.
         let path = self.cfg.output.replace("%j", id);
         if path.contains('%') {
             return None;
@@ -442,6 +491,15 @@ impl Executor for Slurm {
 
     fn remote_retries(&self) -> u32 {
         self.cfg.retries
+    }
+
+    fn submit_remote_batch<'a>(
+        &'a self,
+        tasks: &'a [RemoteTask],
+        limit: usize,
+        cancel: &'a CancellationToken,
+    ) -> ExecFuture<'a, usize> {
+        self.submit_array(tasks, limit, cancel).boxed()
     }
 
     fn save_image<'a>(&'a self, image: &'a str, dest: &'a Path) -> ExecFuture<'a, u64> {
