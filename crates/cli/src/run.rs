@@ -134,7 +134,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         None => default_image(&docker, &analysis).await.map_err(dev_error)?,
     };
     // A missing image is refused before anything is stored: no job folder, no inputs.
-    if docker.image_info(&image).await?.is_none() {
+    // An image reference the engine refuses (upper case, ...) is the user's input error.
+    let info = match docker.image_info(&image).await {
+        Ok(info) => info,
+        Err(e) if e.is_bad_request() => {
+            return Err(user(format!(
+                "image {image}: the Docker engine refuses it: {e}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if info.is_none() {
         let how = if args.image.is_none() && spec.environment.dockerfile.is_some() {
             "build it with `caas build` first".to_string()
         } else {
