@@ -5,67 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::s3::*;
 use common::server::*;
 use common::*;
-
-fn endpoint() -> String {
-    let port = std::env::var("CAAS_S3_PORT").unwrap_or_else(|_| "5055".into());
-    format!("http://127.0.0.1:{port}")
-}
-
-fn aws_bin() -> String {
-    let venv = std::env::var("CAAS_VENV").unwrap_or_else(|_| "/opt/caas-venv".into());
-    format!("{venv}/bin/aws")
-}
-
-/// Make sure the S3 server answers (runs scripts/setup.sh once if not).
-fn ensure_s3() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        ensure_engine();
-        let up = std::net::TcpStream::connect(endpoint().trim_start_matches("http://")).is_ok();
-        if !up || !Path::new(&aws_bin()).exists() {
-            let st = Command::new("bash")
-                .arg(repo_root().join("scripts/setup.sh"))
-                .status()
-                .expect("run scripts/setup.sh");
-            assert!(st.success(), "scripts/setup.sh failed");
-        }
-    });
-}
-
-fn with_aws_env(c: &mut Command) -> &mut Command {
-    c.env("AWS_ENDPOINT_URL", endpoint())
-        .env("AWS_ACCESS_KEY_ID", "caas-test")
-        .env("AWS_SECRET_ACCESS_KEY", "caas-test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-}
-
-/// The AWS CLI, as the user runs it.
-fn aws(args: &[&str]) -> Output {
-    let mut c = Command::new(aws_bin());
-    with_aws_env(&mut c)
-        .args(["--endpoint-url", &endpoint()])
-        .args(args);
-    c.output().expect("run the AWS CLI")
-}
-
-fn aws_ok(args: &[&str]) -> String {
-    let out = aws(args);
-    assert!(
-        out.status.success(),
-        "aws {args:?}: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
 
 /// `caas serve` on an S3 store with the test's AWS settings, manager id `id`, scratch space in
 /// `work`, logging to `log`; waits (at most 60 s) for its ready line.
