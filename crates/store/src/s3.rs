@@ -122,7 +122,7 @@ impl S3Direct {
         policy: Policy,
     ) -> Result<bool, StoreError> {
         let path = self.full(key)?;
-        crate::put_if_absent(self.s3.as_ref(), policy, &path, key, bytes).await
+        crate::backend::put_if_absent(self.s3.as_ref(), policy, &path, key, bytes).await
     }
 
     /// `CompleteMultipartUpload` with `If-None-Match: *`: `Ok(false)` when something is at

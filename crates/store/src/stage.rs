@@ -15,7 +15,8 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::local::{LocalError, MAX_DEPTH, kind_name, segments};
-use crate::{Backend, Store, StoreError, blocking, local_err};
+use crate::backend::{Backend, blocking, local_err};
+use crate::{Store, StoreError};
 
 /// Most files a staged dataset folder may hold.
 pub const MAX_STAGED_FILES: usize = 1_000_000;

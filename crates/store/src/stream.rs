@@ -19,7 +19,8 @@ use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
 use crate::local::LocalFs;
-use crate::{Backend, Store, StoreError, blocking, found, local_err};
+use crate::backend::{Backend, blocking, found, local_err};
+use crate::{Store, StoreError};
 
 /// An object's bytes as they are read.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
