@@ -30,7 +30,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(LocalError::Io(std::io::Error::other(e.to_string()))))
 }
 
-pub(crate) fn local_err<'a>(op: &'static str, key: &'a str) -> impl FnOnce(LocalError) -> StoreError + 'a {
+pub(crate) fn local_err<'a>(
+    op: &'static str,
+    key: &'a str,
+) -> impl FnOnce(LocalError) -> StoreError + 'a {
     move |e| match e {
         LocalError::NotFound => StoreError::NotFound {
             key: key.to_string(),

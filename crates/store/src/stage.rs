@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::local::{LocalError, MAX_DEPTH, kind_name, segments};
 use crate::backend::{Backend, blocking, local_err};
+use crate::local::{LocalError, MAX_DEPTH, kind_name, segments};
 use crate::{Store, StoreError};
 
 /// Most files a staged dataset folder may hold.

@@ -18,8 +18,8 @@ use object_store::path::Path as ObjPath;
 use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
-use crate::local::LocalFs;
 use crate::backend::{Backend, blocking, found, local_err};
+use crate::local::LocalFs;
 use crate::{Store, StoreError};
 
 /// An object's bytes as they are read.
