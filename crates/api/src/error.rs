@@ -5,10 +5,18 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
 
 use caas_client::ClientError;
 use caas_store::StoreError;
+
+/// Every error's body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
 
 /// Why a request was not served.
 #[derive(Debug, thiserror::Error)]

@@ -14,14 +14,29 @@
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::inputs::content_length;
+
+/// The `Content-Length` of a request, when it gives one.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The 413 of a body over `limit` bytes (`--max-body`).
+pub(crate) fn too_large(limit: u64) -> ApiError {
+    ApiError::TooLarge(format!(
+        "the body is larger than {limit} bytes, the most this server takes in one request; \
+         use a resumable upload (POST .../uploads) in smaller parts"
+    ))
+}
 
 /// The most of a framework-made error text that is put into the JSON error (they are short).
 const FRAMEWORK_TEXT_MAX: usize = 1024;

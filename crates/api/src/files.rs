@@ -34,7 +34,7 @@ fn streamed(size: u64, reader: caas_store::ObjectReader, content_type: &'static 
 /// The job's certificate (`logs/certificate.txt`).
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}/certificate", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path)),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn certificate(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -63,7 +63,7 @@ pub struct LogQuery {
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}/logs", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path), ("dataset" = Option<String>, Query),
         ("stream" = Option<String>, Query, description = "stdout or stderr")),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn logs(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -271,7 +271,7 @@ pub struct ResultEntry {
 /// The job's result files.
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}/results", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path)),
-    responses((status = 200, body = [ResultEntry]), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = [ResultEntry]), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn results(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -294,7 +294,7 @@ pub async fn results(
 /// One result file, streamed.
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}/results/{path}", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path), ("path" = String, Path)),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn result_file(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -352,7 +352,7 @@ pub fn preview_type(path: &str) -> &'static str {
 /// All results as one tar, made while it is sent (never held whole).
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}/results.tar", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path)),
-    responses((status = 200, content_type = "application/x-tar", body = Vec<u8>), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, content_type = "application/x-tar", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn tar(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -434,7 +434,7 @@ pub struct Cost {
 /// The group's usage and cost.
 #[utoipa::path(get, path = "/api/v1/groups/{group}/cost", tag = "jobs",
     params(("group" = String, Path)),
-    responses((status = 200, body = Cost), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Cost), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn cost(
     State(st): State<AppState>,
     Auth(p): Auth,

@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::inputs::checked_name;
+use crate::stored::checked_name;
 
 /// A job, as every endpoint answers it (shared with the CLI's `--server` mode).
 pub use caas_client::JobView as Job;
@@ -56,7 +56,7 @@ pub(crate) async fn find(
 /// The group's jobs, newest first.
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs", tag = "jobs",
     params(("group" = String, Path)),
-    responses((status = 200, body = [Job]), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = [Job]), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -75,7 +75,7 @@ pub async fn list(
 /// One job.
 #[utoipa::path(get, path = "/api/v1/groups/{group}/jobs/{job}", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path, description = "folder name or timestamp")),
-    responses((status = 200, body = Job), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Job), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get_job(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -91,7 +91,7 @@ pub async fn get_job(
 /// Ask for a job to be cancelled.
 #[utoipa::path(post, path = "/api/v1/groups/{group}/jobs/{job}/cancel", tag = "jobs",
     params(("group" = String, Path), ("job" = String, Path)),
-    responses((status = 202, body = Job), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 202, body = Job), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -142,8 +142,8 @@ fn input_key(group: &GroupName, kind: InputKind, value: &str) -> Result<String, 
 /// Submit a job.
 #[utoipa::path(post, path = "/api/v1/groups/{group}/jobs", tag = "jobs",
     params(("group" = String, Path)), request_body = NewJob,
-    responses((status = 201, body = Job), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 409, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody)))]
+    responses((status = 201, body = Job), (status = 400, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
 pub async fn create(
     State(st): State<AppState>,
     Auth(p): Auth,

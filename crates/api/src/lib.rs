@@ -25,6 +25,7 @@ mod jobs;
 mod meta;
 mod openapi;
 mod ops;
+mod stored;
 mod tes;
 mod upload_s3;
 mod uploads;

@@ -25,7 +25,7 @@ pub struct WhoAmI {
 
 /// The user and groups of the token.
 #[utoipa::path(get, path = "/api/v1/whoami", tag = "auth",
-    responses((status = 200, body = WhoAmI), (status = 401, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = WhoAmI), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn whoami(Auth(p): Auth) -> Json<WhoAmI> {
     Json(WhoAmI {
         user: p.user.name,
@@ -53,7 +53,7 @@ pub struct AnalysisInfo {
 
 /// The analyses this server runs (the first is the default of a job).
 #[utoipa::path(get, path = "/api/v1/analyses", tag = "jobs",
-    responses((status = 200, body = [AnalysisInfo]), (status = 401, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = [AnalysisInfo]), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn analyses(State(st): State<AppState>, Auth(_): Auth) -> Json<Vec<AnalysisInfo>> {
     Json(
         st.analyses()

@@ -2,17 +2,11 @@
 //! `GET /api/v1/openapi.json` without a token.
 
 use axum::Json;
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-/// Every error's body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong and what to do.
-    pub error: String,
-}
+use crate::error::ErrorBody;
 
 struct Bearer;
 

@@ -28,8 +28,8 @@ use tokio::io::AsyncReadExt;
 use caas_store::{Checkpoint, MultipartWriter, PartDone, Store};
 
 use crate::error::ApiError;
-use crate::inputs::{Uploaded, too_large};
-use crate::uploads::UploadState;
+use crate::extract::too_large;
+use crate::stored::{UploadState, Uploaded};
 
 /// How long an idle session keeps its writer in memory.
 const IDLE: Duration = Duration::from_secs(3600);

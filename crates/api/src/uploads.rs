@@ -21,10 +21,9 @@ use caas_spec::layout::{upload_data, upload_folder, upload_part, upload_record};
 use crate::AppState;
 use crate::auth::{Auth, upload_id};
 use crate::error::ApiError;
-use crate::extract::JsonBody;
-use crate::inputs::{
-    Uploaded, checked_name, content_length, kind_of, publish, stream_body, too_large,
-};
+use crate::extract::{JsonBody, content_length, too_large};
+pub use crate::stored::UploadState;
+use crate::stored::{Uploaded, checked_name, kind_of, publish, stream_body};
 use crate::upload_s3::{self, S3Parts};
 
 /// `POST .../uploads` body.
@@ -38,21 +37,6 @@ pub struct NewUpload {
     pub name: String,
     /// The whole file's size, bytes.
     pub size: u64,
-}
-
-/// A resumable upload's state.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct UploadState {
-    /// Its id.
-    pub id: String,
-    /// `inputs` or `configs`.
-    pub kind: String,
-    /// The final name.
-    pub name: String,
-    /// The announced size.
-    pub size: u64,
-    /// Bytes received so far (the next part's offset).
-    pub received: u64,
 }
 
 /// The answer to a part: how many bytes were received in all (the next part's offset).
@@ -102,7 +86,7 @@ async fn save(st: &AppState, folder: &str, rec: &Record) -> Result<(), ApiError>
 /// Announce a resumable upload.
 #[utoipa::path(post, path = "/api/v1/groups/{group}/uploads", tag = "files",
     params(("group" = String, Path)), request_body = NewUpload,
-    responses((status = 201, body = UploadState), (status = 400, body = crate::openapi::ErrorBody)))]
+    responses((status = 201, body = UploadState), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn start(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -156,7 +140,7 @@ pub async fn start(
 /// Where a resumable upload stands.
 #[utoipa::path(get, path = "/api/v1/groups/{group}/uploads/{id}", tag = "files",
     params(("group" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = UploadState), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = UploadState), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn status(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -194,7 +178,7 @@ fn final_key(group: &GroupName, rec: &UploadState) -> Result<String, ApiError> {
 #[utoipa::path(put, path = "/api/v1/groups/{group}/uploads/{id}", tag = "files",
     params(("group" = String, Path), ("id" = String, Path), ("offset" = u64, Query)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = Received), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Received), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn part(
     State(st): State<AppState>,
     Auth(p): Auth,
@@ -275,7 +259,7 @@ pub fn part_limit(max_body: u64, size: u64, received: u64) -> Option<u64> {
 #[utoipa::path(post, path = "/api/v1/groups/{group}/uploads/{id}/complete", tag = "files",
     params(("group" = String, Path), ("id" = String, Path)),
     responses((status = 201, body = Uploaded), (status = 200, body = Uploaded),
-        (status = 409, body = crate::openapi::ErrorBody)))]
+        (status = 409, body = crate::error::ErrorBody)))]
 pub async fn complete(
     State(st): State<AppState>,
     Auth(p): Auth,

@@ -16,7 +16,6 @@ use caas_spec::layout::{JobPaths, WEBHOOKS_PREFIX, webhook_key};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::jobs::Job;
 
 /// A webhook URL: `https://...`, or `http://` to this machine; never with user information
 /// (`user:password@`): it would be stored and sent in clear, and a receiver authenticates the
@@ -177,7 +176,8 @@ fn spawn(st: AppState, url: reqwest::Url, mut rec: HookRecord) {
                 );
                 if state != rec.last {
                     let body =
-                        serde_json::to_vec(&Job::in_folder(&rec.folder, &r)).unwrap_or_default();
+                        serde_json::to_vec(&caas_client::JobView::in_folder(&rec.folder, &r))
+                            .unwrap_or_default();
                     deliver(&client, &url, &rec.key, body).await;
                     rec.last = state;
                     if !r.state.is_terminal() {
