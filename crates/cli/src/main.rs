@@ -8,6 +8,7 @@ mod dev;
 mod errors;
 mod import;
 mod new;
+mod print;
 mod prov;
 mod publish;
 mod reload;

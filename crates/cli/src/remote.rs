@@ -14,7 +14,7 @@ use caas_spec::JobTimestamp;
 use caas_spec::command::shell_word;
 
 use crate::errors::{client_error, user};
-use crate::user::print_job;
+use crate::print::print_job;
 
 /// A server, the group its commands act on, and how to reach it.
 #[derive(Debug)]

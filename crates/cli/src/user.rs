@@ -19,6 +19,7 @@ use caas_spec::{GroupName, JobTimestamp};
 use caas_store::Store;
 
 use crate::errors::{client_error, user};
+use crate::print::print_job;
 use crate::remote::{self, Remote};
 
 /// Where: the store (or a server) and the group.
@@ -301,37 +302,6 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// A job's state and its datasets', one line each.
-pub(crate) fn print_job(job: &JobView) {
-    println!(
-        "{}  {} ({})",
-        job.job,
-        job.state.neurocaas_word(),
-        job.state
-    );
-    if let Some(r) = &job.reason {
-        println!("  reason: {r}");
-    }
-    if let Some(p) = &job.parent {
-        println!("  after: {p} (this job is a [[then]] step of it)");
-    }
-    for c in &job.children {
-        println!("  then:  {c}");
-    }
-    for d in &job.datasets {
-        println!(
-            "  {:<30} {:<12} {}{}",
-            d.name,
-            d.state.neurocaas_word(),
-            d.state,
-            d.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        );
-    }
 }
 
 /// Arguments of `caas logs`.

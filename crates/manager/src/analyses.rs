@@ -6,7 +6,18 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::Analysis;
+use caas_spec::AnalysisSpec;
+
+/// One analysis the manager serves.
+#[derive(Clone, Debug)]
+pub struct Analysis {
+    /// Its `caas.toml`.
+    pub spec: AnalysisSpec,
+    /// The image its tasks run.
+    pub image: String,
+    /// Which version this is (recorded in each job's job.json as `analysis_revision`).
+    pub revision: String,
+}
 
 #[derive(Debug, Default)]
 struct Served {

@@ -15,7 +15,9 @@
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
 mod analyses;
+mod event_state;
 mod events;
+mod inner;
 mod loops;
 mod manager;
 mod reject;
@@ -27,8 +29,10 @@ mod then;
 pub mod worker;
 
 pub use analyses::Analyses;
-pub use events::{EventStatus, Events};
-pub use manager::{Analysis, Manager, ManagerConfig};
+pub use analyses::Analysis;
+pub use event_state::{EventStatus, Events};
+pub use inner::ManagerConfig;
+pub use manager::Manager;
 pub use reject::{Refusal, check_submission};
 
 /// The `origin` of a job record made from the submission at `key` under claim `id`.

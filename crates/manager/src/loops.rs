@@ -13,8 +13,8 @@ use caas_runtime::Executor;
 use caas_spec::GroupName;
 use caas_spec::layout::submissions_prefix;
 
-use crate::events::Events;
-use crate::manager::Inner;
+use crate::event_state::Events;
+use crate::inner::Inner;
 use crate::worker::Worker;
 use crate::{CANCEL_FILE, ManagerError, submission_id};
 

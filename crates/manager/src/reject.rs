@@ -9,14 +9,14 @@
 
 use chrono::Utc;
 
-use caas_spec::layout::{END_MARKER_BODY, JobPaths};
+use caas_spec::layout::JobPaths;
 use caas_spec::record::Certificate;
 use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State, Submission};
 use caas_store::Store;
 use serde_json::Value;
 
 use crate::ManagerError;
-use crate::manager::Analysis;
+use crate::analyses::Analysis;
 
 /// Why [`check_submission`] refused a submission, with what is needed to file the rejection.
 #[derive(Debug)]
@@ -133,32 +133,29 @@ pub(crate) struct Rejection<'a> {
     pub hint: &'a str,
 }
 
-/// The folder a rejection is written to when the job's own folder cannot be used.
-pub(crate) fn rejection_root(r: &Rejection<'_>) -> String {
-    use caas_spec::layout::{rejection_folder, results_prefix};
-    format!(
-        "{}/{}",
-        results_prefix(r.group),
-        rejection_folder(r.analysis, r.timestamp.as_deref(), r.submission, r.id)
-    )
+/// The folder a rejection is written to when the job's own folder cannot be used, and its name.
+pub(crate) fn rejection_paths(r: &Rejection<'_>) -> (JobPaths, String) {
+    let folder =
+        caas_spec::layout::rejection_folder(r.analysis, r.timestamp.as_deref(), r.submission, r.id);
+    (JobPaths::in_folder(r.group, &folder), folder)
 }
 
-/// Write the rejection (idempotent: an existing rejection folder is left as it is).
+/// Write the rejection (idempotent: an existing rejection folder is left as it is), through
+/// the pipeline's writer, the one writer of job records.
 pub(crate) async fn write_rejection(
     store: &Store,
     r: &Rejection<'_>,
 ) -> Result<String, ManagerError> {
-    let root = rejection_root(r);
+    use caas_pipeline::{Refused, create_refused, finish_refused};
+    let (fallback, folder) = rejection_paths(r);
     let now = Utc::now();
-    let folder_ts = root
-        .rsplit('/')
-        .next()
-        .and_then(|f| f.strip_prefix(&format!("job__{}_", r.analysis)))
+    let folder_ts = folder
+        .strip_prefix(&format!("job__{}_", r.analysis))
         .unwrap_or("rejected")
         .to_string();
     let record = JobRecord {
         format: 1,
-        job_id: root.rsplit('/').next().unwrap_or_default().to_string(),
+        job_id: folder.clone(),
         analysis: r.analysis.clone(),
         analysis_version: r.version.to_string(),
         group: r.group.clone(),
@@ -177,8 +174,6 @@ pub(crate) async fn write_rejection(
         children: Vec::new(),
         no_cache: false,
     };
-    let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-    json.push(b'\n');
     // The job's own folder first, when the timestamp is usable and no job has it.
     if let Some(ts) = r
         .timestamp
@@ -194,31 +189,24 @@ pub(crate) async fn write_rejection(
         let mut own = record.clone();
         own.job_id = id.folder();
         own.timestamp = ts.to_string();
-        let mut own_json = serde_json::to_vec_pretty(&own).unwrap_or_default();
-        own_json.push(b'\n');
-        let ours = if store.create(&paths.job_json(), own_json).await? {
-            true
-        } else {
+        let ours = match create_refused(store, &paths, &own).await? {
+            Refused::Created => true,
             // Ours from before a restart (same submission and claim), or an earlier job's.
-            store
-                .get_small(&paths.job_json(), 16 << 20)
-                .await?
-                .and_then(|b| serde_json::from_slice::<JobRecord>(&b).ok())
-                .is_some_and(|rec| rec.origin == own.origin && rec.state == State::Rejected)
+            Refused::Existing(rec) => {
+                rec.is_some_and(|rec| rec.origin == own.origin && rec.state == State::Rejected)
+            }
         };
         if ours {
-            write_certificate(store, r, paths.root(), &id, now).await?;
+            finish_refused(store, &paths, &certificate(r, &id, now)).await?;
             return Ok(paths.root().to_string());
         }
     }
-    if !store.create(&format!("{root}/job.json"), json).await?
-        && store
-            .head(&format!("{root}/process_results/end.txt"))
-            .await?
-            .is_some()
+    let paths = fallback;
+    if let Refused::Existing(_) = create_refused(store, &paths, &record).await?
+        && store.head(&paths.end_marker()).await?.is_some()
     {
         // Written completely before (a resumed manager processing it again).
-        return Ok(root);
+        return Ok(paths.root().to_string());
     }
     let timestamp: JobTimestamp = folder_ts
         .parse()
@@ -228,18 +216,12 @@ pub(crate) async fn write_rejection(
         analysis: r.analysis.clone(),
         timestamp,
     };
-    write_certificate(store, r, &root, &id, now).await?;
-    Ok(root)
+    finish_refused(store, &paths, &certificate(r, &id, now)).await?;
+    Ok(paths.root().to_string())
 }
 
-/// The certificate and `end.txt` of a rejection in `root`.
-async fn write_certificate(
-    store: &Store,
-    r: &Rejection<'_>,
-    root: &str,
-    id: &JobId,
-    now: chrono::DateTime<Utc>,
-) -> Result<(), ManagerError> {
+/// The certificate of a rejection: the manager's lines of a job that never started.
+fn certificate(r: &Rejection<'_>, id: &JobId, now: chrono::DateTime<Utc>) -> Certificate {
     let mut cert = Certificate::new(now, id, r.version);
     for line in [
         format!(
@@ -257,16 +239,7 @@ async fn write_certificate(
     ] {
         cert.log(Utc::now(), &line);
     }
-    store
-        .put(
-            &format!("{root}/logs/certificate.txt"),
-            cert.render(&[], Utc::now()),
-        )
-        .await?;
-    store
-        .put(&format!("{root}/process_results/end.txt"), END_MARKER_BODY)
-        .await?;
-    Ok(())
+    cert
 }
 
 #[cfg(test)]
@@ -289,13 +262,19 @@ mod tests {
             hint: "h",
         };
         assert_eq!(
-            rejection_root(&r),
+            rejection_paths(&r).0.root(),
             "lab/results/job__pca_16:52:06.8__rejected-my-run-submit.json-01234567"
         );
         r.timestamp = Some("../../etc".into());
-        let root = rejection_root(&r);
+        let (paths, _) = rejection_paths(&r);
+        let root = paths.root();
         assert_eq!(root.matches('/').count(), 2, "{root}");
         r.timestamp = None;
-        assert!(rejection_root(&r).contains("_no-timestamp__rejected-"));
+        assert!(
+            rejection_paths(&r)
+                .0
+                .root()
+                .contains("_no-timestamp__rejected-")
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use caas_spec::GroupName;
 use caas_store::Store;
 
-use crate::manager::{Analysis, Inner, Manager};
+use crate::analyses::Analysis;
+use crate::inner::Inner;
+use crate::manager::Manager;
 use crate::{ManagerError, submission_id};
 
 /// A handle that hands a submission to a running manager at once, without waiting for its

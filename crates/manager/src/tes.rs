@@ -17,9 +17,16 @@ use caas_spec::layout::{TES_ANALYSIS, TES_EXECUTORS_FOLDER, tes_output_folder};
 use caas_spec::units::{ByteSize, HumanDuration};
 
 use crate::ManagerError;
-use crate::manager::Analysis;
+use crate::analyses::Analysis;
 
 /// The largest TES task document accepted (it is a config: a few KiB in practice; inline
+/// Whether a submission (its parsed JSON) is a TES task's.
+pub(crate) fn is_tes(raw: Option<&serde_json::Value>) -> bool {
+    raw.and_then(|v| v.get("analysis"))
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|a| a == TES_ANALYSIS)
+}
+
 /// `content` counts).
 pub const MAX_TASK_BYTES: usize = 8 << 20;
 

@@ -6,19 +6,13 @@
 
 use serde_json::{Value, json};
 
-use caas_spec::layout::{TES_ANALYSIS, TesPaths, tes_output_folder};
+use caas_spec::layout::{TesPaths, tes_output_folder};
 use caas_spec::{GroupName, JobRecord, State};
 
 use crate::ManagerError;
-use crate::manager::{Analysis, Inner};
+use crate::analyses::Analysis;
+use crate::inner::Inner;
 use crate::tes::{self, MAX_TASK_BYTES, TesTask};
-
-/// Whether a submission (its parsed JSON) is a TES task's.
-pub(crate) fn is_tes(raw: Option<&Value>) -> bool {
-    raw.and_then(|v| v.get("analysis"))
-        .and_then(Value::as_str)
-        .is_some_and(|a| a == TES_ANALYSIS)
-}
 
 /// The TES task id a submission's `timestamp` names, with its keys.
 pub(crate) fn tes_paths(group: &GroupName, raw: Option<&Value>) -> Option<TesPaths> {

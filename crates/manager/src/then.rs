@@ -20,7 +20,8 @@ use caas_spec::layout::{JobPaths, then_submission_key};
 use caas_spec::record::Certificate;
 use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
 
-use crate::manager::{Analysis, Inner};
+use crate::analyses::Analysis;
+use crate::inner::Inner;
 use crate::{ManagerError, submission_id};
 
 /// Refuse a set of analyses whose `[[then]]` steps name an analysis not served, or chain in a

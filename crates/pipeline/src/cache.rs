@@ -19,7 +19,7 @@ use caas_spec::record::Reused;
 use caas_spec::{State, Usage};
 
 use crate::PipelineError;
-use crate::outcome::{copy_config, ledger_json};
+use crate::ledger::{copy_config, ledger_json};
 use crate::provenance::{hash_object, input_fact};
 use crate::request::TaskCtx;
 use crate::writer::encode;

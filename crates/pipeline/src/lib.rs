@@ -9,7 +9,9 @@
 mod cache;
 mod images;
 mod job;
+mod ledger;
 mod logs;
+mod node;
 mod outcome;
 mod provenance;
 mod remote;
@@ -21,10 +23,10 @@ mod writer;
 
 pub use images::publish_image;
 pub use job::{run_job, run_job_with};
+pub use node::{NodeTask, run_node_task};
 pub use provenance::CAAS_VERSION;
-pub use remote::{NodeTask, run_node_task};
 pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
-pub use writer::NodeRecord;
+pub use writer::{NodeRecord, Refused, create_refused, finish_refused};
 
 use std::path::PathBuf;
 

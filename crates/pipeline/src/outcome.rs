@@ -6,14 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
 
 use caas_runtime::{Outcome, RunReport};
+use caas_spec::State;
 use caas_spec::layout::{self, ledger_entry, running_entry};
-use caas_spec::{State, StoreKey};
-use caas_store::Store;
 
 use crate::PipelineError;
+use crate::ledger::{copy_config, ledger_json};
 use crate::logs::with_stderr;
 use crate::request::TaskCtx;
 use crate::results::collect_results;
@@ -36,51 +35,6 @@ fn humantime_like(secs: u64) -> String {
         out.push_str(&format!("{s}s"));
     }
     out
-}
-
-/// NeuroCAAS copies the config into `process_results/`; so does caas (once per job).
-pub(crate) async fn copy_config(
-    store: &Store,
-    config: &StoreKey,
-    results_key: &str,
-) -> Result<(), PipelineError> {
-    let dest = format!("{results_key}/{}", config.basename());
-    if store.head(&dest).await?.is_some() {
-        return Ok(());
-    }
-    if let Some(bytes) = store.get(&config.as_path()).await? {
-        store.put(&dest, bytes).await?;
-    }
-    Ok(())
-}
-
-/// A ledger record with NeuroCAAS' field names and caas's usage.
-pub(crate) fn ledger_json(
-    ctx: &TaskCtx,
-    idx: usize,
-    start: chrono::DateTime<Utc>,
-    end: Option<(chrono::DateTime<Utc>, &caas_spec::Usage)>,
-    price_per_hour: f64,
-) -> serde_json::Value {
-    let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    json!({
-        "instance-id": layout::task_id(&ctx.req.group, &ctx.job, idx),
-        "instance-type": ctx.executor.kind(),
-        "spot": false,
-        "price": price_per_hour,
-        "databucket": ctx.store.location(),
-        "datapath": ctx.req.datasets[idx].to_string(),
-        "configpath": ctx.req.config.to_string(),
-        "jobpath": ctx.writer.paths.root(),
-        "start": fmt(start),
-        "end": end.map(|(e, _)| fmt(e)),
-        "usage": end.map(|(_, u)| json!({
-            "wall_seconds": u.wall_seconds,
-            "cpu_seconds": u.cpu_seconds,
-            "peak_memory_bytes": u.peak_memory_bytes,
-        })),
-        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
-    })
 }
 
 /// Move or upload the results and record how the task ended (state, reason, usage, cost, the

@@ -20,8 +20,9 @@ use caas_spec::layout::{self, running_entry};
 use caas_spec::{JobId, State, StoreKey};
 use caas_store::Store;
 
+use crate::ledger::ledger_json;
 use crate::logs::LogSink;
-use crate::outcome::{ledger_json, record_outcome};
+use crate::outcome::record_outcome;
 use crate::request::TaskCtx;
 use crate::writer::{STD_TAIL_LINES, push_lines};
 use crate::{PipelineError, io_err};

@@ -1,12 +1,14 @@
 //! The one writer of a job's files (job.json, the per-dataset status files, the certificate):
 //! every change goes through it, one at a time, so the files always agree with each other.
+//! A submission the manager refuses before it becomes a job is written here too
+//! ([`create_refused`], [`finish_refused`]): no other code writes a job record.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::Utc;
 
-use caas_spec::layout::JobPaths;
+use caas_spec::layout::{END_MARKER_BODY, JobPaths};
 use caas_spec::record::{Certificate, dataset_status_json};
 use caas_spec::{JobRecord, State, StoreKey, TaskRecord};
 use caas_store::Store;
@@ -177,6 +179,49 @@ impl JobWriter {
         }
         self.write_certificate(&s).await
     }
+}
+
+/// What [`create_refused`] found in the job's folder.
+#[derive(Debug)]
+pub enum Refused {
+    /// Its job.json was created: the refusal owns the folder.
+    Created,
+    /// Something was already there: the record, when it is a readable job record.
+    Existing(Option<Box<JobRecord>>),
+}
+
+/// Create the job.json of a submission refused before it became a job (state `rejected`, no
+/// tasks), only if nothing is there yet (the same create-if-absent that claims a job).
+pub async fn create_refused(
+    store: &Store,
+    paths: &JobPaths,
+    record: &JobRecord,
+) -> Result<Refused, PipelineError> {
+    if store
+        .create(&paths.job_json(), encode("job.json", record)?)
+        .await?
+    {
+        return Ok(Refused::Created);
+    }
+    let existing = store
+        .get_small(&paths.job_json(), 16 << 20)
+        .await?
+        .and_then(|b| serde_json::from_slice::<JobRecord>(&b).ok())
+        .map(Box::new);
+    Ok(Refused::Existing(existing))
+}
+
+/// End a refused job: its certificate (`cert`, with the manager's lines) and `end.txt`.
+pub async fn finish_refused(
+    store: &Store,
+    paths: &JobPaths,
+    cert: &Certificate,
+) -> Result<(), PipelineError> {
+    store
+        .put(&paths.certificate(), cert.render(&[], Utc::now()))
+        .await?;
+    store.put(&paths.end_marker(), END_MARKER_BODY).await?;
+    Ok(())
 }
 
 /// This machine's name.

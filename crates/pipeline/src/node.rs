@@ -1,0 +1,214 @@
+//! The node's end of a remote task (`caas task run`, on a Slurm node): claims the task exactly
+//! once, then runs the very same task pipeline (`task::run_task`) with the node's engine; its
+//! writer writes the node record and the dataset's status file, never job.json or the
+//! certificate (those have one writer: the manager, which follows the task from `remote.rs`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use caas_runtime::Executor;
+use caas_spec::layout::JobPaths;
+use caas_spec::record::Certificate;
+use caas_spec::{
+    AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord,
+};
+use caas_store::Store;
+
+use crate::request::{JobRequest, TaskCtx};
+use crate::writer::{JobWriter, Shared, TaskLive, host_name};
+use crate::{Observer, PipelineError};
+
+/// What `caas task run` is given.
+#[derive(Clone, Debug)]
+pub struct NodeTask {
+    /// The analysis (its `caas.toml`).
+    pub spec: AnalysisSpec,
+    /// The group.
+    pub group: GroupName,
+    /// The job's timestamp.
+    pub timestamp: JobTimestamp,
+    /// The dataset's key, checked against job.json; `None` for an element of a job array,
+    /// which runs job.json's task at `index` (its dataset is written in the claim and logs).
+    pub dataset: Option<String>,
+    /// The task's index in job.json.
+    pub index: usize,
+    /// Scratch space on the node.
+    pub work_root: PathBuf,
+    /// Which attempt of the task this is (the manager's number, in job.json).
+    pub attempt: u32,
+    /// Who runs this attempt (host, Slurm job id), written in the claim.
+    pub runner: String,
+    /// Set when the scheduler warned that its time limit is near (Slurm's `--signal`): a task
+    /// the cancellation then stops is recorded `timed_out`, not `cancelled`.
+    pub deadline_warned: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The node's end of a remote task (`caas task run`): claim the task, then run it through the
+/// task pipeline with `executor` (the node's engine), recording it in its node record and status
+/// file. Returns the task as recorded. An error means nothing was run (no job, the task is not
+/// in it, or another attempt claimed it) or the store failed.
+pub async fn run_node_task(
+    store: &Store,
+    executor: &Arc<dyn Executor>,
+    task: NodeTask,
+    observer: Arc<dyn Observer>,
+    cancel: &CancellationToken,
+) -> Result<TaskRecord, PipelineError> {
+    let job = JobId {
+        analysis: task.spec.analysis.name.clone(),
+        timestamp: task.timestamp.clone(),
+    };
+    let paths = JobPaths::new(&task.group, &job);
+    let Some(bytes) = store.get_small(&paths.job_json(), 16 << 20).await? else {
+        return Err(PipelineError::Refused(format!(
+            "job {} has no job.json in {}",
+            job.folder(),
+            store.display_key(paths.root())
+        )));
+    };
+    let record: JobRecord = serde_json::from_slice(&bytes).map_err(|e| {
+        PipelineError::Refused(format!("job.json of {} cannot be read: {e}", job.folder()))
+    })?;
+    let idx = task.index;
+    match (record.tasks.get(idx), &task.dataset) {
+        (Some(t), Some(d)) if &t.dataset == d => {}
+        (Some(_), None) => {}
+        (_, d) => {
+            return Err(PipelineError::Refused(format!(
+                "job {} has no task {idx}{}",
+                job.folder(),
+                d.as_ref()
+                    .map(|d| format!(" for dataset {d}"))
+                    .unwrap_or_default()
+            )));
+        }
+    }
+    let recorded = record.tasks[idx].attempt;
+    if recorded != task.attempt {
+        return Err(PipelineError::Refused(format!(
+            "task {idx} of job {} is at attempt {recorded}, this is attempt {}: not run (a stale or duplicated Slurm job)",
+            job.folder(),
+            task.attempt
+        )));
+    }
+    if record.tasks[idx].state.is_terminal() {
+        return Err(PipelineError::Refused(format!(
+            "task {idx} of job {} has already ended ({})",
+            job.folder(),
+            record.tasks[idx].state
+        )));
+    }
+    let datasets = record
+        .tasks
+        .iter()
+        .map(|t| StoreKey::parse(&t.dataset))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = StoreKey::parse(&record.config)?;
+    // The claim: one attempt runs a task, ever (a requeued Slurm job finds it taken).
+    let claim = serde_json::json!({
+        "attempt": task.attempt,
+        "runner": task.runner,
+        "host": host_name(),
+        "claimed": Utc::now().to_rfc3339(),
+    });
+    if !store
+        .create(&paths.node_claim(idx, task.attempt), claim.to_string())
+        .await?
+    {
+        let by = store
+            .get_small(&paths.node_claim(idx, task.attempt), 1 << 16)
+            .await?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        return Err(PipelineError::Refused(format!(
+            "attempt {} of task {idx} of job {} was already claimed: {by}",
+            task.attempt,
+            job.folder()
+        )));
+    }
+    // The image by its id (what the manager validated); loaded from the store when this
+    // node's engine lacks it.
+    let image = record
+        .image_id
+        .clone()
+        .unwrap_or_else(|| record.image.clone());
+    let loaded = crate::images::ensure_on_node(store, executor, &image).await;
+    let req = JobRequest {
+        spec: task.spec.clone(),
+        group: task.group.clone(),
+        timestamp: task.timestamp.clone(),
+        datasets: datasets.clone(),
+        config,
+        image: image.clone(),
+        origin: record.origin.clone(),
+        extra_mounts: Vec::new(),
+        concurrency: 1,
+        work_root: task.work_root.clone(),
+    };
+    let n = record.tasks.len();
+    let cert = Certificate::new(record.created, &job, &record.analysis_version);
+    let writer = Arc::new(JobWriter {
+        store: store.clone(),
+        paths,
+        keys: datasets,
+        shared: tokio::sync::Mutex::new(Shared {
+            cert,
+            record,
+            live: (0..n).map(|_| TaskLive::default()).collect(),
+            node_log: Vec::new(),
+        }),
+        observer,
+        node: Some(idx),
+    });
+    if let Some(note) = executor.limits_note() {
+        writer.log(&format!("[Job Manager] {note}")).await?;
+    }
+    match loaded {
+        Ok(Some(line)) => writer.log(&format!("[Job Manager] {line}")).await?,
+        Ok(None) => {}
+        Err(e) => {
+            // Recorded, so the manager ends the task with this reason instead of guessing.
+            let reason = format!("the node could not get the task's image: {e}");
+            writer.log(&format!("[Job Manager] {reason}")).await?;
+            writer
+                .update_task(idx, |t, _| {
+                    t.state = State::Failed;
+                    t.reason = Some(reason.clone());
+                    t.finished = Some(Utc::now());
+                })
+                .await?;
+            let t = writer.shared.lock().await.record.tasks[idx].clone();
+            return Ok(t);
+        }
+    }
+    let ctx = TaskCtx {
+        store: store.clone(),
+        executor: executor.clone(),
+        req,
+        job,
+        writer: writer.clone(),
+        cancel: cancel.clone(),
+        slots: Vec::new(),
+        resume: false,
+    };
+    crate::task::run_task(&ctx, idx).await?;
+    let t = writer.shared.lock().await.record.tasks[idx].clone();
+    if t.state == State::Cancelled
+        && task
+            .deadline_warned
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        let reason = "timed out: the scheduler's time limit for the task was about to end (its warning signal came); the container was stopped".to_string();
+        writer
+            .update_task(idx, |t, _| {
+                t.state = State::TimedOut;
+                t.reason = Some(reason.clone());
+            })
+            .await?;
+        return Ok(writer.shared.lock().await.record.tasks[idx].clone());
+    }
+    Ok(t)
+}
