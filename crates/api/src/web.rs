@@ -1,6 +1,6 @@
-//! The web page of docs/api.md ("Web page"): `index.html`, `app.js` and `style.css` from
-//! `crates/api/web/`, compiled into the binary and served at `/`, `/app.js` and `/style.css`,
-//! so the page needs no build step, no CDN and nothing on disk beside `caas`.
+//! The web page of docs/api.md ("Web page"): `index.html`, `app.js`, `job.js` and `style.css` from
+//! `crates/api/web/`, compiled into the binary and served at `/`, `/app.js`, `/job.js` and
+//! `/style.css`, so the page needs no build step, no CDN and nothing on disk beside `caas`.
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -9,6 +9,7 @@ use axum::routing::get;
 
 const INDEX: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
+const JOB_JS: &str = include_str!("../web/job.js");
 const STYLE: &str = include_str!("../web/style.css");
 
 /// Only this origin's script, style and API; no framing.
@@ -47,6 +48,10 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/app.js",
             get(|| async { page(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/job.js",
+            get(|| async { page(JOB_JS, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/style.css",
