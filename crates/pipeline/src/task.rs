@@ -278,7 +278,18 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             return supervise_and_finish(ctx, idx, work, &results_dir, start, Exec::Adopt(id))
                 .await;
         }
-        if matches!(task.state, State::Running | State::Uploading) {
+        if task.state == State::Running
+            && task.container_id.is_none()
+            && ctx.executor.reports_creation()
+        {
+            // Recorded running, but its container was never created (the manager stopped
+            // between the two): nothing ran, so it runs now, once.
+            ctx.writer
+                .log(&format!(
+                    "[Job Manager] dataset {key}: its container was never created before the restart; starting it now"
+                ))
+                .await?;
+        } else if matches!(task.state, State::Running | State::Uploading) {
             let reason = format!(
                 "lost: the job manager stopped while this task was {} and its container is gone, \
                  so its exit code is unknown; submit it again with a new timestamp",
@@ -534,7 +545,26 @@ async fn supervise_and_finish(
     });
 
     let run = match &exec {
-        Exec::Fresh(spec) => ctx.executor.run(spec, tx, &ctx.cancel).await,
+        Exec::Fresh(spec) => {
+            // Record the container as soon as it exists: after a restart, a task recorded
+            // running with no container recorded (and none found) was never created, and runs
+            // then instead of being declared lost.
+            let (created_tx, created_rx) = tokio::sync::oneshot::channel::<String>();
+            let note = async {
+                let Ok(id) = created_rx.await else {
+                    return;
+                };
+                let r = ctx
+                    .writer
+                    .update_task(idx, |t, _| t.container_id = Some(id))
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "could not record the container's creation");
+                }
+            };
+            let run = ctx.executor.run_noting(spec, tx, &ctx.cancel, created_tx);
+            tokio::join!(run, note).0
+        }
         Exec::Adopt(id) => {
             let elapsed = (Utc::now() - start).to_std().unwrap_or_default();
             let remaining = req.spec.timeout().saturating_sub(elapsed);

@@ -28,10 +28,23 @@ async fn crash_mid_run(env: &Env, ts: &str) -> (JobRecord, BTreeMap<String, Stri
         caas_pipeline::run_job(&store, &exec(&f2), req, Arc::new(Quiet), &cancel).await
     });
     f.wait_started(1).await;
+    // The pipeline records the container as soon as the engine has created it.
+    let paths = env.paths(ts);
+    for _ in 0..200 {
+        let rec: JobRecord = serde_json::from_value(env.json(&paths.job_json()).await).unwrap();
+        if rec.tasks[0].container_id.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     job.abort();
     let _ = job.await;
     let rec: JobRecord = serde_json::from_value(env.json(&env.paths(ts).job_json()).await).unwrap();
     assert_eq!(rec.tasks[0].state, State::Running);
+    assert!(
+        rec.tasks[0].container_id.is_some(),
+        "the creation is recorded"
+    );
     let labels = f.containers()[0].labels.clone();
     (rec, labels)
 }
@@ -158,6 +171,37 @@ async fn a_task_that_never_started_runs_when_its_job_resumes() {
         env.text(&format!("{}/out.txt", env.paths("t1").results()))
             .await,
         "fresh"
+    );
+}
+
+/// A manager killed after recording the task `running` but before the engine created its
+/// container (the fault bench's `kill -9`): nothing ran, so the resumed job runs the task,
+/// once, instead of declaring it lost.
+#[tokio::test]
+async fn a_task_recorded_running_whose_container_was_never_created_runs_once_on_resume() {
+    let env = Env::new().await;
+    let (mut rec, _) = crash_mid_run(&env, "t1").await;
+    // As that manager leaves it: `running`, no container recorded, none on the engine.
+    rec.tasks[0].container_id = None;
+    let f = fake().by_default(Script::exit(0).writes("out.txt", "fresh"));
+    let out = resume(&env, &f, "t1", rec).await;
+    assert_eq!(
+        out.record.state,
+        State::Succeeded,
+        "{:?}",
+        out.record.tasks[0].reason
+    );
+    assert_eq!(f.runs().len(), 1, "one container created on resume");
+    assert!(f.adopted().is_empty());
+    let paths = env.paths("t1");
+    assert_eq!(
+        env.text(&format!("{}/out.txt", paths.results())).await,
+        "fresh"
+    );
+    let cert = env.text(&paths.certificate()).await;
+    assert!(
+        cert.contains("its container was never created before the restart"),
+        "{cert}"
     );
 }
 

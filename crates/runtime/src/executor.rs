@@ -131,6 +131,27 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         cancel: &'a CancellationToken,
     ) -> ExecFuture<'a, RunReport>;
 
+    /// Whether [`run_noting`](Self::run_noting) reports every container it creates, so that a
+    /// task recorded running with no creation recorded and no container found after a restart
+    /// was never created, and is run then (not declared lost). `false` by default.
+    fn reports_creation(&self) -> bool {
+        false
+    }
+
+    /// [`run`](Self::run), sending the container's id into `created` as soon as the engine has
+    /// created it (before it starts). The default sends nothing (see
+    /// [`reports_creation`](Self::reports_creation)).
+    fn run_noting<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+        created: tokio::sync::oneshot::Sender<String>,
+    ) -> ExecFuture<'a, RunReport> {
+        drop(created);
+        self.run(spec, output, cancel)
+    }
+
     /// Re-attach to a task container found by [`find`](Self::find) after a restart: send its
     /// output again from its first byte, wait for it with `remaining` of its time limit (or a
     /// cancellation), and report as [`run`](Self::run) does. One that already exited just has
@@ -290,6 +311,20 @@ impl Executor for Docker {
         cancel: &'a CancellationToken,
     ) -> ExecFuture<'a, RunReport> {
         Docker::run(self, spec, output, cancel, |_| {}).boxed()
+    }
+
+    fn reports_creation(&self) -> bool {
+        true
+    }
+
+    fn run_noting<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+        created: tokio::sync::oneshot::Sender<String>,
+    ) -> ExecFuture<'a, RunReport> {
+        Docker::run_noting(self, spec, output, cancel, created).boxed()
     }
 
     fn adopt<'a>(

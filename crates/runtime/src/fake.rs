@@ -409,6 +409,16 @@ impl FakeExecutor {
         output: mpsc::Sender<OutputChunk>,
         cancel: &CancellationToken,
     ) -> Result<RunReport, RuntimeError> {
+        self.run_fresh_noting(spec, output, cancel, None).await
+    }
+
+    async fn run_fresh_noting(
+        &self,
+        spec: &ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &CancellationToken,
+        created: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<RunReport, RuntimeError> {
         let (id, script) = {
             let mut s = self.lock();
             s.runs.push(spec.clone());
@@ -451,6 +461,9 @@ impl FakeExecutor {
             );
             (id, script)
         };
+        if let Some(created) = created {
+            let _ = created.send(id.clone());
+        }
         if cancel.is_cancelled() {
             return Ok(RunReport {
                 outcome: Outcome::Cancelled,
@@ -544,6 +557,21 @@ impl Executor for FakeExecutor {
         cancel: &'a CancellationToken,
     ) -> ExecFuture<'a, RunReport> {
         self.run_fresh(spec, output, cancel).boxed()
+    }
+
+    fn reports_creation(&self) -> bool {
+        true
+    }
+
+    fn run_noting<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+        output: mpsc::Sender<OutputChunk>,
+        cancel: &'a CancellationToken,
+        created: tokio::sync::oneshot::Sender<String>,
+    ) -> ExecFuture<'a, RunReport> {
+        self.run_fresh_noting(spec, output, cancel, Some(created))
+            .boxed()
     }
 
     fn adopt<'a>(
