@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 pub mod api;
 pub mod dev;
+pub mod local;
 pub mod s3;
 pub mod server;
 pub mod slurm;
