@@ -285,21 +285,6 @@ impl Docker {
         self.remove_on_error(&id, result).await
     }
 
-    /// [`run`](Self::run), sending the container's id into `created` once the engine has
-    /// created it, so the caller can record that the container exists before it starts.
-    pub async fn run_noting(
-        &self,
-        spec: &ContainerSpec,
-        output: mpsc::Sender<OutputChunk>,
-        cancel: &CancellationToken,
-        created: tokio::sync::oneshot::Sender<String>,
-    ) -> Result<RunReport, RuntimeError> {
-        let id = self.create(spec).await?;
-        let _ = created.send(id.clone());
-        let result = self.run_created(&id, spec, output, cancel, |_| {}).await;
-        self.remove_on_error(&id, result).await
-    }
-
     /// Remove the container when `result` is an error (a failed removal is logged and does
     /// not hide the run's own error).
     async fn remove_on_error(

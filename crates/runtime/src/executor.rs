@@ -138,8 +138,9 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// [`run`](Self::run), sending the container's id into `created` as soon as the engine has
-    /// created it (before it starts). The default sends nothing (see
+    /// [`run`](Self::run), sending the container's id into `created` once it exists, before it
+    /// ends (Docker: once started; a container created but never started is found by its
+    /// labels after a restart). The default sends nothing (see
     /// [`reports_creation`](Self::reports_creation)).
     fn run_noting<'a>(
         &'a self,
@@ -324,7 +325,12 @@ impl Executor for Docker {
         cancel: &'a CancellationToken,
         created: tokio::sync::oneshot::Sender<String>,
     ) -> ExecFuture<'a, RunReport> {
-        Docker::run_noting(self, spec, output, cancel, created).boxed()
+        // Sent once the container has started: one created but never started is found by its
+        // labels after a restart, and adopted.
+        let started = move |id: &str| {
+            let _ = created.send(id.to_string());
+        };
+        Docker::run(self, spec, output, cancel, started).boxed()
     }
 
     fn adopt<'a>(
