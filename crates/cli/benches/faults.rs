@@ -4,6 +4,9 @@
 //! created more than once, or a job rejected as its own duplicate) and non-terminal (no end.txt
 //! within the limit) — all must be 0 — and how many tasks were adopted after a kill.
 //!
+//! Every submission asks for `"cache": false`: the same inputs would otherwise be taken from
+//! the result cache after the first job, and no container would run to be killed under.
+//!
 //! `cargo bench --bench faults`; `CAAS_FAULT_N` (default 100), `CAAS_FAULT_KILLS` (default 30).
 
 use std::collections::BTreeMap;
@@ -164,7 +167,7 @@ fn main() -> Result<(), String> {
         let due = (n * (k + 1)) / kills;
         while submitted < due {
             let body = format!(
-                r#"{{"dataname": ["lab/inputs/a.csv", "lab/inputs/b.csv"], "configname": "lab/configs/c.yaml", "timestamp": "f{submitted}"}}"#
+                r#"{{"dataname": ["lab/inputs/a.csv", "lab/inputs/b.csv"], "configname": "lab/configs/c.yaml", "timestamp": "f{submitted}", "cache": false}}"#
             );
             put(
                 &store,
