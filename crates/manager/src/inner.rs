@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Executor;
-use caas_spec::layout::{END_MARKER_BODY, JobPaths, ledger_prefix};
+use caas_spec::layout::{JobPaths, ledger_prefix};
 use caas_spec::submission::MAX_SUBMISSION_BYTES;
 use caas_spec::{GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
@@ -411,9 +411,7 @@ impl Inner {
                 if tes_analysis.is_some() {
                     self.deliver_tes_outputs(group, raw.as_ref(), &rec).await?;
                 }
-                if store.head(&paths.end_marker()).await?.is_none() {
-                    store.put(&paths.end_marker(), END_MARKER_BODY).await?;
-                }
+                caas_pipeline::ensure_end_marker(store, &paths).await?;
                 return self.chain(analysis, group, &job_id, &rec).await;
             }
             opts.resume = Some(rec);

@@ -11,13 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Digest;
 
 use caas_spec::analysis::{ThenDatasets, ThenWhen};
 use caas_spec::layout::{JobPaths, then_submission_key};
-use caas_spec::record::Certificate;
 use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
 
 use crate::analyses::Analysis;
@@ -176,7 +174,9 @@ impl Inner {
             ));
             children.push((child_root, key));
         }
-        self.record_children(&paths, parent, record, &children, &notes)
+        // The parent names its children (job folders) through the one writer of job records.
+        let wanted: Vec<String> = children.iter().map(|(root, _)| root.clone()).collect();
+        caas_pipeline::record_children(&self.cfg.store, &paths, parent, record, &wanted, &notes)
             .await?;
         for (_, key) in children {
             let Some(meta) = store.head(&key).await? else {
@@ -186,55 +186,6 @@ impl Inner {
             if self.first_sight(&id) {
                 Box::pin(self.claim_and_run(group, &key, &id)).await?;
             }
-        }
-        Ok(())
-    }
-
-    /// The parent names its children: in job.json (`children`) and its certificate (one line
-    /// per step), written once (a second pass after a restart finds them there).
-    async fn record_children(
-        &self,
-        paths: &JobPaths,
-        parent: &JobId,
-        record: &JobRecord,
-        children: &[(String, String)],
-        notes: &[String],
-    ) -> Result<(), ManagerError> {
-        let store = &self.cfg.store;
-        let wanted: Vec<String> = children.iter().map(|(root, _)| root.clone()).collect();
-        let Some(bytes) = store.get_small(&paths.job_json(), 16 << 20).await? else {
-            return Ok(());
-        };
-        let mut stored: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(_) => return Ok(()),
-        };
-        let already = stored["children"].as_array().is_some_and(|a| !a.is_empty());
-        let cert_text = store
-            .get(&paths.certificate())
-            .await?
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let cert_noted = cert_text
-            .as_deref()
-            .is_some_and(|t| t.contains("[Job Manager] then: "));
-        // The certificate first, then job.json: a crash between the two writes completes the
-        // second on the next pass, and neither is written twice.
-        if !cert_noted && let Some(mut text) = cert_text {
-            let mut cert = Certificate::new(record.created, parent, &record.analysis_version);
-            for n in notes {
-                cert.log(Utc::now(), n);
-            }
-            for l in cert.lines() {
-                text.push_str(l);
-                text.push('\n');
-            }
-            store.put(&paths.certificate(), text).await?;
-        }
-        if !already && !wanted.is_empty() {
-            stored["children"] = json!(wanted);
-            let mut out = serde_json::to_vec_pretty(&stored).unwrap_or_default();
-            out.push(b'\n');
-            store.put(&paths.job_json(), out).await?;
         }
         Ok(())
     }

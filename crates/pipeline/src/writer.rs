@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use caas_spec::layout::{END_MARKER_BODY, JobPaths};
 use caas_spec::record::{Certificate, dataset_status_json};
-use caas_spec::{JobRecord, State, StoreKey, TaskRecord};
+use caas_spec::{JobId, JobRecord, State, StoreKey, TaskRecord};
 use caas_store::Store;
 
 use crate::{Observer, PipelineError};
@@ -221,6 +221,63 @@ pub async fn finish_refused(
         .put(&paths.certificate(), cert.render(&[], Utc::now()))
         .await?;
     store.put(&paths.end_marker(), END_MARKER_BODY).await?;
+    Ok(())
+}
+
+/// Record a finished job's `[[then]]` children after its end: `notes` appended to its
+/// certificate (once), then `children` (job folders) into its job.json (once). In that order, so
+/// a crash between the two completes the second on the next pass and neither is written twice.
+pub async fn record_children(
+    store: &Store,
+    paths: &JobPaths,
+    parent: &JobId,
+    record: &JobRecord,
+    children: &[String],
+    notes: &[String],
+) -> Result<(), PipelineError> {
+    let Some(bytes) = store.get_small(&paths.job_json(), 16 << 20).await? else {
+        return Ok(());
+    };
+    let mut stored: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(_) => return Ok(()),
+    };
+    let already = stored["children"].as_array().is_some_and(|a| !a.is_empty());
+    let cert_text = store
+        .get(&paths.certificate())
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let cert_noted = cert_text
+        .as_deref()
+        .is_some_and(|t| t.contains("[Job Manager] then: "));
+    // The certificate first, then job.json: a crash between the two writes completes the
+    // second on the next pass, and neither is written twice.
+    if !cert_noted && let Some(mut text) = cert_text {
+        let mut cert = Certificate::new(record.created, parent, &record.analysis_version);
+        for n in notes {
+            cert.log(Utc::now(), n);
+        }
+        for l in cert.lines() {
+            text.push_str(l);
+            text.push('\n');
+        }
+        store.put(&paths.certificate(), text).await?;
+    }
+    if !already && !children.is_empty() {
+        stored["children"] = serde_json::json!(children);
+        let mut out = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+        out.push(b'\n');
+        store.put(&paths.job_json(), out).await?;
+    }
+    Ok(())
+}
+
+/// Write the `end.txt` of a job whose record is terminal, if it is missing (a manager stopped
+/// between the two).
+pub async fn ensure_end_marker(store: &Store, paths: &JobPaths) -> Result<(), PipelineError> {
+    if store.head(&paths.end_marker()).await?.is_none() {
+        store.put(&paths.end_marker(), END_MARKER_BODY).await?;
+    }
     Ok(())
 }
 
