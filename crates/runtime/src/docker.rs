@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_retry::{Policy, retry};
 
+use crate::gpu::{DockerGpus, GpuAllocation};
 use crate::usage::Cgroups;
 use crate::{ContainerSpec, Measured, Outcome, OutputChunk, RunReport, RuntimeError, StreamKind};
 
@@ -57,6 +58,12 @@ pub struct Docker {
     cgroups: Option<Cgroups>,
     /// Task containers' network mode (`None`: the engine's default).
     network_mode: Option<String>,
+    /// The engine is Podman (its Docker-compatible API ignores GPU device requests).
+    podman: bool,
+    /// The engine has the NVIDIA runtime (device requests for GPUs work).
+    nvidia: bool,
+    /// The GPUs the node's scheduler gave this process's job (a Slurm node agent).
+    gpu_alloc: Option<GpuAllocation>,
 }
 
 /// What caas needs to know of an image.
@@ -209,23 +216,36 @@ impl Docker {
             .await
             .map_err(|_| unavailable("no answer to ping within 10s".into()))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let cgroups = match client.info().await {
-            Ok(info) => Cgroups::detect(
-                &endpoint,
-                info.cgroup_driver.map(|d| d.to_string()).as_deref(),
-                info.cgroup_version.map(|v| v.to_string()).as_deref(),
+        let (cgroups, nvidia) = match client.info().await {
+            Ok(info) => (
+                Cgroups::detect(
+                    &endpoint,
+                    info.cgroup_driver.map(|d| d.to_string()).as_deref(),
+                    info.cgroup_version.map(|v| v.to_string()).as_deref(),
+                ),
+                info.runtimes.is_some_and(|r| r.contains_key("nvidia"))
+                    || std::path::Path::new("/usr/bin/nvidia-container-runtime-hook").exists(),
             ),
             Err(e) => {
                 tracing::debug!(error = %e, "no engine info; CPU time from the stats stream only");
-                None
+                (None, false)
             }
         };
+        let podman = client.version().await.is_ok_and(|v| {
+            v.components
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.name.contains("Podman"))
+        });
         Ok(Self {
             client,
             endpoint,
             policy: Policy::default(),
             cgroups,
             network_mode: None,
+            podman,
+            nvidia,
+            gpu_alloc: None,
         })
     }
 
@@ -234,6 +254,69 @@ impl Docker {
     pub fn with_network_mode(mut self, mode: &str) -> Self {
         self.network_mode = Some(mode.to_string());
         self
+    }
+
+    /// Give GPU tasks exactly the GPUs of `alloc` (what Slurm allocated to the node agent's
+    /// job) instead of any the engine picks.
+    pub fn with_gpu_allocation(mut self, alloc: Option<GpuAllocation>) -> Self {
+        self.gpu_alloc = alloc;
+        self
+    }
+
+    /// Whether the engine is Podman.
+    pub fn is_podman(&self) -> bool {
+        self.podman
+    }
+
+    /// The GPU allocation tasks get (see [`with_gpu_allocation`](Self::with_gpu_allocation)).
+    pub fn gpu_allocation(&self) -> Option<&GpuAllocation> {
+        self.gpu_alloc.as_ref()
+    }
+
+    /// The most GPUs one task can get on this engine: Podman's CDI-described GPUs, or with
+    /// the NVIDIA runtime the host's NVIDIA devices; 0 without either.
+    pub fn gpu_capacity(&self) -> u32 {
+        if self.podman {
+            let dirs: Vec<&std::path::Path> = crate::gpu::CDI_DIRS
+                .iter()
+                .map(std::path::Path::new)
+                .collect();
+            crate::gpu::cdi_gpus(&dirs).len() as u32
+        } else if self.nvidia {
+            crate::gpu::host_nvidia_devices()
+        } else {
+            0
+        }
+    }
+
+    /// The GPU devices a task asking `count` GPUs gets here, for its record: CDI names
+    /// (Podman), the NVIDIA runtime's ids, or device files.
+    pub fn gpu_devices(&self, count: u32) -> Result<Vec<String>, RuntimeError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        if self.podman {
+            let dirs: Vec<&std::path::Path> = crate::gpu::CDI_DIRS
+                .iter()
+                .map(std::path::Path::new)
+                .collect();
+            return crate::gpu::cdi_devices(
+                count,
+                self.gpu_alloc.as_ref(),
+                &crate::gpu::cdi_gpus(&dirs),
+            );
+        }
+        Ok(
+            match crate::gpu::docker_gpus(count, self.gpu_alloc.as_ref(), self.nvidia)? {
+                DockerGpus::Request { ids, count } if ids.is_empty() => {
+                    vec![format!("nvidia: any {count}")]
+                }
+                DockerGpus::Request { ids, .. } => {
+                    ids.iter().map(|i| format!("nvidia:{i}")).collect()
+                }
+                DockerGpus::Files(f) => f.iter().map(|p| p.display().to_string()).collect(),
+            },
+        )
     }
 
     /// The underlying client, for the developer commands (build, exec, commit).
@@ -337,6 +420,49 @@ impl Docker {
                 })
             })
             .transpose()?;
+        let gpus = spec.gpus.unwrap_or(0);
+        let mut env = spec.env.clone();
+        if gpus > 0 {
+            env.extend(crate::gpu::task_env(gpus, self.gpu_alloc.as_ref(), false));
+        }
+        let cgroup_parent = self
+            .cgroups
+            .as_ref()
+            .map(|_| Cgroups::parent_for(&spec.name));
+        if gpus > 0 && self.podman {
+            // Podman's Docker-compatible API would ignore the request: its CLI resolves CDI.
+            let extras = crate::podman_gpu::Extras {
+                labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                env,
+                devices: self.gpu_devices(gpus)?,
+                network: self.network_mode.clone(),
+                cgroup_parent,
+                pids_limit: spec.pids_limit.map_or(PIDS_LIMIT, i64::from),
+            };
+            let argv = crate::podman_gpu::create_argv(&self.endpoint, spec, &extras)?;
+            return crate::podman_gpu::create(&argv).await;
+        }
+        let (device_requests, devices) = match gpus {
+            0 => (None, None),
+            n => match crate::gpu::docker_gpus(n, self.gpu_alloc.as_ref(), self.nvidia)? {
+                DockerGpus::Request { ids, count } => {
+                    (Some(vec![crate::gpu::device_request(&ids, count)]), None)
+                }
+                DockerGpus::Files(files) => (
+                    None,
+                    Some(
+                        files
+                            .iter()
+                            .map(|f| DeviceMapping {
+                                path_on_host: Some(f.display().to_string()),
+                                path_in_container: Some(f.display().to_string()),
+                                cgroup_permissions: Some("rwm".into()),
+                            })
+                            .collect(),
+                    ),
+                ),
+            },
+        };
         let host_config = HostConfig {
             mounts: Some(mounts),
             memory,
@@ -345,23 +471,15 @@ impl Docker {
             pids_limit: Some(spec.pids_limit.map_or(PIDS_LIMIT, i64::from)),
             init: Some(true),
             network_mode: self.network_mode.clone(),
-            cgroup_parent: self
-                .cgroups
-                .as_ref()
-                .map(|_| Cgroups::parent_for(&spec.name)),
-            device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {
-                vec![DeviceRequest {
-                    count: Some(i64::from(g)),
-                    capabilities: Some(vec![vec!["gpu".to_string()]]),
-                    ..Default::default()
-                }]
-            }),
+            cgroup_parent,
+            device_requests,
+            devices,
             ..Default::default()
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             user: spec.user.clone(),
             working_dir: spec.workdir.clone(),

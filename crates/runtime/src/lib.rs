@@ -20,7 +20,9 @@ mod docker;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod gpu;
 mod images;
+mod podman_gpu;
 mod rootless;
 mod slurm;
 mod usage;
