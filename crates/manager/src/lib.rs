@@ -29,7 +29,7 @@ pub mod worker;
 pub use analyses::Analyses;
 pub use events::{EventStatus, Events};
 pub use manager::{Analysis, Manager, ManagerConfig};
-pub use reject::{Refusal, check_submission};
+pub use reject::{Refusal, check_gpus, check_submission};
 
 /// The `origin` of a job record made from the submission at `key` under claim `id`.
 pub fn submission_origin(key: &str, id: &str) -> String {

@@ -79,7 +79,9 @@ pub(crate) fn ledger_json(
             "cpu_seconds": u.cpu_seconds,
             "peak_memory_bytes": u.peak_memory_bytes,
         })),
-        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
+        "gpus": ctx.req.spec.resources.gpus.unwrap_or(0),
+        "gpu_hour": ctx.req.spec.pricing.gpu_hour,
+        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u, ctx.req.spec.resources.gpus.unwrap_or(0))),
     })
 }
 
@@ -211,7 +213,10 @@ pub(crate) async fn record_outcome(
         cpu_seconds: report.measured.cpu_seconds,
         peak_memory_bytes: report.measured.peak_memory_bytes,
     };
-    let cost = req.spec.pricing.cost(&usage);
+    let cost = req
+        .spec
+        .pricing
+        .cost(&usage, req.spec.resources.gpus.unwrap_or(0));
     ctx.writer
         .update_task(idx, |t, _| {
             t.state = state;

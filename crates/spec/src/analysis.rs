@@ -117,20 +117,29 @@ pub struct PricingSection {
     /// USD per GB of peak memory per hour of wall time.
     #[serde(default)]
     pub memory_gb_hour: f64,
+    /// USD per GPU-hour: each GPU a task holds (`[resources] gpus`), per hour of wall time.
+    #[serde(default)]
+    pub gpu_hour: f64,
 }
 
 impl PricingSection {
-    /// The cost of measured usage.
-    pub fn cost(&self, usage: &crate::Usage) -> f64 {
+    /// The cost of measured usage of a task that held `gpus` GPUs.
+    pub fn cost(&self, usage: &crate::Usage, gpus: u32) -> f64 {
         let hours = usage.wall_seconds / 3600.0;
         hours * self.wall_hour
             + usage.cpu_seconds / 3600.0 * self.cpu_hour
             + usage.peak_memory_bytes as f64 / 1e9 * hours * self.memory_gb_hour
+            + f64::from(gpus) * hours * self.gpu_hour
     }
 
-    /// The highest cost of one task running `hours` with `cpus` busy and `memory` bytes.
-    pub fn estimate(&self, hours: f64, cpus: f64, memory: u64) -> f64 {
-        hours * (self.wall_hour + cpus * self.cpu_hour + memory as f64 / 1e9 * self.memory_gb_hour)
+    /// The highest cost of one task running `hours` with `cpus` busy, `memory` bytes and
+    /// `gpus` GPUs.
+    pub fn estimate(&self, hours: f64, cpus: f64, memory: u64, gpus: u32) -> f64 {
+        hours
+            * (self.wall_hour
+                + cpus * self.cpu_hour
+                + memory as f64 / 1e9 * self.memory_gb_hour
+                + f64::from(gpus) * self.gpu_hour)
     }
 }
 
@@ -696,11 +705,14 @@ mod pricing_tests {
         let base = "[analysis]\nname = \"p\"\nversion = \"1\"\n[environment]\nimage = \"i\"\n[run]\ncommand = \"true\"\n";
         let s = AnalysisSpec::parse(base, Path::new("caas.toml")).unwrap();
         assert_eq!(
-            s.pricing.cost(&crate::Usage {
-                wall_seconds: 3600.0,
-                cpu_seconds: 3600.0,
-                peak_memory_bytes: 1 << 30
-            }),
+            s.pricing.cost(
+                &crate::Usage {
+                    wall_seconds: 3600.0,
+                    cpu_seconds: 3600.0,
+                    peak_memory_bytes: 1 << 30
+                },
+                2
+            ),
             0.0
         );
         assert!(s.budget.for_group(&"lab".parse().unwrap()).is_none());
@@ -713,9 +725,15 @@ mod pricing_tests {
             cpu_seconds: 900.0,
             peak_memory_bytes: 0,
         };
-        assert!((s.pricing.cost(&u) - 1.0).abs() < 1e-9);
+        assert!((s.pricing.cost(&u, 0) - 1.0).abs() < 1e-9);
         assert_eq!(s.budget.for_group(&"lab".parse().unwrap()), Some(0.5));
         assert_eq!(s.budget.for_group(&"other".parse().unwrap()), Some(10.0));
+        // A GPU-hour price: per GPU held, per hour of wall time, in the cost and the estimate.
+        let g = format!("{base}[pricing]\nwall_hour = 1.0\ngpu_hour = 3.0\n");
+        let s = AnalysisSpec::parse(&g, Path::new("caas.toml")).unwrap();
+        assert!((s.pricing.cost(&u, 2) - (0.5 + 2.0 * 0.5 * 3.0)).abs() < 1e-9);
+        assert!((s.pricing.cost(&u, 0) - 0.5).abs() < 1e-9);
+        assert!((s.pricing.estimate(2.0, 1.0, 0, 4) - 2.0 * (1.0 + 4.0 * 3.0)).abs() < 1e-9);
         let bad = format!("{base}[pricing]\nper_gpu = 1\n");
         assert!(AnalysisSpec::parse(&bad, Path::new("caas.toml")).is_err());
     }
