@@ -95,6 +95,16 @@ fn gpu_task_sees_its_allocation(engine: &str, name: &str) {
     };
     assert!(gpus.contains(&device), "{engine}: {gpus}");
     assert!(cert.contains(&format!("gpus: {gpus}")), "{cert}");
+    // The provenance crate's run says the same.
+    let crate_doc = read_json(&job.join("ro-crate-metadata.json"));
+    let run = crate_doc["@graph"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["@type"] == "CreateAction")
+        .unwrap()
+        .clone();
+    assert_eq!(run["caas:gpus"], gpus.as_str(), "{run}");
     let wall = r["task"]["usage"]["wall_seconds"].as_f64().unwrap();
     let cost = r["task"]["cost_usd"].as_f64().unwrap();
     assert!(wall > 0.5, "{r}");

@@ -187,7 +187,7 @@ pub fn cdi_gpus(dirs: &[&Path]) -> Vec<String> {
             names.extend(cdi_spec_gpus(&text));
         }
     }
-    names.sort_by(|a, b| natural(a).cmp(&natural(b)));
+    names.sort_by_key(|a| natural(a));
     names.dedup();
     names
 }
