@@ -301,10 +301,16 @@ mod tests {
     fn gpu_jobs_are_refused_only_where_no_task_can_get_them() {
         assert!(check_gpus(None, Some(0)).is_ok());
         assert!(check_gpus(Some(0), Some(0)).is_ok());
-        assert!(check_gpus(Some(4), None).is_ok(), "an executor that cannot tell");
+        assert!(
+            check_gpus(Some(4), None).is_ok(),
+            "an executor that cannot tell"
+        );
         assert!(check_gpus(Some(2), Some(2)).is_ok());
         let e = check_gpus(Some(1), Some(0)).unwrap_err();
-        assert!(e.contains("asks for 1 GPU(s)") && e.contains("has no GPU"), "{e}");
+        assert!(
+            e.contains("asks for 1 GPU(s)") && e.contains("has no GPU"),
+            "{e}"
+        );
         let e = check_gpus(Some(u32::MAX), Some(2)).unwrap_err();
         assert!(e.contains("most one task can get here is 2"), "{e}");
     }
