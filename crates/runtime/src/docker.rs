@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_retry::{Policy, retry};
 
-use crate::gpu::{DockerGpus, GpuAllocation};
+use crate::gpu::GpuAllocation;
 use crate::usage::Cgroups;
 use crate::{ContainerSpec, Measured, Outcome, OutputChunk, RunReport, RuntimeError, StreamKind};
 
@@ -59,11 +59,11 @@ pub struct Docker {
     /// Task containers' network mode (`None`: the engine's default).
     network_mode: Option<String>,
     /// The engine is Podman (its Docker-compatible API ignores GPU device requests).
-    podman: bool,
+    pub(crate) podman: bool,
     /// The engine has the NVIDIA runtime (device requests for GPUs work).
-    nvidia: bool,
+    pub(crate) nvidia: bool,
     /// The GPUs the node's scheduler gave this process's job (a Slurm node agent).
-    gpu_alloc: Option<GpuAllocation>,
+    pub(crate) gpu_alloc: Option<GpuAllocation>,
 }
 
 /// What caas needs to know of an image.
@@ -256,69 +256,6 @@ impl Docker {
         self
     }
 
-    /// Give GPU tasks exactly the GPUs of `alloc` (what Slurm allocated to the node agent's
-    /// job) instead of any the engine picks.
-    pub fn with_gpu_allocation(mut self, alloc: Option<GpuAllocation>) -> Self {
-        self.gpu_alloc = alloc;
-        self
-    }
-
-    /// Whether the engine is Podman.
-    pub fn is_podman(&self) -> bool {
-        self.podman
-    }
-
-    /// The GPU allocation tasks get (see [`with_gpu_allocation`](Self::with_gpu_allocation)).
-    pub fn gpu_allocation(&self) -> Option<&GpuAllocation> {
-        self.gpu_alloc.as_ref()
-    }
-
-    /// The most GPUs one task can get on this engine: Podman's CDI-described GPUs, or with
-    /// the NVIDIA runtime the host's NVIDIA devices; 0 without either.
-    pub fn gpu_capacity(&self) -> u32 {
-        if self.podman {
-            let dirs: Vec<&std::path::Path> = crate::gpu::CDI_DIRS
-                .iter()
-                .map(std::path::Path::new)
-                .collect();
-            crate::gpu::cdi_gpus(&dirs).len() as u32
-        } else if self.nvidia {
-            crate::gpu::host_nvidia_devices()
-        } else {
-            0
-        }
-    }
-
-    /// The GPU devices a task asking `count` GPUs gets here, for its record: CDI names
-    /// (Podman), the NVIDIA runtime's ids, or device files.
-    pub fn gpu_devices(&self, count: u32) -> Result<Vec<String>, RuntimeError> {
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        if self.podman {
-            let dirs: Vec<&std::path::Path> = crate::gpu::CDI_DIRS
-                .iter()
-                .map(std::path::Path::new)
-                .collect();
-            return crate::gpu::cdi_devices(
-                count,
-                self.gpu_alloc.as_ref(),
-                &crate::gpu::cdi_gpus(&dirs),
-            );
-        }
-        Ok(
-            match crate::gpu::docker_gpus(count, self.gpu_alloc.as_ref(), self.nvidia)? {
-                DockerGpus::Request { ids, count } if ids.is_empty() => {
-                    vec![format!("nvidia: any {count}")]
-                }
-                DockerGpus::Request { ids, .. } => {
-                    ids.iter().map(|i| format!("nvidia:{i}")).collect()
-                }
-                DockerGpus::Files(f) => f.iter().map(|p| p.display().to_string()).collect(),
-            },
-        )
-    }
-
     /// The underlying client, for the developer commands (build, exec, commit).
     pub fn client(&self) -> &bollard::Docker {
         &self.client
@@ -442,27 +379,7 @@ impl Docker {
             let argv = crate::podman_gpu::create_argv(&self.endpoint, spec, &extras)?;
             return crate::podman_gpu::create(&argv).await;
         }
-        let (device_requests, devices) = match gpus {
-            0 => (None, None),
-            n => match crate::gpu::docker_gpus(n, self.gpu_alloc.as_ref(), self.nvidia)? {
-                DockerGpus::Request { ids, count } => {
-                    (Some(vec![crate::gpu::device_request(&ids, count)]), None)
-                }
-                DockerGpus::Files(files) => (
-                    None,
-                    Some(
-                        files
-                            .iter()
-                            .map(|f| DeviceMapping {
-                                path_on_host: Some(f.display().to_string()),
-                                path_in_container: Some(f.display().to_string()),
-                                cgroup_permissions: Some("rwm".into()),
-                            })
-                            .collect(),
-                    ),
-                ),
-            },
-        };
+        let (device_requests, devices) = self.gpu_host_config(gpus)?;
         let host_config = HostConfig {
             mounts: Some(mounts),
             memory,

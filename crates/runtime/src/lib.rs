@@ -17,6 +17,7 @@ mod charliecloud;
 mod cli_engine;
 mod dev;
 mod docker;
+mod docker_gpu;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
