@@ -233,7 +233,8 @@ pub async fn create(
             "this server serves no analysis".into(),
         ));
     }
-    if let Err(r) = caas_manager::check_submission(&served, &group, &sub.bytes()) {
+    let gpus_here = st.submitter().and_then(|s| s.gpus_here());
+    if let Err(r) = caas_manager::check_submission(&served, &group, &sub.bytes(), gpus_here) {
         return Err(ApiError::Unprocessable(format!(
             "the job was rejected: {} Nothing was submitted.",
             r.problem

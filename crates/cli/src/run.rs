@@ -118,6 +118,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         ));
     }
     let docker = Docker::connect().await?;
+    // The same refusal as `caas serve`'s (check_submission): before anything is stored or run.
+    caas_manager::check_gpus(spec.resources.gpus, Some(docker.gpu_capacity()))
+        .map_err(|problem| user(format!("the job was rejected: {problem}. Nothing was run.")))?;
     match docker.reap_expired().await {
         Ok(reaped) if !reaped.is_empty() => {
             eprintln!(

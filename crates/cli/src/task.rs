@@ -151,22 +151,42 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         (None, Some(root)) => root.join(".caas").join("node-work"),
         (None, None) => std::env::temp_dir().join("caas-node-work"),
     };
+    // The GPUs Slurm allocated to this job: a GPU task gets exactly these.
+    let gpus = caas_runtime::gpu::GpuAllocation::of_this_job();
+    if let Some(g) = &gpus {
+        eprintln!(
+            "caas task run: Slurm allocated GPU(s) {} (CUDA_VISIBLE_DEVICES={})",
+            g.ids.join(","),
+            g.cuda_visible.as_deref().unwrap_or("")
+        );
+    }
     // Held until the end: a Podman service this agent started stops with it.
     let (executor, _service): (Arc<dyn Executor>, _) = match args.engine.as_str() {
-        "docker" => (Arc::new(Docker::connect().await?), None),
+        "docker" => (
+            Arc::new(Docker::connect().await?.with_gpu_allocation(gpus)),
+            None,
+        ),
         "podman" => {
             let (d, service) = podman(false).await?;
-            (Arc::new(d), service)
+            (Arc::new(d.with_gpu_allocation(gpus)), service)
         }
         "podman-rootless" => {
             let (d, service) = podman(true).await?;
             (
-                Arc::new(RootlessPodman::new(d.with_network_mode("none"))),
+                Arc::new(RootlessPodman::new(
+                    d.with_network_mode("none").with_gpu_allocation(gpus),
+                )),
                 service,
             )
         }
-        "charliecloud" => (Arc::new(Charliecloud::new(node_cache()?)), None),
-        "apptainer" => (Arc::new(Apptainer::new(node_cache()?)), None),
+        "charliecloud" => (
+            Arc::new(Charliecloud::new(node_cache()?).with_gpu_allocation(gpus)),
+            None,
+        ),
+        "apptainer" => (
+            Arc::new(Apptainer::new(node_cache()?).with_gpu_allocation(gpus)),
+            None,
+        ),
         other => {
             return Err(user(format!(
                 "--engine {other}: the node engine is docker, podman, podman-rootless, charliecloud or apptainer"

@@ -526,3 +526,53 @@ fn a_manager_without_an_engine_refuses_an_image_that_was_not_published() {
     let err = stderr(&out);
     assert!(err.contains("must be known by id"), "{err}");
 }
+
+/// Rootless Podman on a Slurm node with a stand-in GPU (scripts/slurm.sh's `gpu` GRES and CDI
+/// specification): the lab user's task gets the CDI device of the GPU Slurm allocated, through
+/// Podman's CLI, not a silent nothing.
+#[test]
+fn rootless_podman_nodes_give_a_gpu_task_its_allocated_cdi_device() {
+    ensure_engine();
+    let _one = ensure_slurm();
+    let sb = sandbox_for_lab();
+    let script = "ls /dev | grep caas-test-gpu > {results}/devices.txt; \
+                  echo \"$CAAS_GPU_IDS\" > {results}/ids.txt";
+    let (_id, a) = pinned_analysis(&sb, "lab-gpu", script, "[resources]\ngpus = 1\n");
+    let store = sb.store();
+    std::fs::create_dir_all(&store).unwrap();
+    publish(&store, &a);
+    put(&store, "lab/inputs/a.csv", b"1\n");
+    put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
+    put(
+        &store,
+        "lab/submissions/gsubmit.json",
+        &submission(r#""lab/inputs/a.csv""#, "lab/configs/c.yaml", "g1"),
+    );
+    chown_lab(&store);
+    let cache = sb.path().join("node-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    chown_lab(&cache);
+    let srv = LabServer::start_with(
+        &store,
+        &a,
+        &cache,
+        &sb.path().join("serve.log"),
+        "podman-rootless",
+    );
+    let job = store.join("lab/results/job__lab-gpu_g1");
+    assert!(wait_end(&job, LIMIT), "no end.txt: {}", srv.log_text());
+    let rec = read_json(&job.join("job.json"));
+    let cert = std::fs::read_to_string(job.join("logs/certificate.txt")).unwrap();
+    assert_eq!(rec["state"], "succeeded", "{rec}\n{cert}");
+    let ids = std::fs::read_to_string(job.join("process_results/ids.txt")).unwrap();
+    let devices = std::fs::read_to_string(job.join("process_results/devices.txt")).unwrap();
+    assert_eq!(
+        devices.split_whitespace().collect::<Vec<_>>(),
+        vec![format!("caas-test-gpu{}", ids.trim())],
+        "{cert}"
+    );
+    assert!(
+        cert.contains(&format!("devices nvidia.com/gpu={}", ids.trim())),
+        "{cert}"
+    );
+}

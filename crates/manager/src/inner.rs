@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     pub(crate) status: Mutex<EventStatus>,
     /// Wakes the listing loop when an event asks for a listing.
     pub(crate) wake: tokio::sync::Notify,
+    /// The most GPUs one task can get from the executor (asked once at start; `None`: it
+    /// cannot tell).
+    pub(crate) gpus_here: Option<u32>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -317,10 +320,14 @@ impl Inner {
         };
         let checked = match &tes_analysis {
             Some(a) => Submission::parse(&bytes, group)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    crate::reject::check_gpus(a.spec.resources.gpus, self.gpus_here).map(|()| s)
+                })
                 .map(|s| (a, s))
-                .map_err(|e| crate::Refusal {
+                .map_err(|problem| crate::Refusal {
                     analysis: a,
-                    problem: e.to_string(),
+                    problem,
                     timestamp: raw
                         .as_ref()
                         .and_then(|v| v.get("timestamp"))
@@ -328,7 +335,7 @@ impl Inner {
                         .map(str::to_string),
                     own_folder: true,
                 }),
-            None => check_submission(&served, group, &bytes),
+            None => check_submission(&served, group, &bytes, self.gpus_here),
         };
         let (analysis, sub) = match checked {
             Ok(ok) => ok,

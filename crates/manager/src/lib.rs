@@ -33,7 +33,7 @@ pub use analyses::Analysis;
 pub use event_state::{EventStatus, Events};
 pub use inner::ManagerConfig;
 pub use manager::Manager;
-pub use reject::{Refusal, check_submission};
+pub use reject::{Refusal, check_gpus, check_submission};
 
 /// The `origin` of a job record made from the submission at `key` under claim `id`.
 pub fn submission_origin(key: &str, id: &str) -> String {

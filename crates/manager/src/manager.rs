@@ -99,7 +99,18 @@ impl Manager {
             source: cfg.events.to_string(),
             ..EventStatus::default()
         };
+        let gpus_here = match cfg.executor.gpu_capacity().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "the executor could not say how many GPUs it has; GPU jobs are not refused up front");
+                None
+            }
+        };
+        if let Some(g) = gpus_here {
+            tracing::info!(gpus = g, "the most GPUs one task can get here");
+        }
         let inner = Arc::new(Inner {
+            gpus_here,
             global: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             groups: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),

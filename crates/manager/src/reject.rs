@@ -32,14 +32,33 @@ pub struct Refusal<'a> {
     pub own_folder: bool,
 }
 
+/// The refusal of a task asking `asked` GPUs where one task can get at most `here` (`None`:
+/// the executor cannot tell, nothing is refused). Before any compute: on a cluster or engine
+/// without GPUs such a job would wait in a queue forever or run without them.
+pub fn check_gpus(asked: Option<u32>, here: Option<u32>) -> Result<(), String> {
+    match (asked.unwrap_or(0), here) {
+        (0, _) | (_, None) => Ok(()),
+        (n, Some(0)) => Err(format!(
+            "the analysis asks for {n} GPU(s) per task ([resources] gpus), and this service has no GPU \
+             (no NVIDIA runtime or CDI GPU on its engine, no node with a `gpu` GRES in its Slurm partition)"
+        )),
+        (n, Some(m)) if n > m => Err(format!(
+            "the analysis asks for {n} GPU(s) per task ([resources] gpus), and the most one task can get here is {m}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The checks a submission passes before it becomes a job: its size, JSON, analysis, names
-/// and paths ([`Submission::parse`]). The manager applies them to every `submit.json` it
+/// and paths ([`Submission::parse`]), and the GPUs it asks against `gpus_here`, the most one
+/// task can get on this service ([`check_gpus`]). The manager applies them to every `submit.json` it
 /// claims and the HTTP API to a job request before it writes anything, so that whatever the
 /// manager would reject the API refuses with the same reason. `analyses` is never empty.
 pub fn check_submission<'a>(
     analyses: &'a [Analysis],
     group: &GroupName,
     bytes: &[u8],
+    gpus_here: Option<u32>,
 ) -> Result<(&'a Analysis, Submission), Refusal<'a>> {
     let first = &analyses[..1];
     let raw: Option<Value> = serde_json::from_slice(bytes).ok();
@@ -104,11 +123,16 @@ pub fn check_submission<'a>(
         }
         Err(e) => return Err(refuse(analysis, e.to_string(), true)),
     };
+    let mut gpus = analysis.spec.resources.gpus;
     if let Some(t) = &sub.instance_type {
         let mut probe = analysis.spec.clone();
         if let Err(problem) = caas_import::ec2::apply(&mut probe, t) {
             return Err(refuse(analysis, problem, true));
         }
+        gpus = probe.resources.gpus;
+    }
+    if let Err(problem) = check_gpus(gpus, gpus_here) {
+        return Err(refuse(analysis, problem, true));
     }
     Ok((analysis, sub))
 }
@@ -245,6 +269,24 @@ fn certificate(r: &Rejection<'_>, id: &JobId, now: chrono::DateTime<Utc>) -> Cer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_jobs_are_refused_only_where_no_task_can_get_them() {
+        assert!(check_gpus(None, Some(0)).is_ok());
+        assert!(check_gpus(Some(0), Some(0)).is_ok());
+        assert!(
+            check_gpus(Some(4), None).is_ok(),
+            "an executor that cannot tell"
+        );
+        assert!(check_gpus(Some(2), Some(2)).is_ok());
+        let e = check_gpus(Some(1), Some(0)).unwrap_err();
+        assert!(
+            e.contains("asks for 1 GPU(s)") && e.contains("has no GPU"),
+            "{e}"
+        );
+        let e = check_gpus(Some(u32::MAX), Some(2)).unwrap_err();
+        assert!(e.contains("most one task can get here is 2"), "{e}");
+    }
 
     #[test]
     fn rejection_folders_sit_beside_the_job_and_cannot_escape() {

@@ -42,6 +42,11 @@ impl Manager {
 }
 
 impl Submitter {
+    /// The most GPUs one task can get from the manager's executor (`None`: not known).
+    pub fn gpus_here(&self) -> Option<u32> {
+        self.inner.gpus_here
+    }
+
     /// Handle the submission at `key` (already written under `<group>/submissions/`) now: claim
     /// it and start its job in the background. Returns once the job is started (or the
     /// submission was already handled); the job's record appears as for any submission.

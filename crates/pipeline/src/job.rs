@@ -74,6 +74,7 @@ pub async fn run_job_with(
             cost_usd: 0.0,
             attempt: 0,
             node: None,
+            gpus: None,
             reused: None,
         })
         .collect();

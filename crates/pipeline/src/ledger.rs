@@ -53,6 +53,8 @@ pub(crate) fn ledger_json(
             "cpu_seconds": u.cpu_seconds,
             "peak_memory_bytes": u.peak_memory_bytes,
         })),
-        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u)),
+        "gpus": ctx.req.spec.resources.gpus.unwrap_or(0),
+        "gpu_hour": ctx.req.spec.pricing.gpu_hour,
+        "cost_usd": end.map(|(_, u)| ctx.req.spec.pricing.cost(u, ctx.req.spec.resources.gpus.unwrap_or(0))),
     })
 }

@@ -165,7 +165,10 @@ pub(crate) async fn record_outcome(
         cpu_seconds: report.measured.cpu_seconds,
         peak_memory_bytes: report.measured.peak_memory_bytes,
     };
-    let cost = req.spec.pricing.cost(&usage);
+    let cost = req
+        .spec
+        .pricing
+        .cost(&usage, req.spec.resources.gpus.unwrap_or(0));
     ctx.writer
         .update_task(idx, |t, _| {
             t.state = state;

@@ -164,6 +164,7 @@ pub(crate) async fn write_crate(
                 usage: t.usage.clone(),
                 cost_usd: t.cost_usd,
                 node: t.node.clone(),
+                gpus: t.gpus.clone(),
                 results: results
                     .iter()
                     .filter(|r| !many || r.path.starts_with(&own))

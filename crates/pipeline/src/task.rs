@@ -432,14 +432,21 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             .unwrap_or_default(),
         )
         .await?;
+    let gpus = ctx.executor.gpu_note(spec.gpus.unwrap_or(0));
     ctx.writer
         .update_task(idx, |t, _| {
             t.state = State::Running;
             t.command = command.clone();
             t.started = Some(start);
             t.node = Some(crate::writer::host_name());
+            t.gpus = gpus.clone();
         })
         .await?;
+    if let Some(g) = &gpus {
+        ctx.writer
+            .log(&format!("[Job Manager] dataset {key}: gpus: {g}"))
+            .await?;
+    }
     ctx.writer
         .log(&format!(
             "[Job Manager] dataset {key}: container started: {}",

@@ -169,6 +169,7 @@ pub(crate) async fn validate(
                 hours,
                 req.spec.resources.cpus.unwrap_or(1.0),
                 req.spec.resources.memory.map_or(0, |m| m.0),
+                req.spec.resources.gpus.unwrap_or(0),
             );
             let projected = per_task * req.datasets.len() as f64;
             // Check and reserve in one step, so jobs validated at once cannot all pass.

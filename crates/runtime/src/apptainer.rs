@@ -12,6 +12,9 @@
 //!   system namespaces, a private /tmp; `--cleanenv`: none of the node user's variables; the
 //!   image's and the task's variables come from the env file). Apptainer runs the task as the
 //!   node user: `[run] user` cannot change that. Limits: none of its own (Slurm's allocation).
+//! - A GPU task (`gpus = N`): `--nv` (Apptainer binds the host's NVIDIA devices and driver
+//!   libraries) and `CUDA_VISIBLE_DEVICES` as Slurm set it; outside a Slurm allocation of
+//!   enough GPUs it is refused.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +28,7 @@ use crate::cli_engine::{
     convert_into_cache, digest_of, io, read_config, refused, remove_tree, run_command,
 };
 use crate::executor::{ExecFuture, Executor, ImageConfig, ImageForm, TaskContainer};
+use crate::gpu::GpuAllocation;
 use crate::{ContainerSpec, ImageInfo, Measured, Outcome, OutputChunk, RunReport, RuntimeError};
 
 /// Apptainer with its per-node image cache.
@@ -32,6 +36,7 @@ use crate::{ContainerSpec, ImageInfo, Measured, Outcome, OutputChunk, RunReport,
 pub struct Apptainer {
     cache: PathBuf,
     bin: String,
+    gpu_alloc: Option<GpuAllocation>,
 }
 
 /// `apptainer build` of an unpacked root filesystem into a SIF. Pure.
@@ -81,6 +86,9 @@ pub(crate) fn exec_command_line(
     let mut argv: Vec<String> = [bin, "exec", "--containall", "--cleanenv", "--no-home"]
         .map(String::from)
         .to_vec();
+    if spec.gpus.unwrap_or(0) > 0 {
+        argv.push("--nv".into());
+    }
     argv.push("--env-file".into());
     argv.push(env_path.to_string_lossy().into_owned());
     let workdir = spec
@@ -124,7 +132,14 @@ impl Apptainer {
         Self {
             cache,
             bin: "apptainer".into(),
+            gpu_alloc: None,
         }
+    }
+
+    /// GPU tasks get the GPUs of `alloc` (the node agent's Slurm allocation).
+    pub fn with_gpu_allocation(mut self, alloc: Option<GpuAllocation>) -> Self {
+        self.gpu_alloc = alloc;
+        self
     }
 
     fn images(&self) -> PathBuf {
@@ -144,6 +159,9 @@ impl Apptainer {
                 container_id: spec.name.clone(),
             });
         }
+        let gpus = spec.gpus.unwrap_or(0);
+        crate::gpu::check_cli_allocation("Apptainer", gpus, self.gpu_alloc.as_ref())?;
+        let spec = &crate::gpu::with_gpu_env(spec, self.gpu_alloc.as_ref(), true);
         let dir = self.images().join(digest_of(&spec.image)?);
         let config = read_config(&dir).ok_or_else(|| RuntimeError::ImageNotFound {
             image: spec.image.clone(),
@@ -224,6 +242,12 @@ impl Executor for Apptainer {
 
     fn image_form(&self) -> ImageForm {
         ImageForm::RootFs
+    }
+
+    fn gpu_note(&self, count: u32) -> Option<String> {
+        (count > 0).then(|| {
+            crate::gpu::describe(count, self.gpu_alloc.as_ref(), &["apptainer --nv".into()])
+        })
     }
 
     fn limits_note(&self) -> Option<String> {
@@ -338,6 +362,51 @@ mod tests {
         .map(String::from)
         .to_vec();
         assert_eq!(argv, expected);
+    }
+
+    #[test]
+    fn a_gpu_task_gets_nv_and_slurms_visible_devices() {
+        let mut s = spec();
+        s.gpus = Some(1);
+        let argv = exec_command_line(
+            "apptainer",
+            &s,
+            Path::new("/i.sif"),
+            Path::new("/t.env"),
+            &ImageConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            argv[..6],
+            [
+                "apptainer",
+                "exec",
+                "--containall",
+                "--cleanenv",
+                "--no-home",
+                "--nv"
+            ]
+            .map(String::from)
+        );
+        let alloc = crate::gpu::GpuAllocation {
+            ids: vec!["1".into()],
+            cuda_visible: Some("1".into()),
+            files: Vec::new(),
+        };
+        let with = crate::gpu::with_gpu_env(&s, Some(&alloc), true);
+        let env = env_file(&with, &ImageConfig::default()).unwrap();
+        assert!(env.contains("CUDA_VISIBLE_DEVICES='1'"), "{env}");
+        assert!(env.contains("CAAS_GPU_IDS='1'"), "{env}");
+        // No GPU asked: no --nv.
+        let argv = exec_command_line(
+            "apptainer",
+            &spec(),
+            Path::new("/i.sif"),
+            Path::new("/t.env"),
+            &ImageConfig::default(),
+        )
+        .unwrap();
+        assert!(!argv.contains(&"--nv".to_string()));
     }
 
     #[test]

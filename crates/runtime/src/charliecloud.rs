@@ -17,6 +17,11 @@
 //! - A clean environment: only the image's variables and the task's; no host home, a private
 //!   `/tmp`, not the node's `/etc/passwd`.
 //! - Limits: none of its own. CPU and memory are Slurm's allocation (its cgroups).
+//! - A GPU task (`gpus = N`): the host's NVIDIA driver libraries are injected into the
+//!   converted image once per node with `ch-fromhost --nvidia <rootfs>` (how Charliecloud
+//!   documents GPU use), under the image's lock, marked done by `nvidia-injected` beside it;
+//!   ch-run binds the host's /dev, and `CUDA_VISIBLE_DEVICES` is Slurm's. Outside a Slurm
+//!   allocation of enough GPUs, or when the injection fails, the task is refused.
 //!
 //! Images come from the store as one flattened root filesystem archive ([`ImageForm::RootFs`])
 //! and are converted once per node into `CAAS_NODE_CACHE/charliecloud/<digest>/` under a lock
@@ -35,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli_engine::{convert_into_cache, digest_of, io, read_config, refused, run_command};
 use crate::executor::{ExecFuture, Executor, ImageConfig, ImageForm, TaskContainer};
+use crate::gpu::GpuAllocation;
 use crate::{ContainerSpec, ImageInfo, Measured, Outcome, OutputChunk, RunReport, RuntimeError};
 
 /// The script run between `unshare` and `ch-run`: each argument before `--` is bind-mounted
@@ -46,6 +52,8 @@ const RO_SCRIPT: &str = r#"while [ "$1" != -- ]; do mount --bind -- "$1" "$1" &&
 pub struct Charliecloud {
     cache: PathBuf,
     ch_run: String,
+    ch_fromhost: String,
+    gpu_alloc: Option<GpuAllocation>,
 }
 
 /// A bind as ch-run takes it: a host folder, a container path, read-only or not.
@@ -234,6 +242,16 @@ pub(crate) fn command_line(
     Ok(argv)
 }
 
+/// `ch-fromhost --nvidia` of a converted image: the host's NVIDIA driver libraries copied in.
+/// Pure.
+pub(crate) fn fromhost_command_line(ch_fromhost: &str, rootfs: &Path) -> Vec<String> {
+    vec![
+        ch_fromhost.to_string(),
+        "--nvidia".into(),
+        rootfs.to_string_lossy().into_owned(),
+    ]
+}
+
 /// Make `target` (absolute, inside the image) a folder of `rootfs`, refusing any symbolic link
 /// on the way: an image's link must not make caas create folders outside its cache.
 fn ensure_target(rootfs: &Path, target: &str) -> Result<(), RuntimeError> {
@@ -268,7 +286,56 @@ impl Charliecloud {
         Self {
             cache,
             ch_run: "ch-run".into(),
+            ch_fromhost: "ch-fromhost".into(),
+            gpu_alloc: None,
         }
+    }
+
+    /// GPU tasks get the GPUs of `alloc` (the node agent's Slurm allocation).
+    pub fn with_gpu_allocation(mut self, alloc: Option<GpuAllocation>) -> Self {
+        self.gpu_alloc = alloc;
+        self
+    }
+
+    /// Inject the host's NVIDIA libraries into the converted image `dir` once (see the module
+    /// docs), under the image's lock.
+    async fn inject_nvidia(&self, dir: &Path) -> Result<(), RuntimeError> {
+        let marker = dir.join("nvidia-injected");
+        if marker.exists() {
+            return Ok(());
+        }
+        let lock_path = dir.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        let argv = fromhost_command_line(&self.ch_fromhost, &dir.join("rootfs"));
+        let marker2 = marker.clone();
+        tokio::task::spawn_blocking(move || {
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| io("lock", &lock_path)(e.into()))?;
+            if marker2.exists() {
+                return Ok(());
+            }
+            let out = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|e| refused(format!("cannot run {}: {e}", argv[0])))?;
+            if !out.status.success() {
+                return Err(refused(format!(
+                    "a GPU task: `{}` could not inject the host's NVIDIA libraries ({}): {}",
+                    argv.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            std::fs::write(&marker2, b"").map_err(io("write", &marker2))
+        })
+        .await
+        .map_err(|e| refused(format!("ch-fromhost: {e}")))?
     }
 
     fn images(&self) -> PathBuf {
@@ -292,10 +359,16 @@ impl Charliecloud {
         if cancel.is_cancelled() {
             return Ok(report(Outcome::Cancelled, Duration::ZERO));
         }
+        let gpus = spec.gpus.unwrap_or(0);
+        crate::gpu::check_cli_allocation("Charliecloud", gpus, self.gpu_alloc.as_ref())?;
+        let spec = &crate::gpu::with_gpu_env(spec, self.gpu_alloc.as_ref(), true);
         let dir = self.images().join(digest_of(&spec.image)?);
         let config = read_config(&dir).ok_or_else(|| RuntimeError::ImageNotFound {
             image: spec.image.clone(),
         })?;
+        if gpus > 0 {
+            self.inject_nvidia(&dir).await?;
+        }
         let rootfs = dir.join("rootfs");
         let binds = plan_binds(spec)?;
         for b in &binds {
@@ -380,6 +453,16 @@ impl Executor for Charliecloud {
 
     fn image_form(&self) -> ImageForm {
         ImageForm::RootFs
+    }
+
+    fn gpu_note(&self, count: u32) -> Option<String> {
+        (count > 0).then(|| {
+            crate::gpu::describe(
+                count,
+                self.gpu_alloc.as_ref(),
+                &["ch-fromhost --nvidia".into()],
+            )
+        })
     }
 
     fn limits_note(&self) -> Option<String> {

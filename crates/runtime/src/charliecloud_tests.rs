@@ -234,3 +234,36 @@ async fn a_conversion_is_done_once_and_a_crashed_one_is_never_used() {
             .is_file()
     );
 }
+
+#[test]
+fn a_gpu_task_injects_the_hosts_nvidia_libraries_and_passes_slurms_devices() {
+    assert_eq!(
+        fromhost_command_line("ch-fromhost", Path::new("/c/charliecloud/ab/rootfs")),
+        ["ch-fromhost", "--nvidia", "/c/charliecloud/ab/rootfs"].map(String::from)
+    );
+    let mut s = spec(Vec::new());
+    s.gpus = Some(1);
+    let alloc = crate::gpu::GpuAllocation {
+        ids: vec!["1".into()],
+        cuda_visible: Some("1".into()),
+        files: Vec::new(),
+    };
+    let with = crate::gpu::with_gpu_env(&s, Some(&alloc), true);
+    let argv = command_line(
+        "ch-run",
+        &with,
+        Path::new("/r"),
+        &ImageConfig::default(),
+        &[],
+        None,
+    )
+    .unwrap();
+    assert!(
+        argv.contains(&"--set-env=CUDA_VISIBLE_DEVICES=1".to_string()),
+        "{argv:?}"
+    );
+    assert!(
+        argv.contains(&"--set-env=CAAS_GPU_IDS=1".to_string()),
+        "{argv:?}"
+    );
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_retry::{Policy, retry};
 
+use crate::gpu::GpuAllocation;
 use crate::usage::Cgroups;
 use crate::{ContainerSpec, Measured, Outcome, OutputChunk, RunReport, RuntimeError, StreamKind};
 
@@ -57,6 +58,12 @@ pub struct Docker {
     cgroups: Option<Cgroups>,
     /// Task containers' network mode (`None`: the engine's default).
     network_mode: Option<String>,
+    /// The engine is Podman (its Docker-compatible API ignores GPU device requests).
+    pub(crate) podman: bool,
+    /// The engine has the NVIDIA runtime (device requests for GPUs work).
+    pub(crate) nvidia: bool,
+    /// The GPUs the node's scheduler gave this process's job (a Slurm node agent).
+    pub(crate) gpu_alloc: Option<GpuAllocation>,
 }
 
 /// What caas needs to know of an image.
@@ -209,23 +216,36 @@ impl Docker {
             .await
             .map_err(|_| unavailable("no answer to ping within 10s".into()))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let cgroups = match client.info().await {
-            Ok(info) => Cgroups::detect(
-                &endpoint,
-                info.cgroup_driver.map(|d| d.to_string()).as_deref(),
-                info.cgroup_version.map(|v| v.to_string()).as_deref(),
+        let (cgroups, nvidia) = match client.info().await {
+            Ok(info) => (
+                Cgroups::detect(
+                    &endpoint,
+                    info.cgroup_driver.map(|d| d.to_string()).as_deref(),
+                    info.cgroup_version.map(|v| v.to_string()).as_deref(),
+                ),
+                info.runtimes.is_some_and(|r| r.contains_key("nvidia"))
+                    || std::path::Path::new("/usr/bin/nvidia-container-runtime-hook").exists(),
             ),
             Err(e) => {
                 tracing::debug!(error = %e, "no engine info; CPU time from the stats stream only");
-                None
+                (None, false)
             }
         };
+        let podman = client.version().await.is_ok_and(|v| {
+            v.components
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.name.contains("Podman"))
+        });
         Ok(Self {
             client,
             endpoint,
             policy: Policy::default(),
             cgroups,
             network_mode: None,
+            podman,
+            nvidia,
+            gpu_alloc: None,
         })
     }
 
@@ -337,6 +357,29 @@ impl Docker {
                 })
             })
             .transpose()?;
+        let gpus = spec.gpus.unwrap_or(0);
+        let mut env = spec.env.clone();
+        if gpus > 0 {
+            env.extend(crate::gpu::task_env(gpus, self.gpu_alloc.as_ref(), false));
+        }
+        let cgroup_parent = self
+            .cgroups
+            .as_ref()
+            .map(|_| Cgroups::parent_for(&spec.name));
+        if gpus > 0 && self.podman {
+            // Podman's Docker-compatible API would ignore the request: its CLI resolves CDI.
+            let extras = crate::podman_gpu::Extras {
+                labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                env,
+                devices: self.gpu_devices(gpus)?,
+                network: self.network_mode.clone(),
+                cgroup_parent,
+                pids_limit: spec.pids_limit.map_or(PIDS_LIMIT, i64::from),
+            };
+            let argv = crate::podman_gpu::create_argv(&self.endpoint, spec, &extras)?;
+            return crate::podman_gpu::create(&argv).await;
+        }
+        let (device_requests, devices) = self.gpu_host_config(gpus)?;
         let host_config = HostConfig {
             mounts: Some(mounts),
             memory,
@@ -345,23 +388,15 @@ impl Docker {
             pids_limit: Some(spec.pids_limit.map_or(PIDS_LIMIT, i64::from)),
             init: Some(true),
             network_mode: self.network_mode.clone(),
-            cgroup_parent: self
-                .cgroups
-                .as_ref()
-                .map(|_| Cgroups::parent_for(&spec.name)),
-            device_requests: spec.gpus.filter(|g| *g > 0).map(|g| {
-                vec![DeviceRequest {
-                    count: Some(i64::from(g)),
-                    capabilities: Some(vec![vec!["gpu".to_string()]]),
-                    ..Default::default()
-                }]
-            }),
+            cgroup_parent,
+            device_requests,
+            devices,
             ..Default::default()
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: Some(spec.command.clone()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             user: spec.user.clone(),
             working_dir: spec.workdir.clone(),

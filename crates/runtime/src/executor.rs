@@ -240,6 +240,18 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The most GPUs one task can get from this executor (`None`: it cannot tell): a
+    /// submission asking more is refused before any compute.
+    fn gpu_capacity(&self) -> ExecFuture<'_, Option<u32>> {
+        async move { Ok(None) }.boxed()
+    }
+
+    /// What a task asking `count` GPUs gets here (the scheduler's allocation, the devices the
+    /// engine is given), for its record and certificate; `None` when `count` is 0.
+    fn gpu_note(&self, count: u32) -> Option<String> {
+        (count > 0).then(|| crate::gpu::describe(count, None, &[]))
+    }
+
     /// The form in which this engine takes a published image.
     fn image_form(&self) -> ImageForm {
         ImageForm::DockerArchive
@@ -299,6 +311,19 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
 impl Executor for Docker {
     fn kind(&self) -> &'static str {
         "local-docker"
+    }
+
+    fn gpu_capacity(&self) -> ExecFuture<'_, Option<u32>> {
+        async move { Ok(Some(Docker::gpu_capacity(self))) }.boxed()
+    }
+
+    fn gpu_note(&self, count: u32) -> Option<String> {
+        (count > 0).then(|| {
+            let devices = self
+                .gpu_devices(count)
+                .unwrap_or_else(|e| vec![format!("none: {e}")]);
+            crate::gpu::describe(count, self.gpu_allocation(), &devices)
+        })
     }
 
     fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>> {

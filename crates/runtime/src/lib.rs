@@ -17,10 +17,13 @@ mod charliecloud;
 mod cli_engine;
 mod dev;
 mod docker;
+mod docker_gpu;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod gpu;
 mod images;
+mod podman_gpu;
 mod rootless;
 mod slurm;
 mod usage;

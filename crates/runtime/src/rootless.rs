@@ -50,6 +50,14 @@ impl Executor for RootlessPodman {
         Executor::image_info(&self.inner, image)
     }
 
+    fn gpu_capacity(&self) -> ExecFuture<'_, Option<u32>> {
+        Executor::gpu_capacity(&self.inner)
+    }
+
+    fn gpu_note(&self, count: u32) -> Option<String> {
+        Executor::gpu_note(&self.inner, count)
+    }
+
     fn run<'a>(
         &'a self,
         spec: &'a ContainerSpec,

@@ -117,20 +117,29 @@ pub struct PricingSection {
     /// USD per GB of peak memory per hour of wall time.
     #[serde(default)]
     pub memory_gb_hour: f64,
+    /// USD per GPU-hour: each GPU a task holds (`[resources] gpus`), per hour of wall time.
+    #[serde(default)]
+    pub gpu_hour: f64,
 }
 
 impl PricingSection {
-    /// The cost of measured usage.
-    pub fn cost(&self, usage: &crate::Usage) -> f64 {
+    /// The cost of measured usage of a task that held `gpus` GPUs.
+    pub fn cost(&self, usage: &crate::Usage, gpus: u32) -> f64 {
         let hours = usage.wall_seconds / 3600.0;
         hours * self.wall_hour
             + usage.cpu_seconds / 3600.0 * self.cpu_hour
             + usage.peak_memory_bytes as f64 / 1e9 * hours * self.memory_gb_hour
+            + f64::from(gpus) * hours * self.gpu_hour
     }
 
-    /// The highest cost of one task running `hours` with `cpus` busy and `memory` bytes.
-    pub fn estimate(&self, hours: f64, cpus: f64, memory: u64) -> f64 {
-        hours * (self.wall_hour + cpus * self.cpu_hour + memory as f64 / 1e9 * self.memory_gb_hour)
+    /// The highest cost of one task running `hours` with `cpus` busy, `memory` bytes and
+    /// `gpus` GPUs.
+    pub fn estimate(&self, hours: f64, cpus: f64, memory: u64, gpus: u32) -> f64 {
+        hours
+            * (self.wall_hour
+                + cpus * self.cpu_hour
+                + memory as f64 / 1e9 * self.memory_gb_hour
+                + f64::from(gpus) * self.gpu_hour)
     }
 }
 

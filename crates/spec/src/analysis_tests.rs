@@ -165,11 +165,14 @@ fn pricing_and_budgets_are_optional_and_parsed() {
     let base = "[analysis]\nname = \"p\"\nversion = \"1\"\n[environment]\nimage = \"i\"\n[run]\ncommand = \"true\"\n";
     let s = AnalysisSpec::parse(base, Path::new("caas.toml")).unwrap();
     assert_eq!(
-        s.pricing.cost(&crate::Usage {
-            wall_seconds: 3600.0,
-            cpu_seconds: 3600.0,
-            peak_memory_bytes: 1 << 30
-        }),
+        s.pricing.cost(
+            &crate::Usage {
+                wall_seconds: 3600.0,
+                cpu_seconds: 3600.0,
+                peak_memory_bytes: 1 << 30
+            },
+            2
+        ),
         0.0
     );
     assert!(s.budget.for_group(&"lab".parse().unwrap()).is_none());
@@ -182,9 +185,15 @@ fn pricing_and_budgets_are_optional_and_parsed() {
         cpu_seconds: 900.0,
         peak_memory_bytes: 0,
     };
-    assert!((s.pricing.cost(&u) - 1.0).abs() < 1e-9);
+    assert!((s.pricing.cost(&u, 0) - 1.0).abs() < 1e-9);
     assert_eq!(s.budget.for_group(&"lab".parse().unwrap()), Some(0.5));
     assert_eq!(s.budget.for_group(&"other".parse().unwrap()), Some(10.0));
+    // A GPU-hour price: per GPU held, per hour of wall time, in the cost and the estimate.
+    let g = format!("{base}[pricing]\nwall_hour = 1.0\ngpu_hour = 3.0\n");
+    let s = AnalysisSpec::parse(&g, Path::new("caas.toml")).unwrap();
+    assert!((s.pricing.cost(&u, 2) - (0.5 + 2.0 * 0.5 * 3.0)).abs() < 1e-9);
+    assert!((s.pricing.cost(&u, 0) - 0.5).abs() < 1e-9);
+    assert!((s.pricing.estimate(2.0, 1.0, 0, 4) - 2.0 * (1.0 + 4.0 * 3.0)).abs() < 1e-9);
     let bad = format!("{base}[pricing]\nper_gpu = 1\n");
     assert!(AnalysisSpec::parse(&bad, Path::new("caas.toml")).is_err());
 }

@@ -79,6 +79,8 @@ pub struct RunFact {
     pub cost_usd: f64,
     /// Host.
     pub node: Option<String>,
+    /// The GPUs it was given (count, the scheduler's ids, the devices), when it asked any.
+    pub gpus: Option<String>,
     /// The results this task produced (paths relative to the job folder).
     pub results: Vec<String>,
     /// Reused results: (job folder key that computed them, cache key).
@@ -295,6 +297,7 @@ pub fn build_crate(f: &CrateFacts) -> Value {
             "caas:state": r.state,
             "caas:executor": f.executor,
             "caas:node": r.node,
+            "caas:gpus": r.gpus,
             "caas:origin": f.origin,
             "caas:wallSeconds": r.usage.wall_seconds,
             "caas:cpuSeconds": r.usage.cpu_seconds,

@@ -149,6 +149,10 @@ pub struct TaskRecord {
     /// The host that ran the task's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The GPUs the task was given (`[resources] gpus`): how many, the scheduler's allocation
+    /// (Slurm's ids, `CUDA_VISIBLE_DEVICES`) and the devices its engine was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<String>,
     /// Set when the task's results were reused from an earlier job (the result cache): that
     /// job's folder and the cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -438,6 +442,7 @@ mod tests {
             cost_usd: 0.0,
             attempt: 0,
             node: None,
+            gpus: None,
             reused: None,
         }
     }

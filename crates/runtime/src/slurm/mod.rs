@@ -29,6 +29,7 @@ use crate::{ContainerSpec, Docker, ImageInfo, OutputChunk, RunReport, RuntimeErr
 mod args;
 mod array;
 mod commands;
+mod gres;
 
 pub use args::{NodeEngine, SlurmConfig, job_comment, job_name, parse_rate};
 use commands::{Accounting, Named, find_job, list_named, sacct, sbatch, scancel, squeue};
@@ -422,6 +423,21 @@ fn whole_tasks_only() -> RuntimeError {
 impl Executor for Slurm {
     fn kind(&self) -> &'static str {
         "slurm"
+    }
+
+    fn gpu_capacity(&self) -> ExecFuture<'_, Option<u32>> {
+        async move {
+            let partition = self.cfg.partition.clone().or_else(|| {
+                self.cfg
+                    .sbatch_args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--partition=").map(String::from))
+            });
+            gres::capacity(&self.cfg.tool("sinfo"), partition.as_deref())
+                .await
+                .map(Some)
+        }
+        .boxed()
     }
 
     fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>> {
