@@ -20,6 +20,7 @@ mod loops;
 mod manager;
 mod reject;
 mod schedule;
+mod sightings;
 mod submitter;
 pub mod tes;
 mod tes_run;

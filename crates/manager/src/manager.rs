@@ -26,6 +26,7 @@ use crate::events::{EventStatus, Events, Source};
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::reject::{Rejection, check_submission, write_rejection};
 use crate::schedule::Schedule;
+use crate::sightings::{Handling, Sightings};
 use crate::worker::{self, Statuses, Worker};
 use crate::{ManagerError, active_key, claim_key};
 
@@ -96,13 +97,12 @@ pub(crate) struct Inner {
     pub(crate) spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
     /// Estimates of each group's jobs in flight (see `caas_pipeline::Budget`).
     pub(crate) in_flight: Mutex<HashMap<GroupName, Arc<Mutex<f64>>>>,
-    /// Submission versions already handled (claimed by anyone, or being handled here), shared
-    /// by the polling watcher and [`Submitter`] so that one version is handled once.
-    pub(crate) seen: Mutex<HashSet<String>>,
+    /// Submission versions handled (claimed by anyone) or being handled here, shared by the
+    /// listing, the events and [`Submitter`] so that one version is handled once, and freed
+    /// again when a handling fails (see [`crate::sightings`]).
+    pub(crate) seen: Arc<Mutex<Sightings>>,
     /// The analyses as they are now (reloaded by `caas serve`; a job takes a copy at start).
     pub(crate) analyses: Analyses,
-    /// Submission versions whose handling failed, to look at again.
-    pub(crate) retry: Mutex<Vec<String>>,
     /// When each folder is listed next.
     pub(crate) schedule: Mutex<Schedule>,
     /// The event source's state.
@@ -200,9 +200,8 @@ impl Manager {
             jobs: Mutex::new(JoinSet::new()),
             spent: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            seen: Mutex::new(seen),
+            seen: Sightings::with_done(seen),
             analyses: Analyses::new(cfg.analyses.clone()),
-            retry: Mutex::new(Vec::new()),
             schedule: Mutex::new(schedule),
             status: Mutex::new(status),
             wake: tokio::sync::Notify::new(),
@@ -325,12 +324,9 @@ impl Manager {
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Inner {
-    /// Whether the submission version `id` is seen for the first time (and mark it seen).
-    pub(crate) fn first_sight(&self, id: &str) -> bool {
-        self.seen
-            .lock()
-            .map(|mut seen| seen.insert(id.to_string()))
-            .unwrap_or(false)
+    /// Begin handling the submission version `id`, unless it is handled or being handled.
+    pub(crate) fn first_sight(&self, id: &str) -> Option<Handling> {
+        Sightings::begin(&self.seen, id)
     }
 
     pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
