@@ -66,6 +66,8 @@ pub struct EventStatus {
     pub reconciles: u64,
     /// Listing requests made to the store (the groups, and each group's submissions).
     pub listings: u64,
+    /// When the manager started (the reconcile's clock before the first one ends).
+    pub started: Option<DateTime<Utc>>,
 }
 
 /// What a key announced by an event is to the manager.
@@ -97,9 +99,12 @@ pub(crate) fn announced(key: &str) -> Announced {
 }
 
 impl Inner {
-    fn status(&self, f: impl FnOnce(&mut EventStatus)) {
+    /// Change the event status (and `/metrics` with it).
+    pub(crate) fn status(&self, f: impl FnOnce(&mut EventStatus)) {
         if let Ok(mut s) = self.status.lock() {
+            let old = s.clone();
             f(&mut s);
+            crate::event_ops::publish(&old, &s);
         }
     }
 

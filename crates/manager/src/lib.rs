@@ -15,6 +15,7 @@
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
 mod analyses;
+mod event_ops;
 mod events;
 mod loops;
 mod manager;
@@ -28,6 +29,7 @@ mod then;
 pub mod worker;
 
 pub use analyses::Analyses;
+pub use event_ops::EventProbe;
 pub use events::{EventStatus, Events};
 pub use manager::{Analysis, Manager, ManagerConfig};
 pub use reject::{Refusal, check_submission};

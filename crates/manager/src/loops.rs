@@ -64,9 +64,7 @@ impl Inner {
     }
 
     fn listed(&self) {
-        if let Ok(mut s) = self.status.lock() {
-            s.listings += 1;
-        }
+        self.status(|s| s.listings += 1);
     }
 }
 
@@ -146,10 +144,10 @@ impl SubmissionWatcher {
             }
         }
         if root_due && self.inner.cfg.events != Events::Poll {
-            if let Ok(mut s) = self.inner.status.lock() {
+            self.inner.status(|s| {
                 s.reconciles += 1;
                 s.last_reconcile = Some(chrono::Utc::now());
-            }
+            });
         }
         Ok(())
     }

@@ -191,8 +191,10 @@ impl Manager {
         );
         let status = EventStatus {
             source: cfg.events.to_string(),
+            started: Some(Utc::now()),
             ..EventStatus::default()
         };
+        crate::event_ops::started(&status.source);
         let inner = Arc::new(Inner {
             global: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             groups: Mutex::new(HashMap::new()),
