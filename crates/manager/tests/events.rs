@@ -19,6 +19,10 @@ use caas_store::Store;
 
 const IMAGE: &str = "local/fake:1";
 
+/// The burst (thousands of files, hundreds of jobs) runs alone: the other tests here time
+/// how soon a submission starts, which a burst in the same process would only slow down.
+static BURST: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn spec() -> AnalysisSpec {
     let text = format!(
         r#"
@@ -177,6 +181,7 @@ impl Env {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_events_start_a_submission_without_a_listing() {
+    let _shared = BURST.read().await;
     let env = Env::new();
     // The scanner ticks every 50 ms but, with events, lists only at start-up, at the (hourly)
     // reconcile, and a group an event points at.
@@ -231,6 +236,7 @@ async fn file_events_start_a_submission_without_a_listing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_moved_in_whole_is_listed_and_its_submissions_start() {
+    let _shared = BURST.read().await;
     let env = Env::new();
     let m = Manager::start(env.config(
         Events::Files,
@@ -260,6 +266,7 @@ async fn a_group_moved_in_whole_is_listed_and_its_submissions_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_backs_off_on_idle_groups_and_answers_active_ones() {
+    let _shared = BURST.read().await;
     let env = Env::new();
     let poll = Duration::from_millis(20);
     let max = Duration::from_millis(640);
@@ -295,6 +302,7 @@ async fn polling_backs_off_on_idle_groups_and_answers_active_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_that_overflows_the_event_queue_is_listed_and_nothing_is_missed() {
+    let _alone = BURST.write().await;
     // The manager's warnings and errors, shown should the test fail.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
