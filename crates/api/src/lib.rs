@@ -35,7 +35,7 @@ mod webhook;
 pub use error::ApiError;
 pub use files::last_event_id;
 pub use jobs::NewJob;
-pub use ops::ReadyCheck;
+pub use ops::{ReadyCheck, ReadyInfo};
 pub use uploads::{NewUpload, part_limit};
 pub use webhook::resume as resume_webhooks;
 
@@ -78,6 +78,7 @@ struct Shared {
     uploads: upload_s3::Sessions,
     clientlog: clientlog::ClientLog,
     ready: std::sync::Mutex<Vec<(String, ReadyCheck)>>,
+    ready_info: std::sync::Mutex<Vec<(String, ReadyInfo)>>,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -109,6 +110,7 @@ impl AppState {
             uploads: upload_s3::Sessions::default(),
             clientlog: clientlog::ClientLog::default(),
             ready: std::sync::Mutex::new(Vec::new()),
+            ready_info: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -122,6 +124,22 @@ impl AppState {
 
     pub(crate) fn ready_checks(&self) -> Vec<(String, ReadyCheck)> {
         self.0.ready.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Add what `GET /readyz` shows under `name` beside its checks (the event source, its lag
+    /// and its last reconcile, say).
+    pub fn add_ready_info(&self, name: &str, info: ReadyInfo) {
+        if let Ok(mut r) = self.0.ready_info.lock() {
+            r.push((name.to_string(), info));
+        }
+    }
+
+    pub(crate) fn ready_info(&self) -> Vec<(String, ReadyInfo)> {
+        self.0
+            .ready_info
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// The store.

@@ -19,6 +19,9 @@ use crate::AppState;
 /// One readiness check: `Ok`, or what is wrong (shown in `/readyz`'s answer).
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// What `/readyz` shows beside its checks, under its name (plain data, read at each request).
+pub type ReadyInfo = Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -31,7 +34,8 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// `GET /readyz`: 200 when the store and every registered check (the executor, the manager's
-/// loops, ...) pass, else 503; each check's result is in `checks`.
+/// loops, ...) pass, else 503; each check's result is in `checks`, and each registered
+/// [`ReadyInfo`] under its own name (`events`: the event source, its lag, the last reconcile).
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let store = st.store().clone();
     let mut checks: Vec<(String, ReadyCheck)> = vec![(
@@ -73,6 +77,11 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let mut answer = json!({"ready": ready, "checks": body});
+    for (name, info) in st.ready_info() {
+        if answer.get(&name).is_none() {
+            answer[name] = info();
+        }
+    }
     if !ready {
         answer["error"] = json!("not ready: see checks");
     }

@@ -485,6 +485,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 },
             );
             add_ready_checks(&state, executor.clone(), manager.statuses.clone());
+            add_event_checks(&state, manager.event_probe());
             let resumed = caas_api::resume_webhooks(&state).await;
             if resumed > 0 {
                 tracing::info!(resumed, "webhooks of jobs in flight resumed");
@@ -524,6 +525,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     manager.shutdown().await;
     eprintln!("caas serve: stopped");
     Ok(0)
+}
+
+/// The event source on `GET /readyz`: its state under `events`, and a check that fails when
+/// its reconcile is overdue.
+fn add_event_checks(state: &caas_api::AppState, probe: caas_manager::EventProbe) {
+    let p = probe.clone();
+    state.add_ready_check(
+        "events",
+        Arc::new(move || {
+            let r = p.ready();
+            Box::pin(async move { r })
+        }),
+    );
+    state.add_ready_info("events", Arc::new(move || probe.json()));
 }
 
 /// What `GET /readyz` asks beside the store: the executor answers, the manager's loops run.

@@ -179,6 +179,25 @@ mod tests {
         assert!(kept.contains(&"--concurrency=8".to_string()));
     }
 
+    /// Issue 25's settings (the event source, the reconcile, the backoff bound) as keys.
+    #[test]
+    fn the_event_settings_are_keys_too() {
+        let text = "events = \"sqs://caas-events\"\nreconcile = \"10m\"\npoll_max = \"1m\"\n";
+        assert_eq!(
+            args(text, &[]).unwrap(),
+            [
+                "--events=sqs://caas-events",
+                "--poll-max=1m",
+                "--reconcile=10m"
+            ]
+        );
+        let e = args("store = \"x\"\nevents = \"kafka://q\"\n", &[]).unwrap_err();
+        assert!(e.starts_with("serve.toml, line 2: key `events`:"), "{e}");
+        assert!(e.contains("sqs://QUEUE-NAME"), "{e}");
+        let e = args("reconcile = \"often\"\n", &[]).unwrap_err();
+        assert!(e.starts_with("serve.toml, line 1: key `reconcile`:"), "{e}");
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_name_file_line_and_key() {
         let e = args("store = \"x\"\n\nconcurency = 3\n", &[]).unwrap_err();

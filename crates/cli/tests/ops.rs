@@ -302,3 +302,95 @@ fn readyz_is_503_and_says_which_part_is_down() {
     // Alive all the same.
     assert_eq!(get_plain(&format!("{}/healthz", api.base)).0, 200);
 }
+
+/// The event source on `/metrics` and `/readyz` of the real server (a local store: file-system
+/// events): which source, the events and their lag, the reconciling listings and when the last
+/// one ended; the scrape read by the Prometheus client's parser.
+#[test]
+fn the_event_source_its_lag_and_the_last_reconcile_are_shown() {
+    let sb = Sandbox::new();
+    let a = sb.analysis(&shell_analysis("evented", "true", ""));
+    let store = sb.store();
+    let s = store.to_str().unwrap();
+    // The group exists before the start: its submissions folder is watched from the start.
+    std::fs::create_dir_all(store.join("lab/submissions")).unwrap();
+    let api = start_api(
+        s,
+        &[&a],
+        &["--reconcile", "2s"],
+        &no_env(),
+        &sb.path().join("serve.log"),
+    );
+    let readyz = || {
+        let (st, _, body) = get_plain(&format!("{}/readyz", api.base));
+        (st, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let (st, v) = readyz();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["checks"]["events"], "ok", "{v}");
+    assert_eq!(v["events"]["source"], "files", "{v}");
+    assert_eq!(v["events"]["reconcile_every_seconds"], 2, "{v}");
+
+    // A submission dropped into the store (for an analysis not served: refused at once, no
+    // container) is announced by an event.
+    common::server::put(
+        &store,
+        "lab/submissions/evsubmit.json",
+        br#"{"dataname": ["lab/inputs/d.csv"], "configname": "lab/configs/c.json", "timestamp": "e-1", "analysis": "nope"}"#,
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let (_, v) = readyz();
+            v["events"]["lag_seconds"].is_number() && v["events"]["reconciles"].as_u64() >= Some(2)
+        }),
+        "no event or no reconcile shown: {}\n{}",
+        readyz().1,
+        api.srv.log_text()
+    );
+    let (st, v) = readyz();
+    assert_eq!(st, 200, "{v}");
+    let e = &v["events"];
+    let lag = e["lag_seconds"].as_f64().unwrap();
+    assert!((0.0..30.0).contains(&lag), "{v}");
+    let last = chrono::DateTime::parse_from_rfc3339(e["last_reconcile"].as_str().unwrap()).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(last).num_seconds();
+    assert!((0..10).contains(&age), "last reconcile {age}s ago: {v}");
+    assert!(e["last_event"].is_string(), "{v}");
+    assert_eq!(e["lost"], 0, "{v}");
+
+    let (st, _, text) = get_plain(&format!("{}/metrics", api.base));
+    assert_eq!(st, 200, "{text}");
+    let f = parse_scrape(&text);
+    for (name, kind) in [
+        ("caas_event_source", "gauge"),
+        ("caas_events", "counter"),
+        ("caas_events_ignored", "counter"),
+        ("caas_events_lost", "counter"),
+        ("caas_event_lag_seconds", "gauge"),
+        ("caas_last_event_timestamp_seconds", "gauge"),
+        ("caas_reconciles", "counter"),
+        ("caas_last_reconcile_timestamp_seconds", "gauge"),
+        ("caas_store_listings", "counter"),
+    ] {
+        let got = f.get(name).map(|(t, _)| t.as_str());
+        assert_eq!(got, Some(kind), "family {name}: {text}");
+    }
+    let files = [("source", "files")];
+    assert_eq!(value(&f, "caas_event_source", &files), 1.0, "{text}");
+    assert!(value(&f, "caas_events_total", &files) >= 1.0, "{text}");
+    assert_eq!(value(&f, "caas_events_lost_total", &files), 0.0, "{text}");
+    assert!(value(&f, "caas_reconciles_total", &files) >= 2.0, "{text}");
+    // The start-up reconcile lists the groups and each group: at least the root.
+    assert!(
+        value(&f, "caas_store_listings_total", &files) >= 2.0,
+        "{text}"
+    );
+    let lag = value(&f, "caas_event_lag_seconds", &files);
+    assert!((0.0..30.0).contains(&lag), "{text}");
+    let now = chrono::Utc::now().timestamp() as f64;
+    let last = value(&f, "caas_last_reconcile_timestamp_seconds", &files);
+    assert!(
+        (now - 10.0..=now + 1.0).contains(&last),
+        "{last} vs {now}: {text}"
+    );
+}

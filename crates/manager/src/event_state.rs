@@ -50,4 +50,6 @@ pub struct EventStatus {
     pub reconciles: u64,
     /// Listing requests made to the store (the groups, and each group's submissions).
     pub listings: u64,
+    /// When the manager started (the reconcile's clock before the first one ends).
+    pub started: Option<DateTime<Utc>>,
 }

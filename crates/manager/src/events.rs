@@ -52,9 +52,12 @@ pub(crate) fn announced(key: &str) -> Announced {
 }
 
 impl Inner {
-    fn status(&self, f: impl FnOnce(&mut EventStatus)) {
+    /// Change the event status (and `/metrics` with it).
+    pub(crate) fn status(&self, f: impl FnOnce(&mut EventStatus)) {
         if let Ok(mut s) = self.status.lock() {
+            let old = s.clone();
             f(&mut s);
+            crate::event_ops::publish(&old, &s);
         }
     }
 

@@ -3,7 +3,7 @@
 //! job under the concurrency and budget limits, and resume the jobs a previous run left in
 //! flight. [`crate::manager::Manager`] starts the loops that call it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use crate::analyses::{Analyses, Analysis};
 use crate::event_state::{EventStatus, Events};
 use crate::reject::{Rejection, check_submission, write_rejection};
 use crate::schedule::Schedule;
+use crate::sightings::{Handling, Sightings};
 use crate::{ManagerError, active_key, claim_key};
 
 /// How the manager runs.
@@ -71,13 +72,12 @@ pub(crate) struct Inner {
     pub(crate) spent: tokio::sync::Mutex<HashMap<GroupName, f64>>,
     /// Estimates of each group's jobs in flight (see `caas_pipeline::Budget`).
     pub(crate) in_flight: Mutex<HashMap<GroupName, Arc<Mutex<f64>>>>,
-    /// Submission versions already handled (claimed by anyone, or being handled here), shared
-    /// by the polling watcher and [`Submitter`] so that one version is handled once.
-    pub(crate) seen: Mutex<HashSet<String>>,
+    /// Submission versions handled (claimed by anyone) or being handled here, shared by the
+    /// listing, the events and [`Submitter`] so that one version is handled once, and freed
+    /// again when a handling fails (see [`crate::sightings`]).
+    pub(crate) seen: Arc<Mutex<Sightings>>,
     /// The analyses as they are now (reloaded by `caas serve`; a job takes a copy at start).
     pub(crate) analyses: Analyses,
-    /// Submission versions whose handling failed, to look at again.
-    pub(crate) retry: Mutex<Vec<String>>,
     /// When each folder is listed next.
     pub(crate) schedule: Mutex<Schedule>,
     /// The event source's state.
@@ -107,12 +107,9 @@ impl Observer for JobLog {
 }
 
 impl Inner {
-    /// Whether the submission version `id` is seen for the first time (and mark it seen).
-    pub(crate) fn first_sight(&self, id: &str) -> bool {
-        self.seen
-            .lock()
-            .map(|mut seen| seen.insert(id.to_string()))
-            .unwrap_or(false)
+    /// Begin handling the submission version `id`, unless it is handled or being handled.
+    pub(crate) fn first_sight(&self, id: &str) -> Option<Handling> {
+        Sightings::begin(&self.seen, id)
     }
 
     pub(crate) fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {

@@ -15,6 +15,7 @@
 //! `_caas/active/<manager>/<id>.json` (while its job is in flight).
 
 mod analyses;
+mod event_ops;
 mod event_state;
 mod events;
 mod inner;
@@ -22,6 +23,7 @@ mod loops;
 mod manager;
 mod reject;
 mod schedule;
+mod sightings;
 mod submitter;
 pub mod tes;
 mod tes_run;
@@ -30,6 +32,7 @@ pub mod worker;
 
 pub use analyses::Analyses;
 pub use analyses::Analysis;
+pub use event_ops::EventProbe;
 pub use event_state::{EventStatus, Events};
 pub use inner::ManagerConfig;
 pub use manager::Manager;

@@ -35,18 +35,21 @@ impl Inner {
         meta: &caas_store::ObjectMeta,
     ) -> bool {
         let id = submission_id(&key, meta);
-        if !self.first_sight(&id) {
+        let Some(handling) = self.first_sight(&id) else {
             return false;
-        }
+        };
         let inner = self.clone();
         let group = group.clone();
         self.spawn(async move {
-            if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
-                tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
-                if let Ok(mut r) = inner.retry.lock() {
-                    r.push(id);
+            match inner.claim_and_run(&group, &key, &id).await {
+                Ok(()) => handling.done(),
+                Err(e) => {
+                    // The version is free again (the handle is dropped): the group's next
+                    // listing, after the short interval, hands it over again.
+                    drop(handling);
+                    tracing::error!(submission = %key, error = %e, "a submission could not be handled; trying again");
+                    inner.retry_group(&group);
                 }
-                inner.retry_group(&group);
             }
         });
         true
@@ -61,9 +64,7 @@ impl Inner {
     }
 
     fn listed(&self) {
-        if let Ok(mut s) = self.status.lock() {
-            s.listings += 1;
-        }
+        self.status(|s| s.listings += 1);
     }
 }
 
@@ -99,12 +100,6 @@ impl Worker for SubmissionWatcher {
 impl SubmissionWatcher {
     /// The listings due now.
     async fn listings(&mut self) -> Result<(), ManagerError> {
-        // Submissions whose handling failed (the store was down) are looked at again.
-        if let (Ok(mut r), Ok(mut seen)) = (self.inner.retry.lock(), self.inner.seen.lock()) {
-            for id in r.drain(..) {
-                seen.remove(&id);
-            }
-        }
         let store = self.inner.cfg.store.clone();
         let now = Instant::now();
         let root_due = self.inner.schedule.lock().is_ok_and(|s| s.root_due(now));
@@ -149,10 +144,10 @@ impl SubmissionWatcher {
             }
         }
         if root_due && self.inner.cfg.events != Events::Poll {
-            if let Ok(mut s) = self.inner.status.lock() {
+            self.inner.status(|s| {
                 s.reconciles += 1;
                 s.last_reconcile = Some(chrono::Utc::now());
-            }
+            });
         }
         Ok(())
     }

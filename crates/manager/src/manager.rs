@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -18,6 +19,7 @@ use crate::events::Source;
 use crate::inner::{Inner, ManagerConfig};
 use crate::loops::{CancelWatcher, Reaper, SubmissionWatcher};
 use crate::schedule::Schedule;
+use crate::sightings::Sightings;
 use crate::worker::{self, Statuses, Worker};
 use crate::{ManagerError, claim_key};
 
@@ -97,8 +99,10 @@ impl Manager {
         );
         let status = EventStatus {
             source: cfg.events.to_string(),
+            started: Some(Utc::now()),
             ..EventStatus::default()
         };
+        crate::event_ops::started(&status.source);
         let gpus_here = match cfg.executor.gpu_capacity().await {
             Ok(g) => g,
             Err(e) => {
@@ -117,9 +121,8 @@ impl Manager {
             jobs: Mutex::new(JoinSet::new()),
             spent: tokio::sync::Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            seen: Mutex::new(seen),
+            seen: Sightings::with_done(seen),
             analyses: Analyses::new(cfg.analyses.clone()),
-            retry: Mutex::new(Vec::new()),
             schedule: Mutex::new(schedule),
             status: Mutex::new(status),
             wake: tokio::sync::Notify::new(),
@@ -242,6 +245,11 @@ impl Manager {
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Manager {
+    /// What `/readyz` shows of the event source.
+    pub fn event_probe(&self) -> crate::event_ops::EventProbe {
+        crate::event_ops::EventProbe(self.inner())
+    }
+
     /// The event source's state: its kind, events seen, their lag, the last reconcile.
     pub fn event_status(&self) -> EventStatus {
         self.inner()

@@ -55,18 +55,19 @@ impl Submitter {
             return Ok(());
         };
         let id = submission_id(key, &meta);
-        if !self.inner.first_sight(&id) {
+        let Some(handling) = self.inner.first_sight(&id) else {
             return Ok(());
-        }
+        };
         let inner = self.inner.clone();
         let (group, key) = (group.clone(), key.to_string());
         self.inner.spawn(async move {
-            if let Err(e) = inner.claim_and_run(&group, &key, &id).await {
-                tracing::error!(submission = %key, error = %e, "a submission could not be handled; the next poll tries again");
-                if let Ok(mut seen) = inner.seen.lock() {
-                    seen.remove(&id);
+            match inner.claim_and_run(&group, &key, &id).await {
+                Ok(()) => handling.done(),
+                Err(e) => {
+                    drop(handling);
+                    tracing::error!(submission = %key, error = %e, "a submission could not be handled; the next poll tries again");
+                    inner.retry_group(&group);
                 }
-                inner.retry_group(&group);
             }
         });
         Ok(())

@@ -183,8 +183,9 @@ impl Inner {
                 continue;
             };
             let id = submission_id(&key, &meta);
-            if self.first_sight(&id) {
+            if let Some(handling) = self.first_sight(&id) {
                 Box::pin(self.claim_and_run(group, &key, &id)).await?;
+                handling.done();
             }
         }
         Ok(())

@@ -19,6 +19,10 @@ use caas_store::Store;
 
 const IMAGE: &str = "local/fake:1";
 
+/// The burst (thousands of files, hundreds of jobs) runs alone: the other tests here time
+/// how soon a submission starts, which a burst in the same process would only slow down.
+static BURST: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn spec() -> AnalysisSpec {
     let text = format!(
         r#"
@@ -103,6 +107,51 @@ impl Env {
         std::fs::rename(&tmp, dir.join(format!("{name}submit.json"))).unwrap();
     }
 
+    /// The burst's submissions (`b0` .. `b{n-1}` in `lab`) without a run, with what the store
+    /// holds of each: its claim, its in-flight marker, its job folder.
+    async fn not_run(&self, n: usize) -> Vec<String> {
+        // The jobs the runs belong to: any `job__pca_b<digits>` their specs mention.
+        let mut ran = std::collections::HashSet::new();
+        for r in self.fake.runs() {
+            let text = format!("{r:?}");
+            for part in text.split("job__pca_b").skip(1) {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                ran.insert(digits);
+            }
+        }
+        let claims = self.store.list("_caas").await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let folder = format!("job__pca_b{i}");
+            if ran.contains(&i.to_string()) {
+                continue;
+            }
+            let key = format!("lab/submissions/b{i}submit.json");
+            let meta = self.store.head(&key).await.unwrap();
+            let id = meta.as_ref().map(|m| caas_manager::submission_id(&key, m));
+            let held: Vec<String> = claims
+                .iter()
+                .map(|o| o.location.to_string())
+                .filter(|k| id.as_ref().is_some_and(|id| k.contains(id.as_str())))
+                .collect();
+            let job = self
+                .store
+                .get(&format!("lab/results/{folder}/job.json"))
+                .await
+                .unwrap()
+                .map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .chars()
+                        .take(400)
+                        .collect::<String>()
+                });
+            out.push(format!(
+                "b{i}: id {id:?}, under _caas: {held:?}, job.json: {job:?}"
+            ));
+        }
+        out
+    }
+
     /// Wait (at most `limit`) for the job of `ts` in `group` to end; its state.
     async fn ended(&self, group: &str, ts: &str, limit: Duration) -> Option<State> {
         let folder = format!("{group}/results/job__pca_{ts}");
@@ -132,6 +181,7 @@ impl Env {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_events_start_a_submission_without_a_listing() {
+    let _shared = BURST.read().await;
     let env = Env::new();
     // The scanner ticks every 50 ms but, with events, lists only at start-up, at the (hourly)
     // reconcile, and a group an event points at.
@@ -186,6 +236,7 @@ async fn file_events_start_a_submission_without_a_listing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_moved_in_whole_is_listed_and_its_submissions_start() {
+    let _shared = BURST.read().await;
     let env = Env::new();
     let m = Manager::start(env.config(
         Events::Files,
@@ -215,23 +266,26 @@ async fn a_group_moved_in_whole_is_listed_and_its_submissions_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_backs_off_on_idle_groups_and_answers_active_ones() {
+    let _shared = BURST.read().await;
     let env = Env::new();
     let poll = Duration::from_millis(20);
-    let max = Duration::from_millis(640);
+    // A long bound, so that "at the short interval" is told from "backed off" by far more than
+    // a loaded machine's time to run a job.
+    let max = Duration::from_secs(3);
     let m = Manager::start(env.config(Events::Poll, poll, max))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = m.event_status().listings;
-    // Today's polling: 4 listings every 20 ms, about 600 in 3 s; backing off to 640 ms, each
-    // of the 4 folders is listed about 5 + 3000/640 times.
+    // Today's polling: 4 listings every 20 ms, about 600 in 3 s; backing off (20, 40, 80 ...
+    // ms), each of the 4 folders is listed about 8 times.
     assert!(idle < 60, "{idle} listings in 3 idle seconds");
     assert!(idle >= 4, "{idle}");
     // A submission to an idle group is still found within the bound.
     let t0 = Instant::now();
     env.submit("lab", "a", "p1");
     assert_eq!(
-        env.ended("lab", "p1", Duration::from_secs(10)).await,
+        env.ended("lab", "p1", Duration::from_secs(20)).await,
         Some(State::Succeeded)
     );
     assert!(t0.elapsed() < max * 3, "{:?}", t0.elapsed());
@@ -243,15 +297,23 @@ async fn polling_backs_off_on_idle_groups_and_answers_active_ones() {
         env.ended("lab", "p2", Duration::from_secs(10)).await,
         Some(State::Succeeded)
     );
-    assert!(t1.elapsed() < max, "{:?}", t1.elapsed());
+    // Backed off, it would wait up to `max`; at the short interval, 20-160 ms and the job.
+    assert!(t1.elapsed() < max / 2, "{:?}", t1.elapsed());
     assert_eq!(m.event_status().source, "poll");
     m.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect (issue 25 left open): under CI load 1 of 400 burst submissions is \
-            sometimes never run, even by the reconciling listing; run with --ignored"]
 async fn a_burst_that_overflows_the_event_queue_is_listed_and_nothing_is_missed() {
+    let _alone = BURST.write().await;
+    // The manager's warnings and errors, shown should the test fail.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG")
+                .unwrap_or_else(|_| "caas_manager=warn,caas_pipeline=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let env = Env::new();
     // The reconciling listing is the guarantee when events are lost (on a loaded machine an
     // event can be lost after an overflow's rescan has begun): a short interval here, so the
@@ -284,8 +346,13 @@ async fn a_burst_that_overflows_the_event_queue_is_listed_and_nothing_is_missed(
     while env.fake.runs().len() < n && t0.elapsed() < Duration::from_secs(180) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(env.fake.runs().len(), n, "every submission ran once");
     let st = m.event_status();
+    assert_eq!(
+        env.fake.runs().len(),
+        n,
+        "every submission ran once; not run: {:#?}; {st:?}",
+        env.not_run(n).await
+    );
     assert!(st.lost >= 1, "the burst overflowed the queue: {st:?}");
     assert!(st.reconciles >= 2, "and everything was listed: {st:?}");
     m.shutdown().await;

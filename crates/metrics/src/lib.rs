@@ -37,6 +37,13 @@ pub struct AnalysisLabel {
     pub analysis: String,
 }
 
+/// Label `source`: how the manager hears of submissions (`poll`, `files`, `sqs://QUEUE`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// The event source, as `caas serve --events` names it.
+    pub source: String,
+}
+
 /// Label `reason`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {

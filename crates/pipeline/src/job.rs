@@ -290,8 +290,8 @@ pub async fn run_job_with(
         return Err(e);
     }
     let record = writer.shared.lock().await.record.clone();
-    let _ = std::fs::remove_dir_all(
-        req.work_root
+    let _ = caas_store::stage::remove_work(
+        &req.work_root
             .join(caas_spec::layout::job_work_dir(&req.group, &job_id)),
     );
     Ok(JobOutcome { record, paths })

@@ -81,7 +81,8 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
     // The work folder holds what the analysis produced until it is in the store: when the
     // store failed (full, unreachable), it stays for the attempt that resumes the task.
     if !matches!(result, Err(PipelineError::Store(_))) {
-        let _ = std::fs::remove_dir_all(&work);
+        // Between two hard-link censuses of its staged inputs (see `caas_store::stage`).
+        let _ = caas_store::stage::remove_work(&work);
     }
     match result {
         Ok(()) => Ok(()),

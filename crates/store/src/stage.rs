@@ -7,6 +7,15 @@
 //!
 //! A dataset file that has other names (hard links) than its own and caas's staging links is
 //! refused: a hard link into `inputs/` can name a file outside the group's prefix.
+//!
+//! That census (the file's link count against the staging links found under the work folder)
+//! must not race with this process' own tasks making and removing staging links of the same
+//! file (a burst of jobs on one dataset does that all the time): a link made in a folder the scan
+//! had passed while another was removed from one it had not reached yet leaves the count and
+//! the scan agreeing on a wrong answer, and a good input was refused. So every census, every
+//! staging link made and every work folder removed ([`remove_work`]) holds one lock
+//! ([`CENSUS`]); only another process' tasks can change the count during a census, which the
+//! before/after comparison catches.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,6 +29,27 @@ use crate::{Store, StoreError};
 
 /// Most files a staged dataset folder may hold.
 pub const MAX_STAGED_FILES: usize = 1_000_000;
+
+/// Held by a census of a file's names, by making a staging link, and by removing a work
+/// folder (see the module's header).
+static CENSUS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn census() -> std::sync::MutexGuard<'static, ()> {
+    // Nothing is kept under the lock: a task that panicked holding it left nothing to repair.
+    CENSUS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Remove a task's or job's work folder (and its staging links) between two censuses, never
+/// during one; a folder that is not there is fine.
+pub fn remove_work(dir: &Path) -> std::io::Result<()> {
+    let _census = census();
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
 
 impl Store {
     /// Stage `key` (a folder when `folder`) of a local store at `dest` for a bind mount; returns
@@ -86,18 +116,21 @@ impl Store {
 fn foreign_links(fd: impl AsFd, key: &str, work_root: &Path) -> Result<(), LocalError> {
     let mut last = 0;
     for attempt in 0..20u64 {
-        let before = rustix::fs::fstat(&fd)?;
-        let nlink = u64::from(before.st_nlink);
-        if nlink <= 1 {
-            return Ok(());
-        }
-        let ours = count_links_under(
-            work_root,
-            u64::from(before.st_dev),
-            u64::from(before.st_ino),
-            0,
-        );
-        let after = u64::from(rustix::fs::fstat(&fd)?.st_nlink);
+        let (nlink, ours, after) = {
+            let _census = census();
+            let before = rustix::fs::fstat(&fd)?;
+            let nlink = u64::from(before.st_nlink);
+            if nlink <= 1 {
+                return Ok(());
+            }
+            let ours = count_links_under(
+                work_root,
+                u64::from(before.st_dev),
+                u64::from(before.st_ino),
+                0,
+            )?;
+            (nlink, ours, u64::from(rustix::fs::fstat(&fd)?.st_nlink))
+        };
         if after == nlink {
             if nlink <= 1 + ours {
                 return Ok(());
@@ -119,29 +152,45 @@ fn foreign_links(fd: impl AsFd, key: &str, work_root: &Path) -> Result<(), Local
     )))
 }
 
-/// How many entries under `dir` are the file (dev, ino); bounded in depth.
-fn count_links_under(dir: &Path, dev: u64, ino: u64, depth: usize) -> u64 {
+/// How many entries under `dir` are the file (dev, ino); bounded in depth. A folder or entry
+/// gone meanwhile counts nothing (its links are gone from the count too); any other failure
+/// to look (out of descriptors, say) is an error, never a short count that would call a good
+/// input foreign.
+fn count_links_under(dir: &Path, dev: u64, ino: u64, depth: usize) -> Result<u64, LocalError> {
     use std::os::unix::fs::MetadataExt;
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     if depth > 12 {
-        return 0;
+        return Ok(0);
     }
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if gone(&e) => return Ok(0),
+        Err(e) => return Err(e.into()),
     };
     let mut n = 0;
-    for e in rd.flatten() {
-        let Ok(ft) = e.file_type() else { continue };
+    for e in rd {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let ft = match e.file_type() {
+            Ok(ft) => ft,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if ft.is_dir() {
-            n += count_links_under(&e.path(), dev, ino, depth + 1);
-        } else if ft.is_file()
-            && let Ok(m) = e.metadata()
-            && m.dev() == dev
-            && m.ino() == ino
-        {
-            n += 1;
+            n += count_links_under(&e.path(), dev, ino, depth + 1)?;
+        } else if ft.is_file() {
+            match e.metadata() {
+                Ok(m) if m.dev() == dev && m.ino() == ino => n += 1,
+                Ok(_) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
-    n
+    Ok(n)
 }
 
 /// Give the open file `fd` the name `dest` (a hard link from the descriptor; a copy from it
@@ -157,6 +206,7 @@ fn link_checked(fd: &OwnedFd, key: &str, dest: &Path, work_root: &Path) -> Resul
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    let census = census();
     let _ = std::fs::remove_file(dest);
     let r = match rustix::fs::linkat(fd, "", CWD, dest, AtFlags::EMPTY_PATH) {
         // Linking a descriptor needs CAP_DAC_READ_SEARCH; /proc's link to it does not.
@@ -169,6 +219,7 @@ fn link_checked(fd: &OwnedFd, key: &str, dest: &Path, work_root: &Path) -> Resul
         ),
         r => r,
     };
+    drop(census);
     match r {
         Ok(()) => Ok(()),
         Err(Errno::XDEV) => {
@@ -348,5 +399,51 @@ fn replace_last(key: &str, name: &str) -> String {
     match key.rsplit_once('/') {
         Some((parent, _)) => format!("{parent}/{name}"),
         None => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of jobs on one dataset: tasks make and remove staging links of one file all the
+    /// time while others take its census. Not one census may call the file foreign (it has no
+    /// name outside the store), and a real foreign link is still refused afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tasks_staging_one_file_at_once_never_make_it_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = Store::open(root.to_str().unwrap()).unwrap();
+        store.put("g/inputs/a.csv", "1,2").await.unwrap();
+        let root = store.local_root().unwrap().to_path_buf();
+        let work = root.join(".caas/work");
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8 {
+            let (store, work) = (store.clone(), work.clone());
+            tasks.spawn(async move {
+                for n in 0..200 {
+                    // Folders of several depths, so that links come and go on both sides
+                    // of a scan.
+                    let d = work.join(format!("t{}/{t}/{n}", n % 3));
+                    store
+                        .stage_local("g/inputs/a.csv", false, &d.join("a.csv"), &work)
+                        .await
+                        .unwrap();
+                    remove_work(&d).unwrap();
+                }
+            });
+        }
+        for _ in 0..600 {
+            store.check_links("g/inputs/a.csv", &work).await.unwrap();
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        std::fs::hard_link(root.join("g/inputs/a.csv"), dir.path().join("outside.csv")).unwrap();
+        let err = store
+            .check_links("g/inputs/a.csv", &work)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("hard link"), "{err}");
     }
 }
