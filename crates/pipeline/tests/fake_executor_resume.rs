@@ -31,15 +31,26 @@ async fn crash_mid_run(env: &Env, ts: &str) -> (JobRecord, BTreeMap<String, Stri
     // The pipeline records the container as soon as the engine has created it.
     let paths = env.paths(ts);
     for _ in 0..200 {
-        let rec: JobRecord = serde_json::from_value(env.json(&paths.job_json()).await).unwrap();
-        if rec.tasks[0].container_id.is_some() {
+        // Read beside the pipeline's writes: a read that meets a write in progress is retried.
+        let stored = env.store.get(&paths.job_json()).await.ok().flatten();
+        let rec = stored.and_then(|b| serde_json::from_slice::<JobRecord>(&b).ok());
+        if rec.is_some_and(|r| r.tasks[0].container_id.is_some()) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     job.abort();
     let _ = job.await;
-    let rec: JobRecord = serde_json::from_value(env.json(&env.paths(ts).job_json()).await).unwrap();
+    // A write the aborted pipeline left to a blocking thread may still be finishing.
+    let mut stored = None;
+    for _ in 0..40 {
+        if let Ok(Some(b)) = env.store.get(&paths.job_json()).await {
+            stored = Some(b);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let rec: JobRecord = serde_json::from_slice(&stored.unwrap()).unwrap();
     assert_eq!(rec.tasks[0].state, State::Running);
     assert!(
         rec.tasks[0].container_id.is_some(),
