@@ -77,6 +77,7 @@ struct Shared {
     uploads: upload_s3::Sessions,
     clientlog: clientlog::ClientLog,
     ready: std::sync::Mutex<Vec<(String, ReadyCheck)>>,
+    tes_index: tes::index::TesIndex,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -108,6 +109,7 @@ impl AppState {
             uploads: upload_s3::Sessions::default(),
             clientlog: clientlog::ClientLog::default(),
             ready: std::sync::Mutex::new(Vec::new()),
+            tes_index: Default::default(),
         }))
     }
 
@@ -126,6 +128,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// What TES listing remembers between requests.
+    pub(crate) fn tes_index(&self) -> &tes::index::TesIndex {
+        &self.0.tes_index
     }
 
     /// The analyses served, as they are now: the manager's (which `caas serve` reloads when

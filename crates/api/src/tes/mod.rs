@@ -3,8 +3,11 @@
 //! inputs copied into the dataset folder `<group>/inputs/<id>/`, and submitted like any job
 //! (`"analysis": "tes"`, timestamp = the task id), so it goes through the same claim,
 //! executors, budgets and ledger; `caas_manager::tes` holds the model, policy and driver.
-//! Reading tasks back (views, states, logs, listing) is in [`view`].
+//! Reading tasks back (views, states, logs) is in [`view`], listing in [`list`] with what it
+//! remembers between requests in [`index`].
 
+pub(crate) mod index;
+mod list;
 mod view;
 
 use axum::Json;
@@ -39,7 +42,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route(&format!("{TES_ROOT}/service-info"), get(service_info))
         .route(&format!("{TES_ROOT}/openapi.json"), get(openapi))
-        .route(&format!("{TES_ROOT}/tasks"), get(view::list).post(create))
+        .route(&format!("{TES_ROOT}/tasks"), get(list::list).post(create))
         .route(
             &format!("{TES_ROOT}/tasks/{{id}}"),
             get(view::get_task).post(cancel),
