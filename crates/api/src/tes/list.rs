@@ -15,10 +15,11 @@ use serde_json::{Value, json};
 use caas_manager::tes::TesTask;
 use caas_spec::layout::{TesPaths, configs_prefix, is_tes_task_id};
 
+use super::compat::{Dialect, TesAuth};
 use super::index::{Filters, Stamp};
 use super::view::{STATES, View, current_state, parse_view, read_json, render};
 use crate::AppState;
-use crate::auth::{Auth, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// Tasks whose missing parts are read together.
@@ -73,7 +74,8 @@ struct Item {
 /// `GET /tasks`.
 pub async fn list(
     State(st): State<AppState>,
-    Auth(p): Auth,
+    TesAuth(p): TesAuth,
+    dialect: Dialect,
     raw: axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let q = parse_list_query(raw.0.as_deref().unwrap_or(""))?;
@@ -108,7 +110,7 @@ pub async fn list(
             ApiError::BadRequest(format!("page_token {t:?} is not one this server gave"))
         })?),
     };
-    let mut items = listing(&st, &p, after.as_ref()).await?;
+    let mut items = listing(&st, &p, after.as_ref(), dialect).await?;
     let needs_filters = q.name_prefix.is_some() || !q.tag_key.is_empty();
     let needs_state = q.state.is_some() || view == View::Minimal;
     let mut page: Vec<Item> = Vec::new();
@@ -131,7 +133,7 @@ pub async fn list(
             try_join_all(
                 kept.iter_mut()
                     .filter(|i| i.state.is_none())
-                    .map(|i| load_state(&st, i)),
+                    .map(|i| load_state(&st, i, dialect)),
             )
             .await?;
         }
@@ -150,7 +152,7 @@ pub async fn list(
     for i in &mut page {
         match (view, i.state) {
             (View::Minimal, Some(s)) => tasks.push(json!({"id": i.paths.id(), "state": s})),
-            _ => tasks.extend(render(&st, &i.paths, view, i.task.take()).await?),
+            _ => tasks.extend(render(&st, &i.paths, view, i.task.take(), dialect).await?),
         }
     }
     let mut body = json!({"tasks": tasks});
@@ -178,6 +180,7 @@ async fn listing(
     st: &AppState,
     p: &Principal,
     after: Option<&Position>,
+    dialect: Dialect,
 ) -> Result<Vec<Item>, ApiError> {
     let mut items = Vec::new();
     for g in &p.user.groups {
@@ -208,6 +211,8 @@ async fn listing(
                 e_tag: o.e_tag,
             };
             let (filters, state) = st.tes_index().get(&paths.task(), &stamp);
+            // A kept state is final, never `CANCELING`: it shows as itself.
+            let state = state.map(|s| dialect.state(s, s));
             items.push(Item {
                 pos,
                 stamp,
@@ -240,12 +245,13 @@ async fn load_task(st: &AppState, i: &mut Item) -> Result<(), ApiError> {
 }
 
 /// Read a task's state now (kept in the index once final).
-async fn load_state(st: &AppState, i: &mut Item) -> Result<(), ApiError> {
-    let (state, fixed) = current_state(st, &i.paths).await?;
-    if fixed {
-        st.tes_index().put_final(&i.paths.task(), &i.stamp, state);
+async fn load_state(st: &AppState, i: &mut Item, dialect: Dialect) -> Result<(), ApiError> {
+    let now = current_state(st, &i.paths).await?;
+    if now.fixed {
+        st.tes_index()
+            .put_final(&i.paths.task(), &i.stamp, now.state);
     }
-    i.state = Some(state);
+    i.state = Some(now.shown(dialect));
     Ok(())
 }
 

@@ -13,8 +13,9 @@ use caas_manager::tes::{MAX_TASK_BYTES, TesTask};
 use caas_spec::layout::{TES_EXECUTORS_FOLDER, TesPaths, is_tes_task_id};
 use caas_spec::{GroupName, JobRecord, State as JobState};
 
+use super::compat::{Dialect, TesAuth};
 use crate::AppState;
-use crate::auth::{Auth, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// The TES states.
@@ -121,13 +122,14 @@ pub struct GetQuery {
 /// `GET /tasks/{id}`.
 pub async fn get_task(
     State(st): State<AppState>,
-    Auth(p): Auth,
+    TesAuth(p): TesAuth,
+    dialect: Dialect,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let view = parse_view(q.view.as_deref(), View::Minimal)?;
     let (_, paths) = find(&st, &p, &id).await?;
-    match render(&st, &paths, view, None).await? {
+    match render(&st, &paths, view, None, dialect).await? {
         Some(v) => Ok(Json(v)),
         None => Err(ApiError::NotFound),
     }
@@ -154,12 +156,28 @@ async fn tail(st: &AppState, key: &str, max: u64) -> Result<Option<String>, ApiE
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
-/// The TES state of a task now, and whether it is final: its job ended and, when it
-/// succeeded, its outputs were delivered (a final state never changes, so listing keeps it).
-pub async fn current_state(
-    st: &AppState,
-    paths: &TesPaths,
-) -> Result<(&'static str, bool), ApiError> {
+/// A task's TES state now.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Its state.
+    pub state: &'static str,
+    /// Its state apart from a cancel under way (what TES before 1.1 shows instead of
+    /// `CANCELING`).
+    pub underlying: &'static str,
+    /// Whether it is final: its job ended and, when it succeeded, its outputs were delivered
+    /// (a final state never changes, so listing keeps it).
+    pub fixed: bool,
+}
+
+impl Now {
+    /// The state as `dialect`'s clients can parse it.
+    pub fn shown(self, dialect: Dialect) -> &'static str {
+        dialect.state(self.state, self.underlying)
+    }
+}
+
+/// The TES state of a task now.
+pub async fn current_state(st: &AppState, paths: &TesPaths) -> Result<Now, ApiError> {
     let store = st.store();
     let job = caas_client::read_record(store, &paths.job()).await?;
     let cancel_asked = match job.as_ref().map(|j| j.state) {
@@ -171,8 +189,12 @@ pub async fn current_state(
         _ => false,
     };
     let state = tes_state(job.as_ref(), cancel_asked, delivered);
-    let ended = job.is_some_and(|j| j.state.is_terminal());
-    Ok((state, ended && state != "RUNNING"))
+    let ended = job.as_ref().is_some_and(|j| j.state.is_terminal());
+    Ok(Now {
+        state,
+        underlying: tes_state(job.as_ref(), false, delivered),
+        fixed: ended && state != "RUNNING",
+    })
 }
 
 /// One task in `view`; `task` when the caller already read it (listing filters).
@@ -181,10 +203,11 @@ pub async fn render(
     paths: &TesPaths,
     view: View,
     task: Option<TesTask>,
+    dialect: Dialect,
 ) -> Result<Option<Value>, ApiError> {
     if view == View::Minimal {
-        let (state, _) = current_state(st, paths).await?;
-        return Ok(Some(json!({"id": paths.id(), "state": state})));
+        let now = current_state(st, paths).await?;
+        return Ok(Some(json!({"id": paths.id(), "state": now.shown(dialect)})));
     }
     let store = st.store();
     let job = caas_client::read_record(store, &paths.job()).await?;
@@ -197,7 +220,10 @@ pub async fn render(
         Some(s) if s.is_terminal() => read_json(st, &paths.outputs_record()).await?,
         _ => None,
     };
-    let state = tes_state(job.as_ref(), cancel_asked, outputs.is_some());
+    let state = dialect.state(
+        tes_state(job.as_ref(), cancel_asked, outputs.is_some()),
+        tes_state(job.as_ref(), false, outputs.is_some()),
+    );
     let task = match task {
         Some(t) => t,
         None => match read_json(st, &paths.task()).await? {
@@ -222,6 +248,7 @@ pub async fn render(
     }
     let log = task_log(st, paths, &task, job.as_ref(), outputs.as_ref(), view).await?;
     obj.insert("logs".into(), Value::Array(log.into_iter().collect()));
+    dialect.complete(&mut v);
     Ok(Some(v))
 }
 
