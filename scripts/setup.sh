@@ -124,6 +124,7 @@ if ! { [ -x "$SMK_VENV/bin/snakemake" ] &&
   "$SMK_VENV/bin/pip" install -q "${SMK_PKGS[@]}" >/tmp/caas-setup-smk.log 2>&1 || {
     cat /tmp/caas-setup-smk.log >&2; exit 1; }
 fi
+CAAS_SNAKEMAKE_VENV="$SMK_VENV" "$(dirname "$0")/snakemake-image.sh" local/snakemake:test
 s3_up() { python3 - "$S3_PORT" <<'PY'
 import sys, urllib.request
 try:
