@@ -166,6 +166,10 @@ def test_py_tes_sends_basic_credentials():
         assert r.status_code == 401, (header, r.text)
     r = basic("/tasks", TOKEN[:-4] + "ffff")
     assert r.status_code == 401 and TOKEN[-20:] not in r.text
+    # The TES document declares the scheme.
+    doc = requests.get(API + "/openapi.json", timeout=30).json()
+    assert doc["components"]["securitySchemes"]["basicAuth"]["scheme"] == "basic"
+    assert {"basicAuth": []} in doc["security"]
     # Only the TES routes take Basic credentials; /api/v1 keeps bearer tokens.
     r = requests.get(URL + "/api/v1/whoami", auth=("x", TOKEN), timeout=30)
     assert r.status_code == 401, r.text
