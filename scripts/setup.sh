@@ -113,6 +113,18 @@ if ! py_ready; then
   "$VENV/bin/pip" install -q "${PY_PKGS[@]}" >/tmp/caas-setup-pip.log 2>&1 || {
     cat /tmp/caas-setup-pip.log >&2; exit 1; }
 fi
+# Snakemake 9 with its TES executor, in a venv of its own: the executor (0.1.3) pins
+# py-tes<0.5, which the py-tes 1.1 tests above cannot share (crates/cli/tests/tes_compat.rs).
+SMK_VENV=${CAAS_SNAKEMAKE_VENV:-/opt/caas-snakemake-venv}
+SMK_PKGS=('snakemake>=9,<10' 'snakemake-executor-plugin-tes==0.1.3' snakemake-storage-plugin-s3)
+if ! { [ -x "$SMK_VENV/bin/snakemake" ] &&
+  "$SMK_VENV/bin/python" -c 'import tes, snakemake_executor_plugin_tes, snakemake_storage_plugin_s3' >/dev/null 2>&1; }; then
+  log "installing Snakemake and its TES executor into $SMK_VENV"
+  [ -x "$SMK_VENV/bin/pip" ] || python3 -m venv "$SMK_VENV"
+  "$SMK_VENV/bin/pip" install -q "${SMK_PKGS[@]}" >/tmp/caas-setup-smk.log 2>&1 || {
+    cat /tmp/caas-setup-smk.log >&2; exit 1; }
+fi
+CAAS_SNAKEMAKE_VENV="$SMK_VENV" "$(dirname "$0")/snakemake-image.sh" local/snakemake:test
 s3_up() { python3 - "$S3_PORT" <<'PY'
 import sys, urllib.request
 try:

@@ -79,6 +79,7 @@ struct Shared {
     clientlog: clientlog::ClientLog,
     ready: std::sync::Mutex<Vec<(String, ReadyCheck)>>,
     ready_info: std::sync::Mutex<Vec<(String, ReadyInfo)>>,
+    tes_index: tes::index::TesIndex,
 }
 
 /// What every handler shares: the store, the analyses, the manager's submission handle.
@@ -111,6 +112,7 @@ impl AppState {
             clientlog: clientlog::ClientLog::default(),
             ready: std::sync::Mutex::new(Vec::new()),
             ready_info: std::sync::Mutex::new(Vec::new()),
+            tes_index: Default::default(),
         }))
     }
 
@@ -145,6 +147,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// What TES listing remembers between requests.
+    pub(crate) fn tes_index(&self) -> &tes::index::TesIndex {
+        &self.0.tes_index
     }
 
     /// The analyses served, as they are now: the manager's (which `caas serve` reloads when

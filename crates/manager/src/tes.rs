@@ -440,9 +440,9 @@ pub fn sh_quote(s: &str) -> String {
 /// The POSIX shell script the task's container runs: place the inputs (staged read-only at
 /// `$CAAS_DATA/in/<n>`) at their paths, run each executor in order (workdir, env, stdin,
 /// stdout/stderr files; exit code and times recorded under `$CAAS_RESULTS/tes-executors/`),
-/// stop at the first failure unless `ignore_error`, then copy the outputs to
-/// `$CAAS_RESULTS/tes-outputs/<n>` for the manager to deliver. Needs `sh`, `cp`, `mkdir`, `cat`
-/// and `date` in the image.
+/// stop at the first failure unless `ignore_error` (each output's folder made first), then
+/// copy the outputs to `$CAAS_RESULTS/tes-outputs/<n>` for the manager to deliver. Needs
+/// `sh`, `cp`, `mkdir`, `cat` and `date` in the image.
 pub fn driver(task: &TesTask) -> String {
     let mut s = String::new();
     let ex = TES_EXECUTORS_FOLDER;
@@ -457,6 +457,19 @@ pub fn driver(task: &TesTask) -> String {
             s,
             "place \"$D/in/{n}\" {p} || {{ echo \"caas: input {n} could not be placed at \"{p} >&2; exit 70; }}",
             p = sh_quote(&i.path)
+        );
+    }
+    // Each output's folder exists before the executors run (as other TES servers do), so a
+    // command may write `/out/x` without making `/out` first.
+    for o in task
+        .outputs
+        .iter()
+        .filter(|o| !o.path.contains(['*', '?', '[']))
+    {
+        let _ = writeln!(
+            s,
+            "mkdir -p \"$(dirname {p})\" 2>/dev/null",
+            p = sh_quote(&o.path)
         );
     }
     s.push_str("rc=0\n");

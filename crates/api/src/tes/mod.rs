@@ -3,8 +3,12 @@
 //! inputs copied into the dataset folder `<group>/inputs/<id>/`, and submitted like any job
 //! (`"analysis": "tes"`, timestamp = the task id), so it goes through the same claim,
 //! executors, budgets and ledger; `caas_manager::tes` holds the model, policy and driver.
-//! Reading tasks back (views, states, logs, listing) is in [`view`].
+//! Reading tasks back (views, states, logs) is in [`view`], listing in [`list`] with what it
+//! remembers between requests in [`index`].
 
+mod compat;
+pub(crate) mod index;
+mod list;
 mod view;
 
 use axum::Json;
@@ -22,8 +26,9 @@ use caas_spec::layout::{TES_ANALYSIS, TesPaths};
 use caas_spec::{GroupName, JobTimestamp, State as JobState};
 
 use crate::AppState;
-use crate::auth::{Auth, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
+use compat::{Dialect, LEGACY_ROOT, TesAuth};
 
 /// Where TES is served.
 pub const TES_ROOT: &str = "/ga4gh/tes/v1";
@@ -34,16 +39,24 @@ pub const GROUP_TAG: &str = "caas.group";
 /// The largest input copied into a task (each input file).
 const MAX_INPUT_BYTES: u64 = 1 << 30;
 
-/// TES's routes.
+/// TES's routes, at `/ga4gh/tes/v1` and at the paths of clients from before TES 1.0.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    let mut r = Router::new()
         .route(&format!("{TES_ROOT}/service-info"), get(service_info))
         .route(&format!("{TES_ROOT}/openapi.json"), get(openapi))
-        .route(&format!("{TES_ROOT}/tasks"), get(view::list).post(create))
         .route(
-            &format!("{TES_ROOT}/tasks/{{id}}"),
-            get(view::get_task).post(cancel),
-        )
+            &format!("{LEGACY_ROOT}/tasks/service-info"),
+            get(service_info),
+        );
+    for root in [TES_ROOT, LEGACY_ROOT] {
+        r = r
+            .route(&format!("{root}/tasks"), get(list::list).post(create))
+            .route(
+                &format!("{root}/tasks/{{id}}"),
+                get(view::get_task).post(cancel),
+            );
+    }
+    r
 }
 
 /// The TES OpenAPI document of what this server answers (TES 1.1 plus the statuses and
@@ -55,14 +68,21 @@ async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str
     )
 }
 
-/// `GET /service-info` (no token needed).
-async fn service_info(State(st): State<AppState>) -> Json<Value> {
+/// `GET /service-info` (no token needed); on the legacy path, in that era's shape.
+async fn service_info(State(st): State<AppState>, dialect: Dialect) -> Json<Value> {
     let mut storage = vec!["caas://<group>/".to_string()];
     if st.store().location().starts_with("s3://") {
         storage.push(format!(
             "{}/<group>/",
             st.store().location().trim_end_matches('/')
         ));
+    }
+    if dialect == Dialect::Legacy {
+        return Json(json!({
+            "name": "caas",
+            "doc": format!("caas TES: see {TES_ROOT}/service-info and {TES_ROOT}/openapi.json"),
+            "storage": storage,
+        }));
     }
     Json(json!({
         "id": "org.caas.tes",
@@ -112,7 +132,7 @@ fn new_id() -> Result<String, ApiError> {
 /// `POST /tasks`: check, store the inputs, submit, wait for the claim.
 async fn create(
     State(st): State<AppState>,
-    Auth(p): Auth,
+    TesAuth(p): TesAuth,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     p.may_write()?;
@@ -250,7 +270,7 @@ async fn copy_input(
 /// `POST /tasks/{id}:cancel`.
 async fn cancel(
     State(st): State<AppState>,
-    Auth(p): Auth,
+    TesAuth(p): TesAuth,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Some(id) = id.strip_suffix(":cancel") else {

@@ -10,11 +10,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use caas_manager::tes::{MAX_TASK_BYTES, TesTask};
-use caas_spec::layout::{TES_EXECUTORS_FOLDER, TesPaths, configs_prefix, is_tes_task_id};
+use caas_spec::layout::{TES_EXECUTORS_FOLDER, TesPaths, is_tes_task_id};
 use caas_spec::{GroupName, JobRecord, State as JobState};
 
+use super::compat::{Dialect, TesAuth};
 use crate::AppState;
-use crate::auth::{Auth, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
 
 /// The TES states.
@@ -43,7 +44,7 @@ pub enum View {
     Full,
 }
 
-fn parse_view(v: Option<&str>, default: View) -> Result<View, ApiError> {
+pub fn parse_view(v: Option<&str>, default: View) -> Result<View, ApiError> {
     match v {
         None => Ok(default),
         Some("MINIMAL") => Ok(View::Minimal),
@@ -121,19 +122,20 @@ pub struct GetQuery {
 /// `GET /tasks/{id}`.
 pub async fn get_task(
     State(st): State<AppState>,
-    Auth(p): Auth,
+    TesAuth(p): TesAuth,
+    dialect: Dialect,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let view = parse_view(q.view.as_deref(), View::Minimal)?;
     let (_, paths) = find(&st, &p, &id).await?;
-    match render(&st, &paths, view, None).await? {
+    match render(&st, &paths, view, None, dialect).await? {
         Some(v) => Ok(Json(v)),
         None => Err(ApiError::NotFound),
     }
 }
 
-async fn read_json(st: &AppState, key: &str) -> Result<Option<Value>, ApiError> {
+pub async fn read_json(st: &AppState, key: &str) -> Result<Option<Value>, ApiError> {
     Ok(st
         .store()
         .get_small(key, MAX_TASK_BYTES as u64)
@@ -154,33 +156,74 @@ async fn tail(st: &AppState, key: &str, max: u64) -> Result<Option<String>, ApiE
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
+/// A task's TES state now.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Its state.
+    pub state: &'static str,
+    /// Its state apart from a cancel under way (what TES before 1.1 shows instead of
+    /// `CANCELING`).
+    pub underlying: &'static str,
+    /// Whether it is final: its job ended and, when it succeeded, its outputs were delivered
+    /// (a final state never changes, so listing keeps it).
+    pub fixed: bool,
+}
+
+impl Now {
+    /// The state as `dialect`'s clients can parse it.
+    pub fn shown(self, dialect: Dialect) -> &'static str {
+        dialect.state(self.state, self.underlying)
+    }
+}
+
+/// The TES state of a task now.
+pub async fn current_state(st: &AppState, paths: &TesPaths) -> Result<Now, ApiError> {
+    let store = st.store();
+    let job = caas_client::read_record(store, &paths.job()).await?;
+    let cancel_asked = match job.as_ref().map(|j| j.state) {
+        Some(s) if !s.is_terminal() => store.head(&paths.job().cancel_request()).await?.is_some(),
+        _ => false,
+    };
+    let delivered = match job.as_ref().map(|j| j.state) {
+        Some(JobState::Succeeded) => store.head(&paths.outputs_record()).await?.is_some(),
+        _ => false,
+    };
+    let state = tes_state(job.as_ref(), cancel_asked, delivered);
+    let ended = job.as_ref().is_some_and(|j| j.state.is_terminal());
+    Ok(Now {
+        state,
+        underlying: tes_state(job.as_ref(), false, delivered),
+        fixed: ended && state != "RUNNING",
+    })
+}
+
 /// One task in `view`; `task` when the caller already read it (listing filters).
-async fn render(
+pub async fn render(
     st: &AppState,
     paths: &TesPaths,
     view: View,
     task: Option<TesTask>,
+    dialect: Dialect,
 ) -> Result<Option<Value>, ApiError> {
+    if view == View::Minimal {
+        let now = current_state(st, paths).await?;
+        return Ok(Some(json!({"id": paths.id(), "state": now.shown(dialect)})));
+    }
     let store = st.store();
     let job = caas_client::read_record(store, &paths.job()).await?;
-    // Only what the state needs: a cancel request matters while the job runs, the outputs
-    // record once it succeeded (or for the task log), so a finished task costs one read.
     let state_now = job.as_ref().map(|j| j.state);
     let cancel_asked = match state_now {
         Some(s) if !s.is_terminal() => store.head(&paths.job().cancel_request()).await?.is_some(),
         _ => false,
     };
     let outputs = match state_now {
-        Some(JobState::Succeeded) => read_json(st, &paths.outputs_record()).await?,
-        Some(s) if s.is_terminal() && view != View::Minimal => {
-            read_json(st, &paths.outputs_record()).await?
-        }
+        Some(s) if s.is_terminal() => read_json(st, &paths.outputs_record()).await?,
         _ => None,
     };
-    let state = tes_state(job.as_ref(), cancel_asked, outputs.is_some());
-    if view == View::Minimal {
-        return Ok(Some(json!({"id": paths.id(), "state": state})));
-    }
+    let state = dialect.state(
+        tes_state(job.as_ref(), cancel_asked, outputs.is_some()),
+        tes_state(job.as_ref(), false, outputs.is_some()),
+    );
     let task = match task {
         Some(t) => t,
         None => match read_json(st, &paths.task()).await? {
@@ -205,6 +248,7 @@ async fn render(
     }
     let log = task_log(st, paths, &task, job.as_ref(), outputs.as_ref(), view).await?;
     obj.insert("logs".into(), Value::Array(log.into_iter().collect()));
+    dialect.complete(&mut v);
     Ok(Some(v))
 }
 
@@ -294,186 +338,4 @@ async fn task_log(
         log.insert("system_logs".into(), json!(sys));
     }
     Ok(Some(Value::Object(log)))
-}
-
-/// Query of `GET /tasks`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    name_prefix: Option<String>,
-    state: Option<String>,
-    #[serde(default)]
-    tag_key: Vec<String>,
-    #[serde(default)]
-    tag_value: Vec<String>,
-    page_size: Option<String>,
-    page_token: Option<String>,
-    view: Option<String>,
-}
-
-/// `GET /tasks`: the token's groups' tasks, newest first.
-pub async fn list(
-    State(st): State<AppState>,
-    Auth(p): Auth,
-    raw: axum::extract::RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    let q = parse_list_query(raw.0.as_deref().unwrap_or(""))?;
-    let view = parse_view(q.view.as_deref(), View::Minimal)?;
-    if let Some(s) = &q.state
-        && !STATES.contains(&s.as_str())
-    {
-        return Err(ApiError::BadRequest(format!(
-            "state {s:?} is not a TES state ({})",
-            STATES.join(", ")
-        )));
-    }
-    if q.tag_value.len() > q.tag_key.len() {
-        return Err(ApiError::BadRequest(
-            "every tag_value needs a tag_key before it".into(),
-        ));
-    }
-    let page_size: usize = match &q.page_size {
-        None => 256,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=2048).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "page_size {s:?}: give a number from 1 to 2048"
-                )));
-            }
-        },
-    };
-    let skip: usize = match &q.page_token {
-        None => 0,
-        Some(t) => t.parse().map_err(|_| {
-            ApiError::BadRequest(format!("page_token {t:?} is not one this server gave"))
-        })?,
-    };
-    let store = st.store();
-    let mut all = Vec::new();
-    for g in &p.user.groups {
-        let Ok(group) = p.group(g) else { continue };
-        let (_, objs) = store.list_dir(&configs_prefix(&group)).await?;
-        for o in objs {
-            let Some(id) = o
-                .location
-                .filename()
-                .and_then(|f| f.strip_suffix(".json"))
-                .filter(|f| is_tes_task_id(f))
-            else {
-                continue;
-            };
-            if let Some(paths) = TesPaths::new(&group, id) {
-                all.push((o.last_modified, paths));
-            }
-        }
-    }
-    all.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.id().cmp(a.1.id())));
-    let needs_task = q.name_prefix.is_some() || !q.tag_key.is_empty();
-    let mut tasks = Vec::new();
-    let mut matched = 0usize;
-    let mut next = None;
-    for (_, paths) in all {
-        let task = if needs_task || view != View::Minimal {
-            match read_json(&st, &paths.task()).await? {
-                Some(v) => Some(serde_json::from_value::<TesTask>(v).unwrap_or_default()),
-                None => continue,
-            }
-        } else {
-            None
-        };
-        if let Some(t) = &task {
-            if let Some(prefix) = &q.name_prefix
-                && !t.name.as_deref().unwrap_or("").starts_with(prefix.as_str())
-            {
-                continue;
-            }
-            let tags_ok = q.tag_key.iter().enumerate().all(|(i, k)| {
-                match (t.tags.get(k), q.tag_value.get(i)) {
-                    (Some(v), Some(want)) => v == want,
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                }
-            });
-            if !tags_ok {
-                continue;
-            }
-        }
-        let minimal = match &q.state {
-            Some(want) => match render(&st, &paths, View::Minimal, None).await? {
-                Some(v) if v["state"] == want.as_str() => Some(v),
-                _ => continue,
-            },
-            None => None,
-        };
-        if matched >= skip + page_size {
-            next = Some((skip + page_size).to_string());
-            break;
-        }
-        if matched >= skip {
-            let v = match (view, minimal) {
-                (View::Minimal, Some(v)) => Some(v),
-                _ => render(&st, &paths, view, task).await?,
-            };
-            tasks.extend(v);
-        }
-        matched += 1;
-    }
-    let mut body = json!({"tasks": tasks});
-    if let Some(n) = next {
-        body["next_page_token"] = json!(n);
-    }
-    Ok(Json(body))
-}
-
-/// The list query, with repeated `tag_key`/`tag_value` kept in order.
-fn parse_list_query(raw: &str) -> Result<ListQuery, ApiError> {
-    let mut q = ListQuery {
-        name_prefix: None,
-        state: None,
-        tag_key: Vec::new(),
-        tag_value: Vec::new(),
-        page_size: None,
-        page_token: None,
-        view: None,
-    };
-    for pair in raw.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| {
-            percent_decode(s).ok_or_else(|| {
-                ApiError::BadRequest(format!("the query parameter {k:?} is not valid UTF-8"))
-            })
-        };
-        let v = dec(v)?;
-        match dec(k)?.as_str() {
-            "name_prefix" => q.name_prefix = Some(v),
-            "state" => q.state = Some(v),
-            "tag_key" => q.tag_key.push(v),
-            "tag_value" => q.tag_value.push(v),
-            "page_size" => q.page_size = Some(v),
-            "page_token" => q.page_token = Some(v),
-            "view" => q.view = Some(v),
-            _ => {}
-        }
-    }
-    Ok(q)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let h = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            b'%' => return None,
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }

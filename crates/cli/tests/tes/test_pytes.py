@@ -211,12 +211,34 @@ def test_list_filters_and_pages():
         if not token:
             break
     assert sorted(seen) == sorted(ids) and len(seen) == 5
+    # Paging while new tasks (newer, same prefix) are created: the pages not read yet do not
+    # shift, so nothing is listed twice and nothing is missed.
+    seen, token, extra = [], None, []
+    while True:
+        r = raw("GET", "/tasks", params={"name_prefix": f"page-{RUN}-", "page_size": 2, **({"page_token": token} if token else {})})
+        assert r.status_code == 200
+        seen += [t["id"] for t in r.json()["tasks"]]
+        extra.append(client.create_task(tes.Task(name=f"page-{RUN}-new{len(extra)}", executors=[tes.Executor(image=IMAGE, command=["sleep", "5"])])))
+        token = r.json().get("next_page_token")
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) and sorted(seen) == sorted(ids), seen
+    # A listed state follows the task (what the server remembers cannot go stale), and the
+    # tasks created while paging list first, newest first.
+    r = raw("GET", "/tasks", params={"name_prefix": f"page-{RUN}-new", "view": "MINIMAL"})
+    assert [t["id"] for t in r.json()["tasks"]] == extra[::-1]
+    assert all(t["state"] in ("QUEUED", "INITIALIZING", "RUNNING") for t in r.json()["tasks"]), r.json()
+    for t in extra:
+        client.wait(t, timeout=120)
+    r = raw("GET", "/tasks", params={"name_prefix": f"page-{RUN}-new", "state": "COMPLETE"})
+    assert sorted(t["id"] for t in r.json()["tasks"]) == sorted(extra)
+    assert raw("GET", "/tasks", params={"page_token": "3"}).status_code == 400
     r = raw("GET", "/tasks", params={"tag_key": ["batch", "parity"], "tag_value": [RUN, "even"], "view": "BASIC"})
     got = r.json()["tasks"]
     assert sorted(t["id"] for t in got) == sorted(ids[0::2])
     assert all(t["tags"]["parity"] == "even" for t in got)
     r = raw("GET", "/tasks", params={"name_prefix": f"page-{RUN}-", "state": "COMPLETE"})
-    assert len(r.json()["tasks"]) == 5
+    assert len(r.json()["tasks"]) == 5 + len(extra)
     r = raw("GET", "/tasks", params={"name_prefix": f"page-{RUN}-", "state": "RUNNING"})
     assert r.json()["tasks"] == []
     assert raw("GET", "/tasks", params={"state": "DONE"}).status_code == 400
