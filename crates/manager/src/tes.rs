@@ -174,6 +174,9 @@ pub struct TesPolicy {
     pub max_gpus: u32,
     /// The time limit of a task (default 24 h).
     pub timeout: Option<std::time::Duration>,
+    /// Where data may be read from and written to outside the store (`--data-source`,
+    /// `--data-sink`), for TES tasks and jobs alike.
+    pub data: caas_spec::datasource::DataPolicy,
 }
 
 fn refuse<T>(msg: impl Into<String>) -> Result<T, ManagerError> {

@@ -64,6 +64,8 @@ async fn service_info(State(st): State<AppState>) -> Json<Value> {
             st.store().location().trim_end_matches('/')
         ));
     }
+    // The operator's --data-source and --data-sink prefixes (see caas_spec::datasource).
+    storage.extend(st.cfg().tes.data.advertised());
     Json(json!({
         "id": "org.caas.tes",
         "name": "caas",
