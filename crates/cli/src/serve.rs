@@ -154,13 +154,25 @@ pub struct ServeArgs {
     data_source: Vec<caas_spec::datasource::DataRule>,
     /// Where TES outputs may be written outside the store (`s3://`, `file://`), same form as
     /// --data-source; an existing object or file is never replaced.
-    #[arg(long = "data-sink", value_parser = data_rule)]
+    #[arg(long = "data-sink", value_parser = data_sink)]
     data_sink: Vec<caas_spec::datasource::DataRule>,
 }
 
-/// `--data-source`/`--data-sink`: one rule.
+/// `--data-source`: one rule.
 fn data_rule(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
     s.parse().map_err(|e: caas_spec::SpecError| e.to_string())
+}
+
+/// `--data-sink`: one rule, a folder of `s3://` or `file://` (`URL/*`).
+fn data_sink(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
+    use caas_spec::datasource::Scheme;
+    let r = data_rule(s)?;
+    if !(r.glob && r.base.folder) || !matches!(r.base.scheme, Scheme::S3 | Scheme::File) {
+        return Err(
+            "a sink is a folder of s3:// or file://, ending in /* (file:///shared/out/*)".into(),
+        );
+    }
+    Ok(r)
 }
 
 /// The format of `caas serve`'s log lines.

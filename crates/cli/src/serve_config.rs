@@ -242,6 +242,8 @@ mod tests {
             e.starts_with("serve.toml, line 1: key `data_sink`:") && e.contains("'..'"),
             "{e}"
         );
+        let e = args("data_sink = [\"https://x.org/out/*\"]\n", &[]).unwrap_err();
+        assert!(e.contains("a sink is a folder of s3:// or file://"), "{e}");
         let e = args("data_sorce = [\"s3://b/*\"]\n", &[]).unwrap_err();
         assert!(
             e.contains("line 1: key `data_sorce`: unknown key") && e.contains("data_source"),

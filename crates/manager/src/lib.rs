@@ -22,6 +22,7 @@ mod reject;
 mod schedule;
 mod submitter;
 pub mod tes;
+pub mod tes_data;
 mod tes_run;
 mod then;
 pub mod worker;

@@ -12,6 +12,7 @@ use caas_spec::{GroupName, JobRecord, State};
 use crate::ManagerError;
 use crate::manager::{Analysis, Inner};
 use crate::tes::{self, MAX_TASK_BYTES, TesTask};
+use crate::tes_data::{Place, deliver_to_sink, output_place};
 
 /// Whether a submission (its parsed JSON) is a TES task's.
 pub(crate) fn is_tes(raw: Option<&Value>) -> bool {
@@ -89,12 +90,26 @@ impl Inner {
         };
         let mut delivered = Vec::new();
         let mut notes = Vec::new();
+        let data = &self.cfg.tes.data;
         if record.state == State::Succeeded {
             let results = paths.job().results();
             for (n, o) in task.outputs.iter().enumerate() {
                 let what = tes::label("output", n, o.name.as_deref(), &o.path);
-                let target = match tes::resolve_url(store.location(), group, &o.url, &what, true) {
-                    Ok(k) => k,
+                let target = match output_place(store.location(), group, &o.url, &what, data) {
+                    Ok(Place::Store(k)) => k,
+                    Ok(Place::External(url, rule)) => {
+                        let src = format!("{results}/{}", tes_output_folder(n));
+                        let out = (
+                            what.as_str(),
+                            &url,
+                            &rule,
+                            o.path.as_str(),
+                            o.path_prefix.as_deref(),
+                        );
+                        deliver_to_sink(store, group, &src, out, &mut delivered, &mut notes)
+                            .await?;
+                        continue;
+                    }
                     Err(e) => {
                         notes.push(e.to_string());
                         continue;

@@ -31,6 +31,8 @@ pub struct LocalData {
     pub files: usize,
     /// The latest modification time of it (or of any file in it).
     pub mtime: Option<SystemTime>,
+    /// A folder's files, relative to it (`/`-separated); empty for a file.
+    pub entries: Vec<String>,
 }
 
 fn refused(what: &str, url: &DataUrl, why: impl std::fmt::Display) -> PipelineError {
@@ -119,6 +121,7 @@ pub fn resolve_file(
         size: 0,
         files: 0,
         mtime: meta.modified().ok(),
+        entries: Vec::new(),
     };
     if url.folder != meta.is_dir() {
         return Err(refused(
@@ -224,6 +227,11 @@ fn walk(
             continue;
         }
         check_file(&path, &meta, url, what, top)?;
+        let rel = path.strip_prefix(top).unwrap_or(&path);
+        let Some(rel) = rel.to_str() else {
+            return Err(refused(what, url, "holds a name that is not UTF-8"));
+        };
+        data.entries.push(rel.to_string());
         data.size = data.size.saturating_add(meta.len());
         data.files += 1;
         if let Ok(m) = meta.modified()
