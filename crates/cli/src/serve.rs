@@ -167,7 +167,7 @@ fn data_rule(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
 fn data_sink(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
     use caas_spec::datasource::Scheme;
     let r = data_rule(s)?;
-    if !(r.glob && r.base.folder) || !matches!(r.base.scheme, Scheme::S3 | Scheme::File) {
+    if !(r.glob && r.base.folder && matches!(r.base.scheme, Scheme::S3 | Scheme::File)) {
         return Err(
             "a sink is a folder of s3:// or file://, ending in /* (file:///shared/out/*)".into(),
         );
