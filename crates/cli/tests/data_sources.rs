@@ -142,6 +142,24 @@ fn tes_task_reads_and_writes_a_shared_folder_in_place() {
     assert_eq!(rec[1]["files"], 2, "{rec}");
     assert_eq!(rec[0]["sha256"].as_str().unwrap().len(), 64, "{rec}");
     assert!(rec[0]["mtime"].is_string(), "{rec}");
+    // Read in place: mounted read-only, zero bytes copied into the store.
+    let staged = store.join(format!("lab/inputs/{id}/in"));
+    assert!(!staged.exists(), "copied into {}", staged.display());
+
+    // Mounted read-only: a task that writes to its input fails and the file is unchanged.
+    let w = task(
+        json!([{"url": d("lines.txt"), "path": "/in/lines.txt"}]),
+        json!([]),
+        "echo overwritten >/in/lines.txt",
+    );
+    let a = c.post(&format!("{TES}/tasks"), &w);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let end = wait_task(&c, a.json()["id"].as_str().unwrap());
+    assert_eq!(end["state"], "EXECUTOR_ERROR", "{end}");
+    assert_eq!(
+        std::fs::read(data.join("lines.txt")).unwrap(),
+        b"one\ntwo\n"
+    );
 
     // Hostile inputs and outputs: refused before compute, naming the input.
     let jobs_before = std::fs::read_dir(store.join("lab/results"))

@@ -449,11 +449,26 @@ pub fn driver(task: &TesTask) -> String {
          place() {{ mkdir -p \"$(dirname \"$2\")\" && rm -rf \"$2\" && cp -R \"$1\" \"$2\"; }}"
     );
     for (n, i) in task.inputs.iter().enumerate() {
-        let _ = writeln!(
-            s,
+        // A `file://` input is either mounted read-only at its path (an engine on the
+        // service's machine) or was copied into the task's staging (a remote executor).
+        let in_place = i.url.as_deref().is_some_and(|u| {
+            u.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("file://"))
+        });
+        let place = format!(
             "place \"$D/in/{n}\" {p} || {{ echo \"caas: input {n} could not be placed at \"{p} >&2; exit 70; }}",
             p = sh_quote(&i.path)
         );
+        if in_place {
+            let _ = writeln!(
+                s,
+                "if [ -e \"$D/in/{n}\" ]; then {place}; elif [ ! -e {p} ]; then \
+                 echo \"caas: input {n} is not mounted at \"{p} >&2; exit 70; fi",
+                p = sh_quote(&i.path)
+            );
+        } else {
+            let _ = writeln!(s, "{place}");
+        }
     }
     s.push_str("rc=0\n");
     for (i, e) in task.executors.iter().enumerate() {

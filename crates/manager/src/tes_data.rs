@@ -194,6 +194,76 @@ fn write_file(
     Ok(true)
 }
 
+/// A TES task's `file://` inputs, checked again here (a task written straight into the bucket
+/// gets the same checks as one sent to the API): on an engine of this machine, mounted
+/// read-only at their paths with no copy; on an executor that runs tasks elsewhere (Slurm),
+/// whose nodes need not mount the same shared paths into the container, copied once into the
+/// task's dataset folder. `Ok(Err(problem))` names the input that is refused.
+pub(crate) async fn file_inputs(
+    store: &caas_store::Store,
+    executor: &str,
+    group: &GroupName,
+    task: &tes::TesTask,
+    paths: &caas_spec::layout::TesPaths,
+    policy: &DataPolicy,
+) -> Result<Result<Vec<caas_runtime::BindMount>, String>, ManagerError> {
+    let local_engine = !matches!(executor, "slurm");
+    let mut mounts = Vec::new();
+    for (n, i) in task.inputs.iter().enumerate() {
+        let Some(url) = i.url.as_deref() else {
+            continue;
+        };
+        let Ok(parsed) = DataUrl::parse(url) else {
+            continue;
+        };
+        if parsed.scheme != Scheme::File {
+            continue;
+        }
+        let what = tes::label("input", n, i.name.as_deref(), &i.path);
+        let (mut u, rule) = match policy.source(url, group, &what) {
+            Ok((u, r)) => (u, r.clone()),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if i.kind.as_deref() == Some("DIRECTORY") {
+            u.folder = true;
+        }
+        let root = store.local_root().map(Path::to_path_buf);
+        let (uu, rr, w) = (u.clone(), rule.clone(), what.clone());
+        let data = tokio::task::spawn_blocking(move || {
+            resolve_file(&uu, &rr, root.as_deref(), u64::MAX, &w)
+        })
+        .await
+        .map_err(|e| ManagerError::TesRefused(e.to_string()))?;
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if local_engine {
+            mounts.push(caas_runtime::BindMount {
+                source: data.path,
+                target: i.path.clone(),
+                read_only: true,
+            });
+            continue;
+        }
+        let dest = paths.input(n);
+        let files: Vec<(std::path::PathBuf, String)> = if data.folder {
+            data.entries
+                .iter()
+                .map(|rel| (data.path.join(rel), format!("{dest}/{rel}")))
+                .collect()
+        } else {
+            vec![(data.path.clone(), dest)]
+        };
+        for (local, key) in files {
+            if store.head(&key).await?.is_none() {
+                store.upload_file(&local, &key).await?;
+            }
+        }
+    }
+    Ok(Ok(mounts))
+}
+
 /// A TES output (`what`, its sink URL and rule, its container path and path prefix).
 pub(crate) type SinkOutput<'a> = (&'a str, &'a DataUrl, &'a DataRule, &'a str, Option<&'a str>);
 

@@ -2,7 +2,8 @@
 //! with `"analysis": "tes"` points at, check it against the operator's policy again (a task
 //! written straight into the bucket gets the same checks as one sent to the API), and, once
 //! its job succeeded, deliver its outputs from `process_results/tes-outputs/` to the URLs it
-//! named in the group's prefix, never replacing a stored file.
+//! named in the group's prefix or an allowed sink, never replacing a stored file; its
+//! `file://` inputs are mounted read-only where they live (see [`crate::tes_data`]).
 
 use serde_json::{Value, json};
 
@@ -33,7 +34,7 @@ impl Inner {
         &self,
         group: &GroupName,
         raw: Option<&Value>,
-    ) -> Result<Result<Analysis, String>, ManagerError> {
+    ) -> Result<Result<(Analysis, Vec<caas_runtime::BindMount>), String>, ManagerError> {
         let Some(paths) = tes_paths(group, raw) else {
             return Ok(Err(
                 "a TES submission's timestamp must be its task id (tes-<32 hex digits>)".into(),
@@ -57,10 +58,22 @@ impl Inner {
         if let Err(e) = tes::check(&task, &self.cfg.tes, &self.cfg.analyses) {
             return Ok(Err(e.to_string()));
         }
-        Ok(Ok(tes::analysis_for(
+        let mounts = match crate::tes_data::file_inputs(
+            &self.cfg.store,
+            self.cfg.executor.kind(),
+            group,
             &task,
-            &self.cfg.tes,
-            &self.cfg.analyses,
+            &paths,
+            &self.cfg.tes.data,
+        )
+        .await?
+        {
+            Ok(m) => m,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        Ok(Ok((
+            tes::analysis_for(&task, &self.cfg.tes, &self.cfg.analyses),
+            mounts,
         )))
     }
 

@@ -31,7 +31,7 @@ pub struct LocalData {
     pub files: usize,
     /// The latest modification time of it (or of any file in it).
     pub mtime: Option<SystemTime>,
-    /// A folder's files, relative to it (`/`-separated); empty for a file.
+    /// A folder's files, relative to it (`/`-separated, sorted); empty for a file.
     pub entries: Vec<String>,
 }
 
@@ -136,6 +136,7 @@ pub fn resolve_file(
     }
     if meta.is_dir() {
         walk(&real, &real, url, what, max_bytes, &mut data)?;
+        data.entries.sort();
     } else {
         check_file(&real, &meta, url, what, &real)?;
         data.size = meta.len();

@@ -541,7 +541,7 @@ impl DataPolicy {
         let parsed = DataUrl::parse(url).map_err(|e| SpecError::Data(format!("{what}: {e}")))?;
         if parsed.scheme == Scheme::Http && !rules.iter().any(|r| r.base.scheme == Scheme::Http) {
             return Err(SpecError::Data(format!(
-                "{what}: \"{}\" is plain http; use https",
+                "{what}: \"{}\" is plain http; use https (http(s) URLs are read only under prefixes the operator allows)",
                 shown(url)
             )));
         }

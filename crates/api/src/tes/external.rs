@@ -1,6 +1,7 @@
-//! A TES input the operator allows from outside the store (`--data-source`), streamed once
-//! into the task's dataset folder before the task is submitted: a `file://` file or folder
-//! (checked on disk like a store input), an object or prefix of another S3 bucket, or a file
+//! A TES input the operator allows from outside the store (`--data-source`), checked before
+//! the task is submitted: a `file://` file or folder (checked on disk like a store input, and
+//! left where it is: the manager mounts it read-only), or, streamed once into the task's
+//! dataset folder, an object or prefix of another S3 bucket, or a file
 //! on a web server (no redirect to a host the rules do not allow, a size and a time limit;
 //! the TLS roots are the system's, so an operator's CA bundle is honoured through
 //! `SSL_CERT_FILE`). What was read is recorded beside the task (`sources.json`: URL without
@@ -62,20 +63,15 @@ pub(super) async fn copy_external(
             .await
             .map_err(|e| ApiError::Store(e.to_string()))?
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let mut files = Vec::new();
+            // Read in place: the manager mounts it (or, for a remote executor, copies it
+            // once); here it is only hashed, once, for the record.
+            let mut files = vec![data.path.clone()];
             if data.folder {
-                for rel in &data.entries {
-                    files.push((data.path.join(rel), format!("{dest}/{rel}")));
-                }
-            } else {
-                files.push((data.path.clone(), dest.to_string()));
+                files = data.entries.iter().map(|rel| data.path.join(rel)).collect();
             }
             let mut hasher = sha2::Sha256::new();
-            for (local, key) in &files {
-                store.upload_file(local, key).await?;
-                if let Some(h) = store.sha256(key).await? {
-                    hasher.update(h);
-                }
+            for local in &files {
+                hasher.update(caas_store::sha256_file(local).await?);
             }
             let mtime = data
                 .mtime
