@@ -273,18 +273,17 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
     aws_ok(&["s3", "mb", &format!("s3://{bucket}")]);
     let local = sb.path().join("obj.nwb");
     std::fs::write(&local, b"nwb bytes\n").unwrap();
-    aws_ok(&[
-        "s3",
-        "cp",
-        local.to_str().unwrap(),
-        &format!("s3://{bucket}/dandi/obj.nwb"),
-    ]);
-    aws_ok(&[
-        "s3",
-        "cp",
-        local.to_str().unwrap(),
-        &format!("s3://{bucket}/private/obj.nwb"),
-    ]);
+    // Public objects are read anonymously; one without the public ACL cannot be.
+    let up = |key: &str, acl: &[&str]| {
+        let dest = format!("s3://{bucket}/{key}");
+        let mut args = vec!["s3", "cp", local.to_str().unwrap(), dest.as_str()];
+        args.extend_from_slice(acl);
+        aws_ok(&args);
+    };
+    up("dandi/obj.nwb", &["--acl", "public-read"]);
+    up("dandi/closed.nwb", &[]);
+    up("private/obj.nwb", &["--acl", "public-read"]);
+    up("keyed/obj.nwb", &[]);
     let port = web_server("http://localhost:1/ds/file.txt".into());
     let web = format!("http://127.0.0.1:{port}/ds/");
     let analysis = sb.analysis(&shell_analysis("base", "true", ""));
@@ -303,6 +302,8 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
             &format!("s3://{bucket}/dandi/*"),
             "--data-source",
             &format!("{web}*"),
+            "--data-source",
+            &format!("s3://{bucket}/keyed/* access=profile:nobody"),
         ],
         &env,
         &sb.path().join("serve.log"),
@@ -349,6 +350,17 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
         &c,
         &one(format!("s3://{bucket}/dandi/none.nwb")),
         &["does not exist"],
+    );
+    refused(
+        &c,
+        &one(format!("s3://{bucket}/dandi/closed.nwb")),
+        &["input 0", "cannot be read"],
+    );
+    // A named profile is that profile's keys or nothing (never the service's own).
+    refused(
+        &c,
+        &one(format!("s3://{bucket}/keyed/obj.nwb")),
+        &["input 0", "profile \\\"nobody\\\" has no access key"],
     );
     let log = api.srv.log_text();
     assert!(!log.contains("panicked"), "{log}");

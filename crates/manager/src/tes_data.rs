@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use caas_spec::GroupName;
-use caas_spec::datasource::{DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
+use caas_spec::datasource::{Access, DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
 
 use crate::ManagerError;
 use crate::tes::{self, CAAS_SCHEME};
@@ -92,6 +92,14 @@ fn place(
     }
 }
 
+/// How a rule's bucket is opened: its `access=` (anonymous by default).
+pub fn s3_access(rule: &DataRule) -> caas_store::SourceAccess<'_> {
+    match &rule.access {
+        Access::Profile(name) => caas_store::SourceAccess::Profile(name),
+        Access::Anonymous | Access::Local => caas_store::SourceAccess::Anonymous,
+    }
+}
+
 /// Write `body` at `url` (allowed by the sink `rule`) unless something is there already:
 /// `Ok(false)` then, and nothing is replaced. `file://`: folders are created below the rule's
 /// real folder without following any link, the file is created exclusively; never inside the
@@ -113,7 +121,7 @@ pub async fn write_sink(
             .map_err(|e| ManagerError::TesRefused(format!("writing a file: {e}")))?
         }
         Scheme::S3 => {
-            let store = caas_store::Store::open(&format!("s3://{}", url.authority))?;
+            let store = caas_store::Store::open_source(&url.authority, s3_access(rule))?;
             Ok(store.create(&url.path(), body).await?)
         }
         Scheme::Https | Scheme::Http => refuse(format!(

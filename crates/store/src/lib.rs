@@ -19,6 +19,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+pub use source::SourceAccess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use caas_retry::{Policy, Transient, retry};
@@ -28,6 +29,7 @@ pub mod notifications;
 pub mod profile;
 mod s3;
 mod s3list;
+mod source;
 pub mod sqs;
 pub mod stage;
 mod stream;

@@ -82,18 +82,28 @@ pub(super) async fn copy_external(
             )
         }
         Scheme::S3 => {
-            let other = Store::open(&format!("s3://{}", url.authority))
+            let other = Store::open_source(&url.authority, caas_manager::tes_data::s3_access(rule))
                 .map_err(|e| bad(what, &url, format!("cannot be opened: {e}")))?;
             let key = url.path();
             let mut files = Vec::new();
             if url.folder {
-                for m in other.list(key.trim_end_matches('/')).await? {
+                let unreadable =
+                    |e: caas_store::StoreError| bad(what, &url, format!("cannot be read: {e}"));
+                for m in other
+                    .list(key.trim_end_matches('/'))
+                    .await
+                    .map_err(unreadable)?
+                {
                     let k = m.location.to_string();
                     if let Some(rel) = k.strip_prefix(&key) {
                         files.push((k.clone(), format!("{dest}/{rel}"), m.size, m.e_tag));
                     }
                 }
-            } else if let Some(m) = other.head(&key).await? {
+            } else if let Some(m) = other
+                .head(&key)
+                .await
+                .map_err(|e| bad(what, &url, format!("cannot be read: {e}")))?
+            {
                 files.push((key.clone(), dest.to_string(), m.size, m.e_tag));
             }
             if files.is_empty() {
@@ -112,7 +122,8 @@ pub(super) async fn copy_external(
             for (src, to, _, etag) in &files {
                 let body = other
                     .get(src)
-                    .await?
+                    .await
+                    .map_err(|e| bad(what, &url, format!("cannot be read: {e}")))?
                     .ok_or_else(|| bad(what, &url, "disappeared while it was read"))?;
                 hasher.update(sha2::Sha256::digest(&body));
                 store.put(to, body).await?;
