@@ -223,6 +223,22 @@ fn tes_task_reads_and_writes_a_shared_folder_in_place() {
         std::fs::read(shared.join("private/key")).unwrap(),
         b"secret\n"
     );
+    // A job (not a TES task) naming a URL is refused, its credential not repeated.
+    for (data, config) in [
+        (json!(["https://ann:hunter2@example.org/x"]), "c.yaml"),
+        (json!("a.csv"), "s3://k:hunter2@bkt/c.yaml"),
+    ] {
+        let a = c.post(
+            "/api/v1/groups/lab/jobs",
+            &json!({"dataname": data, "configname": config}),
+        );
+        assert_eq!(a.status, 400, "{}", a.text());
+        assert!(
+            a.text().contains("is a URL") && !a.text().contains("hunter2"),
+            "{}",
+            a.text()
+        );
+    }
     let log = api.srv.log_text();
     assert!(
         !log.contains("hunter2") && !log.contains("panicked"),
