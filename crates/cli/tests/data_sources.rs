@@ -303,11 +303,20 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
     let port = web_server("http://localhost:1/ds/file.txt".into());
     let web = format!("http://127.0.0.1:{port}/ds/");
     let analysis = sb.analysis(&shell_analysis("base", "true", ""));
+    // The sink's own profile, in the operator's AWS credentials file.
+    let creds = sb.path().join("aws-credentials");
+    std::fs::write(
+        &creds,
+        "[writer]\naws_access_key_id = caas-test\naws_secret_access_key = caas-test\n",
+    )
+    .unwrap();
+    up("results/taken.txt", &[]);
     let env: Vec<(&str, String)> = vec![
         ("AWS_ENDPOINT_URL", endpoint()),
         ("AWS_ACCESS_KEY_ID", "caas-test".into()),
         ("AWS_SECRET_ACCESS_KEY", "caas-test".into()),
         ("AWS_REGION", "us-east-1".into()),
+        ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
     ];
     let ann = token_for(&store_s, &env, "ann", &["lab"], &[]);
     let api = start_api(
@@ -320,6 +329,8 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
             &format!("{web}*"),
             "--data-source",
             &format!("s3://{bucket}/keyed/* access=profile:nobody"),
+            "--data-sink",
+            &format!("s3://{bucket}/results/* access=profile:writer"),
         ],
         &env,
         &sb.path().join("serve.log"),
@@ -330,7 +341,11 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
             {"url": format!("s3://{bucket}/dandi/obj.nwb"), "path": "/in/obj.nwb"},
             {"url": format!("{web}hop"), "path": "/in/web.txt"},
         ]),
-        json!([{"url": "caas://lab/outputs/both.txt", "path": "/out/both.txt"}]),
+        json!([
+            {"url": "caas://lab/outputs/both.txt", "path": "/out/both.txt"},
+            {"url": format!("s3://{bucket}/results/run1/both.txt"), "path": "/out/both.txt"},
+            {"url": format!("s3://{bucket}/results/taken.txt"), "path": "/out/both.txt"},
+        ]),
         "mkdir -p /out && cat /in/obj.nwb /in/web.txt >/out/both.txt",
     );
     let a = c.post(&format!("{TES}/tasks"), &t);
@@ -341,6 +356,21 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
     assert_eq!(
         std::fs::read_to_string(store.join("lab/outputs/both.txt")).unwrap(),
         "nwb bytes\nweb data\n"
+    );
+    // The S3 sink got the file, written with its profile; the existing object was kept.
+    let got = aws_ok(&[
+        "s3",
+        "cp",
+        &format!("s3://{bucket}/results/run1/both.txt"),
+        "-",
+    ]);
+    assert_eq!(got, "nwb bytes\nweb data\n");
+    let kept = aws_ok(&["s3", "cp", &format!("s3://{bucket}/results/taken.txt"), "-"]);
+    assert_eq!(kept, "nwb bytes\n", "an existing object was replaced");
+    assert!(
+        end.to_string()
+            .contains("already exists and was not replaced"),
+        "{end}"
     );
     let rec = common::server::read_json(&store.join(format!("lab/inputs/{id}/sources.json")));
     assert_eq!(rec[0]["size_bytes"], 10, "{rec}");
