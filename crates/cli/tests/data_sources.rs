@@ -142,6 +142,28 @@ fn tes_task_reads_and_writes_a_shared_folder_in_place() {
     assert_eq!(rec[1]["files"], 2, "{rec}");
     assert_eq!(rec[0]["sha256"].as_str().unwrap().len(), 64, "{rec}");
     assert!(rec[0]["mtime"].is_string(), "{rec}");
+    // Hashed through the store's hash cache, keyed by the file's URL.
+    let hashes: Vec<String> = std::fs::read_dir(store.join("_caas/hashes"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let lines_url = d("lines.txt");
+    let out = std::process::Command::new("sha256sum")
+        .arg(data.join("lines.txt"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(rec[0]["sha256"], want.as_str(), "{rec}");
+    assert!(
+        hashes
+            .iter()
+            .any(|h| h.contains(&lines_url) && h.contains(&want)),
+        "{hashes:?}"
+    );
     // Read in place: mounted read-only, zero bytes copied into the store.
     let staged = store.join(format!("lab/inputs/{id}/in"));
     assert!(!staged.exists(), "copied into {}", staged.display());
@@ -374,6 +396,11 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
     );
     let rec = common::server::read_json(&store.join(format!("lab/inputs/{id}/sources.json")));
     assert_eq!(rec[0]["size_bytes"], 10, "{rec}");
+    // The object's own SHA-256 (of "nwb bytes\n"), computed as it streamed in.
+    assert_eq!(
+        rec[0]["sha256"], "0476e3ffab58cd65892b99867451ca0b5b8c68b59d164233d75a834b0e8e82e1",
+        "{rec}"
+    );
     assert!(
         rec[0]["etag"].as_str().is_some_and(|e| !e.is_empty()),
         "{rec}"

@@ -15,7 +15,7 @@ use crate::ManagerError;
 use crate::tes::{self, CAAS_SCHEME};
 
 /// `file://` data checked on disk (for the API, which does not depend on the pipeline).
-pub use caas_pipeline::external::{LocalData, resolve_file};
+pub use caas_pipeline::external::{LocalData, hash_local_file, resolve_file};
 
 /// Where an input is read or an output written.
 #[derive(Clone, Debug, PartialEq, Eq)]

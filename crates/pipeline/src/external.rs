@@ -260,6 +260,60 @@ fn walk(
     Ok(())
 }
 
+/// Size and hex SHA-256 of the regular file `path` read in place, through the store's hash
+/// cache (`_caas/hashes/`, keyed by its `file://` URL): reused while its size, modification time
+/// and inode are unchanged, so a dataset many tasks read is hashed once.
+pub async fn hash_local_file(
+    store: &caas_store::Store,
+    path: &Path,
+) -> Result<(u64, String), PipelineError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |source| PipelineError::Io {
+        what: "read",
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    let tag = format!(
+        "mtime:{}.{}:ino:{}",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ino()
+    );
+    let mut url = DataUrl {
+        scheme: Scheme::File,
+        authority: String::new(),
+        segments: Vec::new(),
+        folder: false,
+    };
+    for c in path.components() {
+        if let Component::Normal(s) = c {
+            url.segments.push(s.to_string_lossy().into_owned());
+        }
+    }
+    let key = url.to_string();
+    let record_key = caas_spec::layout::hash_record(&key);
+    if let Some(bytes) = store.get_small(&record_key, 1 << 16).await?
+        && let Ok(rec) = serde_json::from_slice::<crate::provenance::HashRecord>(&bytes)
+        && rec.key == key
+        && rec.size == meta.len()
+        && rec.e_tag.as_deref() == Some(tag.as_str())
+    {
+        return Ok((rec.size, rec.sha256));
+    }
+    let sha256 = caas_spec::provenance::hex(&caas_store::sha256_file(path).await?);
+    let rec = crate::provenance::HashRecord {
+        key,
+        size: meta.len(),
+        e_tag: Some(tag),
+        sha256: sha256.clone(),
+    };
+    store
+        .put(&record_key, crate::writer::encode("hash record", &rec)?)
+        .await?;
+    Ok((meta.len(), sha256))
+}
+
 #[cfg(test)]
 #[path = "external_tests.rs"]
 mod tests;

@@ -69,16 +69,24 @@ pub(super) async fn copy_external(
             if data.folder {
                 files = data.entries.iter().map(|rel| data.path.join(rel)).collect();
             }
-            let mut hasher = sha2::Sha256::new();
+            let mut hexes = Vec::new();
             for local in &files {
-                hasher.update(caas_store::sha256_file(local).await?);
+                let (_, hex) = caas_manager::tes_data::hash_local_file(store, local)
+                    .await
+                    .map_err(|e| ApiError::Store(e.to_string()))?;
+                hexes.push(hex);
             }
+            let sha256 = if data.folder {
+                hex(&sha2::Sha256::digest(hexes.concat().as_bytes()))
+            } else {
+                hexes.concat()
+            };
             let mtime = data
                 .mtime
                 .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
             Ok(
                 json!({"url": url.to_string(), "size_bytes": data.size, "files": data.files,
-                      "mtime": mtime, "sha256": hex(&hasher.finalize())}),
+                      "mtime": mtime, "sha256": sha256}),
             )
         }
         Scheme::S3 => {
@@ -117,7 +125,7 @@ pub(super) async fn copy_external(
                     format!("is {total} bytes; at most {max} here"),
                 ));
             }
-            let mut hasher = sha2::Sha256::new();
+            let mut hexes = Vec::new();
             let mut etags = Vec::new();
             for (src, to, _, etag) in &files {
                 let body = other
@@ -125,14 +133,18 @@ pub(super) async fn copy_external(
                     .await
                     .map_err(|e| bad(what, &url, format!("cannot be read: {e}")))?
                     .ok_or_else(|| bad(what, &url, "disappeared while it was read"))?;
-                hasher.update(sha2::Sha256::digest(&body));
+                hexes.push(hex(&sha2::Sha256::digest(&body)));
                 store.put(to, body).await?;
                 etags.push(etag.clone().unwrap_or_default());
             }
             Ok(
                 json!({"url": url.to_string(), "size_bytes": total, "files": files.len(),
-                      "etag": if etags.len() == 1 { json!(etags[0]) } else { json!(etags) },
-                      "sha256": hex(&hasher.finalize())}),
+                "etag": if etags.len() == 1 { json!(etags[0]) } else { json!(etags) },
+                "sha256": if url.folder {
+                    hex(&sha2::Sha256::digest(hexes.concat().as_bytes()))
+                } else {
+                    hexes.concat()
+                }}),
             )
         }
         Scheme::Https | Scheme::Http => {
