@@ -47,6 +47,8 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 # Debian's system Python, for the Debian-python base of the python template's test (7.).
 [ "$RUN_ONLY" = 1 ] || [ -x /usr/bin/pip3 ] || need_pkgs+=(python3-pip)
 [ "$RUN_ONLY" = 1 ] || dpkg -s python3-venv >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+# The data-source tests make a private CA and a loopback HTTPS server certificate.
+[ "$RUN_ONLY" = 1 ] || command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log "missing ${need_pkgs[*]}; run this script as root to install them"; exit 1; }
   log "installing ${need_pkgs[*]}"

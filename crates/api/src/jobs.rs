@@ -132,6 +132,15 @@ pub struct NewJob {
 
 /// The key of a dataset or config named in a job request.
 fn input_key(group: &GroupName, kind: InputKind, value: &str) -> Result<String, ApiError> {
+    if caas_spec::datasource::is_url(value) {
+        // Never repeated as written: a URL may carry a credential.
+        return Err(ApiError::BadRequest(format!(
+            "\"{}\" is a URL: a job's {} is a file of the group's store; data outside the store \
+             is read in place by TES tasks where the operator allows it",
+            caas_spec::datasource::shown(value),
+            kind.noun()
+        )));
+    }
     if let Some(k) = stored_key(group, kind, value) {
         return Ok(k);
     }

@@ -146,6 +146,33 @@ pub struct ServeArgs {
     /// GA4GH TES: a task's time limit.
     #[arg(long, default_value = "24h", value_parser = long_duration)]
     tes_timeout: Duration,
+    /// Data read in place: `URL*` that jobs' datanames and TES inputs may name outside the
+    /// store (`s3://bucket/prefix/*`, `https://host/path/*`, `file:///shared/path/*`), then
+    /// optionally ` groups=a,b` and ` access=anonymous|profile:NAME`; repeat for several.
+    /// See the README's "Data where it already lives".
+    #[arg(long = "data-source", value_parser = data_rule)]
+    data_source: Vec<caas_spec::datasource::DataRule>,
+    /// Where TES outputs may be written outside the store (`s3://`, `file://`), same form as
+    /// --data-source; an existing object or file is never replaced.
+    #[arg(long = "data-sink", value_parser = data_sink)]
+    data_sink: Vec<caas_spec::datasource::DataRule>,
+}
+
+/// `--data-source`: one rule.
+fn data_rule(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
+    s.parse().map_err(|e: caas_spec::SpecError| e.to_string())
+}
+
+/// `--data-sink`: one rule, a folder of `s3://` or `file://` (`URL/*`).
+fn data_sink(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
+    use caas_spec::datasource::Scheme;
+    let r = data_rule(s)?;
+    if !(r.glob && r.base.folder && matches!(r.base.scheme, Scheme::S3 | Scheme::File)) {
+        return Err(
+            "a sink is a folder of s3:// or file://, ending in /* (file:///shared/out/*)".into(),
+        );
+    }
+    Ok(r)
 }
 
 /// The format of `caas serve`'s log lines.
@@ -415,6 +442,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         max_disk_gb: args.tes_max_disk_gb,
         max_gpus: args.tes_max_gpus,
         timeout: Some(args.tes_timeout),
+        data: caas_spec::datasource::DataPolicy {
+            sources: args.data_source.clone(),
+            sinks: args.data_sink.clone(),
+        },
     };
     let manager = Manager::start(ManagerConfig {
         tes: tes.clone(),

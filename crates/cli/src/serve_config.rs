@@ -86,7 +86,16 @@ fn parse(text: &str, path: &Path, given: impl Fn(&str) -> bool) -> Result<Vec<Os
                 .next()
                 .unwrap_or_default()
                 .trim_start_matches("error: ");
-            return Err(at(first.to_string()));
+            // clap repeats the value: a URL's user part or query never reaches the message.
+            let mut first = first.to_string();
+            for a in &these {
+                let a = a.to_string_lossy();
+                let v = a.split_once('=').map_or(&*a, |(_, v)| v);
+                if caas_spec::datasource::is_url(v) {
+                    first = first.replace(v, &caas_spec::datasource::shown(v));
+                }
+            }
+            return Err(at(first));
         }
         if !given(id) {
             out.extend(these);
@@ -223,6 +232,42 @@ mod tests {
         // A value that is a table is no flag's.
         let e = args("[store]\nx = 1\n", &[]).unwrap_err();
         assert!(e.contains("line 1") && e.contains("key `store`"), "{e}");
+    }
+
+    #[test]
+    fn data_sources_and_sinks_are_keys_checked_by_their_flag() {
+        let text = "data_source = [\"s3://dandiarchive/blobs/*\", \"file:///shared/data/* groups=lab\"]\n\
+                    data_sink = [\"file:///shared/out/*\"]\n";
+        assert_eq!(
+            args(text, &[]).unwrap(),
+            [
+                "--data-sink=file:///shared/out/*",
+                "--data-source=s3://dandiarchive/blobs/*",
+                "--data-source=file:///shared/data/* groups=lab"
+            ]
+        );
+        let e = args(
+            "store = \"x\"\ndata_source = [\"https://u:p@h.org/*\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("serve.toml, line 2: key `data_source`:"),
+            "{e}"
+        );
+        assert!(e.contains("credentials") && !e.contains("u:p"), "{e}");
+        let e = args("data_sink = [\"file:///shared/../etc/*\"]\n", &[]).unwrap_err();
+        assert!(
+            e.starts_with("serve.toml, line 1: key `data_sink`:") && e.contains("'..'"),
+            "{e}"
+        );
+        let e = args("data_sink = [\"https://x.org/out/*\"]\n", &[]).unwrap_err();
+        assert!(e.contains("a sink is a folder of s3:// or file://"), "{e}");
+        let e = args("data_sorce = [\"s3://b/*\"]\n", &[]).unwrap_err();
+        assert!(
+            e.contains("line 1: key `data_sorce`: unknown key") && e.contains("data_source"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -316,7 +316,7 @@ impl Inner {
             None
         };
         let checked = match &tes_analysis {
-            Some(a) => Submission::parse(&bytes, group)
+            Some((a, _)) => Submission::parse(&bytes, group)
                 .map_err(|e| e.to_string())
                 .and_then(|s| {
                     crate::reject::check_gpus(a.spec.resources.gpus, self.gpus_here).map(|()| s)
@@ -429,7 +429,11 @@ impl Inner {
             config: sub.config,
             image: analysis.image.clone(),
             origin,
-            extra_mounts: Vec::new(),
+            // A TES task's `file://` inputs, read where they live.
+            extra_mounts: tes_analysis
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .unwrap_or_default(),
             // At most the manager's limits at once (they are also the permits each task
             // holds; a scheduler is told it as a job array's `%L`).
             concurrency: n

@@ -26,6 +26,7 @@ mod schedule;
 mod sightings;
 mod submitter;
 pub mod tes;
+pub mod tes_data;
 mod tes_run;
 mod then;
 pub mod worker;

@@ -181,6 +181,9 @@ pub struct TesPolicy {
     pub max_gpus: u32,
     /// The time limit of a task (default 24 h).
     pub timeout: Option<std::time::Duration>,
+    /// Where data may be read from and written to outside the store (`--data-source`,
+    /// `--data-sink`), for TES tasks and jobs alike.
+    pub data: caas_spec::datasource::DataPolicy,
 }
 
 fn refuse<T>(msg: impl Into<String>) -> Result<T, ManagerError> {
@@ -453,11 +456,26 @@ pub fn driver(task: &TesTask) -> String {
          place() {{ mkdir -p \"$(dirname \"$2\")\" && rm -rf \"$2\" && cp -R \"$1\" \"$2\"; }}"
     );
     for (n, i) in task.inputs.iter().enumerate() {
-        let _ = writeln!(
-            s,
+        // A `file://` input is either mounted read-only at its path (an engine on the
+        // service's machine) or was copied into the task's staging (a remote executor).
+        let in_place = i.url.as_deref().is_some_and(|u| {
+            u.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("file://"))
+        });
+        let place = format!(
             "place \"$D/in/{n}\" {p} || {{ echo \"caas: input {n} could not be placed at \"{p} >&2; exit 70; }}",
             p = sh_quote(&i.path)
         );
+        if in_place {
+            let _ = writeln!(
+                s,
+                "if [ -e \"$D/in/{n}\" ]; then {place}; elif [ ! -e {p} ]; then \
+                 echo \"caas: input {n} is not mounted at \"{p} >&2; exit 70; fi",
+                p = sh_quote(&i.path)
+            );
+        } else {
+            let _ = writeln!(s, "{place}");
+        }
     }
     // Each output's folder exists before the executors run (as other TES servers do), so a
     // command may write `/out/x` without making `/out` first.

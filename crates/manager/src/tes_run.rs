@@ -2,7 +2,8 @@
 //! with `"analysis": "tes"` points at, check it against the operator's policy again (a task
 //! written straight into the bucket gets the same checks as one sent to the API), and, once
 //! its job succeeded, deliver its outputs from `process_results/tes-outputs/` to the URLs it
-//! named in the group's prefix, never replacing a stored file.
+//! named in the group's prefix or an allowed sink, never replacing a stored file; its
+//! `file://` inputs are mounted read-only where they live (see [`crate::tes_data`]).
 
 use serde_json::{Value, json};
 
@@ -13,6 +14,7 @@ use crate::ManagerError;
 use crate::analyses::Analysis;
 use crate::inner::Inner;
 use crate::tes::{self, MAX_TASK_BYTES, TesTask};
+use crate::tes_data::{Place, deliver_to_sink, output_place};
 
 /// The TES task id a submission's `timestamp` names, with its keys.
 pub(crate) fn tes_paths(group: &GroupName, raw: Option<&Value>) -> Option<TesPaths> {
@@ -26,7 +28,7 @@ impl Inner {
         &self,
         group: &GroupName,
         raw: Option<&Value>,
-    ) -> Result<Result<Analysis, String>, ManagerError> {
+    ) -> Result<Result<(Analysis, Vec<caas_runtime::BindMount>), String>, ManagerError> {
         let Some(paths) = tes_paths(group, raw) else {
             return Ok(Err(
                 "a TES submission's timestamp must be its task id (tes-<32 hex digits>)".into(),
@@ -50,10 +52,22 @@ impl Inner {
         if let Err(e) = tes::check(&task, &self.cfg.tes, &self.cfg.analyses) {
             return Ok(Err(e.to_string()));
         }
-        Ok(Ok(tes::analysis_for(
+        let mounts = match crate::tes_data::file_inputs(
+            &self.cfg.store,
+            self.cfg.executor.kind(),
+            group,
             &task,
-            &self.cfg.tes,
-            &self.cfg.analyses,
+            &paths,
+            &self.cfg.tes.data,
+        )
+        .await?
+        {
+            Ok(m) => m,
+            Err(problem) => return Ok(Err(problem)),
+        };
+        Ok(Ok((
+            tes::analysis_for(&task, &self.cfg.tes, &self.cfg.analyses),
+            mounts,
         )))
     }
 
@@ -83,12 +97,26 @@ impl Inner {
         };
         let mut delivered = Vec::new();
         let mut notes = Vec::new();
+        let data = &self.cfg.tes.data;
         if record.state == State::Succeeded {
             let results = paths.job().results();
             for (n, o) in task.outputs.iter().enumerate() {
                 let what = tes::label("output", n, o.name.as_deref(), &o.path);
-                let target = match tes::resolve_url(store.location(), group, &o.url, &what, true) {
-                    Ok(k) => k,
+                let target = match output_place(store.location(), group, &o.url, &what, data) {
+                    Ok(Place::Store(k)) => k,
+                    Ok(Place::External(url, rule)) => {
+                        let src = format!("{results}/{}", tes_output_folder(n));
+                        let out = (
+                            what.as_str(),
+                            &url,
+                            &rule,
+                            o.path.as_str(),
+                            o.path_prefix.as_deref(),
+                        );
+                        deliver_to_sink(store, group, &src, out, &mut delivered, &mut notes)
+                            .await?;
+                        continue;
+                    }
                     Err(e) => {
                         notes.push(e.to_string());
                         continue;

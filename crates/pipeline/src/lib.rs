@@ -7,6 +7,7 @@
 //! before caas acts on it, and every job ends in a terminal state with `end.txt` written.
 
 mod cache;
+pub mod external;
 mod images;
 mod job;
 mod ledger;

@@ -23,11 +23,11 @@ pub const CAAS_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A stored content hash and what it was computed for.
 #[derive(Debug, Serialize, Deserialize)]
-struct HashRecord {
-    key: String,
-    size: u64,
-    e_tag: Option<String>,
-    sha256: String,
+pub(crate) struct HashRecord {
+    pub(crate) key: String,
+    pub(crate) size: u64,
+    pub(crate) e_tag: Option<String>,
+    pub(crate) sha256: String,
 }
 
 /// Size and hex SHA-256 of a stored object (`None` when it is not there), computed by one

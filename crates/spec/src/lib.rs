@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod cache;
 pub mod command;
 pub mod config;
+pub mod datasource;
 pub mod layout;
 pub mod names;
 pub mod provenance;
@@ -79,4 +80,7 @@ pub enum SpecError {
     /// A config file that does not parse.
     #[error("{0}")]
     Config(String),
+    /// A data URL or an operator's data rule that is refused (see [`datasource`]).
+    #[error("{0}")]
+    Data(String),
 }

@@ -72,6 +72,15 @@ impl Submission {
                     "every 'dataname' entry must be a string, found {d}"
                 ));
             };
+            if crate::datasource::is_url(s) {
+                // Never repeated as written: a URL may carry a credential.
+                return bad(format!(
+                    "'dataname' \"{}\" is a URL: jobs read datasets from the group's store \
+                     ({group}/inputs/...); data outside the store is read in place by TES tasks \
+                     where the operator allows it (see the README's \"Data where it already lives\")",
+                    crate::datasource::shown(s)
+                ));
+            }
             // A finished job's results may be a dataset too (what a `[[then]]` step runs on).
             let key = match in_group(s, group, "inputs") {
                 Ok(k) => k,
@@ -84,6 +93,12 @@ impl Submission {
             datasets.push(key);
         }
         let config = match field("configname", "configure the analysis")? {
+            Value::String(s) if crate::datasource::is_url(s) => {
+                return bad(format!(
+                    "'configname' \"{}\" is a URL; a config is a file of the group's store ({group}/configs/...)",
+                    crate::datasource::shown(s)
+                ));
+            }
             Value::String(s) => in_group(s, group, "configs")?,
             other => return bad(format!("'configname' must be a string, found {other}")),
         };
@@ -218,6 +233,27 @@ mod tests {
             let err = Submission::parse(bytes, &g()).unwrap_err().to_string();
             assert!(err.contains(want), "{err} lacks {want}");
         }
+        let err = Submission::parse(
+            br#"{"dataname":["grp/inputs/a","https://ann:hunter2@h.org/x?sig=abc"],"configname":"grp/configs/c.yaml","timestamp":"1"}"#,
+            &g(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("is a URL") && err.contains("https://***@h.org/x?***"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2") && !err.contains("abc"), "{err}");
+        let err = Submission::parse(
+            br#"{"dataname":"grp/inputs/a","configname":"s3://k:hunter2@bkt/c.yaml","timestamp":"1"}"#,
+            &g(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("'configname'") && !err.contains("hunter2"),
+            "{err}"
+        );
         let huge = vec![b' '; MAX_SUBMISSION_BYTES + 1];
         assert!(
             Submission::parse(&huge, &g())

@@ -21,6 +21,7 @@ pub use object_store::ObjectMeta;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::prefix::PrefixStore;
+pub use source::SourceAccess;
 
 use caas_retry::Policy;
 
@@ -33,6 +34,7 @@ mod objects;
 pub mod profile;
 mod s3;
 mod s3list;
+mod source;
 pub mod sqs;
 pub mod stage;
 mod stream;

@@ -67,6 +67,11 @@ pub fn load() -> Profile {
     let name = std::env::var("AWS_PROFILE")
         .or_else(|_| std::env::var("AWS_DEFAULT_PROFILE"))
         .unwrap_or_else(|_| "default".to_string());
+    load_named(&name)
+}
+
+/// The profile `name` from the same files as [`load`].
+pub fn load_named(name: &str) -> Profile {
     let creds = read(
         std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
             .map(PathBuf::from)
@@ -77,7 +82,7 @@ pub fn load() -> Profile {
             .map(PathBuf::from)
             .or_else(|| home().map(|h| h.join(".aws/config"))),
     );
-    resolve(&name, &creds, &config)
+    resolve(name, &creds, &config)
 }
 
 /// Merge one profile from the two files' texts: the credentials file wins for keys.

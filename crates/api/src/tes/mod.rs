@@ -7,6 +7,7 @@
 //! remembers between requests in [`index`].
 
 mod compat;
+mod external;
 pub(crate) mod index;
 mod list;
 mod view;
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 use caas_client::NewSubmission;
 use caas_manager::ManagerError;
 use caas_manager::tes::{self, MAX_TASK_BYTES, TesTask};
+use caas_manager::tes_data::{self, Place};
 use caas_spec::layout::{TES_ANALYSIS, TesPaths};
 use caas_spec::{GroupName, JobTimestamp, State as JobState};
 
@@ -77,6 +79,8 @@ async fn service_info(State(st): State<AppState>, dialect: Dialect) -> Json<Valu
             st.store().location().trim_end_matches('/')
         ));
     }
+    // The operator's --data-source and --data-sink prefixes (see caas_spec::datasource).
+    storage.extend(st.cfg().tes.data.advertised());
     if dialect == Dialect::Legacy {
         return Json(json!({
             "name": "caas",
@@ -158,30 +162,51 @@ async fn create(
     for (n, i) in task.inputs.iter().enumerate() {
         let what = tes::label("input", n, i.name.as_deref(), &i.path);
         let src = match &i.url {
-            Some(url) => {
-                Some(tes::resolve_url(&location, &group, url, &what, false).map_err(refused)?)
-            }
+            Some(url) => Some(
+                tes_data::input_place(&location, &group, url, &what, &cfg.data).map_err(refused)?,
+            ),
             None => None,
         };
         sources.push((what, src));
     }
     for (n, o) in task.outputs.iter().enumerate() {
         let what = tes::label("output", n, o.name.as_deref(), &o.path);
-        tes::resolve_url(&location, &group, &o.url, &what, true).map_err(refused)?;
+        tes_data::output_place(&location, &group, &o.url, &what, &cfg.data).map_err(refused)?;
     }
     let paths =
         TesPaths::new(&group, &new_id()?).ok_or_else(|| ApiError::Store("task id".into()))?;
     // Inputs into the dataset folder.
+    let mut read = Vec::new();
     for (n, ((what, src), input)) in sources.iter().zip(&task.inputs).enumerate() {
         let dest = paths.input(n);
+        let dir = input.kind.as_deref() == Some("DIRECTORY");
         match (src, &input.content) {
             (None, Some(content)) => store.put(&dest, content.clone().into_bytes()).await?,
-            (Some(key), _) => {
-                let dir = input.kind.as_deref() == Some("DIRECTORY");
-                copy_input(&st, what, key, &dest, dir).await?;
-            }
+            (Some(Place::Store(key)), _) => copy_input(&st, what, key, &dest, dir).await?,
+            (Some(Place::External(url, rule)), _) => read.push(
+                external::copy_external(
+                    store,
+                    &cfg.data,
+                    &group,
+                    what,
+                    url,
+                    rule,
+                    &dest,
+                    dir,
+                    MAX_INPUT_BYTES,
+                )
+                .await?,
+            ),
             (None, None) => {}
         }
+    }
+    if !read.is_empty() {
+        store
+            .put(
+                &format!("{}/sources.json", paths.inputs()),
+                serde_json::to_vec_pretty(&read).unwrap_or_default(),
+            )
+            .await?;
     }
     task.creation_time = Some(chrono::Utc::now().to_rfc3339());
     let doc = serde_json::to_vec_pretty(&task)
