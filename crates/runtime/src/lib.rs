@@ -18,6 +18,7 @@ mod cli_engine;
 mod dev;
 mod docker;
 mod docker_gpu;
+mod docker_stream;
 mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
