@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use caas_spec::GroupName;
-use caas_spec::layout::{TOKENS_PREFIX, token_key, user_key};
+use caas_protocol::GroupName;
+use caas_protocol::layout::{TOKENS_PREFIX, token_key, user_key};
 use caas_store::Store;
 
 use crate::AppState;

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use caas_client::{ResultFile, result_path};
-use caas_spec::FileName;
+use caas_protocol::FileName;
 
 use crate::AppState;
 use crate::auth::Auth;
@@ -161,7 +161,7 @@ pub fn last_event_id(value: &[u8]) -> Option<u64> {
 /// Follows one log for an SSE answer.
 struct Follow {
     st: AppState,
-    paths: caas_spec::layout::JobPaths,
+    paths: caas_protocol::layout::JobPaths,
     dataset: FileName,
     key: String,
     /// Bytes of the log already sent (as events, or skipped by `Last-Event-ID`).

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 
 use caas_client::InputKind;
-use caas_spec::GroupName;
-use caas_spec::layout::{upload_data, upload_folder};
+use caas_protocol::GroupName;
+use caas_protocol::layout::{upload_data, upload_folder};
 
 use crate::AppState;
 use crate::auth::{Auth, upload_id};

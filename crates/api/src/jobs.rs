@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use caas_client::{CancelOutcome, InputKind, NewSubmission, stored_key};
-use caas_spec::layout::JobPaths;
-use caas_spec::{GroupName, JobId, JobRecord, JobTimestamp, State as JobState};
+use caas_protocol::layout::JobPaths;
+use caas_protocol::{GroupName, JobId, JobRecord, JobTimestamp, State as JobState};
 
 use crate::AppState;
 use crate::auth::{Auth, Principal};
@@ -132,12 +132,12 @@ pub struct NewJob {
 
 /// The key of a dataset or config named in a job request.
 fn input_key(group: &GroupName, kind: InputKind, value: &str) -> Result<String, ApiError> {
-    if caas_spec::datasource::is_url(value) {
+    if caas_protocol::datasource::is_url(value) {
         // Never repeated as written: a URL may carry a credential.
         return Err(ApiError::BadRequest(format!(
             "\"{}\" is a URL: a job's {} is a file of the group's store; data outside the store \
              is read in place by TES tasks where the operator allows it",
-            caas_spec::datasource::shown(value),
+            caas_protocol::datasource::shown(value),
             kind.noun()
         )));
     }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use caas_client::InputKind;
-use caas_spec::FileName;
+use caas_protocol::FileName;
 use caas_store::{Store, StoreWriter};
 
 use crate::error::ApiError;
@@ -53,12 +53,12 @@ pub(crate) fn kind_of(kind: &str) -> Option<InputKind> {
 /// A checked name for a dataset or config (one segment; no `/`, `..`, NUL or control
 /// character; a dataset name short enough for its status file).
 pub(crate) fn checked_name(kind: InputKind, name: &str) -> Result<FileName, ApiError> {
-    let bad = |e: caas_spec::SpecError| {
+    let bad = |e: caas_protocol::SpecError| {
         ApiError::BadRequest(format!("{e}; give the {} another name", kind.noun()))
     };
     let n: FileName = name.parse().map_err(bad)?;
     if kind == InputKind::Dataset {
-        caas_spec::names::check_dataset_name(&n).map_err(bad)?;
+        caas_protocol::names::check_dataset_name(&n).map_err(bad)?;
     }
     Ok(n)
 }

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
-use caas_spec::GroupName;
-use caas_spec::layout::{upload_data, upload_folder, upload_part, upload_record};
+use caas_protocol::GroupName;
+use caas_protocol::layout::{upload_data, upload_folder, upload_part, upload_record};
 
 use crate::AppState;
 use crate::auth::{Auth, upload_id};

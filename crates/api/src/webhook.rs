@@ -11,8 +11,8 @@ use hmac::{Hmac, Mac};
 
 use serde::{Deserialize, Serialize};
 
-use caas_spec::GroupName;
-use caas_spec::layout::{JobPaths, WEBHOOKS_PREFIX, webhook_key};
+use caas_protocol::GroupName;
+use caas_protocol::layout::{JobPaths, WEBHOOKS_PREFIX, webhook_key};
 
 use crate::AppState;
 use crate::error::ApiError;

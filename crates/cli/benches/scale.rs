@@ -98,9 +98,9 @@ fn main() -> Result<(), String> {
     rt.block_on(async {
         let s =
             caas_store::Store::open(store.to_str().ok_or("path")?).map_err(|e| e.to_string())?;
-        let group: caas_spec::GroupName = "lab"
+        let group: caas_protocol::GroupName = "lab"
             .parse()
-            .map_err(|e: caas_spec::SpecError| e.to_string())?;
+            .map_err(|e: caas_protocol::SpecError| e.to_string())?;
         for o in s.list("lab/submissions").await.map_err(|e| e.to_string())? {
             let key = o.location.to_string();
             let id = caas_manager::submission_id(&key, &o);

@@ -7,8 +7,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use caas_client as client;
-use caas_spec::layout::LEDGER_ROOT;
-use caas_spec::{GroupName, State};
+use caas_protocol::layout::LEDGER_ROOT;
+use caas_protocol::{GroupName, State};
 use caas_store::Store;
 
 use crate::errors::client_error;
@@ -112,7 +112,7 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<i32> {
         }
     }
     rows.sort_by(|a, b| {
-        let created = |r: &Option<caas_spec::JobRecord>| r.as_ref().map(|r| r.created);
+        let created = |r: &Option<caas_protocol::JobRecord>| r.as_ref().map(|r| r.created);
         created(&a.2).cmp(&created(&b.2)).then(a.1.cmp(&b.1))
     });
     if args.json {

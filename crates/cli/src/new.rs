@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 
-use caas_spec::AnalysisName;
+use caas_protocol::AnalysisName;
 
 use crate::errors::user;
 
@@ -240,7 +240,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<i32> {
         .ok_or_else(|| user(format!("{} does not name a folder", target.display())))?;
     let name: AnalysisName = name_str
         .parse()
-        .map_err(|e: caas_spec::SpecError| user(e.to_string()))?;
+        .map_err(|e: caas_protocol::SpecError| user(e.to_string()))?;
     let base = args.base.clone().unwrap_or_else(|| match args.template {
         Template::Shell => "local/busybox:test".into(),
         Template::Python => "python:3.12-slim".into(),

@@ -13,7 +13,7 @@ use caas_client::{self as client, Comparison, Finding};
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{JobOptions, JobRequest, Observer, run_job_with};
 use caas_runtime::{Docker, Executor};
-use caas_spec::{JobTimestamp, State, StoreKey};
+use caas_protocol::{JobTimestamp, State, StoreKey};
 
 use crate::dev::dev_error;
 use crate::errors::{client_error, user};
@@ -329,15 +329,15 @@ pub async fn cache(cmd: CacheCmd) -> anyhow::Result<i32> {
         let head = format!("task {} ({})", t.task, t.dataset);
         let line = match &t.outcome {
             None => "no cache check recorded (the task never reached it)".to_string(),
-            Some(caas_spec::cache::CacheOutcome::Off) => {
+            Some(caas_protocol::cache::CacheOutcome::Off) => {
                 format!("cache off: {}", t.reason.as_deref().unwrap_or("not used"))
             }
-            Some(caas_spec::cache::CacheOutcome::Hit) => format!(
+            Some(caas_protocol::cache::CacheOutcome::Hit) => format!(
                 "hit: reused results of {} (cache key {})",
                 t.reused.as_deref().unwrap_or("?"),
                 t.key.as_deref().unwrap_or("?")
             ),
-            Some(caas_spec::cache::CacheOutcome::Miss) => {
+            Some(caas_protocol::cache::CacheOutcome::Miss) => {
                 let mut s = format!("miss (cache key {})", t.key.as_deref().unwrap_or("?"));
                 if let Some(r) = &t.reason {
                     s.push_str(&format!(": {r}"));

@@ -12,7 +12,7 @@ use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
 use caas_runtime::{Docker, Executor};
-use caas_spec::layout::{
+use caas_protocol::layout::{
     image_archive, image_digest, image_manifest, image_rootfs, image_rootfs_manifest,
 };
 use caas_store::Store;

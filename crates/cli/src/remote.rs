@@ -10,8 +10,8 @@ use futures::StreamExt;
 use serde_json::json;
 
 use caas_client::{InputKind, JobRequest, LogStream, Server};
-use caas_spec::JobTimestamp;
-use caas_spec::command::shell_word;
+use caas_protocol::JobTimestamp;
+use caas_protocol::command::shell_word;
 
 use crate::errors::{client_error, user};
 use crate::print::print_job;

@@ -103,11 +103,11 @@ pub struct ServeArgs {
     /// The largest upload body the API takes in one request (a single PUT or one part of a
     /// resumable upload), e.g. 1GiB, 64MiB.
     #[arg(long, default_value = "1GiB")]
-    max_body: caas_spec::units::ByteSize,
+    max_body: caas_protocol::units::ByteSize,
     /// The largest JSON body the API takes (a job request, an upload's announcement), e.g.
     /// 1MiB; larger ones are refused with 413 before they are read.
     #[arg(long, default_value = "1MiB")]
-    max_json: caas_spec::units::ByteSize,
+    max_json: caas_protocol::units::ByteSize,
     /// Slurm: the account to charge (sbatch --account).
     #[arg(long)]
     account: Option<String>,
@@ -151,21 +151,21 @@ pub struct ServeArgs {
     /// optionally ` groups=a,b` and ` access=anonymous|profile:NAME`; repeat for several.
     /// See the README's "Data where it already lives".
     #[arg(long = "data-source", value_parser = data_rule)]
-    data_source: Vec<caas_spec::datasource::DataRule>,
+    data_source: Vec<caas_protocol::datasource::DataRule>,
     /// Where TES outputs may be written outside the store (`s3://`, `file://`), same form as
     /// --data-source; an existing object or file is never replaced.
     #[arg(long = "data-sink", value_parser = data_sink)]
-    data_sink: Vec<caas_spec::datasource::DataRule>,
+    data_sink: Vec<caas_protocol::datasource::DataRule>,
 }
 
 /// `--data-source`: one rule.
-fn data_rule(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
-    s.parse().map_err(|e: caas_spec::SpecError| e.to_string())
+fn data_rule(s: &str) -> Result<caas_protocol::datasource::DataRule, String> {
+    s.parse().map_err(|e: caas_protocol::SpecError| e.to_string())
 }
 
 /// `--data-sink`: one rule, a folder of `s3://` or `file://` (`URL/*`).
-fn data_sink(s: &str) -> Result<caas_spec::datasource::DataRule, String> {
-    use caas_spec::datasource::Scheme;
+fn data_sink(s: &str) -> Result<caas_protocol::datasource::DataRule, String> {
+    use caas_protocol::datasource::Scheme;
     let r = data_rule(s)?;
     if !(r.glob && r.base.folder && matches!(r.base.scheme, Scheme::S3 | Scheme::File)) {
         return Err(
@@ -289,7 +289,7 @@ pub enum ExecutorKind {
 
 /// Parse `30m`, `24h`, `7days` (humantime, as `[run] timeout`).
 fn long_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<caas_spec::units::HumanDuration>()
+    s.parse::<caas_protocol::units::HumanDuration>()
         .map(|d| d.0)
         .map_err(|e| e.to_string())
 }
@@ -442,7 +442,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         max_disk_gb: args.tes_max_disk_gb,
         max_gpus: args.tes_max_gpus,
         timeout: Some(args.tes_timeout),
-        data: caas_spec::datasource::DataPolicy {
+        data: caas_protocol::datasource::DataPolicy {
             sources: args.data_source.clone(),
             sinks: args.data_sink.clone(),
         },

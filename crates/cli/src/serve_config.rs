@@ -91,8 +91,8 @@ fn parse(text: &str, path: &Path, given: impl Fn(&str) -> bool) -> Result<Vec<Os
             for a in &these {
                 let a = a.to_string_lossy();
                 let v = a.split_once('=').map_or(&*a, |(_, v)| v);
-                if caas_spec::datasource::is_url(v) {
-                    first = first.replace(v, &caas_spec::datasource::shown(v));
+                if caas_protocol::datasource::is_url(v) {
+                    first = first.replace(v, &caas_protocol::datasource::shown(v));
                 }
             }
             return Err(at(first));

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{NodeTask, Observer, run_node_task};
 use caas_runtime::{Apptainer, Charliecloud, Docker, Executor, RootlessPodman};
-use caas_spec::State;
+use caas_protocol::State;
 use caas_store::Store;
 
 use crate::dev::dev_error;
@@ -129,7 +129,7 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         .ok()
         .and_then(|v| crate::serve::parse_duration(&v).ok())
         .unwrap_or(Duration::from_secs(60));
-    let probe = caas_spec::layout::in_flight_prefix("node-probe");
+    let probe = caas_protocol::layout::in_flight_prefix("node-probe");
     match tokio::time::timeout(patience, store.head(&probe)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {

@@ -14,8 +14,8 @@ use caas_client::{
     self as client, CancelOutcome, FollowOptions, InputKind, JobStatus, JobView, LogEvent,
     LogStream, NewSubmission,
 };
-use caas_spec::command::shell_word;
-use caas_spec::{GroupName, JobTimestamp};
+use caas_protocol::command::shell_word;
+use caas_protocol::{GroupName, JobTimestamp};
 use caas_store::Store;
 
 use crate::errors::{client_error, user};
@@ -370,7 +370,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
                     continue;
                 }
                 if let Some(rec) =
-                    rec.filter(|r| r.tasks.is_empty() || r.state == caas_spec::State::Rejected)
+                    rec.filter(|r| r.tasks.is_empty() || r.state == caas_protocol::State::Rejected)
                 {
                     eprintln!(
                         "caas: job {} {} ({}){}",

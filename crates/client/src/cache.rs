@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use caas_spec::cache::{CacheNote, CacheOutcome, CacheRecord};
+use caas_protocol::cache::{CacheNote, CacheOutcome, CacheRecord};
 use caas_store::Store;
 
 use crate::{ClientError, JobRef, read_record};

@@ -6,8 +6,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
-use caas_spec::GroupName;
-use caas_spec::layout::{LEDGER_ROOT, is_ledger_group, ledger_prefix};
+use caas_protocol::GroupName;
+use caas_protocol::layout::{LEDGER_ROOT, is_ledger_group, ledger_prefix};
 use caas_store::Store;
 
 use crate::ClientError;

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use caas_spec::layout::{configs_prefix, inputs_prefix};
-use caas_spec::{GroupName, StoreKey};
+use caas_protocol::layout::{configs_prefix, inputs_prefix};
+use caas_protocol::{GroupName, StoreKey};
 use caas_store::Store;
 
 use crate::ClientError;

@@ -1,14 +1,14 @@
 //! Naming a job and reading its record: a user names a job by its folder
 //! (`job__<analysis>_<timestamp>`) or by the timestamp they submitted with, and a submission the
 //! manager rejected lives in a folder of its own beside the jobs (see
-//! [`caas_spec::layout::rejection_folder`]); both must be found by that timestamp. Also the
+//! [`caas_protocol::layout::rejection_folder`]); both must be found by that timestamp. Also the
 //! cancel protocol, which is a write into the job folder the manager watches.
 
 use futures::StreamExt;
 use serde_json::json;
 
-use caas_spec::layout::{JOB_FOLDER_PREFIX, JobPaths, REJECTED_INFIX, results_prefix};
-use caas_spec::{GroupName, JobRecord};
+use caas_protocol::layout::{JOB_FOLDER_PREFIX, JobPaths, REJECTED_INFIX, results_prefix};
+use caas_protocol::{GroupName, JobRecord};
 use caas_store::Store;
 
 use crate::ClientError;
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn a_rejected_submission_is_found_by_its_timestamp_unless_a_job_has_it() {
         let analysis = "pca".parse().expect("name");
-        let rejected = caas_spec::layout::rejection_folder(
+        let rejected = caas_protocol::layout::rejection_folder(
             &analysis,
             Some("t1"),
             "lab/submissions/t1submit.json",

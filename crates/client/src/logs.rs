@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::Stream;
 
-use caas_spec::layout::JobPaths;
-use caas_spec::{FileName, JobRecord};
+use caas_protocol::layout::JobPaths;
+use caas_protocol::{FileName, JobRecord};
 use caas_store::Store;
 
 use crate::ClientError;

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use caas_spec::provenance::{Named, hex, named_files, resolve};
+use caas_protocol::provenance::{Named, hex, named_files, resolve};
 use caas_store::Store;
 
 use crate::{ClientError, JobRef};

@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use caas_spec::layout::submission_key;
-use caas_spec::{GroupName, JobTimestamp};
+use caas_protocol::layout::submission_key;
+use caas_protocol::{GroupName, JobTimestamp};
 use caas_store::Store;
 
 use crate::ClientError;

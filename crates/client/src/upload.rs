@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use caas_spec::{FileName, StoreKey};
+use caas_protocol::{FileName, StoreKey};
 use caas_store::{Store, sha256_file};
 
 use crate::ClientError;
@@ -42,7 +42,7 @@ pub(crate) async fn put_input(
     refuse_special(local, &meta, what)?;
     let name = basename(local, what)?;
     if what == "dataset" {
-        caas_spec::names::check_dataset_name(&name).map_err(|e| user(e.to_string()))?;
+        caas_protocol::names::check_dataset_name(&name).map_err(|e| user(e.to_string()))?;
     }
     let base = format!("{prefix}/{name}");
     if meta.is_dir() {

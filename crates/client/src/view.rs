@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use caas_spec::{JobRecord, State};
+use caas_protocol::{JobRecord, State};
 
 /// A job, as the API answers it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,7 +20,7 @@ pub struct JobView {
     pub analysis: String,
     /// The submission's timestamp.
     pub timestamp: String,
-    /// `submitted`, `validating`, `running`, `succeeded`, `failed`, ... (`caas_spec::State`).
+    /// `submitted`, `validating`, `running`, `succeeded`, `failed`, ... (`caas_protocol::State`).
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: State,
     /// Why it ended as it did.

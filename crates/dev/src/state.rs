@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use caas_spec::AnalysisSpec;
+use caas_protocol::AnalysisSpec;
 
 use crate::DevError;
 
@@ -61,7 +61,7 @@ impl AnalysisFolder {
             format!(
                 "{}:{}",
                 self.image_repo(),
-                caas_spec::analysis::sanitize_tag(&self.spec.analysis.version)
+                caas_protocol::analysis::sanitize_tag(&self.spec.analysis.version)
             )
         })
     }

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use caas_spec::{AnalysisName, AnalysisSpec, FileName, GroupName, JobTimestamp, StoreKey};
+use caas_protocol::{AnalysisName, AnalysisSpec, FileName, GroupName, JobTimestamp, StoreKey};
 
 /// A fuzz target: panics when an invariant breaks.
 pub type Target = fn(&[u8]);
@@ -33,7 +33,7 @@ fn group() -> GroupName {
 /// `submit.json` as the manager and the API read it: every key it yields is in the group.
 pub fn submit_json(data: &[u8]) {
     let g = group();
-    if let Ok(sub) = caas_spec::Submission::parse(data, &g) {
+    if let Ok(sub) = caas_protocol::Submission::parse(data, &g) {
         for key in sub
             .datasets
             .iter()
@@ -64,18 +64,18 @@ pub fn names(data: &[u8]) {
             !s.contains('/') && s != ".." && s != "." && !s.is_empty(),
             "{s:?}"
         );
-        let _ = caas_spec::names::check_dataset_name(&n);
+        let _ = caas_protocol::names::check_dataset_name(&n);
     }
     if let Ok(g) = text.parse::<GroupName>() {
         assert!(!g.as_str().contains('/'), "{g}");
         let ts = JobTimestamp::now();
-        assert!(caas_spec::layout::submission_key(&g, &ts).starts_with(&format!("{g}/")));
+        assert!(caas_protocol::layout::submission_key(&g, &ts).starts_with(&format!("{g}/")));
     }
     if let Ok(a) = text.parse::<AnalysisName>() {
         assert!(!a.as_str().contains('/'), "{a}");
     }
     if let Ok(t) = text.parse::<JobTimestamp>() {
-        let key = caas_spec::layout::submission_key(&group(), &t);
+        let key = caas_protocol::layout::submission_key(&group(), &t);
         assert!(key.starts_with("lab/submissions/"), "{key}");
         assert_eq!(key.matches('/').count(), 2, "{key}");
     }
@@ -87,7 +87,7 @@ pub fn names(data: &[u8]) {
 /// A config file (JSON or YAML, by its name).
 pub fn config(data: &[u8]) {
     for name in ["c.json", "c.yaml", "c.yml", "c.txt"] {
-        let _ = caas_spec::config::parse_config(name, data);
+        let _ = caas_protocol::config::parse_config(name, data);
     }
 }
 

@@ -62,7 +62,7 @@ pub fn lookup(name: &str) -> Option<&'static InstanceType> {
 /// Give `spec` the resources (vCPUs, memory, GPUs) and the On-Demand price of the instance type
 /// `name`: what a NeuroCAAS blueprint's `INSTANCE_TYPE`, or a submission's `instance_type`
 /// override, asks for. Unknown names are refused with the message a user sees.
-pub fn apply(spec: &mut caas_spec::AnalysisSpec, name: &str) -> Result<(), String> {
+pub fn apply(spec: &mut caas_protocol::AnalysisSpec, name: &str) -> Result<(), String> {
     let Some(it) = lookup(name.trim()) else {
         let family = name.split('.').next().unwrap_or("");
         let near: Vec<&str> = table()
@@ -82,7 +82,7 @@ pub fn apply(spec: &mut caas_spec::AnalysisSpec, name: &str) -> Result<(), Strin
         ));
     };
     spec.resources.cpus = Some(f64::from(it.vcpus));
-    spec.resources.memory = Some(caas_spec::units::ByteSize(
+    spec.resources.memory = Some(caas_protocol::units::ByteSize(
         (it.memory_gib * 1024.0 * 1024.0 * 1024.0) as u64,
     ));
     spec.resources.gpus = (it.gpus > 0).then_some(it.gpus);
@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn an_instance_type_sets_resources_and_price() {
-        let mut spec = caas_spec::AnalysisSpec::parse(
+        let mut spec = caas_protocol::AnalysisSpec::parse(
             "[analysis]\nname = \"a\"\nversion = \"1\"\n[environment]\nimage = \"x\"\n[run]\ncommand = \"true\"\n[pricing]\ncpu_hour = 1.0\n",
             std::path::Path::new("caas.toml"),
         )

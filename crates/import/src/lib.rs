@@ -54,6 +54,6 @@ pub enum ImportError {
         /// The blueprint.
         path: PathBuf,
         /// caas.toml's own error.
-        source: caas_spec::SpecError,
+        source: caas_protocol::SpecError,
     },
 }

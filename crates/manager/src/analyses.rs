@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use caas_spec::AnalysisSpec;
+use caas_protocol::AnalysisSpec;
 
 /// One analysis the manager serves.
 #[derive(Clone, Debug)]
@@ -97,7 +97,7 @@ mod tests {
             "[analysis]\nname = \"{name}\"\nversion = \"{version}\"\n[environment]\nimage = \"x:y\"\n[run]\ncommand = \"true\"\n"
         );
         Analysis {
-            spec: caas_spec::AnalysisSpec::parse(&text, std::path::Path::new("caas.toml"))
+            spec: caas_protocol::AnalysisSpec::parse(&text, std::path::Path::new("caas.toml"))
                 .expect("spec"),
             image: "x:y".into(),
             revision: format!("{name}-{version}"),

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use caas_spec::GroupName;
-use caas_spec::layout::CANCEL_FILE;
+use caas_protocol::GroupName;
+use caas_protocol::layout::CANCEL_FILE;
 use caas_store::sqs::{MAX_WAIT, Queue};
 use caas_store::{Change, Watch};
 

@@ -17,9 +17,9 @@ use tracing::Instrument;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
 use caas_runtime::Executor;
-use caas_spec::layout::{JobPaths, ledger_prefix};
-use caas_spec::submission::MAX_SUBMISSION_BYTES;
-use caas_spec::{GroupName, JobId, JobRecord, Submission};
+use caas_protocol::layout::{JobPaths, ledger_prefix};
+use caas_protocol::submission::MAX_SUBMISSION_BYTES;
+use caas_protocol::{GroupName, JobId, JobRecord, Submission};
 use caas_store::{Store, StoreError};
 
 use crate::analyses::{Analyses, Analysis};
@@ -473,7 +473,7 @@ impl Inner {
                 let rec = &outcome.record;
                 let name = rec.analysis.as_str();
                 m.job_ended(name, &rec.state.to_string());
-                if rec.state == caas_spec::record::State::Rejected {
+                if rec.state == caas_protocol::record::State::Rejected {
                     m.rejected("job_checks");
                 }
                 for t in &rec.tasks {

@@ -66,7 +66,7 @@ pub enum ManagerError {
     Pipeline(#[from] caas_pipeline::PipelineError),
     /// A name was invalid.
     #[error(transparent)]
-    Spec(#[from] caas_spec::SpecError),
+    Spec(#[from] caas_protocol::SpecError),
     /// The configuration makes no sense.
     #[error("{0}")]
     Config(String),
@@ -76,11 +76,11 @@ pub enum ManagerError {
     TesRefused(String),
 }
 
-/// The claim of one version of a submission (built in `caas_spec::layout`).
-pub use caas_spec::layout::claim_key;
+/// The claim of one version of a submission (built in `caas_protocol::layout`).
+pub use caas_protocol::layout::claim_key;
 
-/// The marker of a job in flight on manager `manager` (built in `caas_spec::layout`).
-pub use caas_spec::layout::in_flight_key as active_key;
+/// The marker of a job in flight on manager `manager` (built in `caas_protocol::layout`).
+pub use caas_protocol::layout::in_flight_key as active_key;
 
 /// The identity of one version of a submission: its key and its entity tag (or size and
 /// modification time), hashed. A submission rewritten with new content is a new submission.
@@ -100,7 +100,7 @@ pub fn submission_id(key: &str, meta: &caas_store::ObjectMeta) -> String {
         .collect()
 }
 
-pub use caas_spec::layout::CANCEL_FILE;
+pub use caas_protocol::layout::CANCEL_FILE;
 
 #[cfg(test)]
 mod tests {
@@ -119,9 +119,9 @@ mod tests {
         assert_eq!(submission_id(k, &meta("1")), submission_id(k, &meta("1")));
         assert_ne!(submission_id(k, &meta("1")), submission_id(k, &meta("2")));
         assert_eq!(submission_id(k, &meta("1")).len(), 24);
-        let g: caas_spec::GroupName = "lab".parse().unwrap();
+        let g: caas_protocol::GroupName = "lab".parse().unwrap();
         assert_eq!(claim_key(&g, "x"), "_caas/claims/lab/x.json");
         // No group can be named like caas's own prefix.
-        assert!("_caas".parse::<caas_spec::GroupName>().is_err());
+        assert!("_caas".parse::<caas_protocol::GroupName>().is_err());
     }
 }

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use caas_runtime::Executor;
 
-use caas_spec::GroupName;
-use caas_spec::layout::submissions_prefix;
+use caas_protocol::GroupName;
+use caas_protocol::layout::submissions_prefix;
 
 use crate::event_state::Events;
 use crate::inner::Inner;

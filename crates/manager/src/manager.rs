@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use caas_spec::GroupName;
+use caas_protocol::GroupName;
 
 use crate::analyses::Analyses;
 use crate::event_state::{EventStatus, Events};
@@ -81,7 +81,7 @@ impl Manager {
             }
         };
         let mut seen = HashSet::new();
-        for o in cfg.store.list(caas_spec::layout::CLAIMS_PREFIX).await? {
+        for o in cfg.store.list(caas_protocol::layout::CLAIMS_PREFIX).await? {
             if let Some(id) = o.location.filename().and_then(|f| f.strip_suffix(".json")) {
                 seen.insert(id.to_string());
             }
@@ -130,7 +130,7 @@ impl Manager {
         });
 
         // Jobs this manager had in flight when it stopped.
-        let prefix = caas_spec::layout::in_flight_prefix(&inner.cfg.manager_id);
+        let prefix = caas_protocol::layout::in_flight_prefix(&inner.cfg.manager_id);
         let markers = inner.cfg.store.list(&prefix).await?;
         let mut resumed = 0;
         for m in markers {

@@ -9,9 +9,9 @@
 
 use chrono::Utc;
 
-use caas_spec::layout::JobPaths;
-use caas_spec::record::Certificate;
-use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State, Submission};
+use caas_protocol::layout::JobPaths;
+use caas_protocol::record::Certificate;
+use caas_protocol::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State, Submission};
 use caas_store::Store;
 use serde_json::Value;
 
@@ -109,7 +109,7 @@ pub fn check_submission<'a>(
     let sub = match Submission::parse(bytes, group) {
         Ok(s) => s,
         // NeuroCAAS' MISSING_CONFIG_ERROR, when the analysis has one.
-        Err(caas_spec::SpecError::MissingField {
+        Err(caas_protocol::SpecError::MissingField {
             field: "configname",
             ..
         }) if analysis.spec.inputs.missing_config.is_some() => {
@@ -160,7 +160,7 @@ pub(crate) struct Rejection<'a> {
 /// The folder a rejection is written to when the job's own folder cannot be used, and its name.
 pub(crate) fn rejection_paths(r: &Rejection<'_>) -> (JobPaths, String) {
     let folder =
-        caas_spec::layout::rejection_folder(r.analysis, r.timestamp.as_deref(), r.submission, r.id);
+        caas_protocol::layout::rejection_folder(r.analysis, r.timestamp.as_deref(), r.submission, r.id);
     (JobPaths::in_folder(r.group, &folder), folder)
 }
 

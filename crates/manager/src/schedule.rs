@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use caas_spec::GroupName;
+use caas_protocol::GroupName;
 
 /// One folder's next listing and its interval.
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use caas_spec::GroupName;
+use caas_protocol::GroupName;
 use caas_store::Store;
 
 use crate::analyses::Analysis;

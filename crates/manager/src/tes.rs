@@ -11,10 +11,10 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use caas_spec::GroupName;
-use caas_spec::analysis::{Command, ResourcesSection, RunSection};
-use caas_spec::layout::{TES_ANALYSIS, TES_EXECUTORS_FOLDER, tes_output_folder};
-use caas_spec::units::{ByteSize, HumanDuration};
+use caas_protocol::GroupName;
+use caas_protocol::analysis::{Command, ResourcesSection, RunSection};
+use caas_protocol::layout::{TES_ANALYSIS, TES_EXECUTORS_FOLDER, tes_output_folder};
+use caas_protocol::units::{ByteSize, HumanDuration};
 
 use crate::ManagerError;
 use crate::analyses::Analysis;
@@ -183,7 +183,7 @@ pub struct TesPolicy {
     pub timeout: Option<std::time::Duration>,
     /// Where data may be read from and written to outside the store (`--data-source`,
     /// `--data-sink`), for TES tasks and jobs alike.
-    pub data: caas_spec::datasource::DataPolicy,
+    pub data: caas_protocol::datasource::DataPolicy,
 }
 
 fn refuse<T>(msg: impl Into<String>) -> Result<T, ManagerError> {
@@ -228,7 +228,7 @@ pub fn image_allowed(policy: &TesPolicy, served: &[Analysis], image: &str) -> bo
     policy
         .images
         .iter()
-        .any(|p| caas_spec::analysis::glob_match(p, image))
+        .any(|p| caas_protocol::analysis::glob_match(p, image))
 }
 
 /// Check a task against TES's rules and the operator's policy; the message names the field.
@@ -633,7 +633,7 @@ mod tests {
     use super::*;
 
     fn served() -> Vec<Analysis> {
-        let spec = caas_spec::AnalysisSpec::parse(
+        let spec = caas_protocol::AnalysisSpec::parse(
             "[analysis]\nname = \"x\"\nversion = \"1\"\n[environment]\nimage = \"local/busybox:test\"\n[run]\ncommand = [\"true\"]\n",
             std::path::Path::new("caas.toml"),
         )
@@ -745,7 +745,7 @@ mod tests {
             panic!()
         };
         // Braces survive the pipeline's placeholder filling unchanged.
-        let filled = caas_spec::analysis::fill_placeholders(&argv[2], &BTreeMap::new());
+        let filled = caas_protocol::analysis::fill_placeholders(&argv[2], &BTreeMap::new());
         assert_eq!(filled, d);
         assert_eq!(a.spec.analysis.name.as_str(), "tes");
     }

@@ -1,6 +1,6 @@
 //! Where a TES task's input comes from and its output goes: the group's own prefix of the store
 //! (as before, [`tes::resolve_url`]) or, outside the store, a URL the operator allows
-//! (`--data-source` for inputs, `--data-sink` for outputs; see `caas_spec::datasource`). A URL
+//! (`--data-source` for inputs, `--data-sink` for outputs; see `caas_protocol::datasource`). A URL
 //! that points into the store is always judged as a store URL, so a rule can never open another
 //! group's prefix. Outputs written to a sink never replace an existing file or object.
 
@@ -8,8 +8,8 @@ use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use caas_spec::GroupName;
-use caas_spec::datasource::{Access, DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
+use caas_protocol::GroupName;
+use caas_protocol::datasource::{Access, DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
 
 use crate::ManagerError;
 use crate::tes::{self, CAAS_SCHEME};
@@ -212,7 +212,7 @@ pub(crate) async fn file_inputs(
     executor: &str,
     group: &GroupName,
     task: &tes::TesTask,
-    paths: &caas_spec::layout::TesPaths,
+    paths: &caas_protocol::layout::TesPaths,
     policy: &DataPolicy,
 ) -> Result<Result<Vec<caas_runtime::BindMount>, String>, ManagerError> {
     let local_engine = !matches!(executor, "slurm");

@@ -7,8 +7,8 @@
 
 use serde_json::{Value, json};
 
-use caas_spec::layout::{TesPaths, tes_output_folder};
-use caas_spec::{GroupName, JobRecord, State};
+use caas_protocol::layout::{TesPaths, tes_output_folder};
+use caas_protocol::{GroupName, JobRecord, State};
 
 use crate::ManagerError;
 use crate::analyses::Analysis;

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 use sha2::Digest;
 
-use caas_spec::analysis::{ThenDatasets, ThenWhen};
-use caas_spec::layout::{JobPaths, then_submission_key};
-use caas_spec::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
+use caas_protocol::analysis::{ThenDatasets, ThenWhen};
+use caas_protocol::layout::{JobPaths, then_submission_key};
+use caas_protocol::{AnalysisName, GroupName, JobId, JobRecord, JobTimestamp, State};
 
 use crate::analyses::Analysis;
 use crate::inner::Inner;
@@ -205,7 +205,7 @@ mod tests {
             "[analysis]\nname = \"{name}\"\nversion = \"1\"\n[environment]\nimage = \"x\"\n[run]\ncommand = \"true\"\n{steps}"
         );
         Analysis {
-            spec: caas_spec::AnalysisSpec::parse(&toml, std::path::Path::new("caas.toml"))
+            spec: caas_protocol::AnalysisSpec::parse(&toml, std::path::Path::new("caas.toml"))
                 .expect("valid"),
             image: "x".into(),
             revision: "r1".into(),

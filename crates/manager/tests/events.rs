@@ -14,7 +14,7 @@ use serde_json::json;
 use caas_manager::{Analysis, Events, Manager, ManagerConfig};
 use caas_runtime::Executor;
 use caas_runtime::fake::{FakeExecutor, Script};
-use caas_spec::{AnalysisSpec, State};
+use caas_protocol::{AnalysisSpec, State};
 use caas_store::Store;
 
 const IMAGE: &str = "local/fake:1";
@@ -170,7 +170,7 @@ impl Env {
                     .await
                     .unwrap()
                     .unwrap();
-                let rec: caas_spec::JobRecord = serde_json::from_slice(&b).unwrap();
+                let rec: caas_protocol::JobRecord = serde_json::from_slice(&b).unwrap();
                 return Some(rec.state);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

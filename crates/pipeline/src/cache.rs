@@ -1,5 +1,5 @@
 //! The result cache, at the task's two ends: before staging, [`try_reuse`] computes the task's
-//! cache key (`caas_spec::cache`), and on a usable record of the same key in the task's scope
+//! cache key (`caas_protocol::cache`), and on a usable record of the same key in the task's scope
 //! materialises the earlier results into this job without copying bytes (a hard link on a
 //! local store, a server-side copy on S3), records the task as a success with $0 compute and
 //! the certificate line `reused results of <job> (cache key ...)`; after a success with
@@ -11,12 +11,12 @@
 
 use chrono::Utc;
 
-use caas_spec::cache::{
+use caas_protocol::cache::{
     CacheNote, CacheOutcome, CacheRecord, CachedFile, ContentFile, KeyParts, Share,
 };
-use caas_spec::layout::{self, cache_entry, cache_scope, ledger_entry};
-use caas_spec::record::Reused;
-use caas_spec::{State, Usage};
+use caas_protocol::layout::{self, cache_entry, cache_scope, ledger_entry};
+use caas_protocol::record::Reused;
+use caas_protocol::{State, Usage};
 
 use crate::PipelineError;
 use crate::ledger::{copy_config, ledger_json};

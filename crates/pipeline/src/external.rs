@@ -1,6 +1,6 @@
 //! Data where it already lives, on disk: a `file://` URL the operator's `--data-source` (or
 //! `--data-sink`) allows, resolved the way store inputs are. The URL was already normalized by
-//! `caas_spec::datasource` (no `..`, no escapes); here the disk is asked: the real path (every
+//! `caas_protocol::datasource` (no `..`, no escapes); here the disk is asked: the real path (every
 //! symbolic link followed) must still lie under the rule's own real folder, a file must be a
 //! regular file (never a FIFO, device or socket, never hard-linked), a folder may hold only
 //! such files and folders (no links), nothing may be or hold the store's own files, and the
@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use caas_spec::datasource::{DataRule, DataUrl, Scheme, shown};
+use caas_protocol::datasource::{DataRule, DataUrl, Scheme, shown};
 
 use crate::PipelineError;
 
@@ -292,7 +292,7 @@ pub async fn hash_local_file(
         }
     }
     let key = url.to_string();
-    let record_key = caas_spec::layout::hash_record(&key);
+    let record_key = caas_protocol::layout::hash_record(&key);
     if let Some(bytes) = store.get_small(&record_key, 1 << 16).await?
         && let Ok(rec) = serde_json::from_slice::<crate::provenance::HashRecord>(&bytes)
         && rec.key == key
@@ -301,7 +301,7 @@ pub async fn hash_local_file(
     {
         return Ok((rec.size, rec.sha256));
     }
-    let sha256 = caas_spec::provenance::hex(&caas_store::sha256_file(path).await?);
+    let sha256 = caas_protocol::provenance::hex(&caas_store::sha256_file(path).await?);
     let rec = crate::provenance::HashRecord {
         key,
         size: meta.len(),

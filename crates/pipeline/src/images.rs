@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use caas_runtime::{Executor, ImageConfig, ImageForm};
-use caas_spec::layout::{
+use caas_protocol::layout::{
     image_archive, image_digest, image_lock, image_manifest, image_rootfs, image_rootfs_lock,
     image_rootfs_manifest,
 };

@@ -8,9 +8,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use caas_runtime::Executor;
-use caas_spec::layout::{END_MARKER_BODY, JobPaths};
-use caas_spec::record::Certificate;
-use caas_spec::{JobId, JobRecord, State, TaskRecord, Usage};
+use caas_protocol::layout::{END_MARKER_BODY, JobPaths};
+use caas_protocol::record::Certificate;
+use caas_protocol::{JobId, JobRecord, State, TaskRecord, Usage};
 use caas_store::Store;
 
 use crate::request::{JobOptions, JobOutcome, JobRequest};
@@ -59,7 +59,7 @@ pub async fn run_job_with(
         .iter()
         .enumerate()
         .map(|(i, key)| TaskRecord {
-            task_id: caas_spec::layout::task_id(&req.group, &job_id, i),
+            task_id: caas_protocol::layout::task_id(&req.group, &job_id, i),
             dataset: key.to_string(),
             dataset_name: key.basename().clone(),
             state: State::Queued,
@@ -292,7 +292,7 @@ pub async fn run_job_with(
     let record = writer.shared.lock().await.record.clone();
     let _ = caas_store::stage::remove_work(
         &req.work_root
-            .join(caas_spec::layout::job_work_dir(&req.group, &job_id)),
+            .join(caas_protocol::layout::job_work_dir(&req.group, &job_id)),
     );
     Ok(JobOutcome { record, paths })
 }

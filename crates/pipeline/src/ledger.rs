@@ -5,8 +5,8 @@
 use chrono::Utc;
 use serde_json::json;
 
-use caas_spec::StoreKey;
-use caas_spec::layout;
+use caas_protocol::StoreKey;
+use caas_protocol::layout;
 use caas_store::Store;
 
 use crate::PipelineError;
@@ -33,7 +33,7 @@ pub(crate) fn ledger_json(
     ctx: &TaskCtx,
     idx: usize,
     start: chrono::DateTime<Utc>,
-    end: Option<(chrono::DateTime<Utc>, &caas_spec::Usage)>,
+    end: Option<(chrono::DateTime<Utc>, &caas_protocol::Usage)>,
     price_per_hour: f64,
 ) -> serde_json::Value {
     let fmt = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -34,7 +34,7 @@ pub use writer::{
 use std::path::PathBuf;
 
 use caas_runtime::StreamKind;
-use caas_spec::FileName;
+use caas_protocol::FileName;
 
 /// Failures of the machinery (not of the analysis, which is a task outcome).
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ pub enum PipelineError {
     Runtime(#[from] caas_runtime::RuntimeError),
     /// A spec error.
     #[error(transparent)]
-    Spec(#[from] caas_spec::SpecError),
+    Spec(#[from] caas_protocol::SpecError),
     /// Local file handling failed.
     #[error("{what} {}: {source}", path.display())]
     Io {

@@ -169,7 +169,7 @@ impl LogSink {
 
 /// Keep `line` among the last [`REASON_LINES`] non-empty ones, printable and bounded.
 fn keep_reason_line(tail: &mut std::collections::VecDeque<String>, line: &str) {
-    let clean = caas_spec::text::strip_ansi(line);
+    let clean = caas_protocol::text::strip_ansi(line);
     let clean: String = clean
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -10,9 +10,9 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use caas_runtime::Executor;
-use caas_spec::layout::JobPaths;
-use caas_spec::record::Certificate;
-use caas_spec::{
+use caas_protocol::layout::JobPaths;
+use caas_protocol::record::Certificate;
+use caas_protocol::{
     AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord,
 };
 use caas_store::Store;

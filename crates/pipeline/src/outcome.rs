@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::Utc;
 
 use caas_runtime::{Outcome, RunReport};
-use caas_spec::State;
-use caas_spec::layout::{self, ledger_entry, running_entry};
+use caas_protocol::State;
+use caas_protocol::layout::{self, ledger_entry, running_entry};
 
 use crate::PipelineError;
 use crate::ledger::{copy_config, ledger_json};
@@ -80,7 +80,7 @@ pub(crate) async fn record_outcome(
                 }
                 Outcome::TimedOut | Outcome::Cancelled => {}
             }
-            t.usage = caas_spec::Usage {
+            t.usage = caas_protocol::Usage {
                 wall_seconds: report.measured.wall.as_secs_f64(),
                 cpu_seconds: report.measured.cpu_seconds,
                 peak_memory_bytes: report.measured.peak_memory_bytes,
@@ -160,7 +160,7 @@ pub(crate) async fn record_outcome(
     } else {
         report.measured.wall
     };
-    let usage = caas_spec::Usage {
+    let usage = caas_protocol::Usage {
         wall_seconds: wall.as_secs_f64(),
         cpu_seconds: report.measured.cpu_seconds,
         peak_memory_bytes: report.measured.peak_memory_bytes,

@@ -8,9 +8,9 @@
 //! `_caas/hashes/` with the size and entity tag it was computed for, and reuses it while they
 //! still match: a dataset used by many jobs is read once.
 
-use caas_spec::layout::{self, JobPaths, hash_record};
-use caas_spec::provenance::{CrateFacts, FileFact, InputFact, RunFact, build_crate, hex};
-use caas_spec::{JobRecord, StoreKey};
+use caas_protocol::layout::{self, JobPaths, hash_record};
+use caas_protocol::provenance::{CrateFacts, FileFact, InputFact, RunFact, build_crate, hex};
+use caas_protocol::{JobRecord, StoreKey};
 use caas_store::Store;
 use serde::{Deserialize, Serialize};
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::Utc;
 
 use caas_runtime::{ExecFuture, RemoteEnd, RemoteTask};
-use caas_spec::layout::{self, running_entry};
-use caas_spec::{State, TaskRecord};
+use caas_protocol::layout::{self, running_entry};
+use caas_protocol::{State, TaskRecord};
 
 use crate::PipelineError;
 use crate::request::TaskCtx;

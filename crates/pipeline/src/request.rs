@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use caas_runtime::{BindMount, Executor};
-use caas_spec::layout::JobPaths;
-use caas_spec::{AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey};
+use caas_protocol::layout::JobPaths;
+use caas_protocol::{AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey};
 use caas_store::Store;
 use tokio_util::sync::CancellationToken;
 

@@ -16,8 +16,8 @@ use caas_runtime::{
     BindMount, ContainerSpec, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
     OutputChunk, RunReport,
 };
-use caas_spec::layout::{self, running_entry};
-use caas_spec::{JobId, State, StoreKey};
+use caas_protocol::layout::{self, running_entry};
+use caas_protocol::{JobId, State, StoreKey};
 use caas_store::Store;
 
 use crate::ledger::ledger_json;
@@ -198,7 +198,7 @@ fn current_ids() -> (u32, u32) {
 
 fn container_name(job: &JobId, idx: usize) -> String {
     let raw = format!("caas-{}-{}-{idx}", job.analysis, job.timestamp);
-    let mut name = caas_spec::analysis::docker_safe(&raw, 100);
+    let mut name = caas_protocol::analysis::docker_safe(&raw, 100);
     // Two stores may hold jobs of the same name; the engine is shared.
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

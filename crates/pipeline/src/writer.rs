@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
-use caas_spec::layout::{END_MARKER_BODY, JobPaths};
-use caas_spec::record::{Certificate, dataset_status_json};
-use caas_spec::{JobId, JobRecord, State, StoreKey, TaskRecord};
+use caas_protocol::layout::{END_MARKER_BODY, JobPaths};
+use caas_protocol::record::{Certificate, dataset_status_json};
+use caas_protocol::{JobId, JobRecord, State, StoreKey, TaskRecord};
 use caas_store::Store;
 
 use crate::{Observer, PipelineError};

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use caas_pipeline::{JobOptions, Quiet};
 use caas_runtime::fake::Script;
 use caas_runtime::{LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK};
-use caas_spec::layout::{ledger_entry, running_entry, task_id};
-use caas_spec::{JobRecord, State};
+use caas_protocol::layout::{ledger_entry, running_entry, task_id};
+use caas_protocol::{JobRecord, State};
 
 use common::*;
 
@@ -325,7 +325,7 @@ async fn one_failing_task_fails_the_job_and_the_other_succeeds() {
     .await;
     assert_eq!(out.record.state, State::Failed);
     assert_eq!(out.exit_code(), 2);
-    let by: BTreeMap<&str, &caas_spec::TaskRecord> = out
+    let by: BTreeMap<&str, &caas_protocol::TaskRecord> = out
         .record
         .tasks
         .iter()

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, PipelineError, Quiet};
 use caas_runtime::fake::{FakeExecutor, Script};
-use caas_spec::{AnalysisSpec, State, StoreKey};
+use caas_protocol::{AnalysisSpec, State, StoreKey};
 
 use common::*;
 

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{JobOptions, JobOutcome, Quiet};
 use caas_runtime::fake::{FakeExecutor, Script, Seeded};
-use caas_spec::layout::{running_entry, task_id};
-use caas_spec::{JobRecord, State};
+use caas_protocol::layout::{running_entry, task_id};
+use caas_protocol::{JobRecord, State};
 
 use common::*;
 

@@ -187,7 +187,7 @@ impl Executor for Apptainer {
 
     fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>> {
         async move {
-            let Some(hex) = caas_spec::layout::image_digest(image) else {
+            let Some(hex) = caas_protocol::layout::image_digest(image) else {
                 return Ok(None);
             };
             let dir = self.images().join(hex);

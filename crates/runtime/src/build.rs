@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
 
-use caas_spec::analysis::glob_match;
-use caas_spec::text::strip_ansi;
+use caas_protocol::analysis::glob_match;
+use caas_protocol::text::strip_ansi;
 
 use crate::{Docker, RuntimeError};
 

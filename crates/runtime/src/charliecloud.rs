@@ -400,7 +400,7 @@ impl Executor for Charliecloud {
 
     fn image_info<'a>(&'a self, image: &'a str) -> ExecFuture<'a, Option<ImageInfo>> {
         async move {
-            let Some(hex) = caas_spec::layout::image_digest(image) else {
+            let Some(hex) = caas_protocol::layout::image_digest(image) else {
                 return Ok(None);
             };
             Ok(read_config(&self.images().join(hex)).map(|c| ImageInfo {

@@ -30,7 +30,7 @@ pub(crate) fn refused(what: impl Into<String>) -> RuntimeError {
 
 /// The hex digest of an image id, which is how the cache names images.
 pub(crate) fn digest_of(image: &str) -> Result<&str, RuntimeError> {
-    caas_spec::layout::image_digest(image).ok_or_else(|| {
+    caas_protocol::layout::image_digest(image).ok_or_else(|| {
         refused(format!(
             "image {image:?}: Charliecloud runs images by id (sha256:...) published to the store with `caas publish`"
         ))

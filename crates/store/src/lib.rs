@@ -2,7 +2,7 @@
 //! S3-compatible bucket (`s3://bucket/prefix`), so going to S3 is a configuration change.
 //!
 //! Keys are relative to the store root and are built only from checked names (see
-//! `caas_spec::names`). One naming rule holds on every store: a key lives under exactly that
+//! `caas_protocol::names`). One naming rule holds on every store: a key lives under exactly that
 //! name (no percent-encoding, on S3 or on disk) or it is refused up front ([`StoreError::BadKey`]).
 //! A local folder is read and written by our own backend ([`local`]), which never follows a
 //! link and treats only regular files as objects. Remote calls go through `caas_retry`; a local

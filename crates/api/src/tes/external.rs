@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use caas_spec::GroupName;
-use caas_spec::datasource::{DataPolicy, DataRule, DataUrl, Scheme, shown};
+use caas_protocol::GroupName;
+use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, shown};
 use caas_store::Store;
 
 use crate::error::ApiError;

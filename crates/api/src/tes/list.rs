@@ -13,7 +13,7 @@ use futures::future::try_join_all;
 use serde_json::{Value, json};
 
 use caas_manager::tes::TesTask;
-use caas_spec::layout::{TesPaths, configs_prefix, is_tes_task_id};
+use caas_protocol::layout::{TesPaths, configs_prefix, is_tes_task_id};
 
 use super::compat::{Dialect, TesAuth};
 use super::index::{Filters, Stamp};

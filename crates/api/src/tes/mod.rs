@@ -24,8 +24,8 @@ use caas_client::NewSubmission;
 use caas_manager::ManagerError;
 use caas_manager::tes::{self, MAX_TASK_BYTES, TesTask};
 use caas_manager::tes_data::{self, Place};
-use caas_spec::layout::{TES_ANALYSIS, TesPaths};
-use caas_spec::{GroupName, JobTimestamp, State as JobState};
+use caas_protocol::layout::{TES_ANALYSIS, TesPaths};
+use caas_protocol::{GroupName, JobTimestamp, State as JobState};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -79,7 +79,7 @@ async fn service_info(State(st): State<AppState>, dialect: Dialect) -> Json<Valu
             st.store().location().trim_end_matches('/')
         ));
     }
-    // The operator's --data-source and --data-sink prefixes (see caas_spec::datasource).
+    // The operator's --data-source and --data-sink prefixes (see caas_protocol::datasource).
     storage.extend(st.cfg().tes.data.advertised());
     if dialect == Dialect::Legacy {
         return Json(json!({

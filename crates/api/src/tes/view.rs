@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use caas_manager::tes::{MAX_TASK_BYTES, TesTask};
-use caas_spec::layout::{TES_EXECUTORS_FOLDER, TesPaths, is_tes_task_id};
-use caas_spec::{GroupName, JobRecord, State as JobState};
+use caas_protocol::layout::{TES_EXECUTORS_FOLDER, TesPaths, is_tes_task_id};
+use caas_protocol::{GroupName, JobRecord, State as JobState};
 
 use super::compat::{Dialect, TesAuth};
 use crate::AppState;

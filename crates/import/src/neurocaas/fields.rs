@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use caas_spec::AnalysisName;
+use caas_protocol::AnalysisName;
 
 use crate::ec2;
 use crate::value::{FieldError, Obj, looks_like_prose};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use caas_spec::GroupName;
+use caas_protocol::GroupName;
 
 use super::lists::Out;
 use crate::value::{FieldError, Obj, short};

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use caas_spec::AnalysisSpec;
+use caas_protocol::AnalysisSpec;
 
 use crate::ImportError;
 use crate::ec2;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use caas_spec::AnalysisName;
+use caas_protocol::AnalysisName;
 
 use crate::ec2;
 

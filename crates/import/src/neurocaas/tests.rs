@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::*;
-use caas_spec::GroupName;
+use caas_protocol::GroupName;
 
 fn fixture(name: &str) -> (PathBuf, Value) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -87,7 +87,7 @@ fn a_gpu_blueprint_carries_over_and_names_every_field() {
             "We need a config file to analyze data. Name a config file (such as config.yaml) in 'configname'."
         )
     );
-    let caas_spec::analysis::Command::Shell(cmd) = &spec.run.command else {
+    let caas_protocol::analysis::Command::Shell(cmd) = &spec.run.command else {
         panic!("a string command: {:?}", spec.run.command);
     };
     assert_eq!(
@@ -144,7 +144,7 @@ fn a_folder_blueprint_with_a_name_caas_does_not_allow_is_renamed_and_said_so() {
     );
     assert_eq!(imp.concurrency, Some(20));
     assert_eq!(spec.run.timeout.map(|t| t.0.as_secs()), Some(7200));
-    let caas_spec::analysis::Command::Shell(cmd) = &spec.run.command else {
+    let caas_protocol::analysis::Command::Shell(cmd) = &spec.run.command else {
         panic!("a string command");
     };
     // Unquoted slots, and the command's own braces kept literally ({{ }} in caas.toml).

@@ -54,7 +54,7 @@ pub struct AnalysisSpec {
     /// `[[then]]`: steps that follow a job of this analysis (NeuroCAAS' post-processing).
     #[serde(default)]
     pub then: Vec<ThenStep>,
-    /// `[cache]`: whether and with whom results are reused (see `caas_spec::cache`).
+    /// `[cache]`: whether and with whom results are reused (see `caas_protocol::cache`).
     #[serde(default)]
     pub cache: crate::cache::CacheSection,
     /// The JSON Schema of `[inputs] schema`, read by [`AnalysisSpec::load`].

@@ -1,5 +1,6 @@
-//! caas's vocabulary, shared by every other crate: the analysis spec (`caas.toml`), names that
-//! cannot escape their folder, submissions, job and task records, and the bucket layout.
+//! caas-protocol: the bucket protocol and the vocabulary every other crate shares: the
+//! analysis spec (`caas.toml`), names that cannot escape their folder, submissions, job and
+//! task records, and the bucket layout.
 //!
 //! Pure: nothing here reads the network or the store (only [`AnalysisSpec::load`] reads one
 //! local file), so all of it is unit-tested without infrastructure.
