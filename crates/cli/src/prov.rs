@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use caas_client::{self as client, Comparison, Finding};
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{JobOptions, JobRequest, Observer, run_job_with};
-use caas_runtime::{Docker, Executor};
 use caas_protocol::{JobTimestamp, State, StoreKey};
+use caas_runtime::{Docker, Executor};
 
 use crate::dev::dev_error;
 use crate::errors::{client_error, user};

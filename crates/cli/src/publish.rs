@@ -11,10 +11,10 @@ use std::sync::Arc;
 use clap::Args;
 
 use caas_dev::{AnalysisFolder, default_image};
-use caas_runtime::{Docker, Executor};
 use caas_protocol::layout::{
     image_archive, image_digest, image_manifest, image_rootfs, image_rootfs_manifest,
 };
+use caas_runtime::{Docker, Executor};
 use caas_store::Store;
 
 use crate::dev::dev_error;

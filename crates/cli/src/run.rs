@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use caas_client::{InputKind, upload_input};
 use caas_dev::{AnalysisFolder, credentials_file, default_image};
 use caas_pipeline::{JobOptions, JobRequest, Observer, run_job_with};
-use caas_runtime::{BindMount, Docker, Executor, StreamKind};
 use caas_protocol::{FileName, GroupName, JobTimestamp};
+use caas_runtime::{BindMount, Docker, Executor, StreamKind};
 use caas_store::Store;
 
 use crate::dev::dev_error;

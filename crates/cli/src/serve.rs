@@ -160,7 +160,8 @@ pub struct ServeArgs {
 
 /// `--data-source`: one rule.
 fn data_rule(s: &str) -> Result<caas_protocol::datasource::DataRule, String> {
-    s.parse().map_err(|e: caas_protocol::SpecError| e.to_string())
+    s.parse()
+        .map_err(|e: caas_protocol::SpecError| e.to_string())
 }
 
 /// `--data-sink`: one rule, a folder of `s3://` or `file://` (`URL/*`).

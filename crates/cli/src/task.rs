@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use caas_dev::AnalysisFolder;
 use caas_pipeline::{NodeTask, Observer, run_node_task};
-use caas_runtime::{Apptainer, Charliecloud, Docker, Executor, RootlessPodman};
 use caas_protocol::State;
+use caas_runtime::{Apptainer, Charliecloud, Docker, Executor, RootlessPodman};
 use caas_store::Store;
 
 use crate::dev::dev_error;

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, Observer, PipelineError, run_job_with};
-use caas_runtime::Executor;
 use caas_protocol::layout::{JobPaths, ledger_prefix};
 use caas_protocol::submission::MAX_SUBMISSION_BYTES;
 use caas_protocol::{GroupName, JobId, JobRecord, Submission};
+use caas_runtime::Executor;
 use caas_store::{Store, StoreError};
 
 use crate::analyses::{Analyses, Analysis};

@@ -159,8 +159,12 @@ pub(crate) struct Rejection<'a> {
 
 /// The folder a rejection is written to when the job's own folder cannot be used, and its name.
 pub(crate) fn rejection_paths(r: &Rejection<'_>) -> (JobPaths, String) {
-    let folder =
-        caas_protocol::layout::rejection_folder(r.analysis, r.timestamp.as_deref(), r.submission, r.id);
+    let folder = caas_protocol::layout::rejection_folder(
+        r.analysis,
+        r.timestamp.as_deref(),
+        r.submission,
+        r.id,
+    );
     (JobPaths::in_folder(r.group, &folder), folder)
 }
 

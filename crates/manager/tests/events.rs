@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use caas_manager::{Analysis, Events, Manager, ManagerConfig};
+use caas_protocol::{AnalysisSpec, State};
 use caas_runtime::Executor;
 use caas_runtime::fake::{FakeExecutor, Script};
-use caas_protocol::{AnalysisSpec, State};
 use caas_store::Store;
 
 const IMAGE: &str = "local/fake:1";

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use caas_manager::{Analysis, CANCEL_FILE, Events, Manager, ManagerConfig};
-use caas_runtime::fake::{FakeExecutor, Script, Seeded};
-use caas_runtime::{Executor, LABEL_DEADLINE};
 use caas_protocol::layout::END_MARKER_BODY;
 use caas_protocol::{AnalysisSpec, JobRecord, State};
+use caas_runtime::fake::{FakeExecutor, Script, Seeded};
+use caas_runtime::{Executor, LABEL_DEADLINE};
 use caas_store::Store;
 
 const IMAGE: &str = "local/fake:1";

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use caas_runtime::{Executor, ImageConfig, ImageForm};
 use caas_protocol::layout::{
     image_archive, image_digest, image_lock, image_manifest, image_rootfs, image_rootfs_lock,
     image_rootfs_manifest,
 };
+use caas_runtime::{Executor, ImageConfig, ImageForm};
 use caas_store::Store;
 
 use crate::{PipelineError, io_err};

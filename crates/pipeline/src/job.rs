@@ -7,10 +7,10 @@ use chrono::Utc;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use caas_runtime::Executor;
 use caas_protocol::layout::{END_MARKER_BODY, JobPaths};
 use caas_protocol::record::Certificate;
 use caas_protocol::{JobId, JobRecord, State, TaskRecord, Usage};
+use caas_runtime::Executor;
 use caas_store::Store;
 
 use crate::request::{JobOptions, JobOutcome, JobRequest};

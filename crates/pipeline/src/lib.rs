@@ -33,8 +33,8 @@ pub use writer::{
 
 use std::path::PathBuf;
 
-use caas_runtime::StreamKind;
 use caas_protocol::FileName;
+use caas_runtime::StreamKind;
 
 /// Failures of the machinery (not of the analysis, which is a task outcome).
 #[derive(Debug, thiserror::Error)]

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use caas_runtime::Executor;
 use caas_protocol::layout::JobPaths;
 use caas_protocol::record::Certificate;
 use caas_protocol::{
     AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey, TaskRecord,
 };
+use caas_runtime::Executor;
 use caas_store::Store;
 
 use crate::request::{JobRequest, TaskCtx};

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use caas_runtime::{Outcome, RunReport};
 use caas_protocol::State;
 use caas_protocol::layout::{self, ledger_entry, running_entry};
+use caas_runtime::{Outcome, RunReport};
 
 use crate::PipelineError;
 use crate::ledger::{copy_config, ledger_json};

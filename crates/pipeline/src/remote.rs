@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use caas_runtime::{ExecFuture, RemoteEnd, RemoteTask};
 use caas_protocol::layout::{self, running_entry};
 use caas_protocol::{State, TaskRecord};
+use caas_runtime::{ExecFuture, RemoteEnd, RemoteTask};
 
 use crate::PipelineError;
 use crate::request::TaskCtx;

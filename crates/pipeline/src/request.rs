@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use caas_runtime::{BindMount, Executor};
 use caas_protocol::layout::JobPaths;
 use caas_protocol::{AnalysisSpec, GroupName, JobId, JobRecord, JobTimestamp, State, StoreKey};
+use caas_runtime::{BindMount, Executor};
 use caas_store::Store;
 use tokio_util::sync::CancellationToken;
 

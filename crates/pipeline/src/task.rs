@@ -12,12 +12,12 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use caas_protocol::layout::{self, running_entry};
+use caas_protocol::{JobId, State, StoreKey};
 use caas_runtime::{
     BindMount, ContainerSpec, LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK, Measured, Outcome,
     OutputChunk, RunReport,
 };
-use caas_protocol::layout::{self, running_entry};
-use caas_protocol::{JobId, State, StoreKey};
 use caas_store::Store;
 
 use crate::ledger::ledger_json;

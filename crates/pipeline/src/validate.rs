@@ -117,7 +117,8 @@ pub(crate) async fn validate(
         }
         Err(e) => return Ok(Validation::Rejected(input_problem(e)?)),
     };
-    let parsed = match caas_protocol::config::parse_config(req.config.basename().as_str(), &config) {
+    let parsed = match caas_protocol::config::parse_config(req.config.basename().as_str(), &config)
+    {
         Ok(v) => v,
         Err(e) => return Ok(Validation::Rejected(e.to_string())),
     };

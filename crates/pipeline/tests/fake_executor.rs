@@ -14,10 +14,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{JobOptions, Quiet};
-use caas_runtime::fake::Script;
-use caas_runtime::{LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK};
 use caas_protocol::layout::{ledger_entry, running_entry, task_id};
 use caas_protocol::{JobRecord, State};
+use caas_runtime::fake::Script;
+use caas_runtime::{LABEL_ANALYSIS, LABEL_JOB, LABEL_TASK};
 
 use common::*;
 

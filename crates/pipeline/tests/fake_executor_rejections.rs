@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{Budget, JobOptions, JobRequest, PipelineError, Quiet};
-use caas_runtime::fake::{FakeExecutor, Script};
 use caas_protocol::{AnalysisSpec, State, StoreKey};
+use caas_runtime::fake::{FakeExecutor, Script};
 
 use common::*;
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{JobOptions, JobOutcome, Quiet};
-use caas_runtime::fake::{FakeExecutor, Script, Seeded};
 use caas_protocol::layout::{running_entry, task_id};
 use caas_protocol::{JobRecord, State};
+use caas_runtime::fake::{FakeExecutor, Script, Seeded};
 
 use common::*;
 

@@ -10,10 +10,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use caas_pipeline::{JobOptions, JobOutcome, JobRequest, PipelineError, Quiet};
-use caas_runtime::Executor;
-use caas_runtime::fake::FakeExecutor;
 use caas_protocol::layout::{END_MARKER_BODY, JobPaths};
 use caas_protocol::{AnalysisSpec, GroupName, JobId, JobRecord, State, StoreKey};
+use caas_runtime::Executor;
+use caas_runtime::fake::FakeExecutor;
 use caas_store::Store;
 
 pub const IMAGE: &str = "local/fake:1";
@@ -83,7 +83,10 @@ impl Env {
         self.root
             .join(".caas")
             .join("work")
-            .join(caas_protocol::layout::job_work_dir(&self.group, &job_id(ts)))
+            .join(caas_protocol::layout::job_work_dir(
+                &self.group,
+                &job_id(ts),
+            ))
             .join(idx.to_string())
             .join("results")
     }
