@@ -208,6 +208,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         image,
         origin: format!("caas rerun {}", job.folder),
         extra_mounts: Vec::new(),
+        external: Default::default(),
         concurrency,
         work_root,
     };

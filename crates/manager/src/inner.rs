@@ -356,6 +356,33 @@ impl Inner {
                     .await;
             }
         };
+        // `file://` datasets read in place where `--data-source` allows them, else refused.
+        let external = match crate::job_data::job_file_datasets(
+            &sub,
+            group,
+            &self.cfg.tes.data,
+            self.cfg.executor.kind(),
+            store.local_root(),
+        )
+        .await?
+        {
+            Ok(x) => x,
+            Err(problem) => {
+                return self
+                    .reject(
+                        analysis,
+                        group,
+                        key,
+                        id,
+                        Some(sub.timestamp.to_string()),
+                        problem,
+                        FIX,
+                        true,
+                        "invalid_submission",
+                    )
+                    .await;
+            }
+        };
         // NeuroCAAS' per-submission `instance_type` (checked above): the job's resources and price.
         let mut spec = analysis.spec.clone();
         if let Some(t) = &sub.instance_type
@@ -434,6 +461,7 @@ impl Inner {
                 .as_ref()
                 .map(|(_, m)| m.clone())
                 .unwrap_or_default(),
+            external,
             // At most the manager's limits at once (they are also the permits each task
             // holds; a scheduler is told it as a job array's `%L`).
             concurrency: n

@@ -19,6 +19,7 @@ mod event_ops;
 mod event_state;
 mod events;
 mod inner;
+mod job_data;
 mod loops;
 mod manager;
 mod reject;

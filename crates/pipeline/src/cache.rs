@@ -63,6 +63,9 @@ async fn off_reason(ctx: &TaskCtx) -> Option<String> {
     if !ctx.req.extra_mounts.is_empty() {
         return Some("the task mounts extra folders (caas run --dev, credentials)".into());
     }
+    if !ctx.req.external.is_empty() {
+        return Some("the job reads a dataset in place (a file:// dataname)".into());
+    }
     None
 }
 

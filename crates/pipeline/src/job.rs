@@ -60,7 +60,7 @@ pub async fn run_job_with(
         .enumerate()
         .map(|(i, key)| TaskRecord {
             task_id: caas_protocol::layout::task_id(&req.group, &job_id, i),
-            dataset: key.to_string(),
+            dataset: req.dataset_label(i),
             dataset_name: key.basename().clone(),
             state: State::Queued,
             reason: None,

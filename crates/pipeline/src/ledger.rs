@@ -43,7 +43,7 @@ pub(crate) fn ledger_json(
         "spot": false,
         "price": price_per_hour,
         "databucket": ctx.store.location(),
-        "datapath": ctx.req.datasets[idx].to_string(),
+        "datapath": ctx.req.dataset_label(idx),
         "configpath": ctx.req.config.to_string(),
         "jobpath": ctx.writer.paths.root(),
         "start": fmt(start),

@@ -26,7 +26,7 @@ pub use images::publish_image;
 pub use job::{run_job, run_job_with};
 pub use node::{NodeTask, run_node_task};
 pub use provenance::CAAS_VERSION;
-pub use request::{Budget, JobOptions, JobOutcome, JobRequest};
+pub use request::{Budget, ExternalDataset, JobOptions, JobOutcome, JobRequest};
 pub use writer::{
     NodeRecord, Refused, create_refused, ensure_end_marker, finish_refused, record_children,
 };

@@ -63,7 +63,7 @@ pub(crate) async fn record_outcome(
         adopted,
     } = output;
     let req = &ctx.req;
-    let key = &req.datasets[idx];
+    let shown = req.dataset_label(idx);
     let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let paths = ctx.writer.paths.clone();
     // Results.
@@ -98,7 +98,7 @@ pub(crate) async fn record_outcome(
     let collected = collect_results(&ctx.store, results_dir, &dest).await?;
     for note in collected.notes() {
         ctx.writer
-            .log(&format!("[Job Manager] dataset {key}: {note}"))
+            .log(&format!("[Job Manager] dataset {shown}: {note}"))
             .await?;
     }
     let moved = collected.files;
@@ -182,7 +182,7 @@ pub(crate) async fn record_outcome(
         .await?;
     ctx.writer
         .log(&format!(
-            "[Job Manager] dataset {key}: {} ({}){}; {moved} result file(s)",
+            "[Job Manager] dataset {shown}: {} ({}){}; {moved} result file(s)",
             state.neurocaas_word(),
             state,
             reason

@@ -102,6 +102,26 @@ pub(crate) async fn input_fact(store: &Store, key: &StoreKey) -> Result<InputFac
     })
 }
 
+/// Size and hash of a dataset read in place (through the store's hash cache), named by its URL.
+async fn external_fact(
+    store: &Store,
+    x: &crate::ExternalDataset,
+) -> Result<InputFact, PipelineError> {
+    let url = x.shown();
+    let path = x.resolve(store)?;
+    let (size, sha256) = crate::external::hash_local_file(store, &path).await?;
+    Ok(InputFact {
+        key: url.clone(),
+        path: url.clone(),
+        files: vec![FileFact {
+            path: url,
+            size,
+            sha256,
+        }],
+        folder: false,
+    })
+}
+
 /// Every result file of the job (`process_results/...`, without `end.txt`), hashed.
 async fn result_facts(store: &Store, paths: &JobPaths) -> Result<Vec<FileFact>, PipelineError> {
     let prefix = paths.results();
@@ -140,8 +160,11 @@ pub(crate) async fn write_crate(
         return Ok(false);
     }
     let mut datasets = Vec::with_capacity(req.datasets.len());
-    for d in &req.datasets {
-        datasets.push(input_fact(store, d).await?);
+    for (i, d) in req.datasets.iter().enumerate() {
+        datasets.push(match req.external.get(&i) {
+            Some(x) => external_fact(store, x).await?,
+            None => input_fact(store, d).await?,
+        });
     }
     let config = input_fact(store, &req.config).await?;
     let results = result_facts(store, paths).await?;

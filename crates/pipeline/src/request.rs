@@ -32,10 +32,54 @@ pub struct JobRequest {
     pub origin: String,
     /// Extra bind mounts (e.g. the analysis source in `caas run --dev`).
     pub extra_mounts: Vec<BindMount>,
+    /// Datasets read in place instead of from the store (index in `datasets` -> where), as
+    /// the manager allowed them; checked again when the task mounts them.
+    pub external: std::collections::BTreeMap<usize, ExternalDataset>,
     /// Tasks run at once.
     pub concurrency: usize,
     /// Scratch space for staging (for a local store, inside it, so results move by rename).
     pub work_root: PathBuf,
+}
+
+impl JobRequest {
+    /// Dataset `idx` as records and logs name it: its store key, or the URL it is read from.
+    pub fn dataset_label(&self, idx: usize) -> String {
+        match (self.external.get(&idx), self.datasets.get(idx)) {
+            (Some(x), _) => x.shown(),
+            (None, Some(k)) => k.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A `file://` dataset a `--data-source` rule allows, mounted read-only with no copy.
+#[derive(Clone, Debug)]
+pub struct ExternalDataset {
+    /// Its URL (normalized).
+    pub url: caas_protocol::datasource::DataUrl,
+    /// The rule that allows it.
+    pub rule: caas_protocol::datasource::DataRule,
+    /// Its size when the manager checked it, bytes.
+    pub size: u64,
+}
+
+impl ExternalDataset {
+    /// The URL as recorded and shown (never a credential).
+    pub fn shown(&self) -> String {
+        caas_protocol::datasource::shown(&self.url.to_string())
+    }
+
+    /// Check it on disk again (see `external::resolve_file`): its real path.
+    pub fn resolve(&self, store: &Store) -> Result<PathBuf, crate::PipelineError> {
+        crate::external::resolve_file(
+            &self.url,
+            &self.rule,
+            store.local_root(),
+            u64::MAX,
+            "dataname",
+        )
+        .map(|d| d.path)
+    }
 }
 
 /// What `caas serve` adds to a job beyond what `caas run` needs; the default is `caas run`'s.

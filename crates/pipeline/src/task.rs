@@ -97,7 +97,7 @@ pub(crate) async fn run_task(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineEr
             ctx.writer
                 .log(&format!(
                     "[Job Manager] dataset {}: {reason}",
-                    ctx.req.datasets[idx]
+                    ctx.req.dataset_label(idx)
                 ))
                 .await?;
             ctx.writer
@@ -211,6 +211,7 @@ fn container_name(job: &JobId, idx: usize) -> String {
 async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), PipelineError> {
     let req = &ctx.req;
     let key = &req.datasets[idx];
+    let shown = req.dataset_label(idx);
     let dataset = key.basename().clone();
     let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
 
@@ -242,7 +243,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         {
             ctx.writer
                 .log(&format!(
-                    "[Job Manager] dataset {key}: finishing its results after a restart (exit code {code})"
+                    "[Job Manager] dataset {shown}: finishing its results after a restart (exit code {code})"
                 ))
                 .await?;
             let report = RunReport {
@@ -272,7 +273,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         if let Some(id) = found {
             ctx.writer
                 .log(&format!(
-                    "[Job Manager] dataset {key}: adopted its running container after a restart"
+                    "[Job Manager] dataset {shown}: adopted its running container after a restart"
                 ))
                 .await?;
             let start = task.started.unwrap_or_else(Utc::now);
@@ -287,7 +288,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
             // between the two): nothing ran, so it runs now, once.
             ctx.writer
                 .log(&format!(
-                    "[Job Manager] dataset {key}: its container was never created before the restart; starting it now"
+                    "[Job Manager] dataset {shown}: its container was never created before the restart; starting it now"
                 ))
                 .await?;
         } else if matches!(task.state, State::Running | State::Uploading) {
@@ -297,7 +298,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
                 task.state
             );
             ctx.writer
-                .log(&format!("[Job Manager] dataset {key}: {reason}"))
+                .log(&format!("[Job Manager] dataset {shown}: {reason}"))
                 .await?;
             ctx.writer
                 .update_task(idx, |t, _| {
@@ -325,13 +326,19 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let results_dir = work.join("results");
     std::fs::create_dir_all(&results_dir).map_err(io_err("create", &results_dir))?;
     set_mode(&results_dir, 0o777)?;
-    let data_src = stage_input(
-        &ctx.store,
-        key,
-        &work.join("inputs").join(dataset.as_str()),
-        &req.work_root,
-    )
-    .await?;
+    let data_src = match req.external.get(&idx) {
+        // Read in place (mounted read-only, never copied), checked on disk again now.
+        Some(x) => x.resolve(&ctx.store)?,
+        None => {
+            stage_input(
+                &ctx.store,
+                key,
+                &work.join("inputs").join(dataset.as_str()),
+                &req.work_root,
+            )
+            .await?
+        }
+    };
     let config_src = stage_input(
         &ctx.store,
         &req.config,
@@ -445,12 +452,12 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         .await?;
     if let Some(g) = &gpus {
         ctx.writer
-            .log(&format!("[Job Manager] dataset {key}: gpus: {g}"))
+            .log(&format!("[Job Manager] dataset {shown}: gpus: {g}"))
             .await?;
     }
     ctx.writer
         .log(&format!(
-            "[Job Manager] dataset {key}: container started: {}",
+            "[Job Manager] dataset {shown}: container started: {}",
             command.join(" ")
         ))
         .await?;

@@ -35,7 +35,8 @@ pub(crate) async fn validate(
     budget: Option<Budget>,
 ) -> Result<Validation, PipelineError> {
     let mut names = BTreeSet::new();
-    for key in &req.datasets {
+    for (i, key) in req.datasets.iter().enumerate() {
+        let shown = req.dataset_label(i);
         let base = key.basename().as_str();
         if !names.insert(base.to_string()) {
             return Ok(Validation::Rejected(format!(
@@ -44,11 +45,14 @@ pub(crate) async fn validate(
         }
         if !req.spec.accepts_name(base) {
             return Ok(Validation::Rejected(format!(
-                "dataset {key} does not match the analysis' input patterns {:?}",
+                "dataset {shown} does not match the analysis' input patterns {:?}",
                 req.spec.inputs.patterns
             )));
         }
-        let size = if key.is_folder() {
+        let size = if let Some(x) = req.external.get(&i) {
+            // Read in place: checked on disk by the manager, and again when mounted.
+            x.size
+        } else if key.is_folder() {
             if let Err(e) = store.check_tree(&key.as_path()).await {
                 return Ok(Validation::Rejected(input_problem(e)?));
             }
@@ -93,7 +97,7 @@ pub(crate) async fn validate(
             && size > max.0
         {
             return Ok(Validation::Rejected(format!(
-                "dataset {key} is {} bytes, more than the analysis accepts ({max})",
+                "dataset {shown} is {} bytes, more than the analysis accepts ({max})",
                 size
             )));
         }

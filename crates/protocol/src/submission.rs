@@ -16,6 +16,11 @@ pub const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
 pub struct Submission {
     /// One task per dataset, all with the same config.
     pub datasets: Vec<StoreKey>,
+    /// Datasets named by a `file://` URL (index in `datasets` -> the URL as written): the
+    /// manager reads them in place where a `--data-source` rule allows it, or refuses the job;
+    /// their `datasets` entry (`<group>/inputs/<the URL's last name>`) only names the task and
+    /// is never read from the store.
+    pub urls: std::collections::BTreeMap<usize, String>,
     /// The config's key.
     pub config: StoreKey,
     /// Names the job folder.
@@ -66,12 +71,25 @@ impl Submission {
             other => vec![other],
         };
         let mut datasets = Vec::with_capacity(datanames.len());
+        let mut urls = std::collections::BTreeMap::new();
         for d in datanames {
             let Some(s) = d.as_str() else {
                 return bad(format!(
                     "every 'dataname' entry must be a string, found {d}"
                 ));
             };
+            if crate::datasource::is_url(s)
+                && let Ok(u) = crate::datasource::DataUrl::parse(s)
+                && u.scheme == crate::datasource::Scheme::File
+                && !u.folder
+            {
+                // A file read in place: the manager checks it against its `--data-source`.
+                let key = in_group(&format!("{group}/inputs/{}", u.basename()), group, "inputs")?;
+                crate::names::check_dataset_name(key.basename())?;
+                urls.insert(datasets.len(), s.to_string());
+                datasets.push(key);
+                continue;
+            }
             if crate::datasource::is_url(s) {
                 // Never repeated as written: a URL may carry a credential.
                 return bad(format!(
@@ -145,6 +163,7 @@ impl Submission {
         };
         Ok(Self {
             datasets,
+            urls,
             config,
             timestamp,
             instance_type,

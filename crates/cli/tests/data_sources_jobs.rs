@@ -1,0 +1,156 @@
+//! A job's `dataname` that is a `file://` URL, against the real server (`caas serve` on a
+//! local store, the Docker engine): a file under a `--data-source` rule for the group is
+//! mounted read-only where it lives (the container sees the very same inode; nothing is copied
+//! into the store) and job.json and the certificate name the URL; a file no rule allows and a
+//! symbolic link leading out of the allowed tree are refused before compute, naming the input.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::local::*;
+use common::server::*;
+use common::*;
+
+/// Every file under `dir` (recursively).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_job_reads_an_allowed_file_url_in_place() {
+    ensure_engine();
+    let sb = Sandbox::new();
+    let store = sb.store();
+    setup_inputs(&store);
+    let shared = sb.path().join("shared");
+    let data = shared.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(shared.join("private")).unwrap();
+    std::fs::write(data.join("lines.txt"), b"one\ntwo\n").unwrap();
+    std::fs::write(shared.join("private/key"), b"secret\n").unwrap();
+    std::fs::write(shared.join("other.txt"), b"not shared\n").unwrap();
+    std::os::unix::fs::symlink(shared.join("private/key"), data.join("escape.txt")).unwrap();
+    let inode = std::fs::metadata(data.join("lines.txt")).unwrap().ino();
+    let analysis = sb.analysis(&shell_analysis(
+        "inplace",
+        "cat {data} > {results}/copy.txt; stat -c %i {data} > {results}/inode.txt; \
+         if echo x >> {data}; then echo writable; else echo read-only; fi > {results}/mode.txt",
+        "",
+    ));
+    let rule = format!("file://{}/* groups=lab", data.display());
+    let srv = Server::start(
+        store.to_str().unwrap(),
+        &[&analysis],
+        &["--data-source", &rule],
+        &sb.path().join("serve.log"),
+    );
+    let ok_url = format!("file://{}/lines.txt", data.display());
+    let cases = [
+        ("ok", ok_url.clone()),
+        ("escape", format!("file://{}/escape.txt", data.display())),
+        ("outside", format!("file://{}/other.txt", shared.display())),
+    ];
+    for (name, url) in &cases {
+        put(
+            &store,
+            &format!("lab/submissions/{name}submit.json"),
+            &submission(
+                &format!("{url:?}"),
+                "lab/configs/c.yaml",
+                &format!("j-{name}"),
+            ),
+        );
+    }
+    let job = |name: &str| store.join(format!("lab/results/job__inplace_j-{name}"));
+    for (name, _) in &cases {
+        assert!(
+            wait_end(&job(name), LIMIT),
+            "{name}: no end.txt: {}",
+            srv.log_text()
+        );
+    }
+
+    // Allowed: read where it lives, read-only, the same file (inode), nothing copied.
+    let ok = job("ok");
+    let rec = read_json(&ok.join("job.json"));
+    assert_eq!(rec["state"], "succeeded", "{rec}\n{}", srv.log_text());
+    assert_eq!(rec["tasks"][0]["dataset"], ok_url.as_str(), "{rec}");
+    let results = files_under(&ok.join("process_results"));
+    let read = |f: &str| {
+        let p = results
+            .iter()
+            .find(|p| p.file_name().unwrap() == f)
+            .unwrap_or_else(|| panic!("no {f} in {results:?}"));
+        std::fs::read_to_string(p).unwrap()
+    };
+    assert_eq!(read("copy.txt"), "one\ntwo\n");
+    assert_eq!(read("inode.txt").trim(), inode.to_string());
+    assert_eq!(read("mode.txt").trim(), "read-only");
+    assert_eq!(
+        std::fs::read(data.join("lines.txt")).unwrap(),
+        b"one\ntwo\n"
+    );
+    let cert = std::fs::read_to_string(ok.join("logs/certificate.txt")).unwrap();
+    assert!(cert.contains(&ok_url), "{cert}");
+    // Provenance: the file's own SHA-256, under its URL.
+    let sum = std::process::Command::new("sha256sum")
+        .arg(data.join("lines.txt"))
+        .output()
+        .unwrap();
+    let sum = String::from_utf8(sum.stdout).unwrap();
+    let sum = sum.split_whitespace().next().unwrap().to_string();
+    assert!(
+        files_under(&ok)
+            .iter()
+            .any(|f| std::fs::read_to_string(f)
+                .is_ok_and(|t| t.contains(&sum) && t.contains(&ok_url))),
+        "no record of the file's hash {sum}"
+    );
+    // 0 bytes copied: no file of that name (nor of its content) anywhere in the store.
+    for f in files_under(&store) {
+        assert_ne!(
+            f.file_name().unwrap(),
+            "lines.txt",
+            "copied: {}",
+            f.display()
+        );
+    }
+    assert!(!store.join("lab/inputs/lines.txt").exists());
+
+    // Refused before compute, naming the input.
+    for (name, url, why) in [
+        ("escape", &cases[1].1, "symbolic link"),
+        ("outside", &cases[2].1, "not allowed"),
+    ] {
+        let j = job(name);
+        let rec = read_json(&j.join("job.json"));
+        assert_eq!(rec["state"], "rejected", "{name}: {rec}");
+        let cert = std::fs::read_to_string(j.join("logs/certificate.txt")).unwrap();
+        assert!(
+            cert.contains("dataname 0") && cert.contains(url.as_str()) && cert.contains(why),
+            "{name}: {cert}"
+        );
+        assert!(!j.join("process_results/copy.txt").exists(), "{name} ran");
+    }
+    for f in files_under(&store) {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            assert!(!text.contains("secret"), "{} holds the key", f.display());
+        }
+    }
+}
