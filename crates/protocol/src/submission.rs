@@ -237,6 +237,35 @@ mod tests {
     }
 
     #[test]
+    fn a_file_url_dataname_is_kept_for_the_manager_and_other_urls_are_refused() {
+        let s = Submission::parse(
+            br#"{"dataname":["grp/inputs/a","file:///shared/data/x.csv"],"configname":"grp/configs/c.yaml","timestamp":"1"}"#,
+            &g(),
+        )
+        .unwrap();
+        assert_eq!(s.datasets[1].to_string(), "grp/inputs/x.csv");
+        assert_eq!(s.urls.len(), 1);
+        assert_eq!(s.urls[&1], "file:///shared/data/x.csv");
+        for url in [
+            "file:///shared/data/",
+            "file://ann:hunter2@host/x",
+            "file:///shared/%2e%2e/etc/passwd",
+            "s3://bkt/x.csv",
+        ] {
+            let body = format!(
+                r#"{{"dataname":"{url}","configname":"grp/configs/c.yaml","timestamp":"1"}}"#
+            );
+            let err = Submission::parse(body.as_bytes(), &g())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("is a URL") && !err.contains("hunter2"),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn refusals_say_what_is_wrong() {
         let cases: [(&[u8], &str); 8] = [
             (br#"{"configname":"grp/configs/c.yaml","timestamp":"1"}"#, "does not contain field 'dataname'"),
