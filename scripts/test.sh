@@ -17,6 +17,7 @@ finish_setup() {
   cat "$setup_log" >&2
 }
 cargo fmt --all -- --check
+python3 scripts/import_cycles.py   # imports between the files of a crate run one way (DEVELOPERS.md)
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-run
 finish_setup

@@ -294,7 +294,7 @@ pub async fn hash_local_file(
     let key = url.to_string();
     let record_key = caas_protocol::layout::hash_record(&key);
     if let Some(bytes) = store.get_small(&record_key, 1 << 16).await?
-        && let Ok(rec) = serde_json::from_slice::<crate::provenance::HashRecord>(&bytes)
+        && let Ok(rec) = serde_json::from_slice::<crate::hash_record::HashRecord>(&bytes)
         && rec.key == key
         && rec.size == meta.len()
         && rec.e_tag.as_deref() == Some(tag.as_str())
@@ -302,7 +302,7 @@ pub async fn hash_local_file(
         return Ok((rec.size, rec.sha256));
     }
     let sha256 = caas_protocol::provenance::hex(&caas_store::sha256_file(path).await?);
-    let rec = crate::provenance::HashRecord {
+    let rec = crate::hash_record::HashRecord {
         key,
         size: meta.len(),
         e_tag: Some(tag),

@@ -8,6 +8,7 @@
 
 mod cache;
 pub mod external;
+mod hash_record;
 mod images;
 mod job;
 mod ledger;

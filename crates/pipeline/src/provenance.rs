@@ -12,23 +12,14 @@ use caas_protocol::layout::{self, JobPaths, hash_record};
 use caas_protocol::provenance::{CrateFacts, FileFact, InputFact, RunFact, build_crate, hex};
 use caas_protocol::{JobRecord, StoreKey};
 use caas_store::Store;
-use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
+use crate::hash_record::HashRecord;
 use crate::request::JobRequest;
 use crate::writer::encode;
 
 /// caas's own version, as the crate records it.
 pub const CAAS_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// A stored content hash and what it was computed for.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct HashRecord {
-    pub(crate) key: String,
-    pub(crate) size: u64,
-    pub(crate) e_tag: Option<String>,
-    pub(crate) sha256: String,
-}
 
 /// Size and hex SHA-256 of a stored object (`None` when it is not there), computed by one
 /// streamed read, or taken from its hash record while its size and entity tag are unchanged.
