@@ -30,17 +30,15 @@ mod tes;
 
 const IMAGE: &str = "local/busybox:test";
 const PART: usize = 8 * 1024 * 1024;
-type R<T> = Result<T, String>;
+#[path = "support/mod.rs"]
+mod support;
+use support::*;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn e(x: impl std::fmt::Display) -> String {
-    x.to_string()
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -50,25 +48,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[idx.min(v.len() - 1)]
-}
-
-fn free_port() -> R<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(e)?
-        .local_addr()
-        .map_err(e)?
-        .port())
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> R<()> {
-    let t0 = Instant::now();
-    while !cond() {
-        if t0.elapsed() > limit {
-            return Err("timed out waiting".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 fn analysis(dir: &Path, name: &str, script: &str) -> R<PathBuf> {
@@ -84,32 +63,6 @@ fn analysis(dir: &Path, name: &str, script: &str) -> R<PathBuf> {
     Ok(d)
 }
 
-fn s3_env(c: &mut Command) -> &mut Command {
-    c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:5055")
-        .env("AWS_ACCESS_KEY_ID", "caas-test")
-        .env("AWS_SECRET_ACCESS_KEY", "caas-test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-}
-
-fn aws(args: &[&str]) -> R<()> {
-    let venv = std::env::var("CAAS_VENV").unwrap_or_else(|_| "/opt/caas-venv".into());
-    let out = s3_env(&mut Command::new(format!("{venv}/bin/aws")))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|x| format!("aws (installed by scripts/setup.sh): {x}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "aws {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// `caas serve` with the API on a free port; killed when dropped.
 struct Serve {
     child: Child,
@@ -122,22 +75,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn caas(store: &str, args: &[&str]) -> R<String> {
-    let out = s3_env(&mut Command::new(env!("CARGO_BIN_EXE_caas")))
-        .args(args)
-        .args(["--store", store])
-        .env("RUST_LOG", "warn")
-        .output()
-        .map_err(e)?;
-    if !out.status.success() {
-        return Err(format!(
-            "caas {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn serve(store: &str, analyses: &[&Path], log: &Path) -> R<Serve> {

@@ -18,78 +18,15 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "local/busybox:test";
-type R<T> = Result<T, String>;
-
-fn e(x: impl std::fmt::Display) -> String {
-    x.to_string()
-}
-
-fn free_port() -> R<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(e)?
-        .local_addr()
-        .map_err(e)?
-        .port())
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> R<()> {
-    let t0 = Instant::now();
-    while !cond() {
-        if t0.elapsed() > limit {
-            return Err("timed out waiting".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn s3_env(c: &mut Command) -> &mut Command {
-    c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:5055")
-        .env("AWS_ACCESS_KEY_ID", "caas-test")
-        .env("AWS_SECRET_ACCESS_KEY", "caas-test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-}
-
-fn aws(args: &[&str]) -> R<()> {
-    let venv = std::env::var("CAAS_VENV").unwrap_or_else(|_| "/opt/caas-venv".into());
-    let out = s3_env(&mut Command::new(format!("{venv}/bin/aws")))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|x| format!("aws (installed by scripts/setup.sh): {x}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "aws {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn caas(store: &str, args: &[&str]) -> R<String> {
-    let out = s3_env(&mut Command::new(env!("CARGO_BIN_EXE_caas")))
-        .args(args)
-        .args(["--store", store])
-        .env("RUST_LOG", "warn")
-        .output()
-        .map_err(e)?;
-    if !out.status.success() {
-        return Err(format!(
-            "caas {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::*;
 
 /// `caas serve --listen` on a free port with the given sources; killed when dropped.
 struct Serve {
