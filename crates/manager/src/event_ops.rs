@@ -140,6 +140,22 @@ pub(crate) fn publish(old: &EventStatus, new: &EventStatus) {
     }
 }
 
+/// Why the event source is not ready at `now`, if it is not: no reconciling listing has ended
+/// (since `since`, the last one or the start) for more than twice the interval `every` and a
+/// minute, i.e. the listing loop is stuck or failing, and a lost event would stay lost.
+fn overdue(every: Duration, since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<String> {
+    let age = (now - since.unwrap_or(now)).to_std().unwrap_or_default();
+    let limit = every * 2 + Duration::from_secs(60);
+    (age > limit).then(|| {
+        format!(
+            "no reconciling listing for {}s (every {}s): the listing loop is stuck or \
+             failing, and a lost event stays lost",
+            age.as_secs(),
+            every.as_secs()
+        )
+    })
+}
+
 /// A handle on a running manager's event source for the operations endpoints.
 #[derive(Clone, Debug)]
 pub struct EventProbe(pub(crate) Arc<Inner>);
@@ -155,25 +171,13 @@ impl EventProbe {
         (self.0.cfg.events != Events::Poll).then_some(self.0.cfg.reconcile)
     }
 
-    /// Ready unless the reconcile is overdue: more than twice its interval and a minute since
-    /// the last one (or the start) ended.
+    /// Ready unless the reconcile is overdue: see [`overdue`].
     pub fn ready(&self) -> Result<(), String> {
         let Some(every) = self.reconcile() else {
             return Ok(());
         };
         let s = self.status();
-        let since = s.last_reconcile.or(s.started).unwrap_or_else(Utc::now);
-        let age = (Utc::now() - since).to_std().unwrap_or_default();
-        let limit = every * 2 + Duration::from_secs(60);
-        if age > limit {
-            return Err(format!(
-                "no reconciling listing for {}s (every {}s): the listing loop is stuck or \
-                 failing, and a lost event stays lost",
-                age.as_secs(),
-                every.as_secs()
-            ));
-        }
-        Ok(())
+        overdue(every, s.last_reconcile.or(s.started), Utc::now()).map_or(Ok(()), Err)
     }
 
     /// The source, its events and their lag, and the last reconcile, as JSON.
@@ -192,5 +196,27 @@ impl EventProbe {
             "reconciles": s.reconciles,
             "listings": s.listings,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_source_is_unready_once_the_reconcile_is_twice_late_and_a_minute() {
+        let every = Duration::from_secs(300);
+        let now = Utc::now();
+        let ago = |s: i64| Some(now - chrono::Duration::seconds(s));
+        assert_eq!(overdue(every, ago(0), now), None);
+        assert_eq!(overdue(every, ago(660), now), None, "exactly at the limit");
+        let late = overdue(every, ago(661), now).expect("overdue");
+        assert!(
+            late.contains("no reconciling listing for 661s (every 300s)"),
+            "{late}"
+        );
+        // Never started and never reconciled: not judged yet; a clock that went back: ready.
+        assert_eq!(overdue(every, None, now), None);
+        assert_eq!(overdue(every, ago(-5000), now), None);
     }
 }

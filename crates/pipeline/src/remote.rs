@@ -288,6 +288,14 @@ async fn finish_recorded(
     finish_from_node(ctx, idx, rec).await
 }
 
+/// Whether a node record may be mirrored into job.json while its run goes on: never a terminal
+/// one. What a terminal record means is decided once the run has ended (`follow`): a `cancelled`
+/// recorded because the node failed is a lost run to retry, not the task's outcome, and a
+/// terminal task state mirrored early would end the whole job with it.
+fn mirrorable(rec: &NodeRecord) -> bool {
+    !rec.task.state.is_terminal()
+}
+
 /// Wait for a remote run to end, mirroring the node's record into job.json meanwhile.
 async fn wait_remote(
     ctx: &TaskCtx,
@@ -300,7 +308,7 @@ async fn wait_remote(
         loop {
             tokio::time::sleep(MIRROR_INTERVAL).await;
             match read_node(ctx, idx, attempt).await {
-                Ok(Some(rec)) => {
+                Ok(Some(rec)) if mirrorable(&rec) => {
                     let now = serde_json::to_string(&rec).ok();
                     if now != last {
                         last = now;
@@ -309,7 +317,7 @@ async fn wait_remote(
                         }
                     }
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reading a node record failed"),
             }
         }
@@ -349,4 +357,55 @@ async fn end_without_record(
     let task_id = layout::task_id(&ctx.req.group, &ctx.job, idx);
     let _ = ctx.store.delete(&running_entry(&task_id)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caas_protocol::{TaskRecord, Usage};
+
+    fn node(state: State) -> NodeRecord {
+        NodeRecord {
+            task: TaskRecord {
+                task_id: "lab/job__a_t.0".into(),
+                dataset: "lab/inputs/a.csv".into(),
+                dataset_name: "a.csv".parse().expect("a name"),
+                state,
+                reason: None,
+                exit_code: None,
+                oom_killed: false,
+                container_id: None,
+                command: Vec::new(),
+                started: None,
+                finished: None,
+                usage: Usage::default(),
+                cost_usd: 0.0,
+                attempt: 0,
+                node: None,
+                gpus: None,
+                reused: None,
+            },
+            std: Vec::new(),
+            log: Vec::new(),
+            host: "node2".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_running_node_record_is_mirrored_before_the_run_ends() {
+        // A node agent stopped by a node failure records `cancelled` before Slurm says
+        // NODE_FAIL; mirrored, that made the job `cancelled` although the retry succeeded.
+        for s in [State::Queued, State::Running, State::Uploading] {
+            assert!(mirrorable(&node(s)), "{s}");
+        }
+        for s in [
+            State::Cancelled,
+            State::Succeeded,
+            State::Failed,
+            State::TimedOut,
+            State::Lost,
+        ] {
+            assert!(!mirrorable(&node(s)), "{s}");
+        }
+    }
 }
