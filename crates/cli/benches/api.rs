@@ -18,7 +18,6 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,63 +62,15 @@ fn analysis(dir: &Path, name: &str, script: &str) -> R<PathBuf> {
     Ok(d)
 }
 
-/// `caas serve` with the API on a free port; killed when dropped.
-struct Serve {
-    child: Child,
-    base: String,
-    token: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `caas serve` with the API on a free port and these analyses; `base` is the API's root.
 fn serve(store: &str, analyses: &[&Path], log: &Path) -> R<Serve> {
-    caas(store, &["users", "add", "bench", "--group", "bench"])?;
-    let t: Value =
-        serde_json::from_str(&caas(store, &["token", "create", "bench", "--json"])?).map_err(e)?;
-    let token = t["token"].as_str().ok_or("no token")?.to_string();
-    let port = free_port()?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_caas"));
-    s3_env(&mut cmd)
-        .env("RUST_LOG", "info")
-        .args([
-            "serve",
-            "--store",
-            store,
-            "--poll",
-            "500ms",
-            "--concurrency",
-            "4",
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let mut args: Vec<String> = vec!["--concurrency".into(), "4".into()];
     for a in analyses {
-        cmd.arg("--analysis").arg(a);
+        args.push("--analysis".into());
+        args.push(a.display().to_string());
     }
-    let f = std::fs::File::create(log).map_err(e)?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().map_err(e)?)
-        .stderr(f)
-        .spawn()
-        .map_err(e)?;
-    let s = Serve {
-        child,
-        base: format!("http://127.0.0.1:{port}/api/v1"),
-        token,
-    };
-    wait_until(Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .map_err(|_| {
-        format!(
-            "caas serve did not listen: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    })?;
+    let mut s = support::serve(store, &args, log)?;
+    s.base.push_str("/api/v1");
     Ok(s)
 }
 

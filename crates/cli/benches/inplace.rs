@@ -17,7 +17,6 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,58 +27,14 @@ const IMAGE: &str = "local/busybox:test";
 mod support;
 use support::*;
 
-/// `caas serve --listen` on a free port with the given sources; killed when dropped.
-struct Serve {
-    child: Child,
-    base: String,
-    token: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// `caas serve --listen` on a free port with the given sources.
 fn serve(store: &str, analysis: &Path, sources: &[String], log: &Path) -> R<Serve> {
-    caas(store, &["users", "add", "bench", "--group", "bench"])?;
-    let t: Value =
-        serde_json::from_str(&caas(store, &["token", "create", "bench", "--json"])?).map_err(e)?;
-    let token = t["token"].as_str().ok_or("no token")?.to_string();
-    let port = free_port()?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_caas"));
-    s3_env(&mut cmd)
-        .env("RUST_LOG", "info")
-        .args(["serve", "--store", store, "--poll", "500ms"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--analysis")
-        .arg(analysis);
+    let mut args = vec!["--analysis".to_string(), analysis.display().to_string()];
     for s in sources {
-        cmd.args(["--data-source", s]);
+        args.push("--data-source".into());
+        args.push(s.clone());
     }
-    let f = std::fs::File::create(log).map_err(e)?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().map_err(e)?)
-        .stderr(f)
-        .spawn()
-        .map_err(e)?;
-    let s = Serve {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        token,
-    };
-    wait_until(Duration::from_secs(60), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .map_err(|_| {
-        format!(
-            "caas serve did not listen: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    })?;
-    Ok(s)
+    support::serve(store, &args, log)
 }
 
 /// `bytes` bytes from /dev/urandom (incompressible, nothing for a cache to guess).
