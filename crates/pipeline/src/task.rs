@@ -423,6 +423,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         pids_limit: Some(req.spec.resources.pids_limit()),
         timeout: req.spec.timeout(),
         stop_grace: STOP_GRACE,
+        checked: Vec::new(),
     };
 
     // Record the task as running before the container exists, so a crash leaves a trace.

@@ -445,6 +445,21 @@ impl Docker {
             .start_container(id, None)
             .await
             .map_err(api(format!("start container {}", spec.name)))?;
+        if !spec.checked.is_empty() {
+            let pid = self
+                .client
+                .inspect_container(id, None)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.pid);
+            if let Err(e) = crate::checked::verify(pid, spec) {
+                tracing::warn!(container = %id, error = %e, "stopping a container given another input than checked");
+                let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+                let _ = self.client.kill_container(id, Some(kill)).await;
+                return Err(e);
+            }
+        }
         on_started(id);
         self.supervise(
             id,

@@ -14,6 +14,7 @@ mod apptainer;
 mod bake;
 mod build;
 mod charliecloud;
+mod checked;
 mod cli_engine;
 mod dev;
 mod docker;
@@ -33,6 +34,7 @@ pub use apptainer::Apptainer;
 pub use bake::FolderCommit;
 pub use build::{BuildEvent, BuildOptions};
 pub use charliecloud::Charliecloud;
+pub use checked::{CheckedSource, SourceIdentity};
 pub use dev::{
     ContainerState, DevSpec, ExecInput, ExecOutput, FileChange, ImageDetails, LABEL_DEV,
     LABEL_FOLDER, collect_output, output_chunks,
@@ -151,6 +153,9 @@ pub struct ContainerSpec {
     pub timeout: Duration,
     /// How long a stop waits after SIGTERM before SIGKILL.
     pub stop_grace: Duration,
+    /// Mounts whose source must be the very file or folder caas checked (see `checked.rs`);
+    /// engines that can look into a running container compare it there.
+    pub checked: Vec<CheckedSource>,
 }
 
 /// Infrastructure failures: the engine, the image, the API. Never "the task failed".
@@ -215,6 +220,17 @@ pub enum RuntimeError {
         /// Whether asking again may help.
         transient: bool,
     },
+    /// A checked mount's source was not what was checked when the container got it (a path
+    /// swapped, e.g. for a symbolic link, between the check and the mount): it was stopped.
+    #[error(
+        "the input mounted at {target} is no longer the file or folder caas checked (its path \
+         was changed between the check and the mount): the container was stopped and nothing \
+         it wrote is kept"
+    )]
+    SourceChanged {
+        /// The mount's path in the container.
+        target: String,
+    },
     /// A container the executor was asked to follow no longer exists.
     #[error("container {id} no longer exists")]
     ContainerGone {
@@ -237,7 +253,7 @@ impl RuntimeError {
     pub fn is_bad_request(&self) -> bool {
         match self {
             Self::Api { source, .. } => docker::status_of(source) == Some(400),
-            Self::BadLimit { .. } | Self::Refused { .. } => true,
+            Self::BadLimit { .. } | Self::Refused { .. } | Self::SourceChanged { .. } => true,
             _ => false,
         }
     }

@@ -35,6 +35,7 @@ async fn cpu_seconds_and_peak_memory_are_measured() {
         pids_limit: None,
         timeout: Duration::from_secs(120),
         stop_grace: Duration::from_secs(5),
+        checked: Vec::new(),
     };
     let docker = Docker::connect().await.unwrap();
     let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
