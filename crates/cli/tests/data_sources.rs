@@ -254,7 +254,11 @@ fn tes_task_reads_and_writes_a_shared_folder_in_place() {
             "c.yaml",
             "dataname 0",
         ),
-        (json!(["a.csv", d("../private/key")]), "c.yaml", "dataname 1"),
+        (
+            json!(["a.csv", d("../private/key")]),
+            "c.yaml",
+            "dataname 1",
+        ),
         (json!("a.csv"), "s3://k:hunter2@bkt/c.yaml", "is a URL"),
     ] {
         let a = c.post(

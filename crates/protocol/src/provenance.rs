@@ -458,7 +458,7 @@ mod tests {
         // A dataset read in place is an input, named by its URL exactly as recorded.
         assert_eq!(named[1].path, url);
         assert!(named[1].input);
-        let named = vec![named[0].clone(), named[2].clone(), named[3].clone()];
+        let named = [named[0].clone(), named[2].clone(), named[3].clone()];
         assert_eq!(named[2].size, Some(3));
         assert_eq!(named[2].sha256, sha256_hex(b"abc"));
     }
