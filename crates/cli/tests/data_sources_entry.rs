@@ -154,10 +154,17 @@ fn read_in_place(store: &Path, job: &Path, shared: &Shared) {
     }
 }
 
-/// What the store holds under the group's submissions and results.
+/// The group's submissions and job folders (a job still finishing adds files to its own).
 fn jobs_and_submissions(store: &Path) -> Vec<PathBuf> {
     let mut v = files_under(&store.join("lab/submissions"));
-    v.extend(files_under(&store.join("lab/results")));
+    v.extend(
+        std::fs::read_dir(store.join("lab/results"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    v.sort();
     v
 }
 
