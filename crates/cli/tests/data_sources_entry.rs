@@ -2,10 +2,10 @@
 //! `submit.json`, against the real server (`caas serve`, a local store, the Docker engine):
 //! `POST /api/v1/groups/G/jobs`, `caas submit --server` and `caas submit --store` run an
 //! allowed file read in place (the container sees the very same inode); a URL no rule allows,
-//! a symbolic link out of the allowed tree, another group's source, a FIFO, a missing file and
-//! a credential in the URL are refused naming the input, nothing stored (the API and the CLI
-//! refuse before writing; through the store the manager rejects the job and `caas status`
-//! says why). `caas verify` and `caas rerun` read such a dataset again where it lives.
+//! a symbolic link out of the allowed tree, another group's source, a FIFO, a hard link, `..`
+//! (also as `%2e%2e`), a missing file and a credential in the URL are refused naming the
+//! input, nothing stored (the API and the CLI refuse before writing; through the store the
+//! manager rejects the job and `caas status` says why). `caas verify` and `caas rerun` read such a dataset again where it lives.
 
 #![allow(clippy::unwrap_used)]
 
@@ -41,7 +41,8 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A shared folder: `data/lines.txt` (allowed), `data/escape.txt` (a link to `private/key`),
-/// `data/pipe` (a FIFO), `other.txt` (no rule), `theirs/x.txt` (allowed for another group).
+/// `data/pipe` (a FIFO), `data/hard.txt` (a hard link of `other.txt`), `other.txt` (no rule),
+/// `theirs/x.txt` (allowed for another group).
 struct Shared {
     data: PathBuf,
     theirs: PathBuf,
@@ -61,6 +62,7 @@ impl Shared {
         std::fs::write(root.join("other.txt"), b"not shared\n").unwrap();
         std::fs::write(theirs.join("x.txt"), b"theirs\n").unwrap();
         std::os::unix::fs::symlink(root.join("private/key"), data.join("escape.txt")).unwrap();
+        std::fs::hard_link(root.join("other.txt"), data.join("hard.txt")).unwrap();
         let fifo = std::process::Command::new("mkfifo")
             .arg(data.join("pipe"))
             .status()
@@ -101,6 +103,9 @@ impl Shared {
                 "not allowed",
             ),
             (self.url("pipe"), "FIFO"),
+            (self.url("hard.txt"), "hard-linked"),
+            (self.url("../private/key"), "'..'"),
+            (self.url("%2e%2e/private/key"), "'..'"),
             (self.url("gone.txt"), "does not exist"),
             (
                 format!(
