@@ -241,8 +241,9 @@ class Client:
         timestamp: Optional[str] = None,
         webhook: Optional[str] = None,
     ) -> "Job":
-        """Submit a job on datasets `data` (names in the group's inputs) with the config
-        `config`; answers once the job is claimed. A job the server's checks reject (missing
+        """Submit a job on datasets `data` (names in the group's inputs, or URLs such as
+        `file:///shared/rec.csv` the server's `--data-source` rules allow, read where they
+        live) with the config `config`; answers once the job is claimed. A job the server's checks reject (missing
         dataset, config schema, over budget) raises `CaasError` 422 with the reason."""
         body: Dict[str, Any] = {
             "dataname": [data] if isinstance(data, str) else list(data),

@@ -113,7 +113,9 @@ pub struct NewJob {
     /// The analysis (default: the first served).
     #[serde(default)]
     pub analysis: Option<String>,
-    /// Dataset names in the group's `inputs/` (one task each); a string is one dataset.
+    /// Dataset names in the group's `inputs/` (one task each), or URLs of data where it already
+    /// lives that the operator's `--data-source` rules allow for the group (`file:///...`); a
+    /// string is one dataset.
     #[schema(value_type = Vec<String>, min_items = 1)]
     pub dataname: Value,
     /// The config's name in the group's `configs/`.
@@ -135,8 +137,7 @@ fn input_key(group: &GroupName, kind: InputKind, value: &str) -> Result<String, 
     if caas_protocol::datasource::is_url(value) {
         // Never repeated as written: a URL may carry a credential.
         return Err(ApiError::BadRequest(format!(
-            "\"{}\" is a URL: a job's {} is a file of the group's store; data outside the store \
-             is read in place by TES tasks where the operator allows it",
+            "\"{}\" is a URL: a job's {} is a file of the group's store",
             caas_protocol::datasource::shown(value),
             kind.noun()
         )));
@@ -197,10 +198,14 @@ pub async fn create(
             "dataname is empty: name at least one dataset of the group's inputs".into(),
         ));
     }
-    let data = names
-        .iter()
-        .map(|n| input_key(&group, InputKind::Dataset, n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut data = Vec::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        data.push(if caas_protocol::datasource::is_url(n) {
+            crate::job_urls::dataname_url(&st, &group, i, n).await?
+        } else {
+            input_key(&group, InputKind::Dataset, n)?
+        });
+    }
     let config = input_key(&group, InputKind::Config, &req.configname)?;
     let timestamp: JobTimestamp = match &req.timestamp {
         Some(t) => t

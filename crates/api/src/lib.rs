@@ -21,6 +21,7 @@ mod error;
 pub mod extract;
 mod files;
 mod inputs;
+mod job_urls;
 mod jobs;
 mod meta;
 mod openapi;

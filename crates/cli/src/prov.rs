@@ -26,7 +26,8 @@ use crate::user::Where;
   caas verify job__spike-detect_2026-11-24T08-27-59Z --store s3://lab/caas --json
 
 Re-hashes every file the job's ro-crate-metadata.json names: its results, and its datasets and
-config while they are still stored (a deleted input is reported, not a failure). Exit code 0
+config while they are still stored (a deleted input is reported, not a failure); a dataset the
+job read where it lives (file:///...) is read there again, on this machine. Exit code 0
 only when every file matches, 1 when one changed or a result is missing, 2 for a bad name.")]
 pub struct VerifyArgs {
     #[command(flatten)]
@@ -75,7 +76,13 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
                 ),
                 Finding::Missing => "MISSING: no longer in the store".to_string(),
                 Finding::NotStored => "not stored any more (not checked)".to_string(),
-                Finding::Outside => "REFUSED: the crate names a file outside the group".to_string(),
+                Finding::Outside => {
+                    "REFUSED: the crate names a file outside the group (or in the store's own folder)"
+                        .to_string()
+                }
+                Finding::Elsewhere { reason } => {
+                    format!("read where it lives, not checked: {reason}")
+                }
             };
             println!("{what} {}: {said}", c.path);
         }
@@ -102,7 +109,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
   caas rerun run-7 --timestamp run-7-check --json
 
 Runs the job's analysis (the caas.toml must be the one the job ran: same SHA-256), image (by
-its id), datasets and config again as a new job, never from the result cache, and says for
+its id), datasets (a file:// dataset read again where it lives, mounted read-only) and config again as a new job, never from the result cache, and says for
 each result whether it came out byte-identical. Exit code 0 when the rerun succeeded and every
 result is identical, 1 when one differs, the task's code when the rerun failed, 2 when the
 rerun cannot be the same (another caas.toml, an input changed or deleted).")]
@@ -174,6 +181,13 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         .await
         .map_err(client_error)?
     {
+        if let Finding::Elsewhere { reason } = &c.finding {
+            return Err(user(format!(
+                "input {} of job {} cannot be read again here ({reason}); a rerun would not \
+                 read the same data",
+                c.path, job.folder
+            )));
+        }
         if c.input && c.finding != Finding::Match {
             return Err(user(format!(
                 "input {} is not what job {} used ({}); a rerun would not be the same",
@@ -183,11 +197,17 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
             )));
         }
     }
-    let datasets = record
-        .tasks
-        .iter()
-        .map(|t| StoreKey::parse(&t.dataset))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut datasets = Vec::with_capacity(record.tasks.len());
+    let mut external = std::collections::BTreeMap::new();
+    for (i, t) in record.tasks.iter().enumerate() {
+        if caas_protocol::datasource::is_url(&t.dataset) {
+            let (key, x) = crate::prov_in_place::again(&store, &group, i, &t.dataset)?;
+            datasets.push(key);
+            external.insert(i, x);
+        } else {
+            datasets.push(StoreKey::parse(&t.dataset)?);
+        }
+    }
     let config = StoreKey::parse(&record.config)?;
     let timestamp = match &args.timestamp {
         Some(t) => t.parse::<JobTimestamp>().map_err(|e| user(e.to_string()))?,
@@ -208,7 +228,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         image,
         origin: format!("caas rerun {}", job.folder),
         extra_mounts: Vec::new(),
-        external: Default::default(),
+        external,
         concurrency,
         work_root,
     };

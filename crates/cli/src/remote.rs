@@ -63,8 +63,12 @@ impl Remote {
     }
 
     /// `value` as a name on the server: a local file is uploaded first; `<group>/inputs/x`
-    /// (a store key) and `x` both name `x`.
+    /// (a store key) and `x` both name `x`; a dataset's URL is sent as it is (the server
+    /// checks it against its `--data-source` rules).
     async fn name_or_upload(&self, value: &str, kind: InputKind) -> anyhow::Result<String> {
+        if let Some(url) = crate::input_url::given_url(value, kind)? {
+            return Ok(url);
+        }
         let path = Path::new(value);
         if path.exists() {
             let up = self

@@ -138,13 +138,16 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<i32> {
   caas submit --data rec1.csv --data rec2.csv --config params.yaml --store s3://lab-bucket/pca
   caas submit --data mylab/inputs/rec1.csv --config mylab/configs/params.yaml --timestamp run-7
 
---data and --config take local files (uploaded first) or keys already in the store. Writes
+--data and --config take local files (uploaded first) or keys already in the store; --data
+also takes a URL the server's --data-source rules allow (file:///shared/rec.csv), named as
+it is and never uploaded. Writes
 <group>/submissions/<timestamp>submit.json; `caas serve` picks it up. Prints the timestamp,
 which `caas status`, `logs`, `results` and `cancel` accept as the job's name.")]
 pub struct SubmitArgs {
     #[command(flatten)]
     at: Where,
-    /// A dataset (local file or folder, or a key in the store); repeat for one task each.
+    /// A dataset (local file or folder, a key in the store, or an allowed URL such as
+    /// file:///shared/rec.csv); repeat for one task each.
     #[arg(long, required = true)]
     data: Vec<String>,
     /// The config (local file, or a key in the store).
@@ -165,13 +168,16 @@ pub struct SubmitArgs {
 }
 
 /// The key of a dataset or config given as a local path (uploaded first) or as a key already
-/// in the store.
+/// in the store; a dataset's URL stays a URL (read where it lives; see `input_url`).
 async fn key_or_upload(
     store: &Store,
     group: &GroupName,
     value: &str,
     kind: InputKind,
 ) -> anyhow::Result<String> {
+    if let Some(url) = crate::input_url::given_url(value, kind)? {
+        return Ok(url);
+    }
     let path = PathBuf::from(value);
     if path.exists() {
         return Ok(client::upload_input(store, &path, group, kind)

@@ -245,10 +245,21 @@ fn tes_task_reads_and_writes_a_shared_folder_in_place() {
         std::fs::read(shared.join("private/key")).unwrap(),
         b"secret\n"
     );
-    // A job (not a TES task) naming a URL is refused, its credential not repeated.
-    for (data, config) in [
-        (json!(["https://ann:hunter2@example.org/x"]), "c.yaml"),
-        (json!("a.csv"), "s3://k:hunter2@bkt/c.yaml"),
+    // A job (not a TES task) naming a URL with a credential, or a URL no rule allows, or a
+    // config by URL, is refused naming it, its credential not repeated (an allowed URL runs:
+    // data_sources_entry.rs).
+    for (data, config, want) in [
+        (
+            json!(["https://ann:hunter2@example.org/x"]),
+            "c.yaml",
+            "dataname 0",
+        ),
+        (
+            json!(["a.csv", d("../private/key")]),
+            "c.yaml",
+            "dataname 1",
+        ),
+        (json!("a.csv"), "s3://k:hunter2@bkt/c.yaml", "is a URL"),
     ] {
         let a = c.post(
             "/api/v1/groups/lab/jobs",
@@ -256,7 +267,7 @@ fn tes_task_reads_and_writes_a_shared_folder_in_place() {
         );
         assert_eq!(a.status, 400, "{}", a.text());
         assert!(
-            a.text().contains("is a URL") && !a.text().contains("hunter2"),
+            a.text().contains(want) && !a.text().contains("hunter2"),
             "{}",
             a.text()
         );

@@ -17,6 +17,7 @@
 mod cache;
 mod cost;
 mod http;
+mod in_place;
 mod input;
 mod jobs;
 mod logs;

@@ -1,6 +1,6 @@
 //! Reading a job's provenance crate back: `caas verify` re-hashes every file the crate names
-//! (its results, and its datasets and config while they are still stored) and says which
-//! changed; `caas rerun` compares the results of two jobs by the hashes their crates record.
+//! (its results, and its datasets and config while they are still stored; a dataset read where
+//! it lives is read there again, `in_place.rs`) and says which changed; `caas rerun` compares the results of two jobs by the hashes their crates record.
 //! Nothing outside the job's group is read, whatever the crate says.
 
 use serde::Serialize;
@@ -37,6 +37,12 @@ pub enum Finding {
     NotStored,
     /// The crate names a file outside the job's group: not read.
     Outside,
+    /// A dataset the job read where it lives (named by its URL) that cannot be read again
+    /// here (not a failure, like a deleted input): why.
+    Elsewhere {
+        /// Why it was not checked.
+        reason: String,
+    },
 }
 
 /// One file the crate names, and what re-hashing it found.
@@ -91,6 +97,9 @@ pub async fn verify_job(store: &Store, job: &JobRef) -> Result<Vec<Checked>, Cli
     let mut out = Vec::new();
     for (named, key) in crate_files(job, &doc) {
         let finding = match key {
+            _ if caas_protocol::datasource::is_url(&named.path) => {
+                crate::in_place::check_url(store, &named).await
+            }
             None => Finding::Outside,
             Some(key) => match (store.head(&key).await?, store.sha256(&key).await?) {
                 (Some(meta), Some(digest)) => {

@@ -340,7 +340,7 @@ pub struct Named {
     pub size: Option<u64>,
     /// Its SHA-256.
     pub sha256: String,
-    /// A dataset or config (outside the job folder) rather than a result.
+    /// A dataset or config (outside the job folder, or named by its URL) rather than a result.
     pub input: bool,
 }
 
@@ -362,7 +362,8 @@ pub fn named_files(doc: &Value) -> Vec<Named> {
                 _ => None,
             };
             Some(Named {
-                input: path.starts_with("../"),
+                // A dataset read where it lives is named by its URL (`file:///...`).
+                input: path.starts_with("../") || crate::datasource::is_url(&path),
                 path,
                 size,
                 sha256,
@@ -441,11 +442,23 @@ mod tests {
             results: vec![file("process_results/out.txt")],
             runs: vec![],
         };
+        let mut facts = facts;
+        let url = "file:///shared/data/r%C3%A9c 1.csv";
+        facts.datasets.push(InputFact {
+            key: url.into(),
+            path: url.into(),
+            files: vec![file(url)],
+            folder: false,
+        });
         let doc = build_crate(&facts);
         let named = named_files(&doc);
-        assert_eq!(named.len(), 3);
+        assert_eq!(named.len(), 4);
         assert_eq!(named[0].path, "../../inputs/d 1.csv");
-        assert!(named[0].input && !named[2].input);
+        assert!(named[0].input && !named[3].input);
+        // A dataset read in place is an input, named by its URL exactly as recorded.
+        assert_eq!(named[1].path, url);
+        assert!(named[1].input);
+        let named = [named[0].clone(), named[2].clone(), named[3].clone()];
         assert_eq!(named[2].size, Some(3));
         assert_eq!(named[2].sha256, sha256_hex(b"abc"));
     }
