@@ -1,59 +1,162 @@
-//! A job's datasets named by `file://` URLs (`dataname` in submit.json): read in place where
-//! the operator's `--data-source` allows it for the group, through the same on-disk checks as a
-//! TES task's `file://` inputs (`caas_pipeline::external::resolve_file`), or refused before
-//! compute with a message naming the input. Only the local engines mount them; a remote
-//! executor (Slurm) refuses them.
+//! A job's datasets named by URLs (`dataname` in submit.json), allowed by the operator's
+//! `--data-source` rules for the job's group, read before compute through the code TES inputs
+//! use (`crate::fetch::read_source`): a `file://` file or folder is checked on disk and hashed
+//! where it lies (the task mounts it read-only, no copy); an `s3://` object or prefix of another
+//! bucket or an `https://` file is streamed once into the job's own folder
+//! (`JobPaths::fetched`), which then stands for the dataset, so the task reads it as any store
+//! dataset. Anything refused (not allowed, inside the store, missing, too large, a redirect
+//! elsewhere, a link out of the tree, a FIFO...) rejects the job before compute with a message
+//! naming the input (`dataname N: ...`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use caas_pipeline::ExternalDataset;
-use caas_protocol::datasource::{DataPolicy, shown};
-use caas_protocol::{GroupName, Submission};
+use caas_protocol::datasource::{DataPolicy, Scheme, shown};
+use caas_protocol::layout::JobPaths;
+use caas_protocol::{GroupName, StoreKey, Submission};
+use caas_store::Store;
 
 use crate::ManagerError;
 
-/// Check every URL dataset of `sub` for `group`: the datasets to mount, or why the job is
-/// refused (`Ok(Err(problem))`).
-pub(crate) async fn job_file_datasets(
-    sub: &Submission,
-    group: &GroupName,
-    policy: &DataPolicy,
-    executor: &str,
-    store_root: Option<&Path>,
+/// The most bytes one `s3://` or `https://` dataset of a job may stream into the store (the
+/// analysis' `max_size` lowers it).
+pub const MAX_FETCH_BYTES: u64 = 1 << 30;
+
+/// What the manager needs to read a job's URL datasets.
+pub(crate) struct JobData<'a> {
+    pub store: &'a Store,
+    pub policy: &'a DataPolicy,
+    pub group: &'a GroupName,
+    pub executor: &'a str,
+    pub paths: &'a JobPaths,
+    /// The submission version's id (owns the job's `_caas/sources/`).
+    pub id: &'a str,
+    /// The analysis' `max_size`, bytes.
+    pub max_size: Option<u64>,
+}
+
+/// Check (and, for `s3://`/`https://`, stream once) every URL dataset of `sub`, replacing its
+/// `datasets` entry by the store key it was streamed to: the datasets read from outside the
+/// store, or why the job is refused (`Ok(Err(problem))`).
+pub(crate) async fn job_datasets(
+    sub: &mut Submission,
+    cx: &JobData<'_>,
+) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
+    let r = read_all(sub, cx).await;
+    if !matches!(r, Ok(Ok(_))) {
+        // Nothing streamed for a refused job stays in the store.
+        forget_fetched(cx).await;
+    }
+    r
+}
+
+async fn read_all(
+    sub: &mut Submission,
+    cx: &JobData<'_>,
 ) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
     let mut out = BTreeMap::new();
+    let mut owned = false;
     for (&i, url) in &sub.urls {
         let what = format!("dataname {i}");
-        if executor == "slurm" {
+        if cx.executor == "slurm" {
             return Ok(Err(format!(
-                "{what}: \"{}\" is read in place (file://) only by the local engine, not on {executor}",
-                shown(url)
+                "{what}: \"{}\": a dataset outside the store is read only by the local engine for now, not on {}",
+                shown(url),
+                cx.executor
             )));
         }
-        let (u, rule) = match policy.source(url, group, &what) {
+        if let Some(inside) = crate::tes_data::in_store(cx.store.location(), url) {
+            return Ok(Err(format!(
+                "{what}: \"{}\" is inside caas's own store; name the dataset by its store path ({}/inputs/...)",
+                shown(&inside),
+                cx.group
+            )));
+        }
+        let (u, rule) = match cx.policy.source(url, cx.group, &what) {
             Ok((u, r)) => (u, r.clone()),
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let root = store_root.map(Path::to_path_buf);
-        let (uu, rr, w) = (u.clone(), rule.clone(), what.clone());
-        let data = tokio::task::spawn_blocking(move || {
-            caas_pipeline::external::resolve_file(&uu, &rr, root.as_deref(), u64::MAX, &w)
-        })
+        let fetched = u.scheme != Scheme::File;
+        let mut max = cx.max_size.unwrap_or(u64::MAX);
+        let mut dest = String::new();
+        if fetched {
+            max = max.min(MAX_FETCH_BYTES);
+            if !owned {
+                if let Some(problem) = own_sources(cx, sub).await? {
+                    return Ok(Err(problem));
+                }
+                owned = true;
+            }
+            dest = cx.paths.fetched(i, u.basename(), u.folder);
+        }
+        let source = match crate::fetch::read_source(
+            cx.store, cx.policy, cx.group, &what, &u, &rule, &dest, max,
+        )
         .await
-        .map_err(|e| ManagerError::TesRefused(e.to_string()))?;
-        let data = match data {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e.to_string())),
+        {
+            Ok(s) => s,
+            Err(ManagerError::DataRefused(problem)) => return Ok(Err(problem)),
+            Err(e) => return Err(e),
         };
+        let size = source
+            .get("size_bytes")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if fetched {
+            sub.datasets[i] = StoreKey::parse(&dest)?;
+        }
         out.insert(
             i,
             ExternalDataset {
                 url: u,
                 rule,
-                size: data.size,
+                size,
+                fetched,
+                source,
             },
         );
     }
     Ok(Ok(out))
+}
+
+/// Take the job's `_caas/sources/` for this submission (created once; a restart of the same
+/// submission finds it its own). Another submission with the same timestamp is refused, so
+/// it never overwrites what this one streamed.
+async fn own_sources(cx: &JobData<'_>, sub: &Submission) -> Result<Option<String>, ManagerError> {
+    let key = cx.paths.fetched_owner();
+    let mine = serde_json::json!({ "submission": cx.id }).to_string();
+    if cx.store.create(&key, mine.clone()).await? {
+        return Ok(None);
+    }
+    let theirs = cx.store.get_small(&key, 1 << 16).await?;
+    if theirs.as_deref() == Some(mine.as_bytes()) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the timestamp {:?} was already used: another submission reads datasets into job {}; \
+         submit again with a new, unique timestamp",
+        sub.timestamp.as_str(),
+        cx.paths.root()
+    )))
+}
+
+/// Delete what this submission streamed into the job's `_caas/sources/` (best effort).
+async fn forget_fetched(cx: &JobData<'_>) {
+    let owner = cx.paths.fetched_owner();
+    let mine = serde_json::json!({ "submission": cx.id }).to_string();
+    if cx.store.get_small(&owner, 1 << 16).await.ok().flatten().as_deref() != Some(mine.as_bytes())
+    {
+        return;
+    }
+    let prefix = owner.trim_end_matches("owner.json").trim_end_matches('/');
+    if let Ok(objs) = cx.store.list(prefix).await {
+        for o in objs {
+            let k = o.location.to_string();
+            if k != owner
+                && let Err(e) = cx.store.delete(&k).await
+            {
+                tracing::warn!(key = %k, error = %e, "could not delete a streamed dataset of a refused job");
+            }
+        }
+    }
 }

@@ -93,23 +93,32 @@ pub(crate) async fn input_fact(store: &Store, key: &StoreKey) -> Result<InputFac
     })
 }
 
-/// Size and hash of a dataset read in place (through the store's hash cache), named by its URL.
+/// Size and hash of a dataset from outside the store, named by its URL: read in place (hashed
+/// through the store's hash cache; a folder's hash is that of its files' hex hashes in name
+/// order), or the copy the manager streamed into the store.
 async fn external_fact(
     store: &Store,
+    key: &StoreKey,
     x: &crate::ExternalDataset,
 ) -> Result<InputFact, PipelineError> {
     let url = x.shown();
-    let path = x.resolve(store)?;
-    let (size, sha256) = crate::external::hash_local_file(store, &path).await?;
+    if x.fetched {
+        let mut fact = input_fact(store, key).await?;
+        fact.key = url.clone();
+        fact.path = url;
+        return Ok(fact);
+    }
+    let data = x.check(store)?;
+    let sha256 = crate::external::hash_local_data(store, &data).await?;
     Ok(InputFact {
         key: url.clone(),
         path: url.clone(),
         files: vec![FileFact {
             path: url,
-            size,
+            size: data.size,
             sha256,
         }],
-        folder: false,
+        folder: data.folder,
     })
 }
 
@@ -153,7 +162,7 @@ pub(crate) async fn write_crate(
     let mut datasets = Vec::with_capacity(req.datasets.len());
     for (i, d) in req.datasets.iter().enumerate() {
         datasets.push(match req.external.get(&i) {
-            Some(x) => external_fact(store, x).await?,
+            Some(x) => external_fact(store, d, x).await?,
             None => input_fact(store, d).await?,
         });
     }
