@@ -154,3 +154,134 @@ fn a_job_reads_an_allowed_file_url_in_place() {
         }
     }
 }
+
+/// Hex SHA-256 of `bytes`, by `sha256sum` (an independent implementation).
+fn sha256sum(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn a_job_reads_an_allowed_file_folder_in_place() {
+    ensure_engine();
+    let sb = Sandbox::new();
+    let store = sb.store();
+    setup_inputs(&store);
+    let shared = sb.path().join("shared");
+    let data = shared.join("data");
+    let sessions = data.join("sessions");
+    std::fs::create_dir_all(sessions.join("day2")).unwrap();
+    std::fs::create_dir_all(shared.join("private")).unwrap();
+    std::fs::write(sessions.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::write(sessions.join("day2/b.txt"), b"beta\n").unwrap();
+    std::fs::write(shared.join("private/key"), b"secret\n").unwrap();
+    let inode = std::fs::metadata(sessions.join("a.txt")).unwrap().ino();
+    // A folder holding a link out of the tree, and one holding a FIFO.
+    std::fs::create_dir_all(data.join("linked")).unwrap();
+    std::fs::write(data.join("linked/ok.txt"), b"ok\n").unwrap();
+    std::os::unix::fs::symlink(shared.join("private"), data.join("linked/out")).unwrap();
+    std::fs::create_dir_all(data.join("piped")).unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(data.join("piped/fifo"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let analysis = sb.analysis(&shell_analysis(
+        "infolder",
+        "cat {data}/a.txt {data}/day2/b.txt > {results}/copy.txt; \
+         stat -c %i {data}/a.txt > {results}/inode.txt; \
+         if touch {data}/new 2>/dev/null; then echo writable; else echo read-only; fi > {results}/mode.txt",
+        "",
+    ));
+    let rule = format!("file://{}/* groups=lab", data.display());
+    let srv = Server::start(
+        store.to_str().unwrap(),
+        &[&analysis],
+        &["--data-source", &rule],
+        &sb.path().join("serve.log"),
+    );
+    let ok_url = format!("file://{}/sessions/", data.display());
+    let cases = [
+        ("ok", ok_url.clone()),
+        ("linked", format!("file://{}/linked/", data.display())),
+        ("piped", format!("file://{}/piped/", data.display())),
+        ("other", format!("file://{}/private/", shared.display())),
+    ];
+    for (name, url) in &cases {
+        put(
+            &store,
+            &format!("lab/submissions/{name}submit.json"),
+            &submission(
+                &format!("{url:?}"),
+                "lab/configs/c.yaml",
+                &format!("f-{name}"),
+            ),
+        );
+    }
+    let job = |name: &str| store.join(format!("lab/results/job__infolder_f-{name}"));
+    for (name, _) in &cases {
+        assert!(
+            wait_end(&job(name), LIMIT),
+            "{name}: no end.txt: {}",
+            srv.log_text()
+        );
+    }
+    let ok = job("ok");
+    let rec = read_json(&ok.join("job.json"));
+    assert_eq!(rec["state"], "succeeded", "{rec}\n{}", srv.log_text());
+    assert_eq!(rec["tasks"][0]["dataset"], ok_url.as_str(), "{rec}");
+    assert_eq!(rec["tasks"][0]["dataset_name"], "sessions", "{rec}");
+    let results = files_under(&ok.join("process_results"));
+    let read = |f: &str| {
+        let p = results
+            .iter()
+            .find(|p| p.file_name().unwrap() == f)
+            .unwrap_or_else(|| panic!("no {f} in {results:?}"));
+        std::fs::read_to_string(p).unwrap()
+    };
+    assert_eq!(read("copy.txt"), "alpha\nbeta\n");
+    assert_eq!(read("inode.txt").trim(), inode.to_string());
+    assert_eq!(read("mode.txt").trim(), "read-only");
+    assert!(!sessions.join("new").exists());
+    // sources.json: the folder's SHA-256 is that of its files' hex SHA-256s in name order.
+    let want = sha256sum(format!("{}{}", sha256sum(b"alpha\n"), sha256sum(b"beta\n")).as_bytes());
+    let src = read_json(&ok.join("sources.json"));
+    assert_eq!(src[0]["url"], ok_url.as_str(), "{src}");
+    assert_eq!(src[0]["sha256"], want.as_str(), "{src}");
+    assert_eq!(src[0]["files"], 2, "{src}");
+    assert_eq!(src[0]["size_bytes"], 11, "{src}");
+    assert!(src[0]["mtime"].is_string(), "{src}");
+    // The provenance crate gives the same hash under the URL.
+    let crate_text = std::fs::read_to_string(ok.join("ro-crate-metadata.json")).unwrap();
+    assert!(
+        crate_text.contains(&want) && crate_text.contains(&ok_url),
+        "{crate_text}"
+    );
+    // Nothing of it copied into the store.
+    for f in files_under(&store) {
+        let n = f.file_name().unwrap();
+        assert!(n != "a.txt" && n != "b.txt", "copied: {}", f.display());
+    }
+    for (name, why) in [
+        ("linked", "symbolic link"),
+        ("piped", "FIFO"),
+        ("other", "not allowed"),
+    ] {
+        let j = job(name);
+        let rec = read_json(&j.join("job.json"));
+        assert_eq!(rec["state"], "rejected", "{name}: {rec}");
+        let cert = std::fs::read_to_string(j.join("logs/certificate.txt")).unwrap();
+        assert!(
+            cert.contains("dataname 0") && cert.contains(why),
+            "{name}: {cert}"
+        );
+        assert!(!j.join("process_results/copy.txt").exists(), "{name} ran");
+    }
+}

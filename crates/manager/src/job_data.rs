@@ -144,7 +144,14 @@ async fn own_sources(cx: &JobData<'_>, sub: &Submission) -> Result<Option<String
 async fn forget_fetched(cx: &JobData<'_>) {
     let owner = cx.paths.fetched_owner();
     let mine = serde_json::json!({ "submission": cx.id }).to_string();
-    if cx.store.get_small(&owner, 1 << 16).await.ok().flatten().as_deref() != Some(mine.as_bytes())
+    if cx
+        .store
+        .get_small(&owner, 1 << 16)
+        .await
+        .ok()
+        .flatten()
+        .as_deref()
+        != Some(mine.as_bytes())
     {
         return;
     }

@@ -179,8 +179,11 @@ fn url_dataset(s: &str, i: usize, group: &GroupName) -> Result<StoreKey, SpecErr
         )));
     }
     let slash = if u.folder { "/" } else { "" };
-    let key = StoreKey::parse(&format!("{group}/inputs/{}{slash}", u.basename()))
-        .map_err(|e| bad(format!("\"{shown}\": its last name cannot name a dataset: {e}")))?;
+    let key = StoreKey::parse(&format!("{group}/inputs/{}{slash}", u.basename())).map_err(|e| {
+        bad(format!(
+            "\"{shown}\": its last name cannot name a dataset: {e}"
+        ))
+    })?;
     crate::names::check_dataset_name(key.basename())
         .map_err(|e| bad(format!("\"{shown}\": {e}")))?;
     Ok(key)
