@@ -1,8 +1,9 @@
 //! A job's `dataname` that is a `file://` URL, against the real server (`caas serve` on a
-//! local store, the Docker engine): a file under a `--data-source` rule for the group is
-//! mounted read-only where it lives (the container sees the very same inode; nothing is copied
-//! into the store) and job.json and the certificate name the URL; a file no rule allows and a
-//! symbolic link leading out of the allowed tree are refused before compute, naming the input.
+//! local store, the Docker engine): a file or a folder under a `--data-source` rule for the
+//! group is mounted read-only where it lives (the container sees the very same inodes; nothing
+//! is copied into the store), job.json and the certificate name the URL and `sources.json`
+//! gives its SHA-256; a file no rule allows, a symbolic link leading out of the allowed tree,
+//! a folder holding such a link or a FIFO are refused before compute, naming the input.
 
 #![allow(clippy::unwrap_used)]
 
@@ -122,6 +123,13 @@ fn a_job_reads_an_allowed_file_url_in_place() {
                 .is_ok_and(|t| t.contains(&sum) && t.contains(&ok_url))),
         "no record of the file's hash {sum}"
     );
+    // sources.json: the URL, size, one file, its modification time and SHA-256.
+    let src = read_json(&ok.join("sources.json"));
+    assert_eq!(src[0]["url"], ok_url.as_str(), "{src}");
+    assert_eq!(src[0]["sha256"], sum.as_str(), "{src}");
+    assert_eq!(src[0]["size_bytes"], 8, "{src}");
+    assert_eq!(src[0]["files"], 1, "{src}");
+    assert!(src[0]["mtime"].is_string(), "{src}");
     // 0 bytes copied: no file of that name (nor of its content) anywhere in the store.
     for f in files_under(&store) {
         assert_ne!(
