@@ -13,11 +13,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::api::*;
 use common::local::*;
 use common::s3::{aws_ok, endpoint, ensure_s3};
-use common::server::{put, read_json, wait_end};
+use common::server::{job_folders, put, read_json, wait_end};
 use common::*;
 
 /// A loopback web server: `/ds/file.txt` is the data, `/ds/hop` redirects to it, `/ds/away`
@@ -260,6 +261,34 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
         crate_text.contains(&obj) && crate_text.contains(&sha256sum(b"nwb bytes\n")),
         "{crate_text}"
     );
+
+    // The same timestamp again, with another object of the same name: refused, and what the
+    // job streamed is left as it was.
+    up("open/other/rec.nwb", b"other bytes\n");
+    put(
+        &store,
+        "lab/submissions/againsubmit.json",
+        &submission(
+            &serde_json::to_string(&[format!("s3://{bucket}/open/other/rec.nwb")]).unwrap(),
+            "lab/configs/c.yaml",
+            "w-ok",
+        ),
+    );
+    let again = || job_folders(&store, "lab", "w-ok__rejected-");
+    assert!(
+        common::server::wait_for(LIMIT, || again()
+            .iter()
+            .any(|f| wait_end(f, Duration::ZERO))),
+        "no rejection: {}",
+        api.srv.log_text()
+    );
+    let cert = std::fs::read_to_string(again()[0].join("logs/certificate.txt")).unwrap();
+    assert!(cert.contains("already used"), "{cert}");
+    assert_eq!(
+        std::fs::read(j.join("_caas/sources/0/rec.nwb")).unwrap(),
+        b"nwb bytes\n"
+    );
+    assert_eq!(read_json(&j.join("job.json"))["state"], "succeeded");
 
     // Each hostile one: rejected before compute, naming `dataname 1`, never the credential.
     for (name, _, why) in &refused {

@@ -373,6 +373,7 @@ impl Inner {
             paths: &job_paths,
             id,
             max_size: analysis.spec.inputs.max_size.map(|m| m.0),
+            resuming,
         };
         let external = match crate::job_data::job_datasets(&mut sub, &data).await? {
             Ok(x) => x,

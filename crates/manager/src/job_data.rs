@@ -33,6 +33,8 @@ pub(crate) struct JobData<'a> {
     pub id: &'a str,
     /// The analysis' `max_size`, bytes.
     pub max_size: Option<u64>,
+    /// Resuming this submission after a restart (its job may exist already).
+    pub resuming: bool,
 }
 
 /// Check (and, for `s3://`/`https://`, stream once) every URL dataset of `sub`, replacing its
@@ -123,6 +125,17 @@ async fn read_all(
 /// submission finds it its own). Another submission with the same timestamp is refused, so
 /// it never overwrites what this one streamed.
 async fn own_sources(cx: &JobData<'_>, sub: &Submission) -> Result<Option<String>, ManagerError> {
+    let used = || {
+        format!(
+            "the timestamp {:?} was already used: job {} exists or another submission reads \
+             datasets into it; submit again with a new, unique timestamp",
+            sub.timestamp.as_str(),
+            cx.paths.root()
+        )
+    };
+    if !cx.resuming && cx.store.head(&cx.paths.job_json()).await?.is_some() {
+        return Ok(Some(used()));
+    }
     let key = cx.paths.fetched_owner();
     let mine = serde_json::json!({ "submission": cx.id }).to_string();
     if cx.store.create(&key, mine.clone()).await? {
@@ -132,12 +145,7 @@ async fn own_sources(cx: &JobData<'_>, sub: &Submission) -> Result<Option<String
     if theirs.as_deref() == Some(mine.as_bytes()) {
         return Ok(None);
     }
-    Ok(Some(format!(
-        "the timestamp {:?} was already used: another submission reads datasets into job {}; \
-         submit again with a new, unique timestamp",
-        sub.timestamp.as_str(),
-        cx.paths.root()
-    )))
+    Ok(Some(used()))
 }
 
 /// Delete what this submission streamed into the job's `_caas/sources/` (best effort).
