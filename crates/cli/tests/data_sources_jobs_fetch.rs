@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::api::*;
 use common::local::*;
 use common::s3::{aws_ok, endpoint, ensure_s3};
-use common::server::{job_folders, put, read_json, wait_end};
+use common::server::{Server, job_folders, put, read_json, wait_end};
 use common::*;
 
 /// A loopback web server: `/ds/file.txt` is the data, `/ds/hop` redirects to it, `/ds/away`
@@ -332,5 +332,63 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     assert!(
         !log.contains("hunter2") && !log.contains("panicked"),
         "{log}"
+    );
+}
+
+/// `kill -9` of the manager while a task that read a web file runs: the restarted manager
+/// resumes the job from what it streamed (the file is fetched once in all), and the task
+/// still reads it.
+#[test]
+fn a_restarted_manager_does_not_stream_a_job_dataset_again() {
+    ensure_engine();
+    let sb = Sandbox::new();
+    let store = sb.store();
+    setup_inputs(&store);
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = web_server("http://localhost:1/".into(), hits.clone());
+    let web = format!("http://127.0.0.1:{port}/ds/");
+    let a = sb.analysis(&shell_analysis(
+        "refetch",
+        "for i in 1 2 3 4; do echo tick $i; sleep 1; done; cat {data} > {results}/copy.txt",
+        "",
+    ));
+    let st = store.to_str().unwrap();
+    let rule = format!("{web}* groups=lab");
+    let args = ["--id", "m", "--data-source", rule.as_str()];
+    let mut first = Server::start(st, &[&a], &args, &sb.path().join("one.log"));
+    let url = format!("{web}file.txt");
+    put(
+        &store,
+        "lab/submissions/rsubmit.json",
+        &submission(&format!("{url:?}"), "lab/configs/c.yaml", "r1"),
+    );
+    let j = store.join("lab/results/job__refetch_r1");
+    assert!(
+        common::server::wait_for(LIMIT, || {
+            std::fs::read_to_string(j.join("logs/file.txt.stdout.log"))
+                .is_ok_and(|s| s.contains("tick 1"))
+        }),
+        "{}",
+        first.log_text()
+    );
+    first.kill9();
+    assert!(
+        !j.join("process_results/end.txt").exists(),
+        "the job ended before the kill; the test proves nothing"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let second = Server::start(st, &[&a], &args, &sb.path().join("two.log"));
+    assert!(wait_end(&j, LIMIT), "{}", second.log_text());
+    let rec = read_json(&j.join("job.json"));
+    assert_eq!(rec["state"], "succeeded", "{rec}\n{}", second.log_text());
+    assert_eq!(rec["tasks"][0]["dataset"], url.as_str(), "{rec}");
+    assert_eq!(
+        std::fs::read_to_string(j.join("process_results/copy.txt")).unwrap(),
+        "web data\n"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "streamed again after the restart"
     );
 }

@@ -58,7 +58,8 @@ async fn read_all(
 ) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
     let mut out = BTreeMap::new();
     let mut owned = false;
-    for (&i, url) in &sub.urls {
+    let recorded = recorded_sources(cx, sub.urls.len()).await?;
+    for (n, (&i, url)) in sub.urls.iter().enumerate() {
         let what = format!("dataname {i}");
         if cx.executor == "slurm" {
             return Ok(Err(format!(
@@ -91,11 +92,28 @@ async fn read_all(
             }
             dest = cx.paths.fetched(i, u.basename(), u.folder);
         }
-        let source = match crate::fetch::read_source(
-            cx.store, cx.policy, cx.group, &what, &u, &rule, &dest, max,
-        )
-        .await
-        {
+        // Resuming after a restart: what was streamed already is not streamed again.
+        let again = match recorded.get(n) {
+            Some(r) if fetched && r.get("url") == Some(&serde_json::json!(u.to_string())) => {
+                let there = if u.folder {
+                    !cx.store.list(dest.trim_end_matches('/')).await?.is_empty()
+                } else {
+                    cx.store.head(&dest).await?.is_some()
+                };
+                there.then(|| r.clone())
+            }
+            _ => None,
+        };
+        let source = match again {
+            Some(r) => Ok(r),
+            None => {
+                crate::fetch::read_source(
+                    cx.store, cx.policy, cx.group, &what, &u, &rule, &dest, max,
+                )
+                .await
+            }
+        };
+        let source = match source {
             Ok(s) => s,
             Err(ManagerError::DataRefused(problem)) => return Ok(Err(problem)),
             Err(e) => return Err(e),
@@ -119,6 +137,24 @@ async fn read_all(
         );
     }
     Ok(Ok(out))
+}
+
+/// The job's `sources.json` when resuming with one of `n` records (written once the job was
+/// claimed), else nothing.
+async fn recorded_sources(
+    cx: &JobData<'_>,
+    n: usize,
+) -> Result<Vec<serde_json::Value>, ManagerError> {
+    if !cx.resuming {
+        return Ok(Vec::new());
+    }
+    let Some(bytes) = cx.store.get_small(&cx.paths.sources(), 16 << 20).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
+        .ok()
+        .filter(|v| v.len() == n)
+        .unwrap_or_default())
 }
 
 /// Take the job's `_caas/sources/` for this submission (created once; a restart of the same
