@@ -44,8 +44,9 @@ pub(crate) async fn job_datasets(
     sub: &mut Submission,
     cx: &JobData<'_>,
 ) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
-    let r = read_all(sub, cx).await;
-    if !matches!(r, Ok(Ok(_))) {
+    let mut owned = false;
+    let r = read_all(sub, cx, &mut owned).await;
+    if owned && !matches!(r, Ok(Ok(_))) {
         // Nothing streamed for a refused job stays in the store.
         forget_fetched(cx).await;
     }
@@ -55,9 +56,9 @@ pub(crate) async fn job_datasets(
 async fn read_all(
     sub: &mut Submission,
     cx: &JobData<'_>,
+    owned: &mut bool,
 ) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
     let mut out = BTreeMap::new();
-    let mut owned = false;
     let recorded = recorded_sources(cx, sub.urls.len()).await?;
     for (n, (&i, url)) in sub.urls.iter().enumerate() {
         let what = format!("dataname {i}");
@@ -84,11 +85,11 @@ async fn read_all(
         let mut dest = String::new();
         if fetched {
             max = max.min(MAX_FETCH_BYTES);
-            if !owned {
+            if !*owned {
                 if let Some(problem) = own_sources(cx, sub).await? {
                     return Ok(Err(problem));
                 }
-                owned = true;
+                *owned = true;
             }
             dest = cx.paths.fetched(i, u.basename(), u.folder);
         }
@@ -209,5 +210,56 @@ async fn forget_fetched(cx: &JobData<'_>) {
                 tracing::warn!(key = %k, error = %e, "could not delete a streamed dataset of a refused job");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(urls: &[&str]) -> Submission {
+        let body = serde_json::json!({
+            "dataname": urls, "configname": "lab/configs/c.yaml", "timestamp": "t1"
+        });
+        Submission::parse(body.to_string().as_bytes(), &"lab".parse().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn urls_into_the_store_and_on_slurm_are_refused_before_anything_is_read() {
+        // Opening an S3 store reads nothing; the refusals below happen before any request.
+        let store = Store::open("s3://storebkt/pre").unwrap();
+        let group: GroupName = "lab".parse().unwrap();
+        let policy = DataPolicy {
+            sources: vec!["s3://storebkt/*".parse().unwrap()],
+            sinks: Vec::new(),
+        };
+        let job = caas_protocol::JobId {
+            analysis: "a".parse().unwrap(),
+            timestamp: "t1".parse().unwrap(),
+        };
+        let paths = JobPaths::new(&group, &job);
+        let mut cx = JobData {
+            store: &store,
+            policy: &policy,
+            group: &group,
+            executor: "docker",
+            paths: &paths,
+            id: "x",
+            max_size: None,
+            resuming: false,
+        };
+        // A rule matching the store's own bucket never opens another group's prefix.
+        let mut s = sub(&["s3://storebkt/pre/other/inputs/x.csv"]);
+        let e = job_datasets(&mut s, &cx).await.unwrap().unwrap_err();
+        assert!(
+            e.starts_with("dataname 0: ") && e.contains("inside caas's own store"),
+            "{e}"
+        );
+        cx.executor = "slurm";
+        let mut s = sub(&["lab/inputs/a.csv", "s3://storebkt/open/x.csv"]);
+        let e = job_datasets(&mut s, &cx).await.unwrap().unwrap_err();
+        assert!(e.starts_with("dataname 1: ") && e.contains("slurm"), "{e}");
+        // Nothing was replaced: the entries still only name the tasks.
+        assert_eq!(s.datasets[1].to_string(), "lab/inputs/x.csv");
     }
 }
