@@ -1,6 +1,7 @@
 //! A job's `dataname` that is an object or prefix of another bucket (`s3://`) or a file on a
 //! web server, against the real server (`caas serve` on a local store, the Docker engine, a
-//! second bucket on the S3 test server, a loopback web server): streamed once into the job's
+//! second bucket on the S3 test server, a loopback web server, a loopback HTTPS server whose
+//! certificate the operator's CA signed): streamed once into the job's
 //! own folder before compute, read by the task like a store dataset, named by its URL in
 //! job.json and the certificate, recorded in the job's `sources.json`; and the hostile cases,
 //! each a `rejected` job before compute whose certificate names the input: a URL no rule
@@ -122,6 +123,9 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let port = web_server("http://localhost:1/ds/file.txt".into(), hits.clone());
     let web = format!("http://127.0.0.1:{port}/ds/");
+    // An HTTPS server whose certificate the operator's own CA signed (`SSL_CERT_FILE`).
+    let tls = common::tls::https_server(&sb.path().join("tls"));
+    let secure = format!("https://127.0.0.1:{}/ds/", tls.port);
     let analysis = sb.analysis(&shell_analysis(
         "fetched",
         "if [ -d {data} ]; then cat {data}/a.txt {data}/sub/b.txt; else cat {data}; fi > {results}/copy.txt",
@@ -132,6 +136,7 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
         ("AWS_ACCESS_KEY_ID", "caas-test".into()),
         ("AWS_SECRET_ACCESS_KEY", "caas-test".into()),
         ("AWS_REGION", "us-east-1".into()),
+        ("SSL_CERT_FILE", tls.ca.display().to_string()),
     ];
     let api = start_api(
         store.to_str().unwrap(),
@@ -141,6 +146,8 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
             &format!("s3://{bucket}/open/* groups=lab"),
             "--data-source",
             &format!("{web}* groups=lab"),
+            "--data-source",
+            &format!("{secure}* groups=lab"),
         ],
         &env,
         &sb.path().join("serve.log"),
@@ -148,7 +155,8 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     let obj = format!("s3://{bucket}/open/rec.nwb");
     let prefix = format!("s3://{bucket}/open/day1/");
     let hop = format!("{web}hop");
-    let ok = [obj.clone(), prefix.clone(), hop.clone()];
+    let tls_file = format!("{secure}file.txt");
+    let ok = [obj.clone(), prefix.clone(), hop.clone(), tls_file.clone()];
     put(
         &store,
         "lab/submissions/oksubmit.json",
@@ -217,11 +225,14 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     for (i, url) in ok.iter().enumerate() {
         assert_eq!(rec["tasks"][i]["dataset"], url.as_str(), "{rec}");
     }
-    let copies: Vec<String> = ["rec.nwb", "day1", "hop"]
+    let copies: Vec<String> = ["rec.nwb", "day1", "hop", "file.txt"]
         .iter()
         .map(|d| std::fs::read_to_string(j.join(format!("process_results/{d}/copy.txt"))).unwrap())
         .collect();
-    assert_eq!(copies, ["nwb bytes\n", "alpha\nbeta\n", "web data\n"]);
+    assert_eq!(
+        copies,
+        ["nwb bytes\n", "alpha\nbeta\n", "web data\n", "tls data\n"]
+    );
     let cert = std::fs::read_to_string(j.join("logs/certificate.txt")).unwrap();
     for url in &ok {
         assert!(cert.contains(url.as_str()), "{url} not in {cert}");
@@ -237,7 +248,7 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     assert_eq!(inputs.len(), 2, "{inputs:?}");
     // sources.json: URL, size, files, ETag, SHA-256 (a prefix: of its files' hashes in order).
     let src = read_json(&j.join("sources.json"));
-    assert_eq!(src.as_array().unwrap().len(), 3, "{src}");
+    assert_eq!(src.as_array().unwrap().len(), 4, "{src}");
     assert_eq!(src[0]["url"], obj.as_str(), "{src}");
     assert_eq!(src[0]["size_bytes"], 10, "{src}");
     assert_eq!(
@@ -256,6 +267,8 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     assert_eq!(src[2]["url"], hop.as_str(), "{src}");
     assert_eq!(src[2]["etag"], "\"v1\"", "{src}");
     assert_eq!(src[2]["sha256"], sha256sum(b"web data\n").as_str(), "{src}");
+    assert_eq!(src[3]["url"], tls_file.as_str(), "{src}");
+    assert_eq!(src[3]["sha256"], sha256sum(b"tls data\n").as_str(), "{src}");
     let crate_text = std::fs::read_to_string(j.join("ro-crate-metadata.json")).unwrap();
     assert!(
         crate_text.contains(&obj) && crate_text.contains(&sha256sum(b"nwb bytes\n")),
