@@ -233,6 +233,13 @@ fn a_job_reads_an_allowed_file_folder_in_place() {
             ),
         );
     }
+    // Another group, the very same folder: its rule names only `lab`.
+    put(&store, "lab2/configs/c.yaml", b"threshold: 3\n");
+    put(
+        &store,
+        "lab2/submissions/s_submit.json",
+        &submission(&format!("{ok_url:?}"), "lab2/configs/c.yaml", "f-ok"),
+    );
     let job = |name: &str| store.join(format!("lab/results/job__infolder_f-{name}"));
     for (name, _) in &cases {
         assert!(
@@ -277,6 +284,15 @@ fn a_job_reads_an_allowed_file_folder_in_place() {
         let n = f.file_name().unwrap();
         assert!(n != "a.txt" && n != "b.txt", "copied: {}", f.display());
     }
+    let lab2 = store.join("lab2/results/job__infolder_f-ok");
+    assert!(wait_end(&lab2, LIMIT), "{}", srv.log_text());
+    let rec = read_json(&lab2.join("job.json"));
+    assert_eq!(rec["state"], "rejected", "{rec}");
+    let cert = std::fs::read_to_string(lab2.join("logs/certificate.txt")).unwrap();
+    assert!(
+        cert.contains("dataname 0") && cert.contains("not allowed"),
+        "{cert}"
+    );
     for (name, why) in [
         ("linked", "symbolic link"),
         ("piped", "FIFO"),
