@@ -119,7 +119,7 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     up("open/rec.nwb", b"nwb bytes\n");
     up("open/day1/a.txt", b"alpha\n");
     up("open/day1/sub/b.txt", b"beta\n");
-    up("closed/rec.nwb", b"not for lab\n");
+    up("closed/secret.nwb", b"not for lab\n");
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let port = web_server("http://localhost:1/ds/file.txt".into(), hits.clone());
     let web = format!("http://127.0.0.1:{port}/ds/");
@@ -169,7 +169,7 @@ fn a_job_reads_another_bucket_and_a_web_file_streamed_once() {
     let refused: Vec<(&str, String, &str)> = vec![
         (
             "rule",
-            format!("s3://{bucket}/closed/rec.nwb"),
+            format!("s3://{bucket}/closed/secret.nwb"),
             "not allowed to be read",
         ),
         (

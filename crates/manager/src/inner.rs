@@ -372,7 +372,7 @@ impl Inner {
             executor: self.cfg.executor.kind(),
             paths: &job_paths,
             id,
-            max_size: analysis.spec.inputs.max_size.map(|m| m.0),
+            spec: &analysis.spec,
             resuming,
         };
         let external = match crate::job_data::job_datasets(&mut sub, &data).await? {

@@ -31,8 +31,8 @@ pub(crate) struct JobData<'a> {
     pub paths: &'a JobPaths,
     /// The submission version's id (owns the job's `_caas/sources/`).
     pub id: &'a str,
-    /// The analysis' `max_size`, bytes.
-    pub max_size: Option<u64>,
+    /// The analysis (its input patterns and `max_size` are checked before anything streams).
+    pub spec: &'a caas_protocol::AnalysisSpec,
     /// Resuming this submission after a restart (its job may exist already).
     pub resuming: bool,
 }
@@ -59,6 +59,9 @@ async fn read_all(
     owned: &mut bool,
 ) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
     let mut out = BTreeMap::new();
+    if let Some(problem) = names_problem(sub, cx.spec) {
+        return Ok(Err(problem));
+    }
     let recorded = recorded_sources(cx, sub.urls.len()).await?;
     for (n, (&i, url)) in sub.urls.iter().enumerate() {
         let what = format!("dataname {i}");
@@ -81,7 +84,7 @@ async fn read_all(
             Err(e) => return Ok(Err(e.to_string())),
         };
         let fetched = u.scheme != Scheme::File;
-        let mut max = cx.max_size.unwrap_or(u64::MAX);
+        let mut max = cx.spec.inputs.max_size.map_or(u64::MAX, |m| m.0);
         let mut dest = String::new();
         if fetched {
             max = max.min(MAX_FETCH_BYTES);
@@ -138,6 +141,31 @@ async fn read_all(
         );
     }
     Ok(Ok(out))
+}
+
+/// What the job's checks before compute would refuse in the names of its URL datasets (the
+/// same messages), found before anything is streamed: two datasets of one name, a name the
+/// analysis' input patterns do not accept.
+fn names_problem(sub: &Submission, spec: &caas_protocol::AnalysisSpec) -> Option<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, key) in sub.datasets.iter().enumerate() {
+        let base = key.basename().as_str();
+        if !names.insert(base) {
+            return Some(format!(
+                "two datasets are named {base:?}; status and log files are per dataset name, so names must differ"
+            ));
+        }
+        if let Some(url) = sub.urls.get(&i)
+            && !spec.accepts_name(base)
+        {
+            return Some(format!(
+                "dataset {} does not match the analysis' input patterns {:?}",
+                shown(url),
+                spec.inputs.patterns
+            ));
+        }
+    }
+    None
 }
 
 /// The job's `sources.json` when resuming with one of `n` records (written once the job was
@@ -238,6 +266,12 @@ mod tests {
             timestamp: "t1".parse().unwrap(),
         };
         let paths = JobPaths::new(&group, &job);
+        let spec = caas_protocol::AnalysisSpec::parse(
+            "[analysis]\nname = \"a\"\nversion = \"1\"\n[environment]\nimage = \"i\"\n\
+             [run]\ncommand = [\"true\"]\n[inputs]\npatterns = [\"*.csv\"]\n",
+            std::path::Path::new("caas.toml"),
+        )
+        .unwrap();
         let mut cx = JobData {
             store: &store,
             policy: &policy,
@@ -245,9 +279,19 @@ mod tests {
             executor: "docker",
             paths: &paths,
             id: "x",
-            max_size: None,
+            spec: &spec,
             resuming: false,
         };
+        // Names the job's checks would refuse are refused before anything streams.
+        let mut s = sub(&["s3://o-bkt/a/x.csv", "https://h.org/b/x.csv"]);
+        let e = job_datasets(&mut s, &cx).await.unwrap().unwrap_err();
+        assert!(e.contains("two datasets are named \"x.csv\""), "{e}");
+        let mut s = sub(&["https://h.org/b/x.nwb"]);
+        let e = job_datasets(&mut s, &cx).await.unwrap().unwrap_err();
+        assert!(
+            e.contains("does not match the analysis' input patterns"),
+            "{e}"
+        );
         // A rule matching the store's own bucket never opens another group's prefix.
         let mut s = sub(&["s3://storebkt/pre/other/inputs/x.csv"]);
         let e = job_datasets(&mut s, &cx).await.unwrap().unwrap_err();
