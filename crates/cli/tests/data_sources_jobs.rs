@@ -309,3 +309,67 @@ fn a_job_reads_an_allowed_file_folder_in_place() {
         assert!(!j.join("process_results/copy.txt").exists(), "{name} ran");
     }
 }
+
+/// The folder is checked again when its task starts: a FIFO put into it after the manager's
+/// check (while an earlier task of the job holds the only slot) fails that task, naming it,
+/// before its container runs.
+#[test]
+fn a_file_folder_is_checked_again_when_its_task_starts() {
+    ensure_engine();
+    let sb = Sandbox::new();
+    let store = sb.store();
+    setup_inputs(&store);
+    let data = sb.path().join("shared/data");
+    std::fs::create_dir_all(data.join("later")).unwrap();
+    std::fs::write(data.join("later/a.txt"), b"alpha\n").unwrap();
+    let analysis = sb.analysis(&shell_analysis(
+        "recheck",
+        "if [ -d {data} ]; then ls {data} > {results}/ls.txt; else echo started; sleep 4; fi",
+        "",
+    ));
+    let rule = format!("file://{}/* groups=lab", data.display());
+    let srv = Server::start(
+        store.to_str().unwrap(),
+        &[&analysis],
+        &["--data-source", &rule, "--concurrency", "1"],
+        &sb.path().join("serve.log"),
+    );
+    let url = format!("file://{}/later/", data.display());
+    put(
+        &store,
+        "lab/submissions/rsubmit.json",
+        &submission(
+            &serde_json::to_string(&["lab/inputs/a.csv", url.as_str()]).unwrap(),
+            "lab/configs/c.yaml",
+            "r1",
+        ),
+    );
+    let j = store.join("lab/results/job__recheck_r1");
+    assert!(
+        wait_for(LIMIT, || std::fs::read_to_string(
+            j.join("logs/a.csv.stdout.log")
+        )
+        .is_ok_and(|s| s.contains("started"))),
+        "{}",
+        srv.log_text()
+    );
+    let st = std::process::Command::new("mkfifo")
+        .arg(data.join("later/fifo"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The job still ends (end.txt, the provenance crate) though its data changed under it.
+    assert!(wait_end(&j, LIMIT), "{}", srv.log_text());
+    assert!(j.join("ro-crate-metadata.json").is_file());
+    let rec = read_json(&j.join("job.json"));
+    assert_eq!(rec["tasks"][0]["state"], "succeeded", "{rec}");
+    assert_ne!(rec["tasks"][1]["state"], "succeeded", "{rec}");
+    let reason = rec["tasks"][1]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("FIFO"), "{rec}");
+    assert!(
+        files_under(&j.join("process_results"))
+            .iter()
+            .all(|f| f.file_name().unwrap() != "ls.txt"),
+        "the task ran"
+    );
+}

@@ -93,8 +93,8 @@ pub(crate) async fn input_fact(store: &Store, key: &StoreKey) -> Result<InputFac
     })
 }
 
-/// Size and hash of a dataset from outside the store, named by its URL: read in place (hashed
-/// through the store's hash cache; a folder's hash is that of its files' hex hashes in name
+/// Size and hash of a dataset from outside the store, named by its URL: read in place (as the
+/// manager hashed it before compute; a folder's hash is that of its files' hex hashes in name
 /// order), or the copy the manager streamed into the store.
 async fn external_fact(
     store: &Store,
@@ -108,17 +108,33 @@ async fn external_fact(
         fact.path = url;
         return Ok(fact);
     }
-    let data = x.check(store)?;
-    let sha256 = crate::external::hash_local_data(store, &data).await?;
+    // What the manager read and hashed before compute (`sources.json`): the data may have
+    // changed or gone since, and the job must still end with its record.
+    let recorded = (
+        x.source
+            .get("size_bytes")
+            .and_then(serde_json::Value::as_u64),
+        x.source.get("sha256").and_then(serde_json::Value::as_str),
+    );
+    let (size, sha256) = match recorded {
+        (Some(size), Some(sha)) => (size, sha.to_string()),
+        _ => {
+            let data = x.check(store)?;
+            (
+                data.size,
+                crate::external::hash_local_data(store, &data).await?,
+            )
+        }
+    };
     Ok(InputFact {
         key: url.clone(),
         path: url.clone(),
         files: vec![FileFact {
             path: url,
-            size: data.size,
+            size,
             sha256,
         }],
-        folder: data.folder,
+        folder: x.url.folder,
     })
 }
 
