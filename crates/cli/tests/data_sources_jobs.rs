@@ -3,7 +3,8 @@
 //! group is mounted read-only where it lives (the container sees the very same inodes; nothing
 //! is copied into the store), job.json and the certificate name the URL and `sources.json`
 //! gives its SHA-256; a file no rule allows, a symbolic link leading out of the allowed tree,
-//! a folder holding such a link or a FIFO are refused before compute, naming the input.
+//! a folder holding such a link or a FIFO are refused before compute, naming the input; and a
+//! folder is checked again when its task starts.
 
 #![allow(clippy::unwrap_used)]
 
