@@ -451,128 +451,14 @@ fn tes_inputs_from_another_bucket_and_a_web_server_are_read_once() {
     let _ = Path::new(&local);
 }
 
-/// A child process killed when the test ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `openssl` with `args`, in `dir`; panics unless it succeeds.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
-
 /// An HTTPS server on loopback whose certificate a private CA signed (the operator's bundle):
 /// read with `SSL_CERT_FILE` naming that CA, refused without it.
 #[test]
 fn https_inputs_are_read_with_the_operators_ca_bundle_only() {
     ensure_engine();
     let sb = Sandbox::new();
-    let dir = sb.path().join("tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=caas test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "srv.key",
-            "-out",
-            "srv.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    let script = r#"
-import http.server, ssl, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"tls data\n" if self.path == "/ds/file.txt" else b""
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-    let mut child = std::process::Command::new(common::s3::aws_bin().replace("/aws", "/python"))
-        .arg("-c")
-        .arg(script)
-        .arg(dir.join("srv.pem"))
-        .arg(dir.join("srv.key"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Child(child);
-    let port: u16 = line.trim().parse().unwrap();
+    let tls = common::tls::https_server(&sb.path().join("tls"));
+    let port = tls.port;
     let base = format!("https://127.0.0.1:{port}/ds/");
 
     let store = sb.store();
@@ -587,7 +473,7 @@ srv.serve_forever()
     for (with_ca, log) in [(false, "serve-no-ca.log"), (true, "serve.log")] {
         let mut env = no_env();
         if with_ca {
-            env.push(("SSL_CERT_FILE", dir.join("ca.pem").display().to_string()));
+            env.push(("SSL_CERT_FILE", tls.ca.display().to_string()));
         }
         let ann = token_for(&store_s, &env, "ann", &["lab"], &[]);
         let api = start_api(

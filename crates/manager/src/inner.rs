@@ -356,16 +356,26 @@ impl Inner {
                     .await;
             }
         };
-        // `file://` datasets read in place where `--data-source` allows them, else refused.
-        let external = match crate::job_data::job_file_datasets(
-            &sub,
+        // Datasets named by URLs: read where `--data-source` allows them, else refused.
+        let mut sub = sub;
+        let job_paths = JobPaths::new(
             group,
-            &self.cfg.tes.data,
-            self.cfg.executor.kind(),
-            store.local_root(),
-        )
-        .await?
-        {
+            &JobId {
+                analysis: analysis.spec.analysis.name.clone(),
+                timestamp: sub.timestamp.clone(),
+            },
+        );
+        let data = crate::job_data::JobData {
+            store,
+            policy: &self.cfg.tes.data,
+            group,
+            executor: self.cfg.executor.kind(),
+            paths: &job_paths,
+            id,
+            spec: &analysis.spec,
+            resuming,
+        };
+        let external = match crate::job_data::job_datasets(&mut sub, &data).await? {
             Ok(x) => x,
             Err(problem) => {
                 return self

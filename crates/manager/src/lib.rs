@@ -18,6 +18,7 @@ mod analyses;
 mod event_ops;
 mod event_state;
 mod events;
+pub mod fetch;
 mod inner;
 mod job_data;
 mod loops;
@@ -75,6 +76,10 @@ pub enum ManagerError {
     /// field).
     #[error("{0}")]
     TesRefused(String),
+    /// A dataset outside the store that cannot be read (not allowed, missing, too large, a
+    /// redirect elsewhere...): the message names the input, never a credential.
+    #[error("{0}")]
+    DataRefused(String),
 }
 
 /// The claim of one version of a submission (built in `caas_protocol::layout`).

@@ -32,7 +32,7 @@ fn refuse<T>(msg: String) -> Result<T, ManagerError> {
 
 /// Whether `url` names the store at `location` (`caas://`, or the store's own bucket and
 /// prefix, however the URL is spelled).
-fn in_store(location: &str, url: &str) -> Option<String> {
+pub(crate) fn in_store(location: &str, url: &str) -> Option<String> {
     if url.starts_with(CAAS_SCHEME) || !is_url(url) {
         return Some(url.to_string());
     }

@@ -314,6 +314,22 @@ pub async fn hash_local_file(
     Ok((meta.len(), sha256))
 }
 
+/// The hex SHA-256 of `data` read in place, through the hash cache: of a file, its content's;
+/// of a folder, the SHA-256 of its files' hex SHA-256s in name order (as TES records it).
+pub async fn hash_local_data(
+    store: &caas_store::Store,
+    data: &LocalData,
+) -> Result<String, PipelineError> {
+    if !data.folder {
+        return Ok(hash_local_file(store, &data.path).await?.1);
+    }
+    let mut hexes = String::new();
+    for rel in &data.entries {
+        hexes.push_str(&hash_local_file(store, &data.path.join(rel)).await?.1);
+    }
+    Ok(caas_protocol::provenance::sha256_hex(hexes.as_bytes()))
+}
+
 #[cfg(test)]
 #[path = "external_tests.rs"]
 mod tests;

@@ -129,6 +129,14 @@ pub async fn run_job_with(
                     created,
                 });
             }
+            // What was read from outside the store, recorded once the job is its own.
+            let sources: Vec<&serde_json::Value> =
+                req.external.values().map(|x| &x.source).collect();
+            if !sources.is_empty() {
+                store
+                    .put(&paths.sources(), encode("sources.json", &sources)?)
+                    .await?;
+            }
             let cert = Certificate::new(started, &job_id, &req.spec.analysis.version);
             (record, cert)
         }

@@ -93,14 +93,39 @@ pub(crate) async fn input_fact(store: &Store, key: &StoreKey) -> Result<InputFac
     })
 }
 
-/// Size and hash of a dataset read in place (through the store's hash cache), named by its URL.
+/// Size and hash of a dataset from outside the store, named by its URL: read in place (as the
+/// manager hashed it before compute; a folder's hash is that of its files' hex hashes in name
+/// order), or the copy the manager streamed into the store.
 async fn external_fact(
     store: &Store,
+    key: &StoreKey,
     x: &crate::ExternalDataset,
 ) -> Result<InputFact, PipelineError> {
     let url = x.shown();
-    let path = x.resolve(store)?;
-    let (size, sha256) = crate::external::hash_local_file(store, &path).await?;
+    if x.fetched {
+        let mut fact = input_fact(store, key).await?;
+        fact.key = url.clone();
+        fact.path = url;
+        return Ok(fact);
+    }
+    // What the manager read and hashed before compute (`sources.json`): the data may have
+    // changed or gone since, and the job must still end with its record.
+    let recorded = (
+        x.source
+            .get("size_bytes")
+            .and_then(serde_json::Value::as_u64),
+        x.source.get("sha256").and_then(serde_json::Value::as_str),
+    );
+    let (size, sha256) = match recorded {
+        (Some(size), Some(sha)) => (size, sha.to_string()),
+        _ => {
+            let data = x.check(store)?;
+            (
+                data.size,
+                crate::external::hash_local_data(store, &data).await?,
+            )
+        }
+    };
     Ok(InputFact {
         key: url.clone(),
         path: url.clone(),
@@ -109,7 +134,7 @@ async fn external_fact(
             size,
             sha256,
         }],
-        folder: false,
+        folder: x.url.folder,
     })
 }
 
@@ -153,7 +178,7 @@ pub(crate) async fn write_crate(
     let mut datasets = Vec::with_capacity(req.datasets.len());
     for (i, d) in req.datasets.iter().enumerate() {
         datasets.push(match req.external.get(&i) {
-            Some(x) => external_fact(store, x).await?,
+            Some(x) => external_fact(store, d, x).await?,
             None => input_fact(store, d).await?,
         });
     }

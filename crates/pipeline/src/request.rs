@@ -52,7 +52,10 @@ impl JobRequest {
     }
 }
 
-/// A `file://` dataset a `--data-source` rule allows, mounted read-only with no copy.
+/// A dataset outside the store that a `--data-source` rule allows: a `file://` file or folder,
+/// mounted read-only with no copy, or an `s3://`/`https://` one the manager streamed once into
+/// the store at the job's `datasets` entry (`JobPaths::fetched`), read from there like a store
+/// dataset. Records, logs and the certificate name its URL.
 #[derive(Clone, Debug)]
 pub struct ExternalDataset {
     /// Its URL (normalized).
@@ -61,6 +64,10 @@ pub struct ExternalDataset {
     pub rule: caas_protocol::datasource::DataRule,
     /// Its size when the manager checked it, bytes.
     pub size: u64,
+    /// Streamed into the store at the job's `datasets` entry (not read in place).
+    pub fetched: bool,
+    /// What the job's `sources.json` records of it (URL, size, files, ETag or mtime, SHA-256).
+    pub source: serde_json::Value,
 }
 
 impl ExternalDataset {
@@ -69,8 +76,8 @@ impl ExternalDataset {
         caas_protocol::datasource::shown(&self.url.to_string())
     }
 
-    /// Check it on disk again (see `external::resolve_file`): its real path.
-    pub fn resolve(&self, store: &Store) -> Result<PathBuf, crate::PipelineError> {
+    /// Check a `file://` one on disk again (see `external::resolve_file`).
+    pub fn check(&self, store: &Store) -> Result<crate::external::LocalData, crate::PipelineError> {
         crate::external::resolve_file(
             &self.url,
             &self.rule,
@@ -78,7 +85,11 @@ impl ExternalDataset {
             u64::MAX,
             "dataname",
         )
-        .map(|d| d.path)
+    }
+
+    /// Check a `file://` one on disk again: its real path.
+    pub fn resolve(&self, store: &Store) -> Result<PathBuf, crate::PipelineError> {
+        self.check(store).map(|d| d.path)
     }
 }
 

@@ -328,8 +328,8 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     set_mode(&results_dir, 0o777)?;
     let data_src = match req.external.get(&idx) {
         // Read in place (mounted read-only, never copied), checked on disk again now.
-        Some(x) => x.resolve(&ctx.store)?,
-        None => {
+        Some(x) if !x.fetched => x.resolve(&ctx.store)?,
+        _ => {
             stage_input(
                 &ctx.store,
                 key,

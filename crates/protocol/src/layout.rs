@@ -190,6 +190,28 @@ impl JobPaths {
         format!("{}/_caas/cache/{idx}.json", self.root)
     }
 
+    /// `sources.json`: each dataset the job read from outside the store (URL, size, files, ETag
+    /// or modification time, SHA-256), written once the job is claimed.
+    pub fn sources(&self) -> String {
+        format!("{}/sources.json", self.root)
+    }
+
+    /// `_caas/sources/<idx>/<name>` (`<name>/` for a folder): where the manager streams dataset
+    /// `idx` of the job, named by an `s3://` or `https://` URL, once before compute; every
+    /// executor then reads it as a store dataset. In the job's own folder, so it never meets
+    /// another job's or a user's inputs, and goes with the job.
+    pub fn fetched(&self, idx: usize, name: &str, folder: bool) -> String {
+        let slash = if folder { "/" } else { "" };
+        format!("{}/_caas/sources/{idx}/{name}{slash}", self.root)
+    }
+
+    /// `_caas/sources/owner.json`: created once by the submission whose datasets are streamed
+    /// into `_caas/sources/`, so another submission with the same timestamp never overwrites
+    /// them.
+    pub fn fetched_owner(&self) -> String {
+        format!("{}/_caas/sources/owner.json", self.root)
+    }
+
     /// `ro-crate-metadata.json`: the job's provenance crate, created once with its end.
     pub fn ro_crate(&self) -> String {
         format!("{}/{}", self.root, crate::provenance::CRATE_FILE)

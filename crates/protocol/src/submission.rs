@@ -16,10 +16,13 @@ pub const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
 pub struct Submission {
     /// One task per dataset, all with the same config.
     pub datasets: Vec<StoreKey>,
-    /// Datasets named by a `file://` URL (index in `datasets` -> the URL as written): the
-    /// manager reads them in place where a `--data-source` rule allows it, or refuses the job;
-    /// their `datasets` entry (`<group>/inputs/<the URL's last name>`) only names the task and
-    /// is never read from the store.
+    /// Datasets named by a URL (index in `datasets` -> the URL as written; parsed already, so
+    /// it carries no credential nor query): `file://` (a file, or a folder ending in `/`), read
+    /// in place, and `s3://` (an object or a prefix ending in `/`) or `https://` (a file),
+    /// streamed once into the store; the manager does either where a `--data-source` rule
+    /// allows it for the group, or refuses the job. Their `datasets` entry
+    /// (`<group>/inputs/<the URL's last name>`, with a trailing `/` for a folder) only names
+    /// the task until the manager replaces it.
     pub urls: std::collections::BTreeMap<usize, String>,
     /// The config's key.
     pub config: StoreKey,
@@ -78,26 +81,11 @@ impl Submission {
                     "every 'dataname' entry must be a string, found {d}"
                 ));
             };
-            if crate::datasource::is_url(s)
-                && let Ok(u) = crate::datasource::DataUrl::parse(s)
-                && u.scheme == crate::datasource::Scheme::File
-                && !u.folder
-            {
-                // A file read in place: the manager checks it against its `--data-source`.
-                let key = in_group(&format!("{group}/inputs/{}", u.basename()), group, "inputs")?;
-                crate::names::check_dataset_name(key.basename())?;
-                urls.insert(datasets.len(), s.to_string());
-                datasets.push(key);
-                continue;
-            }
             if crate::datasource::is_url(s) {
-                // Never repeated as written: a URL may carry a credential.
-                return bad(format!(
-                    "'dataname' \"{}\" is a URL: jobs read datasets from the group's store \
-                     ({group}/inputs/...); data outside the store is read in place by TES tasks \
-                     where the operator allows it (see the README's \"Data where it already lives\")",
-                    crate::datasource::shown(s)
-                ));
+                let i = datasets.len();
+                datasets.push(url_dataset(s, i, group)?);
+                urls.insert(i, s.to_string());
+                continue;
             }
             // A finished job's results may be a dataset too (what a `[[then]]` step runs on).
             let key = match in_group(s, group, "inputs") {
@@ -173,6 +161,34 @@ impl Submission {
     }
 }
 
+/// The `datasets` entry standing for URL dataset `i` (see [`Submission::urls`]), or why the URL
+/// is refused (never repeating a credential or a query).
+fn url_dataset(s: &str, i: usize, group: &GroupName) -> Result<StoreKey, SpecError> {
+    use crate::datasource::{DataUrl, Scheme};
+    let bad = |why: String| SpecError::Submission(format!("dataname {i}: {why}"));
+    let u = DataUrl::parse(s).map_err(|e| bad(e.to_string()))?;
+    let shown = crate::datasource::shown(s);
+    if u.segments.is_empty() {
+        return Err(bad(format!(
+            "\"{shown}\" names no file nor folder (a whole bucket, host or disk)"
+        )));
+    }
+    if u.folder && matches!(u.scheme, Scheme::Https | Scheme::Http) {
+        return Err(bad(format!(
+            "\"{shown}\" is a web folder, which cannot be listed; name its files"
+        )));
+    }
+    let slash = if u.folder { "/" } else { "" };
+    let key = StoreKey::parse(&format!("{group}/inputs/{}{slash}", u.basename())).map_err(|e| {
+        bad(format!(
+            "\"{shown}\": its last name cannot name a dataset: {e}"
+        ))
+    })?;
+    crate::names::check_dataset_name(key.basename())
+        .map_err(|e| bad(format!("\"{shown}\": {e}")))?;
+    Ok(key)
+}
+
 /// A key under `<group>/results/job__.../process_results/`: what a finished job wrote.
 fn is_job_results(key: &StoreKey) -> bool {
     let segs = key.segments();
@@ -237,29 +253,45 @@ mod tests {
     }
 
     #[test]
-    fn a_file_url_dataname_is_kept_for_the_manager_and_other_urls_are_refused() {
+    fn url_datanames_are_kept_for_the_manager_and_bad_urls_are_refused() {
         let s = Submission::parse(
-            br#"{"dataname":["grp/inputs/a","file:///shared/data/x.csv"],"configname":"grp/configs/c.yaml","timestamp":"1"}"#,
+            br#"{"dataname":["grp/inputs/a","file:///shared/data/x.csv","file:///shared/sessions/","s3://other-bkt/p/r.nwb","s3://other-bkt/p/day1/","https://h.org/d/y.bin"],"configname":"grp/configs/c.yaml","timestamp":"1"}"#,
             &g(),
         )
         .unwrap();
-        assert_eq!(s.datasets[1].to_string(), "grp/inputs/x.csv");
-        assert_eq!(s.urls.len(), 1);
+        let keys: Vec<String> = s.datasets.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            [
+                "grp/inputs/a",
+                "grp/inputs/x.csv",
+                "grp/inputs/sessions/",
+                "grp/inputs/r.nwb",
+                "grp/inputs/day1/",
+                "grp/inputs/y.bin"
+            ]
+        );
+        assert_eq!(s.urls.len(), 5);
         assert_eq!(s.urls[&1], "file:///shared/data/x.csv");
-        for url in [
-            "file:///shared/data/",
-            "file://ann:hunter2@host/x",
-            "file:///shared/%2e%2e/etc/passwd",
-            "s3://bkt/x.csv",
+        assert_eq!(s.urls[&2], "file:///shared/sessions/");
+        assert_eq!(s.urls[&5], "https://h.org/d/y.bin");
+        for (url, want) in [
+            ("file://ann:hunter2@host/x", "credentials"),
+            ("s3://k:hunter2@bkt/x", "credentials"),
+            ("https://h.org/x?X-Amz-Signature=hunter2", "query"),
+            ("file:///shared/%2e%2e/etc/passwd", "'..'"),
+            ("https://h.org/d/", "web folder"),
+            ("s3://bkt/", "names no file"),
+            ("ftp://h.org/x", "scheme"),
         ] {
             let body = format!(
-                r#"{{"dataname":"{url}","configname":"grp/configs/c.yaml","timestamp":"1"}}"#
+                r#"{{"dataname":["grp/inputs/a","{url}"],"configname":"grp/configs/c.yaml","timestamp":"1"}}"#
             );
             let err = Submission::parse(body.as_bytes(), &g())
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.contains("is a URL") && !err.contains("hunter2"),
+                err.starts_with("dataname 1: ") && err.contains(want) && !err.contains("hunter2"),
                 "{url}: {err}"
             );
         }
@@ -288,7 +320,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("is a URL") && err.contains("https://***@h.org/x?***"),
+            err.contains("dataname 1: ") && err.contains("https://***@h.org/x?***"),
             "{err}"
         );
         assert!(!err.contains("hunter2") && !err.contains("abc"), "{err}");

@@ -1,35 +1,18 @@
-//! A TES input the operator allows from outside the store (`--data-source`), checked before
-//! the task is submitted: a `file://` file or folder (checked on disk like a store input, and
-//! left where it is: the manager mounts it read-only), or, streamed once into the task's
-//! dataset folder, an object or prefix of another S3 bucket, or a file
-//! on a web server (no redirect to a host the rules do not allow, a size and a time limit;
-//! the TLS roots are the system's, so an operator's CA bundle is honoured through
-//! `SSL_CERT_FILE`). What was read is recorded beside the task (`sources.json`: URL without
-//! credentials, size, ETag or modification time, SHA-256).
+//! A TES input the operator allows from outside the store (`--data-source`), read before the
+//! task is submitted by the code jobs use too (`caas_manager::fetch::read_source`): a
+//! `file://` file or folder is checked on disk and left where it is (the manager mounts it
+//! read-only); an object or prefix of another S3 bucket, or a file on a web server, is streamed
+//! once into the task's dataset folder. What was read is recorded beside the task
+//! (`sources.json`).
 
-use std::time::Duration;
+use serde_json::Value;
 
-use serde_json::{Value, json};
-use sha2::Digest;
-
+use caas_manager::ManagerError;
 use caas_protocol::GroupName;
-use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, shown};
+use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl};
 use caas_store::Store;
 
 use crate::error::ApiError;
-
-/// How long a web download may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(300);
-/// Most redirects followed (each checked against the rules).
-const MAX_REDIRECTS: usize = 5;
-
-fn bad(what: &str, url: &DataUrl, why: impl std::fmt::Display) -> ApiError {
-    ApiError::BadRequest(format!("{what}: \"{}\" {why}", shown(&url.to_string())))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// Copy the input at `url` (allowed by `rule` for `group`) into `dest` (a file, or the folder
 /// `dest/` when `dir`), at most `max` bytes; returns what `sources.json` records of it.
@@ -49,194 +32,11 @@ pub(super) async fn copy_external(
     if dir {
         url.folder = true;
     }
-    match url.scheme {
-        Scheme::File => {
-            let (u, r, root) = (
-                url.clone(),
-                rule.clone(),
-                store.local_root().map(std::path::Path::to_path_buf),
-            );
-            let w = what.to_string();
-            let data = tokio::task::spawn_blocking(move || {
-                caas_manager::tes_data::resolve_file(&u, &r, root.as_deref(), max, &w)
-            })
-            .await
-            .map_err(|e| ApiError::Store(e.to_string()))?
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            // Read in place: the manager mounts it (or, for a remote executor, copies it
-            // once); here it is only hashed, once, for the record.
-            let mut files = vec![data.path.clone()];
-            if data.folder {
-                files = data.entries.iter().map(|rel| data.path.join(rel)).collect();
-            }
-            let mut hexes = Vec::new();
-            for local in &files {
-                let (_, hex) = caas_manager::tes_data::hash_local_file(store, local)
-                    .await
-                    .map_err(|e| ApiError::Store(e.to_string()))?;
-                hexes.push(hex);
-            }
-            let sha256 = if data.folder {
-                hex(&sha2::Sha256::digest(hexes.concat().as_bytes()))
-            } else {
-                hexes.concat()
-            };
-            let mtime = data
-                .mtime
-                .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
-            Ok(
-                json!({"url": url.to_string(), "size_bytes": data.size, "files": data.files,
-                      "mtime": mtime, "sha256": sha256}),
-            )
-        }
-        Scheme::S3 => {
-            let other = Store::open_source(&url.authority, caas_manager::tes_data::s3_access(rule))
-                .map_err(|e| bad(what, &url, format!("cannot be opened: {e}")))?;
-            let key = url.path();
-            let mut files = Vec::new();
-            if url.folder {
-                let unreadable =
-                    |e: caas_store::StoreError| bad(what, &url, format!("cannot be read: {e}"));
-                for m in other
-                    .list(key.trim_end_matches('/'))
-                    .await
-                    .map_err(unreadable)?
-                {
-                    let k = m.location.to_string();
-                    if let Some(rel) = k.strip_prefix(&key) {
-                        files.push((k.clone(), format!("{dest}/{rel}"), m.size, m.e_tag));
-                    }
-                }
-            } else if let Some(m) = other
-                .head(&key)
-                .await
-                .map_err(|e| bad(what, &url, format!("cannot be read: {e}")))?
-            {
-                files.push((key.clone(), dest.to_string(), m.size, m.e_tag));
-            }
-            if files.is_empty() {
-                return Err(bad(what, &url, "does not exist"));
-            }
-            let total: u64 = files.iter().map(|f| f.2).sum();
-            if total > max {
-                return Err(bad(
-                    what,
-                    &url,
-                    format!("is {total} bytes; at most {max} here"),
-                ));
-            }
-            let mut hexes = Vec::new();
-            let mut etags = Vec::new();
-            for (src, to, _, etag) in &files {
-                let body = other
-                    .get(src)
-                    .await
-                    .map_err(|e| bad(what, &url, format!("cannot be read: {e}")))?
-                    .ok_or_else(|| bad(what, &url, "disappeared while it was read"))?;
-                hexes.push(hex(&sha2::Sha256::digest(&body)));
-                store.put(to, body).await?;
-                etags.push(etag.clone().unwrap_or_default());
-            }
-            Ok(
-                json!({"url": url.to_string(), "size_bytes": total, "files": files.len(),
-                "etag": if etags.len() == 1 { json!(etags[0]) } else { json!(etags) },
-                "sha256": if url.folder {
-                    hex(&sha2::Sha256::digest(hexes.concat().as_bytes()))
-                } else {
-                    hexes.concat()
-                }}),
-            )
-        }
-        Scheme::Https | Scheme::Http => {
-            if url.folder {
-                return Err(bad(
-                    what,
-                    &url,
-                    "is a web folder, which cannot be listed; name files",
-                ));
-            }
-            fetch_http(store, policy, group, what, &url, dest, max).await
-        }
-    }
-}
-
-/// GET `url` into `dest`, following only redirects the rules allow.
-async fn fetch_http(
-    store: &Store,
-    policy: &DataPolicy,
-    group: &GroupName,
-    what: &str,
-    url: &DataUrl,
-    dest: &str,
-    max: u64,
-) -> Result<Value, ApiError> {
-    let rules = policy.clone();
-    let g = group.clone();
-    let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= MAX_REDIRECTS {
-            return attempt.error("too many redirects");
-        }
-        let next = attempt.url().to_string();
-        match rules.source(&next, &g, "redirect") {
-            Ok(_) => attempt.follow(),
-            Err(_) => attempt.error(format!(
-                "redirected to \"{}\", which the operator does not allow",
-                shown(&next)
-            )),
-        }
-    });
-    let client = reqwest::Client::builder()
-        .redirect(redirect)
-        .timeout(HTTP_TIMEOUT)
-        .connect_timeout(Duration::from_secs(20))
-        .build()
-        .map_err(|e| ApiError::Store(e.to_string()))?;
-    let failed = |e: reqwest::Error| {
-        let e = e.without_url();
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        bad(what, url, format!("could not be fetched: {msg}"))
-    };
-    let mut resp = client.get(url.to_string()).send().await.map_err(failed)?;
-    if !resp.status().is_success() {
-        return Err(bad(what, url, format!("answered {}", resp.status())));
-    }
-    if let Some(len) = resp.content_length()
-        && len > max
-    {
-        return Err(bad(
-            what,
-            url,
-            format!("is {len} bytes; at most {max} here"),
-        ));
-    }
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (etag, modified) = (header("etag"), header("last-modified"));
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-        if body.len() as u64 + chunk.len() as u64 > max {
-            return Err(bad(
-                what,
-                url,
-                format!("is more than {max} bytes; at most that here"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let sha = hex(&sha2::Sha256::digest(&body));
-    let size = body.len();
-    store.put(dest, body).await?;
-    Ok(
-        json!({"url": url.to_string(), "size_bytes": size, "files": 1, "etag": etag,
-              "mtime": modified, "sha256": sha}),
-    )
+    caas_manager::fetch::read_source(store, policy, group, what, &url, rule, dest, max)
+        .await
+        .map_err(|e| match e {
+            ManagerError::Store(e) => ApiError::from(e),
+            ManagerError::DataRefused(m) => ApiError::BadRequest(m),
+            other => ApiError::Store(other.to_string()),
+        })
 }

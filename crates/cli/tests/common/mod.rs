@@ -13,6 +13,7 @@ pub mod local;
 pub mod s3;
 pub mod server;
 pub mod slurm;
+pub mod tls;
 
 /// The base image scripts/setup.sh builds without a registry.
 pub const BASE_IMAGE: &str = "local/busybox:test";
