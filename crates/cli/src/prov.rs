@@ -201,7 +201,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
     let mut external = std::collections::BTreeMap::new();
     for (i, t) in record.tasks.iter().enumerate() {
         if caas_protocol::datasource::is_url(&t.dataset) {
-            let (key, x) = crate::prov_in_place::again(&store, &group, i, &t.dataset)?;
+            let (key, x) = crate::prov_in_place::again(&store, &group, i, &t.dataset).await?;
             datasets.push(key);
             external.insert(i, x);
         } else {

@@ -13,7 +13,7 @@ use caas_store::Store;
 use crate::errors::user;
 
 /// Dataset `index` of the job, named by `url`: the key that names its task and where it is read.
-pub fn again(
+pub async fn again(
     store: &Store,
     group: &GroupName,
     index: usize,
@@ -37,12 +37,25 @@ pub fn again(
             .map_err(|e| user(e.to_string()))?;
     let key = StoreKey::parse(&format!("{group}/inputs/{}", parsed.basename()))
         .map_err(|e| refused(e.to_string()))?;
+    // The rerun's own `sources.json` record, as the manager writes one.
+    let sha256 = caas_store::sha256_file(&data.path)
+        .await
+        .map_err(|e| refused(format!("cannot be read again here: {e}")))?;
+    let source = serde_json::json!({
+        "url": parsed.to_string(),
+        "size_bytes": data.size,
+        "files": data.files,
+        "mtime": data.mtime.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339()),
+        "sha256": caas_protocol::provenance::hex(&sha256),
+    });
     Ok((
         key,
         ExternalDataset {
             url: parsed,
             rule,
             size: data.size,
+            fetched: false,
+            source,
         },
     ))
 }

@@ -436,6 +436,16 @@ fn caas_submit_store_verify_and_rerun_read_a_file_url_in_place() {
     let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(r["identical"], true, "{r}");
     read_in_place(&store, &job("cli-ok-again"), &shared);
+    // The rerun records what it read again, as the manager does.
+    let again: Value =
+        serde_json::from_slice(&std::fs::read(job("cli-ok-again").join("sources.json")).unwrap())
+            .unwrap();
+    let first: Value =
+        serde_json::from_slice(&std::fs::read(job("cli-ok").join("sources.json")).unwrap())
+            .unwrap();
+    assert_eq!(again[0]["url"], shared.url("lines.txt").as_str(), "{again}");
+    assert_eq!(again[0]["sha256"], first[0]["sha256"], "{again} {first}");
+    assert_eq!(again[0]["size_bytes"], first[0]["size_bytes"], "{again}");
 
     // The file changes where it lives: verify says so (exit 1), rerun refuses naming it (2).
     std::fs::write(shared.data.join("lines.txt"), b"one\ntwo\nthree\n").unwrap();

@@ -4,7 +4,9 @@
 //! of another S3 bucket (opened anonymously or with the rule's named profile, never the
 //! service's own keys) or a file on a web server (no redirect to a host the rules do not allow,
 //! a size and a time limit; the TLS roots are the system's, so an operator's CA bundle is
-//! honoured through `SSL_CERT_FILE`) is streamed once into a store key the caller names. What
+//! honoured through `SSL_CERT_FILE`) is streamed once into a store key the caller names,
+//! through a spool file hashed as it is written (never held in memory: a few large datasets at
+//! once must not take the service's memory from its other users). What
 //! was read is returned as a `sources.json` record: URL without credentials, size, files, ETag
 //! or modification time, SHA-256 (of a folder: of its files' hex SHA-256s in name order).
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sha2::Digest;
+use tokio::io::AsyncWriteExt;
 
 use caas_protocol::GroupName;
 use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, shown};
@@ -125,16 +128,24 @@ async fn fetch_s3(
             format!("is {total} bytes; at most {max} here"),
         ));
     }
+    let spool = Spool::new(what, url)?;
     let mut hexes = Vec::new();
     let mut etags = Vec::new();
+    let mut total = 0u64;
     for (src, to, _, etag) in &files {
-        let body = other
-            .get(src)
-            .await
-            .map_err(unreadable)?
-            .ok_or_else(|| bad(what, url, "disappeared while it was read"))?;
-        hexes.push(hex(&sha2::Sha256::digest(&body)));
-        store.put(to, body).await?;
+        let local = spool.path();
+        let got = other.download_file(src, &local).await.map_err(unreadable)?;
+        total += got;
+        if total > max {
+            return Err(bad(
+                what,
+                url,
+                format!("is more than {max} bytes; at most that here"),
+            ));
+        }
+        let sha = caas_store::sha256_file(&local).await.map_err(unreadable)?;
+        hexes.push(hex(&sha));
+        store.upload_file(&local, to).await?;
         etags.push(etag.clone().unwrap_or_default());
     }
     Ok(
@@ -146,6 +157,25 @@ async fn fetch_s3(
             hexes.concat()
         }}),
     )
+}
+
+/// A private folder for one dataset's bytes on their way into the store (removed when
+/// dropped, also on an error).
+struct Spool(tempfile::TempDir);
+
+impl Spool {
+    fn new(what: &str, url: &DataUrl) -> Result<Self, ManagerError> {
+        tempfile::Builder::new()
+            .prefix("caas-fetch-")
+            .tempdir()
+            .map(Self)
+            .map_err(|e| bad(what, url, format!("cannot be spooled here: {e}")))
+    }
+
+    /// The spool file (one at a time: each is in the store before the next is read).
+    fn path(&self) -> std::path::PathBuf {
+        self.0.path().join("data")
+    }
 }
 
 /// GET `url` into `dest`, following only redirects the rules allow.
@@ -209,20 +239,28 @@ async fn fetch_http(
             .map(str::to_string)
     };
     let (etag, modified) = (header("etag"), header("last-modified"));
-    let mut body = Vec::new();
+    let spool = Spool::new(what, url)?;
+    let local = spool.path();
+    let io = |e: std::io::Error| bad(what, url, format!("could not be spooled here: {e}"));
+    let mut file = tokio::fs::File::create(&local).await.map_err(io)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
     while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-        if body.len() as u64 + chunk.len() as u64 > max {
+        size += chunk.len() as u64;
+        if size > max {
             return Err(bad(
                 what,
                 url,
                 format!("is more than {max} bytes; at most that here"),
             ));
         }
-        body.extend_from_slice(&chunk);
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(io)?;
     }
-    let sha = hex(&sha2::Sha256::digest(&body));
-    let size = body.len();
-    store.put(dest, body).await?;
+    file.flush().await.map_err(io)?;
+    drop(file);
+    let sha = hex(&hasher.finalize());
+    store.upload_file(&local, dest).await?;
     Ok(
         json!({"url": url.to_string(), "size_bytes": size, "files": 1, "etag": etag,
               "mtime": modified, "sha256": sha}),
