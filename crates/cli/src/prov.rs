@@ -228,6 +228,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         image,
         origin: format!("caas rerun {}", job.folder),
         extra_mounts: Vec::new(),
+        extra_checked: Vec::new(),
         external,
         concurrency,
         work_root,

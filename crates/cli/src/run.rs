@@ -228,6 +228,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         image,
         origin: "caas run".into(),
         extra_mounts,
+        extra_checked: Vec::new(),
         external: Default::default(),
         concurrency: 1,
         work_root,

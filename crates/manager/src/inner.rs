@@ -469,9 +469,13 @@ impl Inner {
             // A TES task's `file://` inputs, read where they live.
             extra_mounts: tes_analysis
                 .as_ref()
-                .map(|(_, m)| m.clone())
+                .map(|(_, m)| m.mounts.clone())
                 .unwrap_or_default(),
             external,
+            extra_checked: tes_analysis
+                .as_ref()
+                .map(|(_, m)| m.checked.clone())
+                .unwrap_or_default(),
             // At most the manager's limits at once (they are also the permits each task
             // holds; a scheduler is told it as a job array's `%L`).
             concurrency: n

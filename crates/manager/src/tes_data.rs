@@ -202,6 +202,14 @@ fn write_file(
     Ok(true)
 }
 
+/// A TES task's `file://` inputs mounted where they live, and which file or folder each was
+/// when checked (the engine mounts that one and no other).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FileMounts {
+    pub(crate) mounts: Vec<caas_runtime::BindMount>,
+    pub(crate) checked: Vec<caas_runtime::CheckedSource>,
+}
+
 /// A TES task's `file://` inputs, checked again here (a task written straight into the bucket
 /// gets the same checks as one sent to the API): on an engine of this machine, mounted
 /// read-only at their paths with no copy; on an executor that runs tasks elsewhere (Slurm),
@@ -214,9 +222,9 @@ pub(crate) async fn file_inputs(
     task: &tes::TesTask,
     paths: &caas_protocol::layout::TesPaths,
     policy: &DataPolicy,
-) -> Result<Result<Vec<caas_runtime::BindMount>, String>, ManagerError> {
+) -> Result<Result<FileMounts, String>, ManagerError> {
     let local_engine = !matches!(executor, "slurm");
-    let mut mounts = Vec::new();
+    let mut mounts = FileMounts::default();
     for (n, i) in task.inputs.iter().enumerate() {
         let Some(url) = i.url.as_deref() else {
             continue;
@@ -247,7 +255,11 @@ pub(crate) async fn file_inputs(
             Err(e) => return Ok(Err(e.to_string())),
         };
         if local_engine {
-            mounts.push(caas_runtime::BindMount {
+            mounts.checked.push(caas_runtime::CheckedSource {
+                target: i.path.clone(),
+                identity: data.identity,
+            });
+            mounts.mounts.push(caas_runtime::BindMount {
                 source: data.path,
                 target: i.path.clone(),
                 read_only: true,

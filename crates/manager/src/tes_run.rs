@@ -28,7 +28,7 @@ impl Inner {
         &self,
         group: &GroupName,
         raw: Option<&Value>,
-    ) -> Result<Result<(Analysis, Vec<caas_runtime::BindMount>), String>, ManagerError> {
+    ) -> Result<Result<(Analysis, crate::tes_data::FileMounts), String>, ManagerError> {
         let Some(paths) = tes_paths(group, raw) else {
             return Ok(Err(
                 "a TES submission's timestamp must be its task id (tes-<32 hex digits>)".into(),

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use caas_protocol::datasource::{DataRule, DataUrl, Scheme, shown};
+use caas_runtime::SourceIdentity;
 
 use crate::PipelineError;
 
@@ -33,6 +34,9 @@ pub struct LocalData {
     pub mtime: Option<SystemTime>,
     /// A folder's files, relative to it (`/`-separated, sorted); empty for a file.
     pub entries: Vec<String>,
+    /// Which file or folder `path` was when checked (taken from a descriptor opened without
+    /// following any link): the engine mounts only that one (`caas_runtime::CheckedSource`).
+    pub identity: SourceIdentity,
 }
 
 fn refused(what: &str, url: &DataUrl, why: impl std::fmt::Display) -> PipelineError {
@@ -115,6 +119,7 @@ pub fn resolve_file(
     }
     let meta = std::fs::symlink_metadata(&real)
         .map_err(|e| refused(what, url, format!("cannot be read: {e}")))?;
+    let identity = pinned(&real, &meta).map_err(|why| refused(what, url, why))?;
     let mut data = LocalData {
         path: real.clone(),
         folder: meta.is_dir(),
@@ -122,6 +127,7 @@ pub fn resolve_file(
         files: 0,
         mtime: meta.modified().ok(),
         entries: Vec::new(),
+        identity,
     };
     if url.folder != meta.is_dir() {
         return Err(refused(
@@ -153,6 +159,40 @@ pub fn resolve_file(
         ));
     }
     Ok(data)
+}
+
+/// The identity of the real path `real`, opened with no link followed anywhere on it
+/// (`openat2` with `RESOLVE_NO_SYMLINKS`), which must be what `meta` (looked up by path just
+/// before) describes: a folder on the path swapped for a link while it was checked is refused.
+/// A kernel without `openat2` (before Linux 5.6) gives `meta`'s own identity.
+fn pinned(real: &Path, meta: &std::fs::Metadata) -> Result<SourceIdentity, String> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+    let by_path = SourceIdentity::of(meta);
+    let fd = match rustix::fs::openat2(
+        CWD,
+        real,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOSYS) => return Ok(by_path),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(
+                "changed while it was checked (a symbolic link appeared on its path)".into(),
+            );
+        }
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot be read: {e}"))?;
+    let opened = SourceIdentity {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    if opened != by_path {
+        return Err("changed while it was checked (another file is on its path now)".into());
+    }
+    Ok(opened)
 }
 
 /// One file: regular, not hard-linked, readable by the service.

@@ -140,3 +140,46 @@ fn the_store_size_limits_and_name_prefixes_are_enforced() {
         .to_string();
     assert!(e.contains("out of the allowed folder"), "{e}");
 }
+
+#[test]
+fn a_folder_swapped_for_a_link_while_checked_is_refused_and_the_identity_is_the_checked_file() {
+    let t = tree();
+    let file = t.root.join("shared/data/sub/b.csv");
+    let data = resolve_file(
+        &url(&t, "shared/data/sub/b.csv"),
+        &rule(&t, "shared/*"),
+        None,
+        u64::MAX,
+        "dataname 0",
+    )
+    .unwrap();
+    assert_eq!(
+        data.identity,
+        SourceIdentity::of(&std::fs::metadata(&file).unwrap())
+    );
+    // Looked up by path, then `sub` becomes a link to a folder holding a file of that name
+    // outside the tree, before the path is opened.
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    std::fs::create_dir_all(t.root.join("secret/sub")).unwrap();
+    std::fs::write(t.root.join("secret/sub/b.csv"), b"s3cr3t").unwrap();
+    std::fs::rename(
+        t.root.join("shared/data/sub"),
+        t.root.join("shared/data/old"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(t.root.join("secret/sub"), t.root.join("shared/data/sub")).unwrap();
+    let err = pinned(&file, &meta).unwrap_err();
+    assert!(err.contains("changed while it was checked"), "{err}");
+    // Another file on the path (the folder moved back, the file replaced) is refused too.
+    std::fs::remove_file(t.root.join("shared/data/sub")).unwrap();
+    std::fs::rename(
+        t.root.join("shared/data/old"),
+        t.root.join("shared/data/sub"),
+    )
+    .unwrap();
+    // (The checked file is kept under another name, so its inode cannot be reused.)
+    std::fs::rename(&file, t.root.join("shared/data/sub/b.old")).unwrap();
+    std::fs::write(&file, b"new").unwrap();
+    let err = pinned(&file, &meta).unwrap_err();
+    assert!(err.contains("another file"), "{err}");
+}

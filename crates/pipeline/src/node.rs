@@ -145,6 +145,7 @@ pub async fn run_node_task(
         image: image.clone(),
         origin: record.origin.clone(),
         extra_mounts: Vec::new(),
+        extra_checked: Vec::new(),
         external: Default::default(),
         concurrency: 1,
         work_root: task.work_root.clone(),

@@ -32,6 +32,9 @@ pub struct JobRequest {
     pub origin: String,
     /// Extra bind mounts (e.g. the analysis source in `caas run --dev`).
     pub extra_mounts: Vec<BindMount>,
+    /// Of those, the ones read in place (a TES task's `file://` inputs): the file or folder
+    /// the manager checked, which the engine must mount and no other.
+    pub extra_checked: Vec<caas_runtime::CheckedSource>,
     /// Datasets read in place instead of from the store (index in `datasets` -> where), as
     /// the manager allowed them; checked again when the task mounts them.
     pub external: std::collections::BTreeMap<usize, ExternalDataset>,

@@ -326,9 +326,15 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
     let results_dir = work.join("results");
     std::fs::create_dir_all(&results_dir).map_err(io_err("create", &results_dir))?;
     set_mode(&results_dir, 0o777)?;
+    let mut in_place = None;
     let data_src = match req.external.get(&idx) {
-        // Read in place (mounted read-only, never copied), checked on disk again now.
-        Some(x) if !x.fetched => x.resolve(&ctx.store)?,
+        // Read in place (mounted read-only, never copied), checked on disk again now; the
+        // engine mounts that very file or folder.
+        Some(x) if !x.fetched => {
+            let data = x.check(&ctx.store)?;
+            in_place = Some(data.identity);
+            data.path
+        }
         _ => {
             stage_input(
                 &ctx.store,
@@ -349,6 +355,13 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
 
     let io = req.spec.io.dir.trim_end_matches('/');
     let data_in = format!("{io}/inputs/{dataset}");
+    let mut checked = req.extra_checked.clone();
+    if let Some(identity) = in_place {
+        checked.push(caas_runtime::CheckedSource {
+            target: data_in.clone(),
+            identity,
+        });
+    }
     let config_in = format!("{io}/configs/{}", req.config.basename());
     let results_in = format!("{io}/results");
     let mut values = BTreeMap::new();
@@ -423,7 +436,7 @@ async fn run_task_inner(ctx: &TaskCtx, idx: usize, work: &Path) -> Result<(), Pi
         pids_limit: Some(req.spec.resources.pids_limit()),
         timeout: req.spec.timeout(),
         stop_grace: STOP_GRACE,
-        checked: Vec::new(),
+        checked,
     };
 
     // Record the task as running before the container exists, so a crash leaves a trace.

@@ -69,6 +69,7 @@ impl Env {
             image: IMAGE.into(),
             origin: "test".into(),
             extra_mounts: Vec::new(),
+            extra_checked: Vec::new(),
             external: Default::default(),
             concurrency: datasets.len().max(1),
             work_root: self.root.join(".caas").join("work"),
