@@ -361,7 +361,6 @@ impl Inner {
             &sub,
             group,
             &self.cfg.tes.data,
-            self.cfg.executor.kind(),
             store.local_root(),
         )
         .await?

@@ -1,14 +1,14 @@
 //! A job's datasets named by `file://` URLs (`dataname` in submit.json): read in place where
 //! the operator's `--data-source` allows it for the group, through the same on-disk checks as a
 //! TES task's `file://` inputs (`caas_pipeline::external::resolve_file`), or refused before
-//! compute with a message naming the input. Only the local engines mount them; a remote
-//! executor (Slurm) refuses them.
+//! compute with a message naming the input. A Slurm node checks them again itself
+//! (`caas_pipeline`'s `in_place.rs`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use caas_pipeline::ExternalDataset;
-use caas_protocol::datasource::{DataPolicy, shown};
+use caas_protocol::datasource::DataPolicy;
 use caas_protocol::{GroupName, Submission};
 
 use crate::ManagerError;
@@ -19,18 +19,11 @@ pub(crate) async fn job_file_datasets(
     sub: &Submission,
     group: &GroupName,
     policy: &DataPolicy,
-    executor: &str,
     store_root: Option<&Path>,
 ) -> Result<Result<BTreeMap<usize, ExternalDataset>, String>, ManagerError> {
     let mut out = BTreeMap::new();
     for (&i, url) in &sub.urls {
         let what = format!("dataname {i}");
-        if executor == "slurm" {
-            return Ok(Err(format!(
-                "{what}: \"{}\" is read in place (file://) only by the local engine, not on {executor}",
-                shown(url)
-            )));
-        }
         let (u, rule) = match policy.source(url, group, &what) {
             Ok((u, r)) => (u, r.clone()),
             Err(e) => return Ok(Err(e.to_string())),

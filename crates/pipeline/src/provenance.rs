@@ -99,16 +99,24 @@ async fn external_fact(
     x: &crate::ExternalDataset,
 ) -> Result<InputFact, PipelineError> {
     let url = x.shown();
-    let path = x.resolve(store)?;
-    let (size, sha256) = crate::external::hash_local_file(store, &path).await?;
+    let files = match x.resolve(store) {
+        Ok(path) => {
+            let (size, sha256) = crate::external::hash_local_file(store, &path).await?;
+            vec![FileFact {
+                path: url.clone(),
+                size,
+                sha256,
+            }]
+        }
+        // Gone (or no longer allowed) since the job was checked, like a store input deleted
+        // since: no file to name; the task's reason says what happened.
+        Err(PipelineError::Refused(_)) => Vec::new(),
+        Err(e) => return Err(e),
+    };
     Ok(InputFact {
         key: url.clone(),
-        path: url.clone(),
-        files: vec![FileFact {
-            path: url,
-            size,
-            sha256,
-        }],
+        path: url,
+        files,
         folder: false,
     })
 }

@@ -45,6 +45,7 @@ pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize, attempt: u32, image: String
         attempt,
         image,
         adopt: false,
+        in_place: crate::in_place::describe(req, idx, ctx.store.local_root()),
     }
 }
 

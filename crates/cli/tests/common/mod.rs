@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod api;
+pub mod copies;
 pub mod dev;
 pub mod local;
 pub mod s3;
