@@ -6,7 +6,9 @@
 //! it) nor anywhere under the temp dir, and the store grew by far less than the dataset. The node
 //! agent checks the file again itself: a file changed or gone between the manager's check and
 //! the node's start fails the task naming the input (never a copy). A symbolic link out of the
-//! allowed tree and a path no rule allows are refused before compute, naming the input.
+//! allowed tree and a path no rule allows are refused before compute, naming the input. The
+//! same on every node engine of the cluster: Docker and rootful Podman (manager as root), and
+//! Charliecloud and rootless Podman (manager and node agents as the unprivileged lab user).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::copies::*;
+use common::lab::*;
 use common::server::*;
 use common::slurm::*;
 use common::*;
@@ -49,7 +52,7 @@ fn slurm_ids(folder: &str) -> Vec<String> {
 }
 
 /// Wait for the job's (held) Slurm job to be submitted, run `meanwhile`, then release it.
-fn release_after(folder: &str, srv: &Server, meanwhile: impl FnOnce()) {
+fn release_after(folder: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce()) {
     let mut ids = Vec::new();
     assert!(
         wait_for(LIMIT, || {
@@ -57,7 +60,7 @@ fn release_after(folder: &str, srv: &Server, meanwhile: impl FnOnce()) {
             !ids.is_empty()
         }),
         "{folder} was never submitted to Slurm: {}",
-        srv.log_text()
+        log()
     );
     meanwhile();
     for id in ids {
@@ -69,11 +72,51 @@ fn release_after(folder: &str, srv: &Server, meanwhile: impl FnOnce()) {
     }
 }
 
+/// The manager: as root (Docker, rootful Podman) or as the lab user (Charliecloud, rootless
+/// Podman); killed when dropped.
+enum Manager {
+    Root(Server),
+    Lab(LabServer),
+}
+
+impl Manager {
+    fn log_text(&self) -> String {
+        match self {
+            Self::Root(s) => s.log_text(),
+            Self::Lab(s) => s.log_text(),
+        }
+    }
+}
+
 #[test]
-fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
+fn docker_nodes_read_a_file_url_in_place_with_zero_bytes_copied() {
+    read_in_place_on("docker");
+}
+
+#[test]
+fn podman_nodes_read_a_file_url_in_place_with_zero_bytes_copied() {
+    read_in_place_on("podman");
+}
+
+#[test]
+fn charliecloud_nodes_read_a_file_url_in_place_with_zero_bytes_copied() {
+    read_in_place_on("charliecloud");
+}
+
+#[test]
+fn rootless_podman_nodes_read_a_file_url_in_place_with_zero_bytes_copied() {
+    read_in_place_on("podman-rootless");
+}
+
+fn read_in_place_on(engine: &str) {
     ensure_engine();
     let _one = ensure_slurm();
-    let sb = Sandbox::new();
+    let lab = matches!(engine, "charliecloud" | "podman-rootless");
+    let sb = if lab {
+        sandbox_for_lab()
+    } else {
+        Sandbox::new()
+    };
     let store = sb.store();
     put(&store, "lab/configs/c.yaml", b"threshold: 3\n");
     // The shared folder: every node sees it at this path.
@@ -84,6 +127,8 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
     let big = data.join("big.bin");
     let content = dataset((3 << 20) + 4321, 0x5eed);
     std::fs::write(&big, &content).unwrap();
+    // Writable by anyone on the host: only the read-only mount keeps the task from writing.
+    std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     std::fs::write(data.join("changed.bin"), b"as the manager saw it\n").unwrap();
     std::fs::write(data.join("gone.bin"), b"here when submitted\n").unwrap();
     std::fs::write(shared.join("private/key"), b"secret\n").unwrap();
@@ -91,24 +136,19 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
     std::os::unix::fs::symlink(shared.join("private/key"), data.join("escape.bin")).unwrap();
     let host = std::fs::metadata(&big).unwrap();
 
-    let a = sb.analysis(&shell_analysis(
-        "inplace-slurm",
-        "stat -c '%d %i' {data} > {results}/ident.txt; wc -c < {data} > {results}/size.txt; \
-         sha256sum < {data} > {results}/sum.txt; \
+    // The container's view: the file's device and inode, its bytes, whether it can write to
+    // it, and what else its folder shows.
+    let script = "stat -c '%d %i' {data} > {results}/ident.txt; wc -c < {data} > {results}/size.txt; \
+         sha256sum < {data} > {results}/sum.txt; ls -A \"$(dirname {data})\" > {results}/beside.txt; \
          if (echo x >> {data}) 2>/dev/null; then echo writable; else echo read-only; fi > {results}/mode.txt; \
-         echo observed; sleep 6; echo done",
-        "",
-    ));
-    let rule = format!("file://{}/* groups=lab", data.display());
-    // Held at submission: the test decides when each Slurm job may start.
-    let srv = start_serve(
-        &sb,
-        &store,
-        &a,
-        &["--data-source", &rule, "--sbatch-arg=--hold"],
-    );
-    let images = store.join("_caas/images");
-    let before = bytes_under(&store, &[&images]);
+         echo observed; sleep 6; echo done";
+    let a = if lab {
+        let (_, a) = pinned_analysis(&sb, "inplace-slurm", script, "");
+        publish(&store, &a);
+        a
+    } else {
+        sb.analysis(&shell_analysis("inplace-slurm", script, ""))
+    };
     let url = |p: &Path| format!("file://{}", p.display());
     let cases = [
         ("ok", url(&big)),
@@ -117,6 +157,8 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
         ("escape", url(&data.join("escape.bin"))),
         ("outside", url(&shared.join("other.bin"))),
     ];
+    let images = store.join("_caas/images");
+    let before = bytes_under(&store, &[&images]);
     for (name, u) in &cases {
         put(
             &store,
@@ -128,11 +170,33 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
             ),
         );
     }
+    let rule = format!("file://{}/* groups=lab", data.display());
+    // Held at submission: the test decides when each Slurm job may start.
+    let extra = ["--data-source", &rule, "--sbatch-arg=--hold"];
+    let srv = if lab {
+        chown_lab(&store);
+        let cache = sb.path().join("node-cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        chown_lab(&cache);
+        Manager::Lab(LabServer::start_args(
+            &store,
+            &a,
+            &cache,
+            &sb.path().join("serve.log"),
+            engine,
+            &extra,
+        ))
+    } else {
+        let mut args = vec!["--node-engine", engine];
+        args.extend(extra);
+        Manager::Root(start_serve(&sb, &store, &a, &args))
+    };
+    let log = || srv.log_text();
     let folder = |name: &str| format!("job__inplace-slurm_j-{name}");
     let job = |name: &str| store.join("lab/results").join(folder(name));
 
     // The allowed file runs on a node, read where it lives.
-    release_after(&folder("ok"), &srv, || {});
+    release_after(&folder("ok"), &log, || {});
     let stdout_log = job("ok").join("logs/big.bin.stdout.log");
     assert!(
         wait_for(LIMIT, || std::fs::read_to_string(&stdout_log)
@@ -146,10 +210,10 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
     assert!(during.is_empty(), "copies while running: {during:?}");
     // The node agent checks the file itself: changed or gone after the manager's check, the
     // task fails on the node naming the input (its Slurm job is released only now).
-    release_after(&folder("changed"), &srv, || {
+    release_after(&folder("changed"), &log, || {
         std::fs::write(data.join("changed.bin"), b"another file at the same path\n").unwrap();
     });
-    release_after(&folder("gone"), &srv, || {
+    release_after(&folder("gone"), &log, || {
         std::fs::remove_file(data.join("gone.bin")).unwrap();
     });
     for name in ["ok", "changed", "gone", "escape", "outside"] {
@@ -187,6 +251,8 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
     );
     assert_eq!(result("size.txt").trim(), content.len().to_string());
     assert_eq!(result("mode.txt").trim(), "read-only");
+    // Its folder shows that file alone, never the shared folder's other files.
+    assert_eq!(result("beside.txt").trim(), "big.bin");
     assert_eq!(std::fs::read(&big).unwrap(), content, "the source changed");
     let sum = Command::new("sha256sum").arg(&big).output().unwrap();
     let sum = stdout(&sum).split_whitespace().next().unwrap().to_string();
@@ -202,7 +268,7 @@ fn a_file_url_job_is_read_in_place_on_a_slurm_node_with_zero_bytes_copied() {
     assert!(after.is_empty(), "copies: {after:?}");
     let grown = bytes_under(&store, &[&images]).saturating_sub(before);
     eprintln!(
-        "dataset {} bytes; copies found while running {}, after {}; store grew {grown} bytes (logs, records, results of 5 jobs)",
+        "{engine}: dataset {} bytes; copies found while running {}, after {}; store grew {grown} bytes (logs, records, results of 5 jobs)",
         content.len(),
         during.len(),
         after.len()
