@@ -37,7 +37,8 @@ fn dataset(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// The Slurm job ids (held or not) of the caas job `folder` in group `lab`, from `squeue`.
+/// The Slurm job ids (held or not) of the caas job `folder` in group `lab`, from `squeue` (a
+/// job array's by its own id: `812_[0-1]` is `812`).
 fn slurm_ids(folder: &str) -> Vec<String> {
     let out = Command::new("squeue")
         .args(["-h", "-o", "%i %k"])
@@ -47,7 +48,8 @@ fn slurm_ids(folder: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(&needle))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|id| id.split("_[").next().unwrap_or(id).to_string())
         .collect()
 }
 
@@ -159,6 +161,18 @@ fn read_in_place_on(engine: &str) {
     ];
     let images = store.join("_caas/images");
     let before = bytes_under(&store, &[&images]);
+    // Two datasets read in place in one job: one Slurm job array, each element told its own.
+    std::fs::write(data.join("second.bin"), b"1\n2\n3\n").unwrap();
+    let second = data.join("second.bin");
+    put(
+        &store,
+        "lab/submissions/pairsubmit.json",
+        &submission(
+            &format!("[{:?}, {:?}]", url(&big), url(&second)),
+            "lab/configs/c.yaml",
+            "j-pair",
+        ),
+    );
     for (name, u) in &cases {
         put(
             &store,
@@ -172,7 +186,13 @@ fn read_in_place_on(engine: &str) {
     }
     let rule = format!("file://{}/* groups=lab", data.display());
     // Held at submission: the test decides when each Slurm job may start.
-    let extra = ["--data-source", &rule, "--sbatch-arg=--hold"];
+    let extra = [
+        "--data-source",
+        &rule,
+        "--sbatch-arg=--hold",
+        "--concurrency",
+        "8",
+    ];
     let srv = if lab {
         chown_lab(&store);
         let cache = sb.path().join("node-cache");
@@ -216,7 +236,8 @@ fn read_in_place_on(engine: &str) {
     release_after(&folder("gone"), &log, || {
         std::fs::remove_file(data.join("gone.bin")).unwrap();
     });
-    for name in ["ok", "changed", "gone", "escape", "outside"] {
+    release_after(&folder("pair"), &log, || {});
+    for name in ["ok", "changed", "gone", "escape", "outside", "pair"] {
         assert!(
             wait_end(&job(name), LIMIT),
             "{name}: no end.txt: {}",
@@ -268,7 +289,7 @@ fn read_in_place_on(engine: &str) {
     assert!(after.is_empty(), "copies: {after:?}");
     let grown = bytes_under(&store, &[&images]).saturating_sub(before);
     eprintln!(
-        "{engine}: dataset {} bytes; copies found while running {}, after {}; store grew {grown} bytes (logs, records, results of 5 jobs)",
+        "{engine}: dataset {} bytes; copies found while running {}, after {}; store grew {grown} bytes (logs, records, results of 6 jobs)",
         content.len(),
         during.len(),
         after.len()
@@ -278,6 +299,26 @@ fn read_in_place_on(engine: &str) {
         "the store grew {grown} bytes"
     );
     assert!(!store.join("lab/inputs/big.bin").exists());
+
+    // The job array: both elements read their file in place.
+    let pair = job("pair");
+    let rec = read_json(&pair.join("job.json"));
+    let cert = std::fs::read_to_string(pair.join("logs/certificate.txt")).unwrap();
+    assert_eq!(rec["state"], "succeeded", "{rec}\n{cert}");
+    assert!(cert.contains("as one array"), "{cert}");
+    for (f, len) in [(&big, content.len()), (&second, 6)] {
+        let m = std::fs::metadata(f).unwrap();
+        let dir = pair.join("process_results").join(f.file_name().unwrap());
+        let read = |x: &str| std::fs::read_to_string(dir.join(x)).unwrap_or_default();
+        assert_eq!(
+            read("ident.txt").trim(),
+            format!("{} {}", m.dev(), m.ino()),
+            "{cert}"
+        );
+        assert_eq!(read("size.txt").trim(), len.to_string());
+        assert_eq!(read("mode.txt").trim(), "read-only");
+    }
+    assert!(copies_of(&content, &big, &[&store, &tmp]).is_empty());
 
     // Checked again on the node: another file at that path, or none, fails the task there.
     for (name, idx, why) in [
