@@ -185,19 +185,26 @@ mod tests {
         std::fs::write(&file, b"1\n2\n").unwrap();
         let url = format!("file://{}", file.display());
         let d = told(&dir, &file, 3);
-        let ok = check_on_node(&[d.clone()], 3, &url, &group(), None, "n1").unwrap();
+        let ok = check_on_node(std::slice::from_ref(&d), 3, &url, &group(), None, "n1").unwrap();
         assert_eq!(ok.url.file_path(), file);
         assert_eq!(ok.size, 4);
         // No description for this task: refused, never copied.
-        let e = check_on_node(&[d.clone()], 2, &url, &group(), None, "n1").unwrap_err();
+        let e = check_on_node(std::slice::from_ref(&d), 2, &url, &group(), None, "n1").unwrap_err();
         assert!(e.contains("dataname 2") && e.contains("no rule"), "{e}");
         // Another group than the rule's.
-        let e = check_on_node(&[d.clone()], 3, &url, &"other".parse().unwrap(), None, "n1")
-            .unwrap_err();
+        let e = check_on_node(
+            std::slice::from_ref(&d),
+            3,
+            &url,
+            &"other".parse().unwrap(),
+            None,
+            "n1",
+        )
+        .unwrap_err();
         assert!(e.contains("not allowed") && e.contains("n1"), "{e}");
         // Another file at the same path (another size): refused, naming the input.
         std::fs::write(&file, b"1\n2\n3\n").unwrap();
-        let e = check_on_node(&[d.clone()], 3, &url, &group(), None, "n1").unwrap_err();
+        let e = check_on_node(std::slice::from_ref(&d), 3, &url, &group(), None, "n1").unwrap_err();
         assert!(
             e.contains("dataname 3")
                 && e.contains(&url)
