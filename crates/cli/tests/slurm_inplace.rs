@@ -282,6 +282,17 @@ fn read_in_place_on(engine: &str) {
         Some(sum.as_str())
     );
     assert!(cert.contains(&cases[0].1), "{cert}");
+    // The manager's lines name the URL, never a store key that does not exist.
+    assert!(
+        cert.contains(&format!("dataset {}: submitting task", cases[0].1)),
+        "{cert}"
+    );
+    assert!(
+        !cert
+            .lines()
+            .any(|l| l.contains("[Job Manager]") && l.contains("lab/inputs/big.bin")),
+        "{cert}"
+    );
     // ZERO BYTES COPIED, counted after the job too: no file holding its content anywhere in
     // the store or under the temp dir, and the store (without the published image, which the
     // first Slurm job of an image puts there) grew by far less than the dataset.

@@ -81,7 +81,7 @@ fn signalled(state: &str) -> bool {
 /// The manager's end of a remote task: see the module docs. Runs attempts until one records
 /// an outcome, the user cancels, or the retries are used up (`lost`).
 pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
-    let key = &ctx.req.datasets[idx];
+    let key = ctx.req.dataset_label(idx);
     let kind = ctx.executor.kind();
     let (mut attempt, image) = {
         let s = ctx.writer.shared.lock().await;
@@ -280,7 +280,7 @@ async fn finish_recorded(
         );
         rec.task.reason = Some(why.clone());
         finish_from_node(ctx, idx, rec).await?;
-        let key = &ctx.req.datasets[idx];
+        let key = ctx.req.dataset_label(idx);
         return ctx
             .writer
             .log(&format!("[Job Manager] dataset {key}: {why}"))
@@ -335,7 +335,7 @@ async fn end_without_record(
     state: State,
     reason: String,
 ) -> Result<(), PipelineError> {
-    let key = &ctx.req.datasets[idx];
+    let key = ctx.req.dataset_label(idx);
     ctx.writer
         .log(&format!("[Job Manager] dataset {key}: {reason}"))
         .await?;
