@@ -40,14 +40,18 @@ fn dataset(len: usize, seed: u64) -> Vec<u8> {
 /// The Slurm job ids (held or not) of the caas job `folder` in group `lab`, from `squeue` (a
 /// job array's by its own id: `812_[0-1]` is `812`).
 fn slurm_ids(folder: &str) -> Vec<String> {
+    slurm_ids_with(&format!("lab/{folder}."))
+}
+
+/// The Slurm job ids whose comment holds `needle`.
+fn slurm_ids_with(needle: &str) -> Vec<String> {
     let out = Command::new("squeue")
         .args(["-h", "-o", "%i %k"])
         .output()
         .unwrap();
-    let needle = format!("lab/{folder}.");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&needle))
+        .filter(|l| l.contains(needle))
         .filter_map(|l| l.split_whitespace().next())
         .map(|id| id.split("_[").next().unwrap_or(id).to_string())
         .collect()
@@ -71,6 +75,17 @@ fn release_after(folder: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce(
             .status()
             .unwrap();
         assert!(st.success(), "scontrol release {id}");
+    }
+}
+
+/// Cancels the Slurm jobs whose comment holds this text (jobs left held by a failed test).
+struct CancelOnDrop(String);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        for id in slurm_ids_with(&self.0) {
+            let _ = Command::new("scancel").arg(&id).status();
+        }
     }
 }
 
@@ -114,6 +129,9 @@ fn read_in_place_on(engine: &str) {
     ensure_engine();
     let _one = ensure_slurm();
     let lab = matches!(engine, "charliecloud" | "podman-rootless");
+    // Named for this run: its Slurm jobs are told from others' (and cancelled if it fails).
+    let analysis = format!("inplace-{}", std::process::id());
+    let _held = CancelOnDrop(format!("lab/job__{analysis}_"));
     let sb = if lab {
         sandbox_for_lab()
     } else {
@@ -145,11 +163,11 @@ fn read_in_place_on(engine: &str) {
          if (echo x >> {data}) 2>/dev/null; then echo writable; else echo read-only; fi > {results}/mode.txt; \
          echo observed; sleep 6; echo done";
     let a = if lab {
-        let (_, a) = pinned_analysis(&sb, "inplace-slurm", script, "");
+        let (_, a) = pinned_analysis(&sb, &analysis, script, "");
         publish(&store, &a);
         a
     } else {
-        sb.analysis(&shell_analysis("inplace-slurm", script, ""))
+        sb.analysis(&shell_analysis(&analysis, script, ""))
     };
     let url = |p: &Path| format!("file://{}", p.display());
     let cases = [
@@ -212,7 +230,7 @@ fn read_in_place_on(engine: &str) {
         Manager::Root(start_serve(&sb, &store, &a, &args))
     };
     let log = || srv.log_text();
-    let folder = |name: &str| format!("job__inplace-slurm_j-{name}");
+    let folder = |name: &str| format!("job__{analysis}_j-{name}");
     let job = |name: &str| store.join("lab/results").join(folder(name));
 
     // The allowed file runs on a node, read where it lives.
