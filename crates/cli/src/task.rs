@@ -70,6 +70,11 @@ pub struct TaskRunArgs {
     /// (ch-run as the node user, images converted into CAAS_NODE_CACHE).
     #[arg(long, default_value = "docker")]
     engine: String,
+    /// A dataset of the job read in place where it lives (a `file://` shared folder), as the
+    /// manager describes it (JSON: URL, rule, what it saw); checked again on this node.
+    /// Repeatable (a job array's elements are told every one of the job's).
+    #[arg(long = "in-place")]
+    in_place: Vec<String>,
     /// Scratch folder for staging (default: inside a local store, else the temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -210,6 +215,7 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         work_root,
         attempt: args.attempt,
         runner,
+        in_place: args.in_place,
         deadline_warned,
     };
     let t = run_node_task(&store, &executor, task, Arc::new(Stderr), &cancel).await?;

@@ -6,7 +6,8 @@
 //! (`JobPaths::fetched`), which then stands for the dataset, so the task reads it as any store
 //! dataset. Anything refused (not allowed, inside the store, missing, too large, a redirect
 //! elsewhere, a link out of the tree, a FIFO...) rejects the job before compute with a message
-//! naming the input (`dataname N: ...`).
+//! naming the input (`dataname N: ...`). On Slurm a `file://` dataset is checked again by the
+//! node itself (`caas_pipeline`'s `in_place.rs`) before it is mounted there.
 
 use std::collections::BTreeMap;
 
@@ -65,9 +66,10 @@ async fn read_all(
     let recorded = recorded_sources(cx, sub.urls.len()).await?;
     for (n, (&i, url)) in sub.urls.iter().enumerate() {
         let what = format!("dataname {i}");
-        if cx.executor == "slurm" {
+        if cx.executor == "slurm" && !url.starts_with("file://") {
+            // A `file://` one is checked again and mounted by the node itself (`in_place.rs`).
             return Ok(Err(format!(
-                "{what}: \"{}\": a dataset outside the store is read only by the local engine for now, not on {}",
+                "{what}: \"{}\": a dataset from another bucket or a web server is not read on {} nodes yet; a file:// one on the shared filesystem is",
                 shown(url),
                 cx.executor
             )));

@@ -10,6 +10,7 @@ mod cache;
 pub mod external;
 mod hash_record;
 mod images;
+mod in_place;
 mod job;
 mod ledger;
 mod logs;

@@ -41,6 +41,9 @@ pub struct NodeTask {
     pub attempt: u32,
     /// Who runs this attempt (host, Slurm job id), written in the claim.
     pub runner: String,
+    /// What the manager said of the job's datasets read in place (`--in-place`, see
+    /// `in_place.rs`): checked again here, on the node, before the task runs.
+    pub in_place: Vec<String>,
     /// Set when the scheduler warned that its time limit is near (Slurm's `--signal`): a task
     /// the cancellation then stops is recorded `timed_out`, not `cancelled`.
     pub deadline_warned: Arc<std::sync::atomic::AtomicBool>,
@@ -74,7 +77,10 @@ pub async fn run_node_task(
     })?;
     let idx = task.index;
     match (record.tasks.get(idx), &task.dataset) {
-        (Some(t), Some(d)) if &t.dataset == d => {}
+        (Some(t), Some(d))
+            if &t.dataset == d
+                || crate::in_place::key_of(&task.group, &t.dataset)
+                    .is_some_and(|k| k.to_string() == *d) => {}
         (Some(_), None) => {}
         (_, d) => {
             return Err(PipelineError::Refused(format!(
@@ -104,8 +110,14 @@ pub async fn run_node_task(
     let datasets = record
         .tasks
         .iter()
-        .map(|t| StoreKey::parse(&t.dataset))
+        .map(|t| match crate::in_place::key_of(&task.group, &t.dataset) {
+            // A dataset read in place: job.json records its URL.
+            Some(k) => Ok(k),
+            None => StoreKey::parse(&t.dataset),
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    let url = crate::in_place::key_of(&task.group, &record.tasks[idx].dataset)
+        .map(|_| record.tasks[idx].dataset.clone());
     let config = StoreKey::parse(&record.config)?;
     // The claim: one attempt runs a task, ever (a requeued Slurm job finds it taken).
     let claim = serde_json::json!({
@@ -136,7 +148,7 @@ pub async fn run_node_task(
         .clone()
         .unwrap_or_else(|| record.image.clone());
     let loaded = crate::images::ensure_on_node(store, executor, &image).await;
-    let req = JobRequest {
+    let mut req = JobRequest {
         spec: task.spec.clone(),
         group: task.group.clone(),
         timestamp: task.timestamp.clone(),
@@ -184,6 +196,41 @@ pub async fn run_node_task(
                 .await?;
             let t = writer.shared.lock().await.record.tasks[idx].clone();
             return Ok(t);
+        }
+    }
+    if let Some(url) = url {
+        // Read in place: checked again here, on this node's own disk, never copied.
+        let (told, group, root) = (
+            task.in_place.clone(),
+            task.group.clone(),
+            store.local_root().map(PathBuf::from),
+        );
+        let host = host_name();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::in_place::check_on_node(&told, idx, &url, &group, root.as_deref(), &host)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(format!(
+                "dataname {idx}: the check on this node failed: {e}"
+            ))
+        });
+        match checked {
+            Ok(x) => {
+                req.external.insert(idx, x);
+            }
+            Err(reason) => {
+                writer.log(&format!("[Job Manager] {reason}")).await?;
+                writer
+                    .update_task(idx, |t, _| {
+                        t.state = State::Failed;
+                        t.reason = Some(reason.clone());
+                        t.finished = Some(Utc::now());
+                    })
+                    .await?;
+                let t = writer.shared.lock().await.record.tasks[idx].clone();
+                return Ok(t);
+            }
         }
     }
     let ctx = TaskCtx {

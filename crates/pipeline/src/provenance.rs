@@ -116,24 +116,28 @@ async fn external_fact(
             .and_then(serde_json::Value::as_u64),
         x.source.get("sha256").and_then(serde_json::Value::as_str),
     );
-    let (size, sha256) = match recorded {
-        (Some(size), Some(sha)) => (size, sha.to_string()),
-        _ => {
-            let data = x.check(store)?;
-            (
-                data.size,
-                crate::external::hash_local_data(store, &data).await?,
-            )
-        }
+    let files = match recorded {
+        (Some(size), Some(sha)) => vec![FileFact {
+            path: url.clone(),
+            size,
+            sha256: sha.to_string(),
+        }],
+        _ => match x.check(store) {
+            Ok(data) => vec![FileFact {
+                path: url.clone(),
+                size: data.size,
+                sha256: crate::external::hash_local_data(store, &data).await?,
+            }],
+            // Gone (or no longer allowed) since the job was checked, like a store input
+            // deleted since: no file to name; the task's reason says what happened.
+            Err(PipelineError::Refused(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        },
     };
     Ok(InputFact {
         key: url.clone(),
-        path: url.clone(),
-        files: vec![FileFact {
-            path: url,
-            size,
-            sha256,
-        }],
+        path: url,
+        files,
         folder: x.url.folder,
     })
 }

@@ -45,6 +45,7 @@ pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize, attempt: u32, image: String
         attempt,
         image,
         adopt: false,
+        in_place: crate::in_place::describe(req, idx, ctx.store.local_root()),
     }
 }
 
@@ -80,7 +81,7 @@ fn signalled(state: &str) -> bool {
 /// The manager's end of a remote task: see the module docs. Runs attempts until one records
 /// an outcome, the user cancels, or the retries are used up (`lost`).
 pub(crate) async fn follow(ctx: &TaskCtx, idx: usize) -> Result<(), PipelineError> {
-    let key = &ctx.req.datasets[idx];
+    let key = ctx.req.dataset_label(idx);
     let kind = ctx.executor.kind();
     let (mut attempt, image) = {
         let s = ctx.writer.shared.lock().await;
@@ -279,7 +280,7 @@ async fn finish_recorded(
         );
         rec.task.reason = Some(why.clone());
         finish_from_node(ctx, idx, rec).await?;
-        let key = &ctx.req.datasets[idx];
+        let key = ctx.req.dataset_label(idx);
         return ctx
             .writer
             .log(&format!("[Job Manager] dataset {key}: {why}"))
@@ -342,7 +343,7 @@ async fn end_without_record(
     state: State,
     reason: String,
 ) -> Result<(), PipelineError> {
-    let key = &ctx.req.datasets[idx];
+    let key = ctx.req.dataset_label(idx);
     ctx.writer
         .log(&format!("[Job Manager] dataset {key}: {reason}"))
         .await?;

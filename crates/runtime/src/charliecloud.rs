@@ -13,7 +13,9 @@
 //!   started survives it, not even a process that left its process group.
 //! - Read-only inputs: ch-run binds read-write, so the agent first bind-mounts each read-only
 //!   source onto itself read-only in a private mount namespace; ch-run's bind of it stays
-//!   read-only (a staged input is a hard link to the store's file).
+//!   read-only (a staged input is a hard link to the store's file). A file read in place
+//!   where it lives is bound alone, read-only, over a placeholder in a private folder, which
+//!   ch-run binds (its own folder's other files are never shown).
 //! - A clean environment: only the image's variables and the task's; no host home, a private
 //!   `/tmp`, not the node's `/etc/passwd`.
 //! - Limits: none of its own. CPU and memory are Slurm's allocation (its cgroups).
@@ -43,9 +45,11 @@ use crate::executor::{ExecFuture, Executor, ImageConfig, ImageForm, TaskContaine
 use crate::gpu::GpuAllocation;
 use crate::{ContainerSpec, ImageInfo, Measured, Outcome, OutputChunk, RunReport, RuntimeError};
 
-/// The script run between `unshare` and `ch-run`: each argument before `--` is bind-mounted
-/// onto itself read-only; then the rest is exec'd. Paths are arguments, never script text.
-const RO_SCRIPT: &str = r#"while [ "$1" != -- ]; do mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" || exit 125; shift; done; shift; exec "$@""#;
+/// The script run between `unshare` and `ch-run`: each argument before the first `--` is
+/// bind-mounted onto itself read-only; then each pair `FILE PLACEHOLDER` before the second `--`
+/// binds a file read-only over its empty placeholder (see [`Bind::file`]); then the rest is
+/// exec'd. Paths are arguments, never script text.
+const RO_SCRIPT: &str = r#"while [ "$1" != -- ]; do mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" || exit 125; shift; done; shift; while [ "$1" != -- ]; do mount --bind -- "$1" "$2" && mount -o remount,bind,ro -- "$2" || exit 125; shift 2; done; shift; exec "$@""#;
 
 /// Charliecloud (`ch-run`) with its per-node image cache.
 #[derive(Clone, Debug)]
@@ -62,30 +66,45 @@ pub(crate) struct Bind {
     pub(crate) source: PathBuf,
     pub(crate) target: String,
     pub(crate) read_only: bool,
+    /// A file shown alone: `source` is then a private folder holding an empty placeholder of
+    /// this name, over which the agent binds the file read-only before ch-run binds the folder
+    /// (a dataset read in place where it lives: its own folder holds other files, which a bind
+    /// of that folder would show).
+    pub(crate) file: Option<(PathBuf, String)>,
 }
 
 /// ch-run binds folders onto folders that exist in the image: a file mounted at
-/// `<dir>/<its own name>` (a staged dataset or config) becomes a bind of its folder. Paths
-/// holding `:` (ch-run's separator) or that are not UTF-8 are refused.
-pub(crate) fn plan_binds(spec: &ContainerSpec) -> Result<Vec<Bind>, RuntimeError> {
+/// `<dir>/<its own name>` that is alone in its folder (a staged dataset or config) becomes a
+/// bind of its folder; any other file mounted read-only (a dataset read in place, whose folder
+/// holds other files) is bound alone over a placeholder in `private/<n>/` ([`Bind::file`]).
+/// Paths holding `:` (ch-run's separator) or that are not UTF-8 are refused.
+pub(crate) fn plan_binds(spec: &ContainerSpec, private: &Path) -> Result<Vec<Bind>, RuntimeError> {
     let mut out: Vec<Bind> = Vec::new();
-    for m in &spec.mounts {
+    for (n, m) in spec.mounts.iter().enumerate() {
         let is_dir = std::fs::metadata(&m.source)
             .map(|md| md.is_dir())
             .unwrap_or(false);
+        let mut file = None;
         let (source, target) = if is_dir {
             (m.source.clone(), m.target.trim_end_matches('/').to_string())
         } else {
             let (dir, name) = m.target.rsplit_once('/').unwrap_or(("", &m.target));
             let own = m.source.file_name().and_then(|n| n.to_str());
             let parent = m.source.parent().map(Path::to_path_buf);
+            let alone = parent.as_deref().is_some_and(|p| {
+                std::fs::read_dir(p).is_ok_and(|entries| entries.take(2).count() == 1)
+            });
             match (own, parent) {
-                (Some(own), Some(parent)) if own == name && !dir.is_empty() => {
+                (Some(own), Some(parent)) if own == name && !dir.is_empty() && alone => {
                     (parent, dir.to_string())
+                }
+                _ if m.read_only && !dir.is_empty() && !name.is_empty() && name != ".." => {
+                    file = Some((m.source.clone(), name.to_string()));
+                    (private.join(n.to_string()), dir.to_string())
                 }
                 _ => {
                     return Err(refused(format!(
-                        "mount of file {} at {}: Charliecloud binds folders; a file must keep its own name",
+                        "mount of file {} at {}: Charliecloud binds folders; a file that is not alone in its folder can only be bound read-only",
                         m.source.display(),
                         m.target
                     )));
@@ -101,7 +120,7 @@ pub(crate) fn plan_binds(spec: &ContainerSpec) -> Result<Vec<Bind>, RuntimeError
             )));
         }
         match out.iter_mut().find(|b| b.target == target) {
-            Some(b) if b.source == source => b.read_only |= m.read_only,
+            Some(b) if b.source == source && file.is_none() => b.read_only |= m.read_only,
             Some(b) => {
                 return Err(refused(format!(
                     "two mounts at {target} ({} and {})",
@@ -113,6 +132,7 @@ pub(crate) fn plan_binds(spec: &ContainerSpec) -> Result<Vec<Bind>, RuntimeError
                 source,
                 target,
                 read_only: m.read_only,
+                file,
             }),
         }
     }
@@ -188,6 +208,13 @@ pub(crate) fn command_line(
     .to_vec();
     for b in binds.iter().filter(|b| b.read_only) {
         argv.push(b.source.to_string_lossy().into_owned());
+    }
+    argv.push("--".into());
+    for b in binds {
+        if let Some((file, name)) = &b.file {
+            argv.push(file.to_string_lossy().into_owned());
+            argv.push(b.source.join(name).to_string_lossy().into_owned());
+        }
     }
     argv.push("--".into());
     argv.push(ch_run.into());
@@ -370,14 +397,25 @@ impl Charliecloud {
             self.inject_nvidia(&dir).await?;
         }
         let rootfs = dir.join("rootfs");
-        let binds = plan_binds(spec)?;
+        let private = self.cache.join("charliecloud-binds").join(&spec.name);
+        let binds = plan_binds(spec, &private)?;
         for b in &binds {
             ensure_target(&rootfs, &b.target)?;
+            if let Some((_, name)) = &b.file {
+                // The placeholder the file is bound over (in the task's own mount namespace).
+                std::fs::create_dir_all(&b.source).map_err(io("create", &b.source))?;
+                let p = b.source.join(name);
+                std::fs::File::create(&p).map_err(io("create", &p))?;
+            }
         }
         let user = spec.user.clone().unwrap_or_else(|| config.user.clone());
         let ids = resolve_user(&user, &rootfs)?;
         let argv = command_line(&self.ch_run, spec, &rootfs, &config, &binds, ids)?;
-        run_command(&argv, spec, output, cancel).await
+        let r = run_command(&argv, spec, output, cancel).await;
+        if binds.iter().any(|b| b.file.is_some()) {
+            let _ = std::fs::remove_dir_all(&private);
+        }
+        r
     }
 
     /// Convert a checked root filesystem archive into the cache (see the module docs); false

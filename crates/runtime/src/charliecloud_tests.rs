@@ -37,11 +37,13 @@ fn the_command_line_is_unshare_then_ch_run_with_a_clean_environment() {
             source: PathBuf::from("/w/inputs"),
             target: "/caas/inputs".into(),
             read_only: true,
+            file: None,
         },
         Bind {
             source: PathBuf::from("/w/results"),
             target: "/caas/results".into(),
             read_only: false,
+            file: None,
         },
     ];
     let argv = command_line(
@@ -68,6 +70,7 @@ fn the_command_line_is_unshare_then_ch_run_with_a_clean_environment() {
         RO_SCRIPT,
         "caas-ro",
         "/w/inputs",
+        "--",
         "--",
         "ch-run",
         "--no-passwd",
@@ -114,29 +117,40 @@ fn a_staged_file_becomes_a_bind_of_its_folder_and_colons_are_refused() {
             read_only: false,
         },
     ]);
-    let binds = plan_binds(&s).unwrap();
+    let binds = plan_binds(&s, Path::new("/private")).unwrap();
     assert_eq!(
         binds,
         vec![
             Bind {
                 source: inputs.clone(),
                 target: "/caas/inputs".into(),
-                read_only: true
+                read_only: true,
+                file: None,
             },
             Bind {
                 source: results,
                 target: "/caas/results".into(),
-                read_only: false
+                read_only: false,
+                file: None,
             },
         ]
     );
-    // A file mounted under another name cannot be a folder bind.
+    // A file mounted under another name cannot be a folder bind: read-only, it is bound alone
+    // over a placeholder of the target's name; read-write, it is refused.
     let renamed = spec(vec![BindMount {
         source: inputs.join("a.csv"),
         target: "/caas/inputs/b.csv".into(),
         read_only: true,
     }]);
-    assert!(plan_binds(&renamed).unwrap_err().is_bad_request());
+    let b = plan_binds(&renamed, Path::new("/private")).unwrap();
+    assert_eq!(b[0].file, Some((inputs.join("a.csv"), "b.csv".to_string())));
+    let mut writable = renamed.clone();
+    writable.mounts[0].read_only = false;
+    assert!(
+        plan_binds(&writable, Path::new("/private"))
+            .unwrap_err()
+            .is_bad_request()
+    );
     // ch-run splits --bind at ':'.
     let colon = dir.path().join("x:y");
     std::fs::create_dir_all(&colon).unwrap();
@@ -145,7 +159,61 @@ fn a_staged_file_becomes_a_bind_of_its_folder_and_colons_are_refused() {
         target: "/caas/results".into(),
         read_only: false,
     }]);
-    assert!(plan_binds(&bad).unwrap_err().is_bad_request());
+    assert!(
+        plan_binds(&bad, Path::new("/private"))
+            .unwrap_err()
+            .is_bad_request()
+    );
+}
+
+#[test]
+fn a_file_read_in_place_is_bound_alone_over_a_placeholder_never_with_its_folder() {
+    // A shared folder: the dataset and files the task must not see.
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("rec.nwb"), "1").unwrap();
+    std::fs::write(shared.join("someone-else.nwb"), "2").unwrap();
+    let s = spec(vec![BindMount {
+        source: shared.join("rec.nwb"),
+        target: "/caas/inputs/rec.nwb".into(),
+        read_only: true,
+    }]);
+    let private = Path::new("/cache/charliecloud-binds/t1");
+    let binds = plan_binds(&s, private).unwrap();
+    assert_eq!(
+        binds,
+        vec![Bind {
+            source: private.join("0"),
+            target: "/caas/inputs".into(),
+            read_only: true,
+            file: Some((shared.join("rec.nwb"), "rec.nwb".to_string())),
+        }]
+    );
+    let config = ImageConfig::default();
+    let argv = command_line("ch-run", &s, Path::new("/r"), &config, &binds, None).unwrap();
+    let at = |x: &str| argv.iter().position(|a| a == x).unwrap();
+    let file = shared.join("rec.nwb").to_string_lossy().into_owned();
+    // Made read-only, then the file bound over the placeholder, then ch-run binds the folder.
+    assert_eq!(argv[at("caas-ro") + 1], "/cache/charliecloud-binds/t1/0");
+    assert_eq!(argv[at("caas-ro") + 2], "--");
+    assert_eq!(
+        argv[at(&file) + 1],
+        "/cache/charliecloud-binds/t1/0/rec.nwb"
+    );
+    assert_eq!(argv[at(&file) + 2], "--");
+    assert_eq!(argv[at(&file) + 3], "ch-run");
+    assert!(argv.contains(&"--bind=/cache/charliecloud-binds/t1/0:/caas/inputs".to_string()));
+    assert!(
+        !argv
+            .iter()
+            .any(|a| a.contains(&format!("--bind={}", shared.display())))
+    );
+    // A file alone in its folder (a staged input) is still a bind of its folder.
+    std::fs::remove_file(shared.join("someone-else.nwb")).unwrap();
+    let binds = plan_binds(&s, private).unwrap();
+    assert_eq!(binds[0].source, shared);
+    assert_eq!(binds[0].file, None);
 }
 
 #[test]

@@ -67,6 +67,10 @@ pub struct RemoteTask {
     /// After a manager restart: re-attach to the task's remote run (found by its name and
     /// comment) instead of submitting it; none found ends at once with no handle.
     pub adopt: bool,
+    /// Datasets read in place where they live (a `file://` shared folder), by task index: what
+    /// the node agent is told of each (`caas task run --in-place`), to check it again on the
+    /// node. A plain job carries its own task's; a job array the entries of all its tasks.
+    pub in_place: BTreeMap<usize, String>,
 }
 
 /// How a remote run of a task ended, as the remote scheduler saw it. How the task itself

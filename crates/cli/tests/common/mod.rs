@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod api;
+pub mod copies;
 pub mod dev;
+pub mod lab;
 pub mod local;
 pub mod s3;
 pub mod server;

@@ -104,19 +104,35 @@ impl SlurmConfig {
 
     /// The batch script of a task.
     pub fn batch_script(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
-        let which = [
+        let mut which = vec![
             "--dataset".to_string(),
             task.dataset.clone(),
             "--index".into(),
             task.index.to_string(),
         ];
+        if let Some(d) = task.in_place.get(&task.index) {
+            which.extend(["--in-place".to_string(), d.clone()]);
+        }
         self.script(task, &which, &task.task_id)
     }
 
     /// The batch script of a job array: every element runs the same command, and the node
-    /// agent learns its task from `SLURM_ARRAY_TASK_ID` (`--array`), its dataset from job.json.
-    pub fn array_batch_script(&self, task: &RemoteTask) -> Result<String, RuntimeError> {
-        self.script(task, &["--array".to_string()], &array_comment(task))
+    /// agent learns its task from `SLURM_ARRAY_TASK_ID` (`--array`), its dataset from job.json,
+    /// and is told every dataset of `tasks` read in place (`--in-place`, once each).
+    pub fn array_batch_script(
+        &self,
+        task: &RemoteTask,
+        tasks: &[RemoteTask],
+    ) -> Result<String, RuntimeError> {
+        let mut which = vec!["--array".to_string()];
+        let all: BTreeMap<usize, &String> = tasks
+            .iter()
+            .flat_map(|t| t.in_place.iter().map(|(i, d)| (*i, d)))
+            .collect();
+        for d in all.values() {
+            which.extend(["--in-place".to_string(), (*d).clone()]);
+        }
+        self.script(task, &which, &array_comment(task))
     }
 
     fn script(
@@ -346,6 +362,7 @@ pub(crate) mod tests {
             attempt: 0,
             image: "sha256:abc".into(),
             adopt: false,
+            in_place: BTreeMap::new(),
         }
     }
 
@@ -471,7 +488,7 @@ pub(crate) mod tests {
         let a = cfg.array_sbatch_argv(&some, 0).unwrap();
         assert_eq!(a[1], "--array=0-2,4%1");
         assert!(cfg.array_sbatch_argv(&[], 3).is_none());
-        let script = cfg.array_batch_script(&tasks[3]).unwrap();
+        let script = cfg.array_batch_script(&tasks[3], &tasks).unwrap();
         assert!(
             script.ends_with(
                 "'--group' 'lab' '--timestamp' '16:52:06.8' '--array' '--attempt' '0' '--engine' 'docker'\n"
@@ -484,6 +501,39 @@ pub(crate) mod tests {
         );
         assert_eq!(index_ranges(&[0, 1, 2, 3, 999]), "0-3,999");
         assert_eq!(index_ranges(&[7]), "7");
+    }
+
+    #[test]
+    fn datasets_read_in_place_are_told_to_the_node() {
+        let cfg = cfg();
+        let mut tasks: Vec<RemoteTask> = (0..3)
+            .map(|i| {
+                let mut t = task();
+                t.index = i;
+                t
+            })
+            .collect();
+        tasks[0]
+            .in_place
+            .insert(0, r#"{"url":"file:///s/it's.csv"}"#.into());
+        tasks[2]
+            .in_place
+            .insert(2, r#"{"url":"file:///s/c.csv"}"#.into());
+        // A plain job: its own task's only, quoted as one argument.
+        let script = cfg.batch_script(&tasks[0]).unwrap();
+        assert!(
+            script.contains(r#"'--in-place' '{"url":"file:///s/it'\''s.csv"}'"#),
+            "{script}"
+        );
+        assert!(!cfg.batch_script(&tasks[1]).unwrap().contains("--in-place"));
+        // An array: every element's, once each, in task order.
+        let script = cfg.array_batch_script(&tasks[1], &tasks).unwrap();
+        let a = script.find("it'\\''s.csv").unwrap();
+        let c = script.find("c.csv").unwrap();
+        assert!(
+            a < c && script.matches("--in-place").count() == 2,
+            "{script}"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Slurm {
                 ),
             });
         }
-        let script = self.cfg.array_batch_script(first)?;
+        let script = self.cfg.array_batch_script(first, tasks)?;
         let Some(argv) = self.cfg.array_sbatch_argv(tasks, limit) else {
             return Ok(0);
         };

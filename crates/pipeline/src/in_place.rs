@@ -1,0 +1,244 @@
+//! A job's dataset read in place (`file://` on a shared folder) when its task runs on another
+//! machine (a Slurm node). The manager checked the file before compute; the node must check it
+//! again, itself, under the same operator's rule, and must see the very same file the manager
+//! saw (a node without the shared folder, or with another file at that path, fails the task
+//! naming the input: never a silent copy). What the node is told travels in the task's
+//! description (`caas task run --in-place JSON`), written by the manager: the URL, the rule
+//! that allows it, and the size, file count and modification time the manager saw.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
+use caas_protocol::{GroupName, StoreKey};
+
+use crate::request::{ExternalDataset, JobRequest};
+
+/// What the node agent is told of one dataset read in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InPlace {
+    /// The task's index in its job.
+    pub index: usize,
+    /// The dataset's URL, as job.json records it.
+    pub url: String,
+    /// The operator's `--data-source` rule that allows it, as written.
+    pub rule: String,
+    /// Bytes the manager saw (a folder: all its files).
+    pub size: u64,
+    /// Files the manager saw (1 for a file).
+    pub files: usize,
+    /// Its modification time as the manager saw it, ns since the epoch.
+    pub modified_ns: Option<u64>,
+}
+
+fn nanos(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+}
+
+fn shown_time(ns: Option<u64>) -> String {
+    match ns {
+        Some(ns) => chrono::DateTime::<chrono::Utc>::from(UNIX_EPOCH + Duration::from_nanos(ns))
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        None => "unknown".into(),
+    }
+}
+
+/// The description of task `idx`'s dataset when it is read in place (none otherwise), checked
+/// on this machine now: the node compares what it sees with it.
+pub(crate) fn describe(
+    req: &JobRequest,
+    idx: usize,
+    store_root: Option<&Path>,
+) -> BTreeMap<usize, String> {
+    let Some(x) = req.external.get(&idx) else {
+        return BTreeMap::new();
+    };
+    // Seen now (it was checked before compute; a failure here is the node's to report).
+    let seen =
+        crate::external::resolve_file(&x.url, &x.rule, store_root, u64::MAX, "dataname").ok();
+    let d = InPlace {
+        index: idx,
+        url: x.url.to_string(),
+        rule: x.rule.text.clone(),
+        size: seen.as_ref().map_or(x.size, |s| s.size),
+        files: seen.as_ref().map_or(1, |s| s.files),
+        modified_ns: seen.and_then(|s| nanos(s.mtime)),
+    };
+    serde_json::to_string(&d)
+        .map(|s| BTreeMap::from([(idx, s)]))
+        .unwrap_or_default()
+}
+
+/// The store key that names a task whose dataset is the URL `dataset` (job.json records the
+/// URL): `<group>/inputs/<its name>` (with `/` for a folder), as the submission named it;
+/// `None` when `dataset` is not a URL.
+pub(crate) fn key_of(group: &GroupName, dataset: &str) -> Option<StoreKey> {
+    if !is_url(dataset) {
+        return None;
+    }
+    let u = DataUrl::parse(dataset).ok()?;
+    let slash = if u.folder { "/" } else { "" };
+    StoreKey::parse(&format!("{group}/inputs/{}{slash}", u.basename())).ok()
+}
+
+/// Check task `idx`'s dataset `url` (from job.json) on this node against what the manager
+/// said (`told`: every `--in-place` argument): the same URL, allowed to `group` by the same
+/// rule, resolved on this node's disk (`external::resolve_file`: no link out of the rule's
+/// tree, regular files only, never the store's files), and the same size, file count and
+/// modification time the manager saw. The dataset to mount, or why the task fails.
+pub(crate) fn check_on_node(
+    told: &[String],
+    idx: usize,
+    url: &str,
+    group: &GroupName,
+    store_root: Option<&Path>,
+    host: &str,
+) -> Result<ExternalDataset, String> {
+    let what = format!("dataname {idx}");
+    let on = |why: String| format!("{what}: \"{}\" on node {host}: {why}", shown(url));
+    let mut found = None;
+    for t in told {
+        let d: InPlace = serde_json::from_str(t)
+            .map_err(|e| on(format!("the task's description of it cannot be read ({e})")))?;
+        if d.index == idx {
+            found = Some(d);
+        }
+    }
+    let Some(d) = found else {
+        return Err(on(
+            "it is read in place, but the task's description carries no rule for it (--in-place); not copied"
+                .into(),
+        ));
+    };
+    if d.url != url {
+        return Err(on(format!(
+            "the task's description names another dataset (\"{}\")",
+            shown(&d.url)
+        )));
+    }
+    let rule: DataRule = d.rule.parse().map_err(|e| on(format!("{e}")))?;
+    if rule.base.scheme != Scheme::File {
+        return Err(on(
+            "only file:// datasets are read in place on a node".into()
+        ));
+    }
+    let policy = DataPolicy {
+        sources: vec![rule],
+        sinks: Vec::new(),
+    };
+    let (u, rule) = policy
+        .source(url, group, &what)
+        .map_err(|e| format!("{e} (on node {host})"))?;
+    let data =
+        crate::external::resolve_file(&u, rule, store_root, u64::MAX, &what).map_err(|e| {
+            format!("{e} (on node {host}; the nodes must see the shared folder at the same path)")
+        })?;
+    let here = nanos(data.mtime);
+    if data.size != d.size || data.files != d.files || here != d.modified_ns {
+        return Err(on(format!(
+            "is not the file the manager checked: it saw {} bytes in {} file(s) modified {}, this node sees {} bytes in {} file(s) modified {}; the nodes must see the same shared folder at the same path (nothing was copied)",
+            d.size,
+            d.files,
+            shown_time(d.modified_ns),
+            data.size,
+            data.files,
+            shown_time(here)
+        )));
+    }
+    Ok(ExternalDataset {
+        url: u,
+        rule: rule.clone(),
+        size: data.size,
+        fetched: false,
+        // The manager, not the node, records what was read (`sources.json`, the crate).
+        source: serde_json::Value::Null,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> GroupName {
+        "lab".parse().unwrap()
+    }
+
+    fn told(dir: &Path, file: &Path, idx: usize) -> String {
+        let m = std::fs::metadata(file).unwrap();
+        serde_json::to_string(&InPlace {
+            index: idx,
+            url: format!("file://{}", file.display()),
+            rule: format!("file://{}/* groups=lab", dir.display()),
+            size: m.len(),
+            files: 1,
+            modified_ns: nanos(m.modified().ok()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_checks_the_file_itself_and_refuses_another_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let file = dir.join("rec.csv");
+        std::fs::write(&file, b"1\n2\n").unwrap();
+        let url = format!("file://{}", file.display());
+        let d = told(&dir, &file, 3);
+        let ok = check_on_node(std::slice::from_ref(&d), 3, &url, &group(), None, "n1").unwrap();
+        assert_eq!(ok.url.file_path(), file);
+        assert_eq!(ok.size, 4);
+        // No description for this task: refused, never copied.
+        let e = check_on_node(std::slice::from_ref(&d), 2, &url, &group(), None, "n1").unwrap_err();
+        assert!(e.contains("dataname 2") && e.contains("no rule"), "{e}");
+        // Another group than the rule's.
+        let e = check_on_node(
+            std::slice::from_ref(&d),
+            3,
+            &url,
+            &"other".parse().unwrap(),
+            None,
+            "n1",
+        )
+        .unwrap_err();
+        assert!(e.contains("not allowed") && e.contains("n1"), "{e}");
+        // Another file at the same path (another size): refused, naming the input.
+        std::fs::write(&file, b"1\n2\n3\n").unwrap();
+        let e = check_on_node(std::slice::from_ref(&d), 3, &url, &group(), None, "n1").unwrap_err();
+        assert!(
+            e.contains("dataname 3")
+                && e.contains(&url)
+                && e.contains("not the file the manager checked"),
+            "{e}"
+        );
+        // Missing on the node.
+        std::fs::remove_file(&file).unwrap();
+        let e = check_on_node(&[d], 3, &url, &group(), None, "n1").unwrap_err();
+        assert!(e.contains("does not exist") && e.contains("n1"), "{e}");
+        // A link out of the rule's tree.
+        let out = tempfile::tempdir().unwrap();
+        std::fs::write(out.path().join("key"), b"secret").unwrap();
+        std::os::unix::fs::symlink(out.path().join("key"), &file).unwrap();
+        let d = serde_json::to_string(&InPlace {
+            index: 0,
+            url: url.clone(),
+            rule: format!("file://{}/*", dir.display()),
+            size: 6,
+            files: 1,
+            modified_ns: None,
+        })
+        .unwrap();
+        let e = check_on_node(&[d], 0, &url, &group(), None, "n1").unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_url_task_is_named_by_its_key() {
+        let k = key_of(&group(), "file:///s/d/rec.csv").unwrap();
+        assert_eq!(k.to_string(), "lab/inputs/rec.csv");
+        assert!(key_of(&group(), "lab/inputs/rec.csv").is_none());
+    }
+}
