@@ -15,7 +15,7 @@ use caas_protocol::datasource::{DataUrl, Scheme, shown};
 use caas_protocol::provenance::{Named, hex};
 use caas_store::Store;
 
-use crate::provenance::Finding;
+use crate::finding::Finding;
 
 /// What reading the file again found.
 enum Reread {

@@ -16,6 +16,7 @@
 
 mod cache;
 mod cost;
+mod finding;
 mod http;
 mod in_place;
 mod input;
