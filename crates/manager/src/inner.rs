@@ -369,7 +369,6 @@ impl Inner {
             store,
             policy: &self.cfg.tes.data,
             group,
-            executor: self.cfg.executor.kind(),
             paths: &job_paths,
             id,
             spec: &analysis.spec,

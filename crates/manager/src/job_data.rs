@@ -7,7 +7,8 @@
 //! dataset. Anything refused (not allowed, inside the store, missing, too large, a redirect
 //! elsewhere, a link out of the tree, a FIFO...) rejects the job before compute with a message
 //! naming the input (`dataname N: ...`). On Slurm a `file://` dataset is checked again by the
-//! node itself (`caas_pipeline`'s `in_place.rs`) before it is mounted there.
+//! node itself (`caas_pipeline`'s `in_place.rs`) before it is mounted there; a streamed one is
+//! read by the node from the job's folder.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +29,6 @@ pub(crate) struct JobData<'a> {
     pub store: &'a Store,
     pub policy: &'a DataPolicy,
     pub group: &'a GroupName,
-    pub executor: &'a str,
     pub paths: &'a JobPaths,
     /// The submission version's id (owns the job's `_caas/sources/`).
     pub id: &'a str,
@@ -66,14 +66,6 @@ async fn read_all(
     let recorded = recorded_sources(cx, sub.urls.len()).await?;
     for (n, (&i, url)) in sub.urls.iter().enumerate() {
         let what = format!("dataname {i}");
-        if cx.executor == "slurm" && !url.starts_with("file://") {
-            // A `file://` one is checked again and mounted by the node itself (`in_place.rs`).
-            return Ok(Err(format!(
-                "{what}: \"{}\": a dataset from another bucket or a web server is not read on {} nodes yet; a file:// one on the shared filesystem is",
-                shown(url),
-                cx.executor
-            )));
-        }
         if let Some(inside) = crate::tes_data::in_store(cx.store.location(), url) {
             return Ok(Err(format!(
                 "{what}: \"{}\" is inside caas's own store; name the dataset by its store path ({}/inputs/...)",
@@ -255,7 +247,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn urls_into_the_store_and_on_slurm_are_refused_before_anything_is_read() {
+    async fn urls_into_the_store_are_refused_before_anything_is_read() {
         // Opening an S3 store reads nothing; the refusals below happen before any request.
         let store = Store::open("s3://storebkt/pre").unwrap();
         let group: GroupName = "lab".parse().unwrap();
@@ -274,11 +266,10 @@ mod tests {
             std::path::Path::new("caas.toml"),
         )
         .unwrap();
-        let mut cx = JobData {
+        let cx = JobData {
             store: &store,
             policy: &policy,
             group: &group,
-            executor: "docker",
             paths: &paths,
             id: "x",
             spec: &spec,
@@ -301,10 +292,9 @@ mod tests {
             e.starts_with("dataname 0: ") && e.contains("inside caas's own store"),
             "{e}"
         );
-        cx.executor = "slurm";
-        let mut s = sub(&["lab/inputs/a.csv", "s3://storebkt/open/x.csv"]);
+        let mut s = sub(&["lab/inputs/a.csv", "s3://storebkt/pre/lab/inputs/x.csv"]);
         let e = job_datasets(&mut s, &cx).await.unwrap().unwrap_err();
-        assert!(e.starts_with("dataname 1: ") && e.contains("slurm"), "{e}");
+        assert!(e.starts_with("dataname 1: "), "{e}");
         // Nothing was replaced: the entries still only name the tasks.
         assert_eq!(s.datasets[1].to_string(), "lab/inputs/x.csv");
     }

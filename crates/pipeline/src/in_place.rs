@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
+use caas_protocol::layout::JobPaths;
 use caas_protocol::{GroupName, StoreKey};
 
 use crate::request::{ExternalDataset, JobRequest};
@@ -54,7 +55,7 @@ pub(crate) fn describe(
     idx: usize,
     store_root: Option<&Path>,
 ) -> BTreeMap<usize, String> {
-    let Some(x) = req.external.get(&idx) else {
+    let Some(x) = req.external.get(&idx).filter(|x| !x.fetched) else {
         return BTreeMap::new();
     };
     // Seen now (it was checked before compute; a failure here is the node's to report).
@@ -73,16 +74,43 @@ pub(crate) fn describe(
         .unwrap_or_default()
 }
 
-/// The store key that names a task whose dataset is the URL `dataset` (job.json records the
-/// URL): `<group>/inputs/<its name>` (with `/` for a folder), as the submission named it;
-/// `None` when `dataset` is not a URL.
-pub(crate) fn key_of(group: &GroupName, dataset: &str) -> Option<StoreKey> {
+/// The store key of task `idx` whose dataset is the URL `dataset` (job.json records the URL):
+/// for a `file://` one, `<group>/inputs/<its name>` (with `/` for a folder), as the submission
+/// named it (it only names the task); for one the manager streamed into the job's folder
+/// (`s3://`, `https://`), where it was streamed (`JobPaths::fetched`). `None` when `dataset`
+/// is not a URL.
+pub(crate) fn key_of(
+    paths: &JobPaths,
+    group: &GroupName,
+    idx: usize,
+    dataset: &str,
+) -> Option<StoreKey> {
     if !is_url(dataset) {
         return None;
     }
     let u = DataUrl::parse(dataset).ok()?;
+    if u.scheme != Scheme::File {
+        return StoreKey::parse(&paths.fetched(idx, u.basename(), u.folder)).ok();
+    }
     let slash = if u.folder { "/" } else { "" };
     StoreKey::parse(&format!("{group}/inputs/{}{slash}", u.basename())).ok()
+}
+
+/// A dataset the manager streamed into the job's folder, as the node names it in its logs (by
+/// its URL): read from the store like any dataset.
+pub(crate) fn fetched(dataset: &str) -> Option<ExternalDataset> {
+    let u = DataUrl::parse(dataset).ok()?;
+    if u.scheme == Scheme::File {
+        return None;
+    }
+    let rule: DataRule = u.to_string().parse().ok()?;
+    Some(ExternalDataset {
+        url: u,
+        rule,
+        size: 0,
+        fetched: true,
+        source: serde_json::Value::Null,
+    })
 }
 
 /// Check task `idx`'s dataset `url` (from job.json) on this node against what the manager
@@ -236,9 +264,21 @@ mod tests {
     }
 
     #[test]
-    fn a_url_task_is_named_by_its_key() {
-        let k = key_of(&group(), "file:///s/d/rec.csv").unwrap();
+    fn a_url_task_is_named_by_its_key_and_a_streamed_one_read_where_it_was_streamed() {
+        let job = caas_protocol::JobId {
+            analysis: "pca".parse().unwrap(),
+            timestamp: "t1".parse().unwrap(),
+        };
+        let paths = JobPaths::new(&group(), &job);
+        let k = key_of(&paths, &group(), 0, "file:///s/d/rec.csv").unwrap();
         assert_eq!(k.to_string(), "lab/inputs/rec.csv");
-        assert!(key_of(&group(), "lab/inputs/rec.csv").is_none());
+        assert!(key_of(&paths, &group(), 0, "lab/inputs/rec.csv").is_none());
+        let k = key_of(&paths, &group(), 2, "s3://archive/open/rec.nwb").unwrap();
+        assert_eq!(k.to_string(), paths.fetched(2, "rec.nwb", false));
+        let k = key_of(&paths, &group(), 1, "https://data.example.org/x/ref.csv").unwrap();
+        assert_eq!(k.to_string(), paths.fetched(1, "ref.csv", false));
+        assert!(fetched("file:///s/d/rec.csv").is_none());
+        let x = fetched("s3://archive/open/day1/").unwrap();
+        assert!(x.fetched && x.url.folder, "{x:?}");
     }
 }

@@ -79,7 +79,7 @@ pub async fn run_node_task(
     match (record.tasks.get(idx), &task.dataset) {
         (Some(t), Some(d))
             if &t.dataset == d
-                || crate::in_place::key_of(&task.group, &t.dataset)
+                || crate::in_place::key_of(&paths, &task.group, idx, &t.dataset)
                     .is_some_and(|k| k.to_string() == *d) => {}
         (Some(_), None) => {}
         (_, d) => {
@@ -110,13 +110,18 @@ pub async fn run_node_task(
     let datasets = record
         .tasks
         .iter()
-        .map(|t| match crate::in_place::key_of(&task.group, &t.dataset) {
-            // A dataset read in place: job.json records its URL.
-            Some(k) => Ok(k),
-            None => StoreKey::parse(&t.dataset),
-        })
+        .enumerate()
+        .map(
+            |(i, t)| match crate::in_place::key_of(&paths, &task.group, i, &t.dataset) {
+                // A dataset from outside the store: job.json records its URL.
+                Some(k) => Ok(k),
+                None => StoreKey::parse(&t.dataset),
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
-    let url = crate::in_place::key_of(&task.group, &record.tasks[idx].dataset)
+    let fetched = crate::in_place::fetched(&record.tasks[idx].dataset);
+    let url = crate::in_place::key_of(&paths, &task.group, idx, &record.tasks[idx].dataset)
+        .filter(|_| fetched.is_none())
         .map(|_| record.tasks[idx].dataset.clone());
     let config = StoreKey::parse(&record.config)?;
     // The claim: one attempt runs a task, ever (a requeued Slurm job finds it taken).
@@ -158,7 +163,8 @@ pub async fn run_node_task(
         origin: record.origin.clone(),
         extra_mounts: Vec::new(),
         extra_checked: Vec::new(),
-        external: Default::default(),
+        // Streamed into the job's folder by the manager: read from there, named by its URL.
+        external: fetched.into_iter().map(|x| (idx, x)).collect(),
         concurrency: 1,
         work_root: task.work_root.clone(),
     };

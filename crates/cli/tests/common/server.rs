@@ -18,8 +18,22 @@ impl Server {
     /// Start `caas serve --store STORE --analysis A... EXTRA...`, logging to `log`; waits (at
     /// most 60 s) for its ready line.
     pub fn start(store: &str, analyses: &[&Path], extra: &[&str], log: &Path) -> Self {
+        Self::start_with_env(store, analyses, extra, &[], log)
+    }
+
+    /// [`start`](Self::start) with these environment variables set.
+    pub fn start_with_env(
+        store: &str,
+        analyses: &[&Path],
+        extra: &[&str],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Self {
         let file = std::fs::File::create(log).unwrap();
         let mut cmd = caas();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.env("RUST_LOG", "info")
             .arg("serve")
             .args(["--store", store, "--poll", "200ms"]);
