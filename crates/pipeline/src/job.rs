@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use caas_protocol::layout::{END_MARKER_BODY, JobPaths};
 use caas_protocol::record::Certificate;
-use caas_protocol::{JobId, JobRecord, State, TaskRecord, Usage};
+use caas_protocol::{JobId, JobRecord, State, TaskRecord};
 use caas_runtime::Executor;
 use caas_store::Store;
 
@@ -58,24 +58,12 @@ pub async fn run_job_with(
         .datasets
         .iter()
         .enumerate()
-        .map(|(i, key)| TaskRecord {
-            task_id: caas_protocol::layout::task_id(&req.group, &job_id, i),
-            dataset: req.dataset_label(i),
-            dataset_name: key.basename().clone(),
-            state: State::Queued,
-            reason: None,
-            exit_code: None,
-            oom_killed: false,
-            container_id: None,
-            command: Vec::new(),
-            started: None,
-            finished: None,
-            usage: Usage::default(),
-            cost_usd: 0.0,
-            attempt: 0,
-            node: None,
-            gpus: None,
-            reused: None,
+        .map(|(i, key)| {
+            TaskRecord::queued(
+                caas_protocol::layout::task_id(&req.group, &job_id, i),
+                req.dataset_label(i),
+                key.basename().clone(),
+            )
         })
         .collect();
     let record = JobRecord {

@@ -192,16 +192,7 @@ pub async fn run_node_task(
         Err(e) => {
             // Recorded, so the manager ends the task with this reason instead of guessing.
             let reason = format!("the node could not get the task's image: {e}");
-            writer.log(&format!("[Job Manager] {reason}")).await?;
-            writer
-                .update_task(idx, |t, _| {
-                    t.state = State::Failed;
-                    t.reason = Some(reason.clone());
-                    t.finished = Some(Utc::now());
-                })
-                .await?;
-            let t = writer.shared.lock().await.record.tasks[idx].clone();
-            return Ok(t);
+            return failed_here(&writer, idx, reason).await;
         }
     }
     if let Some(url) = url {
@@ -225,18 +216,7 @@ pub async fn run_node_task(
             Ok(x) => {
                 req.external.insert(idx, x);
             }
-            Err(reason) => {
-                writer.log(&format!("[Job Manager] {reason}")).await?;
-                writer
-                    .update_task(idx, |t, _| {
-                        t.state = State::Failed;
-                        t.reason = Some(reason.clone());
-                        t.finished = Some(Utc::now());
-                    })
-                    .await?;
-                let t = writer.shared.lock().await.record.tasks[idx].clone();
-                return Ok(t);
-            }
+            Err(reason) => return failed_here(&writer, idx, reason).await,
         }
     }
     let ctx = TaskCtx {
@@ -266,4 +246,22 @@ pub async fn run_node_task(
         return Ok(writer.shared.lock().await.record.tasks[idx].clone());
     }
     Ok(t)
+}
+
+/// The task cannot run on this node: recorded `failed` with `reason` (so the manager ends it
+/// with that reason instead of guessing), and the record returned.
+async fn failed_here(
+    writer: &JobWriter,
+    idx: usize,
+    reason: String,
+) -> Result<TaskRecord, PipelineError> {
+    writer.log(&format!("[Job Manager] {reason}")).await?;
+    writer
+        .update_task(idx, |t, _| {
+            t.state = State::Failed;
+            t.reason = Some(reason.clone());
+            t.finished = Some(Utc::now());
+        })
+        .await?;
+    Ok(writer.shared.lock().await.record.tasks[idx].clone())
 }

@@ -363,28 +363,17 @@ async fn end_without_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use caas_protocol::{TaskRecord, Usage};
+    use caas_protocol::TaskRecord;
 
     fn node(state: State) -> NodeRecord {
         NodeRecord {
             task: TaskRecord {
-                task_id: "lab/job__a_t.0".into(),
-                dataset: "lab/inputs/a.csv".into(),
-                dataset_name: "a.csv".parse().expect("a name"),
                 state,
-                reason: None,
-                exit_code: None,
-                oom_killed: false,
-                container_id: None,
-                command: Vec::new(),
-                started: None,
-                finished: None,
-                usage: Usage::default(),
-                cost_usd: 0.0,
-                attempt: 0,
-                node: None,
-                gpus: None,
-                reused: None,
+                ..TaskRecord::queued(
+                    "lab/job__a_t.0".into(),
+                    "lab/inputs/a.csv".into(),
+                    "a.csv".parse().expect("a name"),
+                )
             },
             std: Vec::new(),
             log: Vec::new(),

@@ -159,6 +159,32 @@ pub struct TaskRecord {
     pub reused: Option<Reused>,
 }
 
+impl TaskRecord {
+    /// Task `task_id` of dataset `dataset` (its store key, or the URL it is read from), named
+    /// `dataset_name`, before anything ran.
+    pub fn queued(task_id: String, dataset: String, dataset_name: FileName) -> Self {
+        Self {
+            task_id,
+            dataset,
+            dataset_name,
+            state: State::Queued,
+            reason: None,
+            exit_code: None,
+            oom_killed: false,
+            container_id: None,
+            command: Vec::new(),
+            started: None,
+            finished: None,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            attempt: 0,
+            node: None,
+            gpus: None,
+            reused: None,
+        }
+    }
+}
+
 /// Where a task's reused results came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reused {
@@ -427,23 +453,14 @@ mod tests {
 
     fn task(state: State) -> TaskRecord {
         TaskRecord {
-            task_id: "job__pca_1.0".into(),
-            dataset: "g/inputs/a.csv".into(),
-            dataset_name: "a.csv".parse().unwrap(),
             state,
-            reason: None,
             exit_code: Some(3),
-            oom_killed: false,
-            container_id: None,
             command: vec!["sh".into(), "-c".into(), "x".into()],
-            started: None,
-            finished: None,
-            usage: Usage::default(),
-            cost_usd: 0.0,
-            attempt: 0,
-            node: None,
-            gpus: None,
-            reused: None,
+            ..TaskRecord::queued(
+                "job__pca_1.0".into(),
+                "g/inputs/a.csv".into(),
+                "a.csv".parse().unwrap(),
+            )
         }
     }
 
