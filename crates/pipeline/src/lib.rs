@@ -21,6 +21,7 @@ mod remote;
 mod request;
 mod results;
 mod task;
+mod task_setup;
 mod validate;
 mod writer;
 
