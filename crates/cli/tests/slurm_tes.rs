@@ -1,8 +1,8 @@
 //! A GA4GH TES task on the real Slurm cluster (`caas serve --executor slurm --listen`, Docker
-//! node engine; the three nodes of scripts/slurm.sh run on this host, so a folder under the temp
-//! dir is the "shared folder" every node sees at the same path). The task's synthesized analysis
-//! reaches the node through the spec the manager wrote in the job's folder (its SHA-256 in the
-//! batch script), and its `file://` input is read in place on the node: the container sees the
+//! and rootful Podman node engines; the three nodes of scripts/slurm.sh run on this host, so a
+//! folder under the temp dir is the "shared folder" every node sees at the same path). The
+//! task's synthesized analysis reaches the node through the spec the manager wrote in the job's
+//! folder (its SHA-256 in the batch script), and its `file://` input is read in place on the node: the container sees the
 //! very host file (same device and inode), read-only, and ZERO BYTES ARE COPIED, counted (no
 //! file holding that content in the store, which holds the node's work folder, nor anywhere
 //! under the temp dir, and the store grew by far less than the input). Its outputs are
@@ -107,7 +107,16 @@ fn wait_task(c: &Client, id: &str) -> Value {
 }
 
 #[test]
-fn a_tes_task_runs_on_a_slurm_node_reading_its_file_input_in_place() {
+fn a_tes_task_runs_on_a_docker_slurm_node_reading_its_file_input_in_place() {
+    tes_on("docker");
+}
+
+#[test]
+fn a_tes_task_runs_on_a_podman_slurm_node_reading_its_file_input_in_place() {
+    tes_on("podman");
+}
+
+fn tes_on(engine: &str) {
     ensure_engine();
     let _one = ensure_slurm();
     let sb = Sandbox::new();
@@ -145,7 +154,7 @@ fn a_tes_task_runs_on_a_slurm_node_reading_its_file_input_in_place() {
             "--slurm-poll",
             "500ms",
             "--node-engine",
-            "docker",
+            engine,
             "--data-source",
             &rule,
             // Held at submission: the test decides when each Slurm job may start.
@@ -286,7 +295,7 @@ fn a_tes_task_runs_on_a_slurm_node_reading_its_file_input_in_place() {
     );
     let grown = bytes_under(&store, &[&images]).saturating_sub(before);
     eprintln!(
-        "tes on slurm: input {} bytes; copies found while running {}, after {}; store grew {grown} bytes (records, logs, outputs of 2 tasks)",
+        "tes on slurm ({engine} nodes): input {} bytes; copies found while running {}, after {}; store grew {grown} bytes (records, logs, outputs of 2 tasks)",
         bytes.len(),
         during.len(),
         after.len()

@@ -262,6 +262,21 @@ memory = "3 GiB"
         assert_eq!(m[0].source, file);
         assert!(m[0].read_only && m[0].target == "/data/in.csv");
         assert_eq!(c[0].target, "/data/in.csv");
+        // A folder input: every file checked, the folder mounted.
+        let folder = dir.join("day1");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("a.txt"), b"a").unwrap();
+        std::fs::write(folder.join("b.txt"), b"bb").unwrap();
+        let mut furl = DataUrl::parse(&format!("file://{}/", folder.display())).unwrap();
+        furl.folder = true;
+        let fdata = crate::external::resolve_file(&furl, &rule, None, u64::MAX, "input 1").unwrap();
+        let f = InputInPlace::seen("input 1", "/data/day1", &furl, &rule, &fdata);
+        assert!(f.url.ends_with('/') && f.files == 2 && f.size == 3, "{f:?}");
+        let (m, _) = check_inputs_on_node(std::slice::from_ref(&f), &group(), None, "n1").unwrap();
+        assert_eq!(m[0].source, folder);
+        std::fs::write(folder.join("c.txt"), b"c").unwrap();
+        let e = check_inputs_on_node(&[f], &group(), None, "n1").unwrap_err();
+        assert!(e.contains("input 1") && e.contains("3 file(s)"), "{e}");
         // Another group than the rule's.
         let e = check_inputs_on_node(
             std::slice::from_ref(&i),
