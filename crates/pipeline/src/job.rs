@@ -375,7 +375,7 @@ async fn run_tasks(
     let remote = executor.run_remote(&probe, cancel).is_some();
     if remote {
         // What a node runs when the analysis has no folder there (a TES task's).
-        crate::node_spec::publish(store, &writer.paths, req).await?;
+        crate::node_spec::publish(store, &writer.paths, &req.spec, &req.tes_inputs).await?;
     }
     if !resume && n > 0 && remote {
         // (The probe's future is dropped unpolled: nothing was submitted.)

@@ -23,7 +23,6 @@ use caas_store::Store;
 
 use crate::PipelineError;
 use crate::external::LocalData;
-use crate::request::JobRequest;
 
 /// The largest node spec a node reads (a TES task document is at most 8 MiB).
 const MAX_NODE_SPEC: u64 = 16 << 20;
@@ -84,21 +83,22 @@ pub struct NodeSpec {
     pub inputs: Vec<InputInPlace>,
 }
 
-/// The node spec of a job that needs one (a TES task's), as the bytes the manager writes.
-fn document(req: &JobRequest) -> Option<Vec<u8>> {
-    if req.spec.analysis.name.as_str() != TES_ANALYSIS {
+/// The node spec of a job of `spec` that needs one (a TES task's, whose `file://` inputs read
+/// in place are `inputs`), as the bytes the manager writes.
+fn document(spec: &AnalysisSpec, inputs: &[InputInPlace]) -> Option<Vec<u8>> {
+    if spec.analysis.name.as_str() != TES_ANALYSIS {
         return None;
     }
     serde_json::to_vec(&NodeSpec {
-        spec: req.spec.clone(),
-        inputs: req.tes_inputs.clone(),
+        spec: spec.clone(),
+        inputs: inputs.to_vec(),
     })
     .ok()
 }
 
 /// The SHA-256 of the job's node spec (what the batch script carries), if it needs one.
-pub(crate) fn digest(req: &JobRequest) -> Option<String> {
-    document(req).map(|d| sha256_hex(&d))
+pub(crate) fn digest(spec: &AnalysisSpec, inputs: &[InputInPlace]) -> Option<String> {
+    document(spec, inputs).map(|d| sha256_hex(&d))
 }
 
 /// Write the job's node spec into its folder before any of its tasks is submitted (again
@@ -106,9 +106,10 @@ pub(crate) fn digest(req: &JobRequest) -> Option<String> {
 pub(crate) async fn publish(
     store: &Store,
     paths: &JobPaths,
-    req: &JobRequest,
+    spec: &AnalysisSpec,
+    inputs: &[InputInPlace],
 ) -> Result<(), PipelineError> {
-    if let Some(d) = document(req) {
+    if let Some(d) = document(spec, inputs) {
         store.put(&paths.node_spec(), d).await?;
     }
     Ok(())
