@@ -247,6 +247,57 @@ memory = "3 GiB"
         assert_eq!(back.spec.timeout(), std::time::Duration::from_secs(7200));
     }
 
+    #[tokio::test]
+    async fn a_node_runs_only_the_spec_whose_hash_the_batch_script_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().to_str().unwrap()).unwrap();
+        let text = "[analysis]\nname = \"tes\"\nversion = \"tes-1.1\"\n\n[environment]\nimage = \"local/busybox:test\"\n\n[run]\ncommand = [\"true\"]\n";
+        let spec = AnalysisSpec::parse(text, Path::new("caas.toml")).unwrap();
+        let ts: JobTimestamp = "tes-0123".parse().unwrap();
+        let job = JobId {
+            analysis: TES_ANALYSIS.parse().unwrap(),
+            timestamp: ts.clone(),
+        };
+        let paths = JobPaths::new(&group(), &job);
+        let sha = digest(&spec, &[]).unwrap();
+        // Missing: refused.
+        let e = read_tes_spec(&store, &group(), &ts, &sha)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        publish(&store, &paths, &spec, &[]).await.unwrap();
+        let n = read_tes_spec(&store, &group(), &ts, &sha).await.unwrap();
+        assert_eq!(n.spec.analysis.name.as_str(), TES_ANALYSIS);
+        // Written over by anyone else: not run.
+        let forged = String::from_utf8(
+            store
+                .get(&paths.node_spec())
+                .await
+                .unwrap()
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+        .replace("[\"true\"]", "[\"cat\",\"/etc/shadow\"]");
+        store.put(&paths.node_spec(), forged).await.unwrap();
+        let e = read_tes_spec(&store, &group(), &ts, &sha)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not the one the manager wrote"),
+            "{e}"
+        );
+        // Another group's job is another key.
+        let e = read_tes_spec(&store, &"other".parse().unwrap(), &ts, &sha)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        // A job of an analysis with a folder on the nodes has no node spec.
+        let mut pca = spec.clone();
+        pca.analysis.name = "pca".parse().unwrap();
+        assert!(digest(&pca, &[]).is_none());
+    }
+
     #[test]
     fn a_node_checks_each_input_itself_and_refuses_links_out_and_other_files() {
         let tmp = tempfile::tempdir().unwrap();
