@@ -229,6 +229,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         origin: format!("caas rerun {}", job.folder),
         extra_mounts: Vec::new(),
         extra_checked: Vec::new(),
+        tes_inputs: Vec::new(),
         external,
         concurrency,
         work_root,

@@ -229,6 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         origin: "caas run".into(),
         extra_mounts,
         extra_checked: Vec::new(),
+        tes_inputs: Vec::new(),
         external: Default::default(),
         concurrency: 1,
         work_root,

@@ -42,8 +42,16 @@ pub struct TaskRunArgs {
     #[arg(long, env = "CAAS_STORE")]
     store: String,
     /// The analysis folder (holding caas.toml), or its caas.toml.
+    #[arg(
+        long,
+        required_unless_present = "tes_spec",
+        conflicts_with = "tes_spec"
+    )]
+    analysis: Option<PathBuf>,
+    /// A TES task: run the spec the manager wrote in the job's folder
+    /// (`_caas/node-spec.json`), only if its SHA-256 is this one.
     #[arg(long)]
-    analysis: PathBuf,
+    tes_spec: Option<String>,
     /// The group.
     #[arg(long)]
     group: String,
@@ -116,15 +124,6 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         on_signal.cancel();
     });
 
-    let dir = if args.analysis.file_name().is_some_and(|n| n == "caas.toml") {
-        args.analysis
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-    } else {
-        args.analysis.clone()
-    };
-    let folder = AnalysisFolder::load(&dir).map_err(dev_error)?;
     let group = args.group.parse().map_err(|e| user(format!("{e}")))?;
     let timestamp = args.timestamp.parse().map_err(|e| user(format!("{e}")))?;
     let store = Store::open(&args.store)?;
@@ -151,6 +150,14 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
             )));
         }
     }
+    let (spec, tes_inputs) = match (&args.tes_spec, &args.analysis) {
+        (Some(sha), _) => {
+            let n = caas_pipeline::read_tes_spec(&store, &group, &timestamp, sha).await?;
+            (n.spec, n.inputs)
+        }
+        (None, Some(a)) => (analysis_folder(a)?.spec, Vec::new()),
+        (None, None) => return Err(user("--analysis or --tes-spec is needed")),
+    };
     let work_root = match (&args.work_dir, store.local_root()) {
         (Some(w), _) => w.clone(),
         (None, Some(root)) => root.join(".caas").join("node-work"),
@@ -207,7 +214,8 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         (None, _) => array_index(std::env::var("SLURM_ARRAY_TASK_ID").ok().as_deref())?,
     };
     let task = NodeTask {
-        spec: folder.spec,
+        spec,
+        tes_inputs,
         group,
         timestamp,
         dataset: args.dataset,
@@ -231,6 +239,18 @@ async fn run(args: TaskRunArgs) -> anyhow::Result<i32> {
         State::TimedOut => 124,
         _ => 1,
     })
+}
+
+/// The analysis folder at `path` (the folder, or its caas.toml).
+fn analysis_folder(path: &Path) -> anyhow::Result<AnalysisFolder> {
+    let dir = if path.file_name().is_some_and(|n| n == "caas.toml") {
+        path.parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        path.to_path_buf()
+    };
+    AnalysisFolder::load(&dir).map_err(dev_error)
 }
 
 /// The task index of an array element, from `SLURM_ARRAY_TASK_ID`.

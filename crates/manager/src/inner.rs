@@ -475,6 +475,11 @@ impl Inner {
                 .as_ref()
                 .map(|(_, m)| m.checked.clone())
                 .unwrap_or_default(),
+            // ... and what a node running it elsewhere (Slurm) checks again and mounts itself.
+            tes_inputs: tes_analysis
+                .as_ref()
+                .map(|(_, m)| m.on_node.clone())
+                .unwrap_or_default(),
             // At most the manager's limits at once (they are also the permits each task
             // holds; a scheduler is told it as a job array's `%L`).
             concurrency: n

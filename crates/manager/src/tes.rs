@@ -456,8 +456,9 @@ pub fn driver(task: &TesTask) -> String {
          place() {{ mkdir -p \"$(dirname \"$2\")\" && rm -rf \"$2\" && cp -R \"$1\" \"$2\"; }}"
     );
     for (n, i) in task.inputs.iter().enumerate() {
-        // A `file://` input is either mounted read-only at its path (an engine on the
-        // service's machine) or was copied into the task's staging (a remote executor).
+        // A `file://` input is mounted read-only at its path (by an engine of the service's
+        // machine, or by a Slurm node's after the node checked it again); a copy staged at
+        // `$D/in/<n>` (none today) would be placed there.
         let in_place = i.url.as_deref().is_some_and(|u| {
             u.get(..7)
                 .is_some_and(|p| p.eq_ignore_ascii_case("file://"))

@@ -202,28 +202,27 @@ fn write_file(
     Ok(true)
 }
 
-/// A TES task's `file://` inputs mounted where they live, and which file or folder each was
-/// when checked (the engine mounts that one and no other).
+/// A TES task's `file://` inputs mounted where they live, which file or folder each was when
+/// checked (the engine mounts that one and no other), and what a node running the task
+/// elsewhere (Slurm) is told of each, to check it again and mount it itself.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FileMounts {
     pub(crate) mounts: Vec<caas_runtime::BindMount>,
     pub(crate) checked: Vec<caas_runtime::CheckedSource>,
+    pub(crate) on_node: Vec<caas_pipeline::InputInPlace>,
 }
 
 /// A TES task's `file://` inputs, checked again here (a task written straight into the bucket
-/// gets the same checks as one sent to the API): on an engine of this machine, mounted
-/// read-only at their paths with no copy; on an executor that runs tasks elsewhere (Slurm),
-/// whose nodes need not mount the same shared paths into the container, copied once into the
-/// task's dataset folder. `Ok(Err(problem))` names the input that is refused.
+/// gets the same checks as one sent to the API) and mounted read-only at their paths with no
+/// copy: by an engine of this machine, or (Slurm) by the node's engine after the node checked
+/// each again on its own disk (`caas_pipeline::InputInPlace`). `Ok(Err(problem))` names the
+/// input that is refused.
 pub(crate) async fn file_inputs(
     store: &caas_store::Store,
-    executor: &str,
     group: &GroupName,
     task: &tes::TesTask,
-    paths: &caas_protocol::layout::TesPaths,
     policy: &DataPolicy,
 ) -> Result<Result<FileMounts, String>, ManagerError> {
-    let local_engine = !matches!(executor, "slurm");
     let mut mounts = FileMounts::default();
     for (n, i) in task.inputs.iter().enumerate() {
         let Some(url) = i.url.as_deref() else {
@@ -254,32 +253,18 @@ pub(crate) async fn file_inputs(
             Ok(d) => d,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        if local_engine {
-            mounts.checked.push(caas_runtime::CheckedSource {
-                target: i.path.clone(),
-                identity: data.identity,
-            });
-            mounts.mounts.push(caas_runtime::BindMount {
-                source: data.path,
-                target: i.path.clone(),
-                read_only: true,
-            });
-            continue;
-        }
-        let dest = paths.input(n);
-        let files: Vec<(std::path::PathBuf, String)> = if data.folder {
-            data.entries
-                .iter()
-                .map(|rel| (data.path.join(rel), format!("{dest}/{rel}")))
-                .collect()
-        } else {
-            vec![(data.path.clone(), dest)]
-        };
-        for (local, key) in files {
-            if store.head(&key).await?.is_none() {
-                store.upload_file(&local, &key).await?;
-            }
-        }
+        mounts.on_node.push(caas_pipeline::InputInPlace::seen(
+            &what, &i.path, &u, &rule, &data,
+        ));
+        mounts.checked.push(caas_runtime::CheckedSource {
+            target: i.path.clone(),
+            identity: data.identity,
+        });
+        mounts.mounts.push(caas_runtime::BindMount {
+            source: data.path,
+            target: i.path.clone(),
+            read_only: true,
+        });
     }
     Ok(Ok(mounts))
 }

@@ -52,19 +52,13 @@ impl Inner {
         if let Err(e) = tes::check(&task, &self.cfg.tes, &self.cfg.analyses) {
             return Ok(Err(e.to_string()));
         }
-        let mounts = match crate::tes_data::file_inputs(
-            &self.cfg.store,
-            self.cfg.executor.kind(),
-            group,
-            &task,
-            &paths,
-            &self.cfg.tes.data,
-        )
-        .await?
-        {
-            Ok(m) => m,
-            Err(problem) => return Ok(Err(problem)),
-        };
+        let mounts =
+            match crate::tes_data::file_inputs(&self.cfg.store, group, &task, &self.cfg.tes.data)
+                .await?
+            {
+                Ok(m) => m,
+                Err(problem) => return Ok(Err(problem)),
+            };
         Ok(Ok((
             tes::analysis_for(&task, &self.cfg.tes, &self.cfg.analyses),
             mounts,

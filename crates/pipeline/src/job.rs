@@ -372,7 +372,12 @@ async fn run_tasks(
     });
     // A scheduler takes a new job's tasks as one submission (Slurm: one job array).
     let probe = crate::remote::remote_task(&ctx, 0, 0, String::new());
-    if !resume && n > 0 && executor.run_remote(&probe, cancel).is_some() {
+    let remote = executor.run_remote(&probe, cancel).is_some();
+    if remote {
+        // What a node runs when the analysis has no folder there (a TES task's).
+        crate::node_spec::publish(store, &writer.paths, &req.spec, &req.tes_inputs).await?;
+    }
+    if !resume && n > 0 && remote {
         // (The probe's future is dropped unpolled: nothing was submitted.)
         submit_together(&ctx).await?;
     }

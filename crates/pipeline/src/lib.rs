@@ -15,6 +15,7 @@ mod job;
 mod ledger;
 mod logs;
 mod node;
+mod node_spec;
 mod outcome;
 mod provenance;
 mod remote;
@@ -28,6 +29,7 @@ mod writer;
 pub use images::publish_image;
 pub use job::{run_job, run_job_with};
 pub use node::{NodeTask, run_node_task};
+pub use node_spec::{InputInPlace, NodeSpec, read_tes_spec};
 pub use provenance::CAAS_VERSION;
 pub use request::{Budget, ExternalDataset, JobOptions, JobOutcome, JobRequest};
 pub use writer::{

@@ -44,6 +44,9 @@ pub struct NodeTask {
     /// What the manager said of the job's datasets read in place (`--in-place`, see
     /// `in_place.rs`): checked again here, on the node, before the task runs.
     pub in_place: Vec<String>,
+    /// A TES task's `file://` inputs read in place, from the node spec the manager wrote
+    /// (`node_spec.rs`): checked again here and mounted read-only at their paths.
+    pub tes_inputs: Vec<crate::node_spec::InputInPlace>,
     /// Set when the scheduler warned that its time limit is near (Slurm's `--signal`): a task
     /// the cancellation then stops is recorded `timed_out`, not `cancelled`.
     pub deadline_warned: Arc<std::sync::atomic::AtomicBool>,
@@ -163,6 +166,7 @@ pub async fn run_node_task(
         origin: record.origin.clone(),
         extra_mounts: Vec::new(),
         extra_checked: Vec::new(),
+        tes_inputs: Vec::new(),
         // Streamed into the job's folder by the manager: read from there, named by its URL.
         external: fetched.into_iter().map(|x| (idx, x)).collect(),
         concurrency: 1,
@@ -215,6 +219,31 @@ pub async fn run_node_task(
         match checked {
             Ok(x) => {
                 req.external.insert(idx, x);
+            }
+            Err(reason) => return failed_here(&writer, idx, reason).await,
+        }
+    }
+    if !task.tes_inputs.is_empty() {
+        // A TES task's `file://` inputs: checked again on this node's own disk, never copied.
+        let (inputs, group, root) = (
+            task.tes_inputs.clone(),
+            task.group.clone(),
+            store.local_root().map(PathBuf::from),
+        );
+        let host = host_name();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::node_spec::check_inputs_on_node(&inputs, &group, root.as_deref(), &host)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(format!(
+                "the check of the task's inputs on this node failed: {e}"
+            ))
+        });
+        match checked {
+            Ok((mounts, sources)) => {
+                req.extra_mounts.extend(mounts);
+                req.extra_checked.extend(sources);
             }
             Err(reason) => return failed_here(&writer, idx, reason).await,
         }

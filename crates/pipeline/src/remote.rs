@@ -46,6 +46,7 @@ pub(crate) fn remote_task(ctx: &TaskCtx, idx: usize, attempt: u32, image: String
         image,
         adopt: false,
         in_place: crate::in_place::describe(req, idx, ctx.store.local_root()),
+        tes_spec: crate::node_spec::digest(&req.spec, &req.tes_inputs),
     }
 }
 

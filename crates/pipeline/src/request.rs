@@ -35,6 +35,9 @@ pub struct JobRequest {
     /// Of those, the ones read in place (a TES task's `file://` inputs): the file or folder
     /// the manager checked, which the engine must mount and no other.
     pub extra_checked: Vec<caas_runtime::CheckedSource>,
+    /// A TES task's `file://` inputs read in place, as the manager checked them: what a node
+    /// is told (`node_spec.rs`) to check again and mount itself (empty for other jobs).
+    pub tes_inputs: Vec<crate::node_spec::InputInPlace>,
     /// Datasets read in place instead of from the store (index in `datasets` -> where), as
     /// the manager allowed them; checked again when the task mounts them.
     pub external: std::collections::BTreeMap<usize, ExternalDataset>,

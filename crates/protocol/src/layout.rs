@@ -168,6 +168,14 @@ impl JobPaths {
         )
     }
 
+    /// `_caas/node-spec.json`: what a node runs for a job whose analysis has no folder on the
+    /// nodes (a TES task's synthesized analysis, and where its `file://` inputs are read in
+    /// place); written by the manager, and read by a node only when its SHA-256 is the one the
+    /// manager put in the task's batch script.
+    pub fn node_spec(&self) -> String {
+        format!("{}/_caas/node-spec.json", self.root)
+    }
+
     /// `_caas/tasks/<idx>.claim` (`<idx>.attempt<N>.claim` for a retry): created exactly once
     /// by the node run of that attempt, so an attempt never runs twice (a requeued or
     /// duplicated Slurm job finds it taken).

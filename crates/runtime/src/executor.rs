@@ -71,6 +71,10 @@ pub struct RemoteTask {
     /// the node agent is told of each (`caas task run --in-place`), to check it again on the
     /// node. A plain job carries its own task's; a job array the entries of all its tasks.
     pub in_place: BTreeMap<usize, String>,
+    /// A job whose analysis has no folder on the nodes (a TES task's): the SHA-256 of the
+    /// spec the manager wrote in the job's folder (`_caas/node-spec.json`), which the node runs
+    /// only if it reads those very bytes (`caas task run --tes-spec`).
+    pub tes_spec: Option<String>,
 }
 
 /// How a remote run of a task ended, as the remote scheduler saw it. How the task itself

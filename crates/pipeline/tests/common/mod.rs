@@ -70,6 +70,7 @@ impl Env {
             origin: "test".into(),
             extra_mounts: Vec::new(),
             extra_checked: Vec::new(),
+            tes_inputs: Vec::new(),
             external: Default::default(),
             concurrency: datasets.len().max(1),
             work_root: self.root.join(".caas").join("work"),

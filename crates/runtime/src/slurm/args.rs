@@ -141,28 +141,37 @@ impl SlurmConfig {
         which: &[String],
         what: &str,
     ) -> Result<String, RuntimeError> {
-        let dir = self
-            .analyses
-            .get(&task.analysis)
-            .ok_or_else(|| RuntimeError::Refused {
-                what: format!(
-                    "task {}: analysis {} has no folder configured for the Slurm nodes",
-                    task.task_id, task.analysis
-                ),
-            })?;
+        // What the node runs: the analysis folder the operator configured, or (a TES task's
+        // synthesized analysis) the spec the manager wrote in the job's folder, by its hash.
+        let analysis = match &task.tes_spec {
+            Some(sha) => ["--tes-spec".to_string(), sha.clone()],
+            None => {
+                let dir =
+                    self.analyses
+                        .get(&task.analysis)
+                        .ok_or_else(|| RuntimeError::Refused {
+                            what: format!(
+                                "task {}: analysis {} has no folder configured for the Slurm nodes",
+                                task.task_id, task.analysis
+                            ),
+                        })?;
+                ["--analysis".to_string(), dir.to_string_lossy().into_owned()]
+            }
+        };
         let mut argv = vec![
             self.caas_bin.to_string_lossy().into_owned(),
             "task".into(),
             "run".into(),
             "--store".into(),
             task.store.clone(),
-            "--analysis".into(),
-            dir.to_string_lossy().into_owned(),
+        ];
+        argv.extend(analysis);
+        argv.extend([
             "--group".into(),
             task.group.clone(),
             "--timestamp".into(),
             task.timestamp.clone(),
-        ];
+        ]);
         argv.extend(which.iter().cloned());
         argv.extend([
             "--attempt".into(),
@@ -363,6 +372,7 @@ pub(crate) mod tests {
             image: "sha256:abc".into(),
             adopt: false,
             in_place: BTreeMap::new(),
+            tes_spec: None,
         }
     }
 
@@ -412,6 +422,22 @@ pub(crate) mod tests {
         let mut other = t.clone();
         other.analysis = "nope".into();
         assert!(cfg.batch_script(&other).is_err());
+    }
+
+    #[test]
+    fn a_tes_task_is_run_from_the_spec_the_manager_wrote_by_its_hash() {
+        let cfg = cfg();
+        let mut t = task();
+        t.analysis = "tes".into();
+        // No folder for `tes`: refused without the spec's hash.
+        assert!(cfg.batch_script(&t).is_err());
+        t.tes_spec = Some("ab12".into());
+        let script = cfg.batch_script(&t).unwrap();
+        assert!(
+            script.contains("'--store' '/srv/store it'\\''s' '--tes-spec' 'ab12' '--group'"),
+            "{script}"
+        );
+        assert!(!script.contains("--analysis"), "{script}");
     }
 
     #[test]
