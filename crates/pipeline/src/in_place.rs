@@ -8,11 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, is_url, shown};
+use caas_protocol::datasource::{DataRule, DataUrl, Scheme, is_url, shown};
 use caas_protocol::layout::JobPaths;
 use caas_protocol::{GroupName, StoreKey};
 
@@ -35,19 +34,6 @@ pub(crate) struct InPlace {
     pub modified_ns: Option<u64>,
 }
 
-fn nanos(t: Option<SystemTime>) -> Option<u64> {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .and_then(|d| u64::try_from(d.as_nanos()).ok())
-}
-
-fn shown_time(ns: Option<u64>) -> String {
-    match ns {
-        Some(ns) => chrono::DateTime::<chrono::Utc>::from(UNIX_EPOCH + Duration::from_nanos(ns))
-            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        None => "unknown".into(),
-    }
-}
-
 /// The description of task `idx`'s dataset when it is read in place (none otherwise), checked
 /// on this machine now: the node compares what it sees with it.
 pub(crate) fn describe(
@@ -67,7 +53,7 @@ pub(crate) fn describe(
         rule: x.rule.text.clone(),
         size: seen.as_ref().map_or(x.size, |s| s.size),
         files: seen.as_ref().map_or(1, |s| s.files),
-        modified_ns: seen.and_then(|s| nanos(s.mtime)),
+        modified_ns: seen.and_then(|s| crate::node_check::nanos(s.mtime)),
     };
     serde_json::to_string(&d)
         .map(|s| BTreeMap::from([(idx, s)]))
@@ -148,38 +134,22 @@ pub(crate) fn check_on_node(
             shown(&d.url)
         )));
     }
-    let rule: DataRule = d.rule.parse().map_err(|e| on(format!("{e}")))?;
-    if rule.base.scheme != Scheme::File {
-        return Err(on(
-            "only file:// datasets are read in place on a node".into()
-        ));
-    }
-    let policy = DataPolicy {
-        sources: vec![rule],
-        sinks: Vec::new(),
-    };
-    let (u, rule) = policy
-        .source(url, group, &what)
-        .map_err(|e| format!("{e} (on node {host})"))?;
-    let data =
-        crate::external::resolve_file(&u, rule, store_root, u64::MAX, &what).map_err(|e| {
-            format!("{e} (on node {host}; the nodes must see the shared folder at the same path)")
-        })?;
-    let here = nanos(data.mtime);
-    if data.size != d.size || data.files != d.files || here != d.modified_ns {
-        return Err(on(format!(
-            "is not the file the manager checked: it saw {} bytes in {} file(s) modified {}, this node sees {} bytes in {} file(s) modified {}; the nodes must see the same shared folder at the same path (nothing was copied)",
-            d.size,
-            d.files,
-            shown_time(d.modified_ns),
-            data.size,
-            data.files,
-            shown_time(here)
-        )));
-    }
+    let (u, rule, data) = crate::node_check::recheck(
+        &crate::node_check::Expected {
+            what: &what,
+            url,
+            rule: &d.rule,
+            size: d.size,
+            files: d.files,
+            modified_ns: d.modified_ns,
+        },
+        group,
+        store_root,
+        host,
+    )?;
     Ok(ExternalDataset {
         url: u,
-        rule: rule.clone(),
+        rule,
         size: data.size,
         fetched: false,
         // The manager, not the node, records what was read (`sources.json`, the crate).
@@ -203,7 +173,7 @@ mod tests {
             rule: format!("file://{}/* groups=lab", dir.display()),
             size: m.len(),
             files: 1,
-            modified_ns: nanos(m.modified().ok()),
+            modified_ns: crate::node_check::nanos(m.modified().ok()),
         })
         .unwrap()
     }

@@ -15,6 +15,7 @@ mod job;
 mod ledger;
 mod logs;
 mod node;
+mod node_check;
 mod node_spec;
 mod outcome;
 mod provenance;

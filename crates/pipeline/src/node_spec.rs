@@ -10,11 +10,10 @@
 //! read-only at its path in the container, never copied.
 
 use std::path::Path;
-use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use caas_protocol::datasource::{DataPolicy, DataRule, DataUrl, Scheme, shown};
+use caas_protocol::datasource::{DataRule, DataUrl};
 use caas_protocol::layout::{JobPaths, TES_ANALYSIS};
 use caas_protocol::provenance::sha256_hex;
 use caas_protocol::{AnalysisSpec, GroupName, JobId, JobTimestamp};
@@ -63,15 +62,9 @@ impl InputInPlace {
             rule: rule.text.clone(),
             size: data.size,
             files: data.files,
-            modified_ns: nanos(data),
+            modified_ns: crate::node_check::nanos(data.mtime),
         }
     }
-}
-
-fn nanos(data: &LocalData) -> Option<u64> {
-    data.mtime
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .and_then(|d| u64::try_from(d.as_nanos()).ok())
 }
 
 /// What the node runs (`_caas/node-spec.json`).
@@ -168,33 +161,19 @@ pub(crate) fn check_inputs_on_node(
 ) -> Result<(Vec<BindMount>, Vec<CheckedSource>), String> {
     let (mut mounts, mut checked) = (Vec::new(), Vec::new());
     for i in inputs {
-        let on = |why: String| format!("{}: \"{}\" on node {host}: {why}", i.what, shown(&i.url));
-        let rule: DataRule = i.rule.parse().map_err(|e| on(format!("{e}")))?;
-        if rule.base.scheme != Scheme::File {
-            return Err(on("only file:// inputs are read in place on a node".into()));
-        }
-        let policy = DataPolicy {
-            sources: vec![rule],
-            sinks: Vec::new(),
-        };
-        let (mut u, rule) = policy
-            .source(&i.url, group, &i.what)
-            .map_err(|e| format!("{e} (on node {host})"))?;
-        u.folder = i.url.ends_with('/');
-        let data = crate::external::resolve_file(&u, rule, store_root, u64::MAX, &i.what).map_err(
-            |e| {
-                format!(
-                    "{e} (on node {host}; the nodes must see the shared folder at the same path)"
-                )
+        let (_, _, data) = crate::node_check::recheck(
+            &crate::node_check::Expected {
+                what: &i.what,
+                url: &i.url,
+                rule: &i.rule,
+                size: i.size,
+                files: i.files,
+                modified_ns: i.modified_ns,
             },
+            group,
+            store_root,
+            host,
         )?;
-        let here = nanos(&data);
-        if data.size != i.size || data.files != i.files || here != i.modified_ns {
-            return Err(on(format!(
-                "is not the file the manager checked: it saw {} bytes in {} file(s), this node sees {} bytes in {} file(s) (or another modification time); nothing was copied",
-                i.size, i.files, data.size, data.files
-            )));
-        }
         checked.push(CheckedSource {
             target: i.target.clone(),
             identity: data.identity,
