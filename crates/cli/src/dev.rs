@@ -349,7 +349,11 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
         .map_err(dev_error)?;
     // Ctrl-C (or SIGTERM) is passed on to the command, so it does not keep running in the
     // container after caas is gone; a second one kills it.
+    // Both listeners exist before the first output arrives and for the whole loop: a signal
+    // that comes while a chunk is being written is kept for the next turn, never lost (a
+    // listener made anew each turn misses what came in between).
     let mut interrupts = 0;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let signal = tokio::select! {
@@ -361,7 +365,7 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
                 Some(Err(e)) => return Err(dev_error(e)),
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => "INT",
+            _ = int.recv() => "INT",
             _ = term.recv() => "TERM",
         };
         interrupts += 1;
