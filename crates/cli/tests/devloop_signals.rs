@@ -15,12 +15,23 @@ use common::dev::Dev;
 use common::server::wait_for;
 use common::*;
 
+/// The `caas exec` process, killed and waited for when dropped (also when the test fails).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn ctrl_c_reaches_a_command_whose_output_never_stops() {
     let dev = Dev::new("sigflood");
     dev.ok(&["build"]);
     for round in 0..3 {
-        let mut child = caas()
+        let mut child = Reaped(
+            caas()
             .current_dir(&dev.dir)
             .args(["exec", "--", "sh", "-c"])
             .arg("trap 'echo got-int; exit 9' INT; echo ready; i=0; while :; do echo line $i; i=$((i+1)); done")
@@ -28,9 +39,10 @@ fn ctrl_c_reaches_a_command_whose_output_never_stops() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap(),
+        );
         let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let mut pipe = child.stdout.take().unwrap();
+        let mut pipe = child.0.stdout.take().unwrap();
         let sink = seen.clone();
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 65536];
@@ -58,14 +70,14 @@ fn ctrl_c_reaches_a_command_whose_output_never_stops() {
         // Let the output flow for a moment, then Ctrl-C.
         std::thread::sleep(Duration::from_millis(300));
         let st = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args(["-INT", &child.0.id().to_string()])
             .status()
             .unwrap();
         assert!(st.success());
         let t0 = Instant::now();
         let mut status = None;
         while t0.elapsed() < Duration::from_secs(30) {
-            if let Some(s) = child.try_wait().unwrap() {
+            if let Some(s) = child.0.try_wait().unwrap() {
                 status = Some(s);
                 break;
             }
@@ -74,9 +86,9 @@ fn ctrl_c_reaches_a_command_whose_output_never_stops() {
         if status.is_none() {
             // Lost: stop it (a second Ctrl-C kills the command) before failing.
             let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
+                .args(["-INT", &child.0.id().to_string()])
                 .status();
-            let _ = child.wait();
+            let _ = child.0.wait();
         }
         reader.join().unwrap();
         let out = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
