@@ -110,6 +110,10 @@ fn a_job_reads_an_allowed_file_url_in_place() {
     );
     let cert = std::fs::read_to_string(ok.join("logs/certificate.txt")).unwrap();
     assert!(cert.contains(&ok_url), "{cert}");
+    // The monitoring row and the dataset's status file name the URL, not the key naming the task.
+    assert!(cert.contains(&format!("DATANAME: {ok_url} |")), "{cert}");
+    let status = read_json(&ok.join("logs/DATASET_NAME:lines.txt_STATUS.txt"));
+    assert_eq!(status["input"], ok_url.as_str(), "{status}");
     // Provenance: the file's own SHA-256, under its URL.
     let sum = std::process::Command::new("sha256sum")
         .arg(data.join("lines.txt"))

@@ -160,6 +160,16 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// The dataset as the user named it, for the certificate and the status file: the URL of
+    /// one read from outside the store (`dataset` records it), else its store key.
+    pub fn shown_dataset(&self, key: &StoreKey) -> String {
+        if crate::datasource::is_url(&self.dataset) {
+            self.dataset.clone()
+        } else {
+            key.to_string()
+        }
+    }
+
     /// Task `task_id` of dataset `dataset` (its store key, or the URL it is read from), named
     /// `dataset_name`, before anything ran.
     pub fn queued(task_id: String, dataset: String, dataset_name: FileName) -> Self {
@@ -295,7 +305,10 @@ pub fn dataset_status_json(
     let mut m = Map::new();
     m.insert("instance".into(), Value::String(task.task_id.clone()));
     m.insert("command".into(), Value::String(task.command.join(" ")));
-    m.insert("input".into(), Value::String(dataset_key.to_string()));
+    m.insert(
+        "input".into(),
+        Value::String(task.shown_dataset(dataset_key)),
+    );
     m.insert(
         "status".into(),
         Value::String(task.state.neurocaas_word().into()),
@@ -426,7 +439,7 @@ impl Certificate {
             };
             out.push_str(&format!(
                 "DATANAME: {} | STATUS: {} | TIME: {} | LAST COMMAND: {} | CPU_USAGE: {:.0} %\n",
-                key,
+                task.shown_dataset(key),
                 task.state.neurocaas_word(),
                 now.format("%Y-%m-%d %H:%M:%S"),
                 last.unwrap_or("-"),
@@ -462,6 +475,29 @@ mod tests {
                 "a.csv".parse().unwrap(),
             )
         }
+    }
+
+    #[test]
+    fn a_dataset_read_from_outside_the_store_is_shown_by_its_url() {
+        let key = StoreKey::parse("g/inputs/rec.csv").unwrap();
+        let mut t = task(State::Running);
+        t.dataset = "file:///shared/data/rec.csv".into();
+        let v = dataset_status_json(&t, &[], &key);
+        assert_eq!(v["input"], "file:///shared/data/rec.csv");
+        let id = JobId {
+            analysis: "pca".parse().unwrap(),
+            timestamp: "ts1".parse().unwrap(),
+        };
+        let mut cert = Certificate::new(Utc::now(), &id, "1");
+        cert.log(Utc::now(), "x");
+        let text = cert.render(&[(&t, &key, None)], Utc::now());
+        assert!(
+            text.contains("DATANAME: file:///shared/data/rec.csv |"),
+            "{text}"
+        );
+        // A store dataset keeps its key.
+        let v = dataset_status_json(&task(State::Running), &[], &key);
+        assert_eq!(v["input"], "g/inputs/rec.csv");
     }
 
     #[test]
