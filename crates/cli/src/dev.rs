@@ -351,10 +351,15 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
     // container after caas is gone; a second one kills it.
     // Both listeners exist before the first output arrives and for the whole loop: a signal
     // that comes while a chunk is being written is kept for the next turn, never lost (a
-    // listener made anew each turn misses what came in between).
+    // listener made anew each turn misses what came in between). A signal is passed on while
+    // the output keeps being read: the engine does not finish the exec that sends it while the
+    // command's output waits to be read, so waiting for it first would wait forever.
     let mut interrupts = 0;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut passing: futures::stream::FuturesUnordered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>>,
+    > = futures::stream::FuturesUnordered::new();
     loop {
         let signal = tokio::select! {
             item = output.next() => match item {
@@ -365,14 +370,18 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i32> {
                 Some(Err(e)) => return Err(dev_error(e)),
                 None => break,
             },
+            Some(sent) = passing.next(), if !passing.is_empty() => {
+                if !sent {
+                    eprintln!("caas: cannot pass the signal on to the command in the container");
+                }
+                continue;
+            }
             _ = int.recv() => "INT",
             _ = term.recv() => "TERM",
         };
         interrupts += 1;
         let signal = if interrupts > 1 { "KILL" } else { signal };
-        if !env.signal(&exec, signal).await {
-            eprintln!("caas: cannot pass the signal on to the command in the container");
-        }
+        passing.push(Box::pin(env.signal(&exec, signal)));
     }
     let code = env.exit_code(&exec).await.map_err(dev_error)?;
     env.stop_if_idle().await;
