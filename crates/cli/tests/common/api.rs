@@ -250,7 +250,8 @@ impl Client {
         status
     }
 
-    /// Poll the job until it is in a terminal state (at most `limit`); returns its JSON.
+    /// Poll the job until it has ended (a terminal state and its end marker, at most `limit`);
+    /// returns its JSON.
     pub fn wait_job(&self, group: &str, job: &str, limit: Duration) -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         let done = wait_for(limit, || {
@@ -265,6 +266,16 @@ impl Client {
             )
         });
         assert!(done, "job {job} did not end: {last}");
+        // job.json turns terminal before the job's last writes (the provenance crate, then
+        // `process_results/end.txt`): wait for the end marker, so a caller sees the finished job.
+        let ended = wait_for(limit, || {
+            let a = self.get(&format!("/api/v1/groups/{group}/jobs/{job}/results"));
+            a.status == 200
+                && a.json().as_array().is_some_and(|files| {
+                    files.iter().any(|f| f["path"] == "process_results/end.txt")
+                })
+        });
+        assert!(ended, "job {job} has no end.txt: {last}");
         last
     }
 
