@@ -276,7 +276,10 @@ impl Client {
                 })
         });
         assert!(ended, "job {job} has no end.txt: {last}");
-        last
+        // The job as it ended (job.json is written once more when it ends: reason, finished).
+        let a = self.get(&format!("/api/v1/groups/{group}/jobs/{job}"));
+        assert_eq!(a.status, 200, "job {job}: {}", a.text());
+        a.json()
     }
 
     /// How many requests were made, and how many of them had each status.
