@@ -576,12 +576,17 @@ impl Docker {
         let wall = started.elapsed();
         stats_stop.cancel();
         let sampled = stats.await.unwrap_or_default();
-        // The log stream ends when the container stops; give it a moment to drain.
-        if tokio::time::timeout(Duration::from_secs(10), logs)
+        // The log stream ends when the container stops; give it a moment to drain. A stream
+        // that does not end (a process the command left behind holds it open, as rootless
+        // Podman allows) is stopped: its task holds the output channel, and the task's reader
+        // waits for that channel to close.
+        let mut logs = logs;
+        if tokio::time::timeout(Duration::from_secs(10), &mut logs)
             .await
             .is_err()
         {
-            tracing::warn!(container = %id, "log stream did not end within 10s after exit");
+            logs.abort();
+            tracing::warn!(container = %id, "log stream did not end within 10s after exit; stopped reading it");
         }
         let inspect = retry(self.policy, "inspect container", || async {
             self.client
