@@ -11,28 +11,11 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
+use common::copies::{files_under, sha256sum};
 use common::local::*;
 use common::server::*;
 use common::*;
-
-/// Every file under `dir` (recursively).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn a_job_reads_an_allowed_file_url_in_place() {
@@ -166,19 +149,6 @@ fn a_job_reads_an_allowed_file_url_in_place() {
             assert!(!text.contains("secret"), "{} holds the key", f.display());
         }
     }
-}
-
-/// Hex SHA-256 of `bytes`, by `sha256sum` (an independent implementation).
-fn sha256sum(bytes: &[u8]) -> String {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 #[test]

@@ -24,69 +24,14 @@ use common::server::*;
 use common::slurm::*;
 use common::*;
 
-/// A dataset of `len` bytes that no other file holds by chance.
-fn dataset(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// The Slurm job ids (held or not) of the caas job `folder` in group `lab`, from `squeue` (a
-/// job array's by its own id: `812_[0-1]` is `812`).
+/// The Slurm job ids (held or not) of the caas job `folder` in group `lab`.
 fn slurm_ids(folder: &str) -> Vec<String> {
     slurm_ids_with(&format!("lab/{folder}."))
 }
 
-/// The Slurm job ids whose comment holds `needle`.
-fn slurm_ids_with(needle: &str) -> Vec<String> {
-    let out = Command::new("squeue")
-        .args(["-h", "-o", "%i %k"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(|id| id.split("_[").next().unwrap_or(id).to_string())
-        .collect()
-}
-
 /// Wait for the job's (held) Slurm job to be submitted, run `meanwhile`, then release it.
-fn release_after(folder: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce()) {
-    let mut ids = Vec::new();
-    assert!(
-        wait_for(LIMIT, || {
-            ids = slurm_ids(folder);
-            !ids.is_empty()
-        }),
-        "{folder} was never submitted to Slurm: {}",
-        log()
-    );
-    meanwhile();
-    for id in ids {
-        let st = Command::new("scontrol")
-            .args(["release", &id])
-            .status()
-            .unwrap();
-        assert!(st.success(), "scontrol release {id}");
-    }
-}
-
-/// Cancels the Slurm jobs whose comment holds this text (jobs left held by a failed test).
-struct CancelOnDrop(String);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        for id in slurm_ids_with(&self.0) {
-            let _ = Command::new("scancel").arg(&id).status();
-        }
-    }
+fn release_folder(folder: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce()) {
+    release_after(&format!("lab/{folder}."), folder, log, meanwhile);
 }
 
 /// The manager: as root (Docker, rootful Podman) or as the lab user (Charliecloud, rootless
@@ -131,7 +76,7 @@ fn read_in_place_on(engine: &str) {
     let lab = matches!(engine, "charliecloud" | "podman-rootless");
     // Named for this run: its Slurm jobs are told from others' (and cancelled if it fails).
     let analysis = format!("inplace-{}", std::process::id());
-    let _held = CancelOnDrop(format!("lab/job__{analysis}_"));
+    let _held = CancelOnDrop(vec![format!("lab/job__{analysis}_")]);
     let sb = if lab {
         sandbox_for_lab()
     } else {
@@ -145,7 +90,7 @@ fn read_in_place_on(engine: &str) {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::create_dir_all(shared.join("private")).unwrap();
     let big = data.join("big.bin");
-    let content = dataset((3 << 20) + 4321, 0x5eed);
+    let content = unique_content((3 << 20) + 4321, 0x5eed);
     std::fs::write(&big, &content).unwrap();
     // Writable by anyone on the host: only the read-only mount keeps the task from writing.
     std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
@@ -234,7 +179,7 @@ fn read_in_place_on(engine: &str) {
     let job = |name: &str| store.join("lab/results").join(folder(name));
 
     // The allowed file runs on a node, read where it lives.
-    release_after(&folder("ok"), &log, || {});
+    release_folder(&folder("ok"), &log, || {});
     let stdout_log = job("ok").join("logs/big.bin.stdout.log");
     assert!(
         wait_for(LIMIT, || std::fs::read_to_string(&stdout_log)
@@ -248,13 +193,13 @@ fn read_in_place_on(engine: &str) {
     assert!(during.is_empty(), "copies while running: {during:?}");
     // The node agent checks the file itself: changed or gone after the manager's check, the
     // task fails on the node naming the input (its Slurm job is released only now).
-    release_after(&folder("changed"), &log, || {
+    release_folder(&folder("changed"), &log, || {
         std::fs::write(data.join("changed.bin"), b"another file at the same path\n").unwrap();
     });
-    release_after(&folder("gone"), &log, || {
+    release_folder(&folder("gone"), &log, || {
         std::fs::remove_file(data.join("gone.bin")).unwrap();
     });
-    release_after(&folder("pair"), &log, || {});
+    release_folder(&folder("pair"), &log, || {});
     for name in ["ok", "changed", "gone", "escape", "outside", "pair"] {
         assert!(
             wait_end(&job(name), LIMIT),

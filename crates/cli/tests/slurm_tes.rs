@@ -27,70 +27,14 @@ use serde_json::{Value, json};
 
 const TES: &str = "/ga4gh/tes/v1";
 
-/// Bytes that no other file holds by chance.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// The Slurm job ids whose comment holds `needle` (held or not).
-fn slurm_ids_with(needle: &str) -> Vec<String> {
-    let out = Command::new("squeue")
-        .args(["-h", "-o", "%i %k"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(|id| id.split("_[").next().unwrap_or(id).to_string())
-        .collect()
-}
-
 /// The comment of TES task `id`'s Slurm job (`lab/job__tes_<id>.0`).
 fn comment(id: &str) -> String {
     format!("lab/job__tes_{id}.")
 }
 
 /// Wait for TES task `id`'s (held) Slurm job, run `meanwhile`, then release it.
-fn release_after(id: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce()) {
-    let mut ids = Vec::new();
-    assert!(
-        wait_for(LIMIT, || {
-            ids = slurm_ids_with(&comment(id));
-            !ids.is_empty()
-        }),
-        "TES task {id} was never submitted to Slurm: {}",
-        log()
-    );
-    meanwhile();
-    for j in ids {
-        let st = Command::new("scontrol")
-            .args(["release", &j])
-            .status()
-            .unwrap();
-        assert!(st.success(), "scontrol release {j}");
-    }
-}
-
-/// Cancels the Slurm jobs of these TES tasks (left held by a failed test).
-struct CancelOnDrop(Vec<String>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        for id in &self.0 {
-            for j in slurm_ids_with(&comment(id)) {
-                let _ = Command::new("scancel").arg(&j).status();
-            }
-        }
-    }
+fn release_task(id: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce()) {
+    release_after(&comment(id), &format!("TES task {id}"), log, meanwhile);
 }
 
 fn wait_task(c: &Client, id: &str) -> Value {
@@ -128,7 +72,7 @@ fn tes_on(engine: &str) {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::create_dir_all(shared.join("private")).unwrap();
     let big = data.join("big.bin");
-    let bytes = content((3 << 20) + 777, 0x7e5);
+    let bytes = unique_content((3 << 20) + 777, 0x7e5);
     std::fs::write(&big, &bytes).unwrap();
     // Writable by anyone on the host: only the read-only mount keeps the task from writing.
     std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
@@ -213,9 +157,9 @@ fn tes_on(engine: &str) {
     );
     assert_eq!(a.status, 200, "{}", a.text());
     let swapped = a.json()["id"].as_str().unwrap().to_string();
-    let _held = CancelOnDrop(vec![ok.clone(), swapped.clone()]);
+    let _held = CancelOnDrop(vec![comment(&ok), comment(&swapped)]);
 
-    release_after(&ok, &log, || {});
+    release_task(&ok, &log, || {});
     let tmp = std::env::temp_dir();
     // While it runs on the node: no copy anywhere.
     assert!(
@@ -228,7 +172,7 @@ fn tes_on(engine: &str) {
     );
     let during = copies_of(&bytes, &big, &[&store, &tmp]);
     assert!(during.is_empty(), "copies while running: {during:?}");
-    release_after(&swapped, &log, || {
+    release_task(&swapped, &log, || {
         std::fs::remove_file(data.join("swapped.bin")).unwrap();
         std::os::unix::fs::symlink(shared.join("private/key"), data.join("swapped.bin")).unwrap();
     });

@@ -1,5 +1,6 @@
 //! Counting copies of a dataset read in place ("zero bytes copied, counted"): the files under
-//! some folders that hold exactly a given content, and the bytes a folder holds.
+//! some folders that hold exactly a given content, and the bytes a folder holds; datasets no
+//! other file holds by chance, and an independent SHA-256 to check records against.
 
 use std::path::{Path, PathBuf};
 
@@ -47,4 +48,30 @@ pub fn bytes_under(dir: &Path, skip: &[&Path]) -> u64 {
         .filter_map(|f| std::fs::symlink_metadata(f).ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// `len` bytes that no other file holds by chance (a xorshift stream from `seed`).
+pub fn unique_content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Hex SHA-256 of `bytes`, by `sha256sum` (an implementation independent of caas's).
+pub fn sha256sum(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }

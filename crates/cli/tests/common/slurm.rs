@@ -118,3 +118,53 @@ pub fn start_serve(sb: &Sandbox, store: &Path, a: &Path, extra: &[&str]) -> Serv
         &sb.path().join("serve.log"),
     )
 }
+
+/// The Slurm job ids (held or not) whose comment holds `needle` (a job array's by its own id:
+/// `812_[0-1]` is `812`).
+pub fn slurm_ids_with(needle: &str) -> Vec<String> {
+    let out = std::process::Command::new("squeue")
+        .args(["-h", "-o", "%i %k"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|id| id.split("_[").next().unwrap_or(id).to_string())
+        .collect()
+}
+
+/// Wait for the (held) Slurm jobs whose comment holds `needle` (`what` names them in the
+/// failure), run `meanwhile`, then release them.
+pub fn release_after(needle: &str, what: &str, log: &dyn Fn() -> String, meanwhile: impl FnOnce()) {
+    let mut ids = Vec::new();
+    assert!(
+        super::server::wait_for(LIMIT, || {
+            ids = slurm_ids_with(needle);
+            !ids.is_empty()
+        }),
+        "{what} was never submitted to Slurm: {}",
+        log()
+    );
+    meanwhile();
+    for id in ids {
+        let st = std::process::Command::new("scontrol")
+            .args(["release", &id])
+            .status()
+            .unwrap();
+        assert!(st.success(), "scontrol release {id}");
+    }
+}
+
+/// Cancels the Slurm jobs whose comment holds any of these texts (jobs a failed test left held).
+pub struct CancelOnDrop(pub Vec<String>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        for needle in &self.0 {
+            for id in slurm_ids_with(needle) {
+                let _ = std::process::Command::new("scancel").arg(&id).status();
+            }
+        }
+    }
+}
